@@ -1,0 +1,311 @@
+"""The aiohttp glue: one handler that streams a request to its site's upstream and back.
+
+Everything that decides *what* to send lives in the pure modules; this file only moves bytes:
+it routes by Host, strips hop-by-hop headers, streams bodies both ways with back-pressure,
+turns upstream faults into 502/504, and aborts the client connection when an upstream body is
+cut short, so that a truncated page never looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import Config, Site
+from .headers import end_to_end, forwarded_headers, upstream_target
+from .metrics import Metrics, method_label, status_class
+from .websocket import relay_websocket
+
+# Responses to these never have a body (RFC 9110 §6.4.1).
+_NO_BODY_STATUS = frozenset({204, 304})
+# Bodies up to this size, with a known length, are read whole and sent in one write: for
+# small pages that is markedly cheaper than a streamed response and costs little memory.
+SMALL_BODY = 256 * 1024
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class ProxyState:
+    """What the handler needs; swapped or mutated by app.py (reload, drain)."""
+
+    config: Config
+    session: aiohttp.ClientSession
+    metrics: Metrics
+    log: TextIO = sys.stdout
+    in_flight: int = 0
+    draining: bool = False
+
+
+class UpstreamBodyError(Exception):
+    """The upstream's body ended early or failed; the client connection must be aborted."""
+
+
+async def _expect_continue(request: web.BaseRequest) -> None:
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[attr-defined]
+
+
+async def _request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        yield chunk
+
+
+def plain_response(status: int, text: str) -> web.Response:
+    return web.Response(
+        status=status,
+        text=text + "\n",
+        headers={"Cache-Control": "no-store", "Connection": "close"} if status >= 500 else None,
+    )
+
+
+@dataclass
+class Outcome:
+    """What the access log and metrics record about one request."""
+
+    status: int = 0
+    upstream_status: int | None = None
+    sent: int = 0
+
+
+class ProxyHandler:
+    """The low-level aiohttp handler (no router: every path of every site is proxied)."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        state = self.state
+        config = state.config
+        start = time.monotonic()
+        site = config.site_for(request.host if "Host" in request.headers else None)
+        outcome = Outcome()
+        state.in_flight += 1
+        state.metrics.in_flight.inc()
+        try:
+            if site is None:
+                outcome.status = 421
+                return plain_response(421, "421 Misdirected Request: this host is not served here")
+            return await self.forward(request, site, config, outcome)
+        finally:
+            state.in_flight -= 1
+            state.metrics.in_flight.dec()
+            self.record(request, site, outcome, start)
+
+    async def forward(
+        self, request: web.BaseRequest, site: Site, config: Config, outcome: Outcome
+    ) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await relay_websocket(self, request, site, outcome)
+        headers = forwarded_headers(request, site, config)
+        url = URL(site.upstream + upstream_target(request), encoded=True)
+        body = None
+        if request.body_exists:
+            await _expect_continue(request)
+            body = _request_body(request)
+        sent_at = time.monotonic()
+        try:
+            upstream = await self.state.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Accept", "Content-Type"),
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            return self.fault(site, outcome, 504, "timeout", exc)
+        except aiohttp.ClientConnectorError as exc:
+            return self.fault(site, outcome, 502, "connect", exc)
+        except (aiohttp.ClientError, OSError) as exc:
+            return self.fault(site, outcome, 502, "reset", exc)
+        self.state.metrics.upstream_latency.labels(site.host).observe(time.monotonic() - sent_at)
+        outcome.upstream_status = upstream.status
+        try:
+            return await self.respond(request, site, upstream, outcome)
+        finally:
+            upstream.release()
+
+    async def respond(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        upstream: aiohttp.ClientResponse,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        headers = end_to_end(upstream.headers)
+        status = upstream.status
+        outcome.status = status
+        no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        length = upstream.content_length
+        if no_body:
+            response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            if length is not None:
+                # Keep a HEAD's advertised length (aiohttp would otherwise rewrite it).
+                response.content_length = length
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        if length is not None and length <= SMALL_BODY:
+            return await self._respond_whole(request, site, upstream, headers, outcome)
+        return await self._respond_streamed(request, site, upstream, headers, length, outcome)
+
+    async def _respond_whole(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return self._abort_before_headers(request, site, outcome, exc)
+        if len(data) != upstream.content_length:
+            return self._abort_before_headers(
+                request, site, outcome, UpstreamBodyError("short body")
+            )
+        response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+        response.body = data
+        outcome.sent = len(data)
+        return response
+
+    async def _respond_streamed(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        length: int | None,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        if length is not None:
+            response.content_length = length
+        elif request.version < (1, 1):
+            # No chunked encoding for HTTP/1.0: the end of the body is the end of the connection.
+            response.force_close()
+        await response.prepare(request)
+        received = 0
+        try:
+            while True:
+                try:
+                    chunk = await upstream.content.readany()
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    raise UpstreamBodyError(str(exc) or type(exc).__name__) from exc
+                if not chunk:
+                    break
+                received += len(chunk)
+                await response.write(chunk)
+                outcome.sent += len(chunk)
+            if length is not None and received != length:
+                raise UpstreamBodyError(f"upstream sent {received} of {length} bytes")
+            if not upstream.content.is_eof():
+                raise UpstreamBodyError("upstream body not complete")
+        except UpstreamBodyError as exc:
+            self._abort(request, site, outcome, exc)
+            return response
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            # The client went away; nothing to send. Do not reuse the upstream connection.
+            upstream.close()
+            outcome.status = 499
+            return response
+        await response.write_eof()
+        return response
+
+    def _abort_before_headers(
+        self, request: web.BaseRequest, site: Site, outcome: Outcome, exc: BaseException
+    ) -> web.StreamResponse:
+        # Nothing was sent yet, but the status line would promise a body we do not have:
+        # a 502 tells the truth.
+        kind = "timeout" if isinstance(exc, TimeoutError) else "aborted_body"
+        return self.fault(site, outcome, 502, kind, exc)
+
+    def _abort(
+        self, request: web.BaseRequest, site: Site, outcome: Outcome, exc: BaseException
+    ) -> None:
+        """Cut the client connection so a truncated body never looks complete."""
+        self.state.metrics.upstream_errors.labels(site.host, "aborted_body").inc()
+        self.log_event("upstream_body_aborted", site=site.host, error=str(exc))
+        outcome.status = outcome.status or 502
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+
+    def fault(
+        self, site: Site, outcome: Outcome, status: int, kind: str, exc: BaseException
+    ) -> web.Response:
+        self.state.metrics.upstream_errors.labels(site.host, kind).inc()
+        self.log_event("upstream_error", site=site.host, kind=kind, error=repr(exc)[:200])
+        outcome.status = status
+        text = {
+            502: "502 Bad Gateway: the upstream could not be reached",
+            504: "504 Gateway Timeout: the upstream did not answer in time",
+        }[status]
+        return plain_response(status, text)
+
+    def record(
+        self, request: web.BaseRequest, site: Site | None, outcome: Outcome, start: float
+    ) -> None:
+        duration = time.monotonic() - start
+        label = site.host if site else "-"
+        self.state.metrics.requests.labels(
+            label, method_label(request.method), status_class(outcome.status)
+        ).inc()
+        self.log_event(
+            "request",
+            site=label,
+            method=request.method,
+            # Never the query string or cookies: they carry identities.
+            path=request.raw_path.split("?", 1)[0],
+            status=outcome.status,
+            bytes=outcome.sent,
+            duration_ms=round(duration * 1000, 3),
+            upstream_status=outcome.upstream_status,
+        )
+
+    def log_event(self, event: str, **fields: object) -> None:
+        line = {"time": time.time(), "event": event, **fields}
+        with contextlib.suppress(OSError, ValueError):
+            self.state.log.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+def make_session(config: Config) -> aiohttp.ClientSession:
+    """The upstream client: pooled keep-alive connections, no total-time limit, no
+    decompression (bodies pass through as sent) and no cookie jar (cookies belong to visitors)."""
+    p = config.proxy
+    connector = aiohttp.TCPConnector(
+        limit=p.pool_size,
+        limit_per_host=p.pool_size_per_host,
+        keepalive_timeout=p.keepalive_timeout,
+        ttl_dns_cache=10,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=p.connect_timeout,
+        sock_connect=p.connect_timeout,
+        sock_read=p.read_timeout,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        max_field_size=p.max_header_size,
+        read_bufsize=_CHUNK,
+    )
+
+
+HandlerFactory = Callable[[ProxyState], ProxyHandler]

@@ -1,0 +1,109 @@
+"""WebSocket upgrades: connect to the upstream first, then relay frames both ways until either
+side closes. Connecting first means an unreachable upstream gets an honest 502 instead of an
+accepted socket that closes at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from .config import Site
+from .headers import forwarded_headers, upstream_target
+
+if TYPE_CHECKING:
+    from .proxy import Outcome, ProxyHandler
+
+# The WebSocket handshake headers are generated per hop by each side's library.
+_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+
+
+async def relay_websocket(
+    handler: ProxyHandler, request: web.BaseRequest, site: Site, outcome: Outcome
+) -> web.StreamResponse:
+    state = handler.state
+    headers = forwarded_headers(request, site, state.config)
+    for name in list(headers):
+        if name.lower() in _HANDSHAKE:
+            headers.popall(name, None)
+    protocols = tuple(
+        p.strip()
+        for v in request.headers.getall("Sec-WebSocket-Protocol", ())
+        for p in v.split(",")
+        if p.strip()
+    )
+    base = URL(site.upstream)
+    scheme = "wss" if base.scheme == "https" else "ws"
+    url = URL(f"{scheme}://{base.raw_authority}{upstream_target(request)}", encoded=True)
+    try:
+        upstream = await state.session.ws_connect(
+            url, headers=headers, protocols=protocols, autoping=False, max_msg_size=0
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        outcome.upstream_status = exc.status
+        return handler.fault(site, outcome, 502, "ws_handshake", exc)
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        return handler.fault(site, outcome, 504, "timeout", exc)
+    except (aiohttp.ClientError, OSError) as exc:
+        return handler.fault(site, outcome, 502, "connect", exc)
+    outcome.upstream_status = 101
+    client = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        autoping=False,
+        max_msg_size=0,
+    )
+    await client.prepare(request)
+    outcome.status = 101
+    try:
+        await _pump_both(client, upstream)
+    finally:
+        await upstream.close()
+        await client.close()
+    return client
+
+
+async def _pump_both(
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+) -> None:
+    to_upstream = asyncio.ensure_future(_pump(client, upstream))
+    to_client = asyncio.ensure_future(_pump(upstream, client))
+    done, pending = await asyncio.wait(
+        {to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED
+    )
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        task.result()
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    async for msg in source:
+        if msg.type == WSMsgType.TEXT:
+            await sink.send_str(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+        elif msg.type == WSMsgType.PING:
+            await sink.ping(msg.data)
+        elif msg.type == WSMsgType.PONG:
+            await sink.pong(msg.data)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            break
+        elif msg.type == WSMsgType.ERROR:
+            break
+    code = source.close_code
+    await sink.close(code=code if code and code not in (1005, 1006) else 1000)
