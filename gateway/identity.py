@@ -1,0 +1,481 @@
+"""Identity rules on the wire: id validation, identity cookies, URL clean-up and link decoration.
+
+Everything here is pure (strings in, strings out, no I/O, no clocks except where a caller passes
+``now``) so that the proxy glue stays thin and these rules can be tested exhaustively.
+
+Two parsers of URLs meet in this module: Python's ``urllib.parse`` (RFC 3986) and the browser's
+(the WHATWG URL Standard). Where they differ, the browser is the one that navigates, so the
+host-finding code below follows the WHATWG rules that matter for deciding *which host a URL goes
+to*: leading/trailing C0-control-or-space is trimmed, tab and newline are removed anywhere, ``\\``
+counts as ``/`` in http(s) URLs, any run of slashes after ``http:`` introduces the authority, and
+``http:foo`` is relative when the base is also ``http``. We never re-serialize a URL we were given:
+decoration edits the original text so that upstream applications see their own bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import ipaddress
+import json
+import re
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from email.utils import formatdate
+from urllib.parse import quote, unquote
+
+from publicsuffixlist import PublicSuffixList
+
+ANON_COOKIE = "ajs_anonymous_id"
+USER_COOKIE = "ajs_user_id"
+AID_PARAM = "ajs_aid"
+UID_PARAM = "ajs_uid"
+
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+# A UUID (what analytics.js mints) or a conservative token. The explicit ASCII ranges matter:
+# ``\w`` would admit any Unicode letter. Always applied with ``fullmatch``.
+DEFAULT_ID_PATTERN: re.Pattern[str] = re.compile(rf"{_UUID}|[A-Za-z0-9._:-]{{1,128}}")
+DEFAULT_UID_MAX = 256
+
+# Safety net applied on top of any configured id pattern, so that a loose pattern can never let
+# through something that breaks a cookie, a header, a URL or an HTML attribute.
+_AID_HARD_MAX = 256
+_AID_UNSAFE = re.compile(r"[^\x21-\x7e]|[\"'`<>\\;,%]")
+# User ids are free-form in Segment, so allow any printable text but refuse what is dangerous in
+# the places we put it (cookie values, query strings, HTML attributes, inline script).
+_UID_FORBIDDEN = frozenset("\"'`<>;,\\")
+
+
+@dataclass(frozen=True)
+class IdRules:
+    """Which anonymous and user ids the gateway accepts from URLs and cookies.
+
+    Ids arrive from the visitor's URL, so they are attacker-controlled. An id that fails these
+    rules is treated as absent (a fresh id is minted or the cookie is kept), never "repaired".
+    """
+
+    id_pattern: re.Pattern[str] = DEFAULT_ID_PATTERN
+    uid_max_len: int = DEFAULT_UID_MAX
+
+    def valid_aid(self, value: str | None) -> str | None:
+        """Return ``value`` if it is an acceptable anonymous id, else None.
+
+        The configured pattern must match the whole value; independently of the pattern the value
+        must be 1-256 printable ASCII characters without quotes, backquote, ``<>``, ``\\``, ``;``,
+        ``,`` or ``%`` (so it can go into a cookie or a URL verbatim).
+        """
+        if not value or len(value) > _AID_HARD_MAX or _AID_UNSAFE.search(value):
+            return None
+        return value if self.id_pattern.fullmatch(value) else None
+
+    def valid_uid(self, value: str | None) -> str | None:
+        """Return ``value`` if it is an acceptable user id, else None.
+
+        Deliberately strict: at most ``uid_max_len`` characters, all printable in the sense of
+        ``str.isprintable`` (so no control, format, separator or surrogate characters other than
+        the ASCII space), no leading or trailing whitespace, and none of ``"'`<>;,\\``. Non-ASCII
+        letters are allowed; they are percent-encoded wherever they go on the wire.
+        """
+        if not value or len(value) > self.uid_max_len:
+            return None
+        if value != value.strip() or not value.isprintable():
+            return None
+        if any(c in _UID_FORBIDDEN for c in value):
+            return None
+        return value
+
+
+def mint_id() -> str:
+    """A fresh anonymous id in the form analytics.js itself uses (a random UUID)."""
+    return str(uuid.uuid4())
+
+
+# --- Cookies -------------------------------------------------------------------------------------
+
+
+def read_cookie(cookie_headers: Sequence[str], name: str) -> str | None:
+    """Return the decoded value of the first cookie called ``name`` in raw ``Cookie`` headers.
+
+    Hand-parsed because ``http.cookies.SimpleCookie`` discards the whole header when one cookie
+    in it is malformed, and other sites on the same domain set all sorts. The first occurrence
+    wins, as in ``document.cookie`` readers (a more specific Path or an older cookie sorts first).
+
+    analytics.js has written the id in several forms over the years; all decode to ``abc``:
+    ``abc``, ``"abc"`` (JSON), ``%22abc%22`` (URL-encoded JSON) and URL-encoded plain text.
+    The value is not validated here: that is ``IdRules``' job. Never raises.
+    """
+    for header in cookie_headers:
+        for pair in header.split(";"):
+            key, eq, value = pair.partition("=")
+            # A pair without "=" is a nameless cookie to browsers; it can never be ours.
+            if eq and key.strip(" \t") == name:
+                return _decode_cookie_value(value.strip(" \t"))
+    return None
+
+
+def _decode_cookie_value(raw: str) -> str:
+    value = unquote(raw) if "%" in raw else raw
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = None
+        # Not valid JSON (e.g. an RFC 6265 quoted value with a stray backslash): drop the quotes.
+        value = decoded if isinstance(decoded, str) else value[1:-1]
+    return value
+
+
+# cookie-octet (RFC 6265 section 4.1.1) minus "%", which we use to escape everything else; so the
+# written value is always a valid cookie value and a ``%`` in an id survives a decode round trip.
+_COOKIE_SAFE = "!#$&'()*+/:<=>?@[]^`{|}"
+_DOMAIN_ATTR = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+
+
+def identity_cookies(
+    aid: str | None,
+    uid: str | None,
+    *,
+    domain: str | None,
+    max_age: int,
+    secure: bool,
+    now: float,
+) -> list[str]:
+    """``Set-Cookie`` values that persist the ids where analytics.js will find them.
+
+    Not HttpOnly: analytics.js reads these cookies from ``document.cookie``. ``SameSite=Lax`` so the
+    cookie comes along on top-level navigations from the other domains. ``Expires`` accompanies
+    ``Max-Age`` for old clients that only know the former. Values are written in the plain form
+    current analytics.js writes, with anything outside cookie-octet percent-encoded (which
+    analytics.js's cookie reader decodes), so no input can inject an attribute or a header.
+    ``domain=None`` makes host-only cookies.
+    """
+    if max_age < 0:
+        raise ValueError(f"max_age must be >= 0, got {max_age}")
+    if domain is not None and not _DOMAIN_ATTR.fullmatch(domain):
+        raise ValueError(f"not a cookie domain: {domain!r}")
+    attrs = ""
+    if domain is not None:
+        attrs += f"; Domain={domain}"
+    attrs += f"; Path=/; Max-Age={max_age}; Expires={formatdate(now + max_age, usegmt=True)}"
+    attrs += "; SameSite=Lax"
+    if secure:
+        attrs += "; Secure"
+    return [
+        f"{name}={quote(value, safe=_COOKIE_SAFE)}{attrs}"
+        for name, value in ((ANON_COOKIE, aid), (USER_COOKIE, uid))
+        if value is not None
+    ]
+
+
+@functools.cache
+def _psl() -> PublicSuffixList:
+    # Parsing the bundled list takes a noticeable moment; do it once, on first use.
+    return PublicSuffixList()
+
+
+def cookie_domain(host: str, configured: str | None) -> str | None:
+    """The ``Domain`` attribute for the identity cookies on ``host``, or None for host-only.
+
+    - IP addresses (v4, v6, and the numeric forms browsers read as IPv4) and single-label hosts
+      such as ``localhost`` get host-only cookies: browsers refuse a Domain attribute there.
+    - ``configured`` is used when ``host`` is it or a subdomain of it and it is not itself a
+      public suffix. Otherwise it cannot work for this host (the browser would drop the cookie),
+      so we fall back to the automatic choice below rather than lose the cookie.
+    - Otherwise the registrable domain per the Public Suffix List (ICANN and private sections, as
+      browsers use it). Unknown TLDs follow the list's default rule ``*``, exactly as browsers do:
+      ``www.shop.test`` -> ``shop.test``. ``localhost`` is such an unknown TLD, so
+      ``www.shop.localhost`` -> ``shop.localhost`` and ``a.localhost`` -> ``a.localhost``;
+      Chromium's cookie code (which resolves unknown registries the same way) accepts those.
+    - A host that is itself a public suffix (``github.io``) gets host-only cookies.
+    """
+    name = _hostname(host)
+    if name is None or "." not in name or _is_ip(name):
+        return None
+    if configured:
+        want = configured.strip().lower().strip(".")
+        if (
+            (name == want or name.endswith("." + want))
+            and "." in want
+            and _DOMAIN_ATTR.fullmatch(want)
+            and not _psl().is_public(want)
+        ):
+            return want
+    registrable: str | None = _psl().privatesuffix(name)
+    return registrable
+
+
+_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+
+
+def _hostname(host: str) -> str | None:
+    """Lower-cased host name without port or trailing dot; bracketed IPv6 kept; None if invalid."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[: end + 1] if end > 0 else None
+    if h.count(":") > 1:  # a bare IPv6 address
+        return f"[{h}]"
+    h = h.partition(":")[0].rstrip(".")
+    return h if _HOSTNAME.fullmatch(h) else None
+
+
+def _is_ip(name: str) -> bool:
+    if name.startswith("["):
+        return True
+    # WHATWG URL parsing treats a host whose last label is numeric as IPv4 (``127.1``, ``0x7f.1``).
+    last = name.rsplit(".", 1)[-1]
+    if last.isdigit() or re.fullmatch(r"0x[0-9a-f]*", last):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_matches(host: str, pattern: str) -> bool:
+    """Whether ``host`` is the target ``pattern``: exact, or ``*.example.com`` for subdomains.
+
+    Case-insensitive; ports and a trailing dot are ignored. ``*.example.com`` matches one or more
+    labels in front of ``example.com`` but not ``example.com`` itself, and never look-alikes such
+    as ``evilexample.com`` or ``example.com.evil.net`` (the substring test in the guide does).
+    """
+    name = _hostname(host)
+    if name is None:
+        return False
+    p = pattern.strip().lower()
+    if p.startswith("*."):
+        suffix = _hostname(p[2:])
+        if suffix is None:
+            return False
+        prefix = name[: -len(suffix) - 1]
+        return name.endswith("." + suffix) and bool(prefix) and not prefix.endswith(".")
+    return name == _hostname(p)
+
+
+# --- Query strings and the clean-up redirect -----------------------------------------------------
+
+_TAB_NL = re.compile(r"[\t\n\r]")
+
+
+def _param_name(segment: str) -> str:
+    """The decoded name of one ``name=value`` query segment, as URLSearchParams would see it."""
+    raw = _TAB_NL.sub("", segment.partition("=")[0])
+    return unquote(raw.replace("+", " "))
+
+
+def split_identity_params(raw_query: str, names: Collection[str]) -> tuple[str, dict[str, str]]:
+    """Remove the parameters called ``names`` from a raw query string (given without ``?``).
+
+    Returns the cleaned query and ``{name: first decoded value}`` for the names found. Parameters
+    are split on ``&`` only (as URLSearchParams does; ``;`` is data) and compared by decoded name
+    (``+`` is a space). Every other segment is kept byte-for-byte and in order, including empty
+    segments (``a=1&&b=2``): they are the application's bytes and cost nothing to keep.
+    """
+    kept: list[str] = []
+    found: dict[str, str] = {}
+    for segment in raw_query.split("&"):
+        name = _param_name(segment)
+        if name in names:
+            value = segment.partition("=")[2]
+            found.setdefault(name, unquote(value.replace("+", " ")))
+        else:
+            kept.append(segment)
+    return "&".join(kept), found
+
+
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_UNSAFE_IN_LOCATION = re.compile(r"[^\x21-\x7e]|#")
+
+
+def _pct(match: re.Match[str]) -> str:
+    return quote(match.group(), safe="")
+
+
+def same_origin_location(raw_path: str, raw_query: str) -> str:
+    """The ``Location`` for the clean-up redirect: this path with ``raw_query`` as its query.
+
+    Whatever the input, the result is a path-absolute reference that every URL parser resolves
+    to the request's own origin: the input is first normalized the way browsers read a URL (ends
+    trimmed of C0 control or space, tab and newline dropped), then any leading run of ``/`` and
+    ``\\`` collapses to one ``/`` so the result can never begin ``//`` or ``/\\`` (a
+    scheme-relative URL to another host). A path that does not start with a slash (an
+    absolute-form request target, say) gets one in front, which makes it a harmless path.
+    Other bytes are kept, except that ``#`` and anything outside printable ASCII are
+    percent-encoded so the header stays valid and the query stays a query.
+    """
+    path = _TAB_NL.sub("", raw_path.strip(_C0_OR_SPACE))
+    path = "/" + path.lstrip("/\\")
+    location = _UNSAFE_IN_LOCATION.sub(_pct, path)
+    query = _UNSAFE_IN_LOCATION.sub(_pct, _TAB_NL.sub("", raw_query))
+    return f"{location}?{query}" if query else location
+
+
+# --- Link decoration -----------------------------------------------------------------------------
+
+
+def decorate_url(url: str, params: Sequence[tuple[str, str]]) -> str:
+    """Add ``params`` to ``url``'s query, replacing every existing parameter of the same name.
+
+    The parameters go at the end of the query, before any ``#fragment``; the rest of the URL is
+    kept as written (no re-quoting). Names and values are percent-encoded. Surrounding
+    whitespace stays outside the URL, where the browser trims it. Idempotent for fixed params.
+    """
+    body = url.strip(_C0_OR_SPACE)
+    if not body:
+        return url
+    start = url.find(body)
+    lead, tail = url[:start], url[start + len(body) :]
+    before_fragment, hash_, fragment = body.partition("#")
+    path, _, query = before_fragment.partition("?")
+    query, _ = split_identity_params(query, {name for name, _value in params})
+    added = "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in params)
+    if query and not query.endswith("&"):
+        query += "&"
+    return f"{lead}{path}?{query}{added}{hash_}{fragment}{tail}"
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_WEB_SCHEMES = ("http", "https")
+# Host code points the WHATWG host parser rejects (forbidden domain code points), plus any
+# C0 control or space, which we must never pass on.
+_FORBIDDEN_HOST = re.compile(r"[\x00-\x20#%/:<>?@\[\\\]^|\x7f]")
+_Origin = tuple[str, str]  # (scheme, host)
+
+
+def _web_target(url: str, base: _Origin | None) -> _Origin | None:
+    """Scheme and host an http(s) link goes to, resolved against ``base``; None if not http(s).
+
+    Follows the WHATWG URL parser where it decides the host (see the module docstring). Only
+    scheme and host are needed, so relative references simply inherit the base's.
+    """
+    s = _TAB_NL.sub("", url.strip(_C0_OR_SPACE)).replace("\\", "/")
+    m = _SCHEME.match(s)
+    if m:
+        scheme = m.group(1).lower()
+        if scheme not in _WEB_SCHEMES:
+            return None
+        rest = s[m.end() :]
+        if base is not None and base[0] == scheme and not rest.startswith("//"):
+            return base
+        return _authority(scheme, rest.lstrip("/"))
+    if base is None:
+        return None
+    if s.startswith("//"):
+        return _authority(base[0], s.lstrip("/"))
+    return base
+
+
+def _authority(scheme: str, s: str) -> _Origin | None:
+    auth = re.split(r"[/?#]", s, maxsplit=1)[0].rpartition("@")[2]
+    if auth.startswith("["):
+        end = auth.find("]")
+        if end < 0:
+            return None
+        host, port = auth[: end + 1], auth[end + 1 :]
+        if port and not port.startswith(":"):
+            return None
+        port = port[1:]
+        if not re.fullmatch(r"\[[0-9a-fA-F:.]+\]", host):
+            return None
+    else:
+        host, _, port = auth.partition(":")
+        host = unquote(host, errors="strict") if "%" in host else host
+        if not host.isascii():
+            try:
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError:
+                return None
+        if not host or _FORBIDDEN_HOST.search(host):
+            return None
+    if port and not (port.isdigit() and port.isascii() and int(port) <= 65535):
+        return None
+    return scheme, host.lower()
+
+
+class LinkDecorator:
+    """The rewriter's link policy: add the identity params to links that leave for a target site.
+
+    A URL is decorated when it resolves (against ``<base href>``, itself resolved against the
+    page URL) to an http(s) URL whose host matches one of ``targets`` and is not ``own_host``.
+    Everything else (``javascript:``, ``mailto:``, same-site links, unparsable URLs) is left
+    alone. ``targets_hit`` counts decorations per matched target pattern, for metrics.
+    """
+
+    def __init__(
+        self,
+        own_host: str,
+        page_url: str,
+        targets: Sequence[str],
+        params: Sequence[tuple[str, str]],
+    ) -> None:
+        self._own = _hostname(own_host)
+        self._page = _web_target(page_url, None)
+        self._targets = tuple(targets)
+        self._params = tuple(params)
+        self.targets_hit: collections.Counter[str] = collections.Counter()
+
+    def decorate(self, url: str, base: str | None) -> str | None:
+        """The original ``url`` text with the params added, or None to leave it as it is."""
+        if not url.strip(_C0_OR_SPACE) or self._match(url, base) is None:
+            return None
+        return decorate_url(url, self._params)
+
+    def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        """Hidden inputs for a GET form submitting to a target (its query is replaced by them)."""
+        if not action.strip(_C0_OR_SPACE):  # submits to the page itself
+            return None
+        return None if self._match(action, base) is None else self._params
+
+    def _match(self, url: str, base: str | None) -> str | None:
+        try:
+            page = self._page
+            base_origin = page if base is None else (_web_target(base, page) or page)
+            target = _web_target(url, base_origin)
+        except (UnicodeError, ValueError):
+            return None
+        if target is None or _hostname(target[1]) == self._own:
+            return None
+        for pattern in self._targets:
+            if host_matches(target[1], pattern):
+                self.targets_hit[pattern] += 1
+                return pattern
+        return None
+
+
+def decorate_location(
+    location: str,
+    request_url: str,
+    *,
+    own_host: str,
+    targets: Sequence[str],
+    params: Sequence[tuple[str, str]],
+) -> str | None:
+    """Decorate an upstream redirect's ``Location`` the way a link on that page would be.
+
+    A relative ``Location`` resolves against the request URL. Returns the new header value, or
+    None to leave the header unchanged.
+    """
+    return LinkDecorator(own_host, request_url, targets, params).decorate(location, None)
+
+
+__all__ = [
+    "AID_PARAM",
+    "ANON_COOKIE",
+    "DEFAULT_ID_PATTERN",
+    "DEFAULT_UID_MAX",
+    "UID_PARAM",
+    "USER_COOKIE",
+    "IdRules",
+    "LinkDecorator",
+    "cookie_domain",
+    "decorate_location",
+    "decorate_url",
+    "host_matches",
+    "identity_cookies",
+    "mint_id",
+    "read_cookie",
+    "same_origin_location",
+    "split_identity_params",
+]
