@@ -1,0 +1,779 @@
+"""Offline checks of the deployment artefacts.
+
+Nothing here needs a Docker engine or a cluster:
+
+* every Kubernetes manifest under deploy/kubernetes/ is validated with the bundled schemas
+  of ``kubernetes-validate`` (strict mode: unknown fields fail) at a pinned Kubernetes
+  version, and the objects are checked against each other (names, selectors, ports);
+* deploy/docker-compose.yml is parsed and its services, build contexts, mounted files and
+  the gateway configuration it mounts are checked;
+* the Dockerfile is checked textually.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+K8S_DIR = DEPLOY / "kubernetes"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+
+# Kubernetes version whose schemas the manifests must satisfy.
+K8S_VERSION = "1.31"
+
+NAMESPACE = "ajs-identity-gateway"
+GATEWAY = "ajs-identity-gateway"  # Deployment / Service / PDB / HPA name
+CONFIG_DIR = "/etc/gateway"
+CONFIG_PATH = f"{CONFIG_DIR}/domains.yaml"
+PROXY_PORT = 8080
+ADMIN_PORT = 9901
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# --------------------------------------------------------------------------- helpers ---
+
+
+def _k8s_files() -> list[Path]:
+    return sorted(
+        p
+        for p in K8S_DIR.glob("*.y*ml")
+        if p.suffix in {".yaml", ".yml"} and p.name != "kustomization.yaml"
+    )
+
+
+def _load_docs(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [d for d in yaml.safe_load_all(fh) if d is not None]
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict[str, Any]]:
+    docs = [doc for path in _k8s_files() for doc in _load_docs(path)]
+    assert docs, "no Kubernetes manifests found"
+    return docs
+
+
+def _find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in docs if d.get("kind") == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected exactly one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def _gateway(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return _find(docs, "Deployment", GATEWAY)
+
+
+def _gateway_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = _gateway(docs)["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, "the gateway pod should run exactly one container"
+    return containers[0]
+
+
+def _pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _container_port(container: dict[str, Any], port: int | str) -> int:
+    """Resolve a probe/Service target port (number or port name) to a container port."""
+    if isinstance(port, int):
+        return port
+    if port.isdigit():
+        return int(port)
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise AssertionError(f"container {container['name']} has no port named {port!r}")
+
+
+def _arg_value(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag:
+            assert i + 1 < len(args), f"{flag} has no value"
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _container_argv(container: dict[str, Any]) -> list[str]:
+    return [str(a) for a in [*container.get("command", []), *container.get("args", [])]]
+
+
+def _env_names(container: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in container.get("env", [])}
+
+
+def _secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    return {**secret.get("data", {}), **secret.get("stringData", {})}
+
+
+def _env_refs(config_text: str) -> set[str]:
+    """``${NAME}`` references in the values of a gateway config (comments excluded)."""
+    refs: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str):
+            refs.update(ENV_REF.findall(node.replace("$$", "")))
+
+    walk(yaml.safe_load(config_text))
+    return refs
+
+
+def _drain_timeout(config_text: str) -> float:
+    """The gateway's drain after SIGTERM; deployment files set it explicitly."""
+    config = yaml.safe_load(config_text)
+    drain = config.get("proxy", {}).get("drain_timeout")
+    assert isinstance(drain, int | float), "set proxy.drain_timeout explicitly in the config"
+    return float(drain)
+
+
+def _seconds(duration: str | int) -> float:
+    """A compose duration such as ``40s`` or ``1m30s``."""
+    if isinstance(duration, int):
+        return float(duration)
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _gateway_config_text(docs: list[dict[str, Any]]) -> str:
+    container = _gateway_container(docs)
+    pod = _gateway(docs)["spec"]["template"]["spec"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == CONFIG_DIR)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    cm = _find(docs, "ConfigMap", volume["configMap"]["name"])
+    return cm["data"]["domains.yaml"]
+
+
+# ------------------------------------------------------------------ kubernetes: schema ---
+
+
+@pytest.mark.parametrize("path", _k8s_files(), ids=lambda p: p.name)
+def test_manifest_validates_against_pinned_kubernetes_schema(path: Path) -> None:
+    docs = _load_docs(path)
+    assert docs, f"{path.name} is empty"
+    for doc in docs:
+        used = kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        assert used == K8S_VERSION, f"validated against {used}, not the pinned {K8S_VERSION}"
+
+
+def test_strict_validation_rejects_unknown_and_mistyped_fields(
+    manifests: list[dict[str, Any]],
+) -> None:
+    # Guards the schema test itself: strict mode must catch a typo in a field name ...
+    typo = copy.deepcopy(_gateway(manifests))
+    container = typo["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(typo, K8S_VERSION, strict=True)
+    # ... and a value of the wrong type.
+    mistyped = copy.deepcopy(_gateway(manifests))
+    mistyped["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(mistyped, K8S_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest_and_namespace_is_consistent(
+    manifests: list[dict[str, Any]],
+) -> None:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    resources = kustomization["resources"]
+    assert len(resources) == len(set(resources)), "duplicate entries in resources"
+    for res in resources:
+        assert (K8S_DIR / res).is_file(), f"kustomization lists missing file {res}"
+    assert set(resources) == {p.name for p in _k8s_files()}
+
+    namespace = kustomization.get("namespace", NAMESPACE)
+    assert namespace == NAMESPACE
+    namespaces = [d for d in manifests if d["kind"] == "Namespace"]
+    assert [d["metadata"]["name"] for d in namespaces] in ([], [NAMESPACE])
+    for doc in manifests:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+
+
+# --------------------------------------------------------------- kubernetes: gateway ---
+
+
+def test_gateway_deployment_replicas_and_selector(manifests: list[dict[str, Any]]) -> None:
+    deployment = _gateway(manifests)
+    assert deployment["apiVersion"] == "apps/v1"
+    assert deployment["spec"]["replicas"] >= 2
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert _selects(selector, _pod_labels(deployment))
+    rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
+    assert rolling.get("maxUnavailable") in (0, "0%"), "rollouts must not reduce capacity"
+
+
+def test_gateway_references_existing_configmap_and_secret(
+    manifests: list[dict[str, Any]],
+) -> None:
+    pod = _gateway(manifests)["spec"]["template"]["spec"]
+    checked_configmaps = 0
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            cm = _find(manifests, "ConfigMap", volume["configMap"]["name"])
+            for item in volume["configMap"].get("items", []):
+                assert item["key"] in cm["data"], f"ConfigMap has no key {item['key']}"
+            checked_configmaps += 1
+        if "secret" in volume:
+            _find(manifests, "Secret", volume["secret"]["secretName"])
+    assert checked_configmaps >= 1, "the gateway config should come from a ConfigMap"
+
+    checked_secret_refs = 0
+    for container in pod["containers"]:
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                secret = _find(manifests, "Secret", ref["name"])
+                assert ref["key"] in _secret_data(secret), f"Secret has no key {ref['key']}"
+                checked_secret_refs += 1
+            ref = env.get("valueFrom", {}).get("configMapKeyRef")
+            if ref:
+                assert ref["key"] in _find(manifests, "ConfigMap", ref["name"])["data"]
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                _find(manifests, "Secret", source["secretRef"]["name"])
+                checked_secret_refs += 1
+            if "configMapRef" in source:
+                _find(manifests, "ConfigMap", source["configMapRef"]["name"])
+    assert checked_secret_refs >= 1, "secrets should come from the Secret"
+
+
+def test_gateway_secrets_come_from_the_secret_not_literals(
+    manifests: list[dict[str, Any]],
+) -> None:
+    container = _gateway_container(manifests)
+    from_secret = {
+        e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    for name in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS", "GATEWAY_STORE_URL"):
+        assert name in from_secret, f"{name} should be read from the Secret"
+
+
+def test_secret_placeholders_are_clearly_marked(manifests: list[dict[str, Any]]) -> None:
+    secrets = [d for d in manifests if d["kind"] == "Secret"]
+    assert secrets
+    text = (K8S_DIR / "secret.yaml").read_text()
+    assert "PLACEHOLDER" in text.upper()
+    for secret in secrets:
+        data = secret.get("stringData", {})
+        for key in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS"):
+            assert "REPLACE_ME" in data.get(key, ""), f"{key} should be an obvious placeholder"
+
+
+def test_config_is_mounted_at_etc_gateway(manifests: list[dict[str, Any]]) -> None:
+    container = _gateway_container(manifests)
+    mounts = [m for m in container["volumeMounts"] if m["mountPath"] == CONFIG_DIR]
+    assert len(mounts) == 1, f"config volume should be mounted at {CONFIG_DIR}"
+    # A subPath mount would never see ConfigMap updates.
+    assert "subPath" not in mounts[0]
+    assert mounts[0].get("readOnly") is True
+    argv = _container_argv(container)
+    assert argv[:3] == ["python", "-m", "gateway"] and "serve" in argv
+    assert _arg_value(argv, "--config") == CONFIG_PATH
+    # The file name the gateway reads is a key in the ConfigMap.
+    assert _gateway_config_text(manifests).strip()
+
+
+def test_config_env_references_are_provided(manifests: list[dict[str, Any]]) -> None:
+    refs = _env_refs(_gateway_config_text(manifests))
+    assert refs, "the config should take its secrets from ${ENV} references"
+    missing = refs - _env_names(_gateway_container(manifests))
+    assert not missing, f"config references env vars the pod does not set: {missing}"
+
+
+def test_probes_use_admin_port(manifests: list[dict[str, Any]]) -> None:
+    container = _gateway_container(manifests)
+    argv = _container_argv(container)
+    admin_arg = _arg_value(argv, "--admin-port")
+    assert admin_arg in (None, str(ADMIN_PORT))
+    assert _arg_value(argv, "--admin-host") == "0.0.0.0"
+    assert _arg_value(argv, "--host") == "0.0.0.0"
+    assert _arg_value(argv, "--port") in (None, str(PROXY_PORT))
+    expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe_name, path in expected.items():
+        probe = container.get(probe_name)
+        assert probe, f"missing {probe_name}"
+        http = probe["httpGet"]
+        assert http["path"] == path
+        assert _container_port(container, http["port"]) == ADMIN_PORT
+    startup = container.get("startupProbe")
+    if startup:
+        assert startup["httpGet"]["path"] == "/healthz"
+        assert _container_port(container, startup["httpGet"]["port"]) == ADMIN_PORT
+    ports = {int(p["containerPort"]) for p in container["ports"]}
+    assert {PROXY_PORT, ADMIN_PORT} <= ports
+
+
+def test_resources_and_security_context(manifests: list[dict[str, Any]]) -> None:
+    pod = _gateway(manifests)["spec"]["template"]["spec"]
+    container = _gateway_container(manifests)
+    for section in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][section]), section
+    pod_sc = pod.get("securityContext", {})
+    sc = container["securityContext"]
+    assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
+    assert sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert "ALL" in sc.get("capabilities", {}).get("drop", [])
+    # With a read-only root, Python still needs a writable /tmp.
+    assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
+
+
+def _prestop_sleep_seconds(container: dict[str, Any]) -> int:
+    pre_stop = container.get("lifecycle", {}).get("preStop")
+    assert pre_stop, "the gateway container needs a preStop hook"
+    if "sleep" in pre_stop:
+        return int(pre_stop["sleep"]["seconds"])
+    command = pre_stop["exec"]["command"]
+    if len(command) == 1 or command[0] in ("sh", "/bin/sh"):
+        command = shlex.split(command[-1])
+    assert Path(command[0]).name == "sleep", f"preStop should sleep, got {command}"
+    return int(command[1])
+
+
+def test_graceful_shutdown_timing(manifests: list[dict[str, Any]]) -> None:
+    pod = _gateway(manifests)["spec"]["template"]["spec"]
+    sleep = _prestop_sleep_seconds(_gateway_container(manifests))
+    assert 3 <= sleep <= 30, "preStop should give endpoint removal a few seconds"
+    grace = pod["terminationGracePeriodSeconds"]
+    drain = _drain_timeout(_gateway_config_text(manifests))
+    assert grace > sleep + drain, "SIGKILL would cut the drain short"
+
+
+def test_replicas_spread_across_nodes(manifests: list[dict[str, Any]]) -> None:
+    deployment = _gateway(manifests)
+    pod = deployment["spec"]["template"]["spec"]
+    labels = _pod_labels(deployment)
+    spread = [
+        c
+        for c in pod.get("topologySpreadConstraints", [])
+        if c["topologyKey"] == "kubernetes.io/hostname"
+        and _selects(c["labelSelector"]["matchLabels"], labels)
+    ]
+    anti = pod.get("affinity", {}).get("podAntiAffinity", {})
+    terms = [
+        t.get("podAffinityTerm", t)
+        for key in (
+            "preferredDuringSchedulingIgnoredDuringExecution",
+            "requiredDuringSchedulingIgnoredDuringExecution",
+        )
+        for t in anti.get(key, [])
+    ]
+    anti_terms = [
+        t
+        for t in terms
+        if t["topologyKey"] == "kubernetes.io/hostname"
+        and _selects(t["labelSelector"]["matchLabels"], labels)
+    ]
+    assert spread or anti_terms, "replicas should be spread across nodes"
+
+
+def test_service_targets_gateway_pods(manifests: list[dict[str, Any]]) -> None:
+    service = _find(manifests, "Service", GATEWAY)
+    deployment = _gateway(manifests)
+    container = _gateway_container(manifests)
+    assert _selects(service["spec"]["selector"], _pod_labels(deployment))
+    redis = _find(manifests, "Deployment", "redis")
+    assert not _selects(service["spec"]["selector"], _pod_labels(redis))
+
+    ports = {int(p["port"]): p for p in service["spec"]["ports"]}
+    assert 80 in ports, "the Service should serve HTTP on port 80"
+    assert _container_port(container, ports[80]["targetPort"]) == PROXY_PORT
+    admin = [p for p in ports.values() if _container_port(container, p["targetPort"]) == ADMIN_PORT]
+    assert admin, "the admin port should be reachable for Prometheus"
+
+    # Prometheus discovery annotations on the Service and/or the pods.
+    annotated = [
+        a
+        for a in (
+            service["metadata"].get("annotations", {}),
+            deployment["spec"]["template"]["metadata"].get("annotations", {}),
+        )
+        if a.get("prometheus.io/scrape") == "true"
+    ]
+    assert annotated, "prometheus.io/scrape annotations are missing"
+    for a in annotated:
+        assert a.get("prometheus.io/port") == str(ADMIN_PORT)
+        assert a.get("prometheus.io/path", "/metrics") == "/metrics"
+
+
+def test_pdb_targets_gateway(manifests: list[dict[str, Any]]) -> None:
+    pdb = _find(manifests, "PodDisruptionBudget", GATEWAY)
+    deployment = _gateway(manifests)
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == 1
+    assert _selects(pdb["spec"]["selector"]["matchLabels"], _pod_labels(deployment))
+    # minAvailable below the replica count, or node drains would block forever.
+    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_hpa_targets_gateway_on_cpu(manifests: list[dict[str, Any]]) -> None:
+    hpas = [d for d in manifests if d["kind"] == "HorizontalPodAutoscaler"]
+    assert len(hpas) == 1
+    hpa = hpas[0]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        GATEWAY,
+    )
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["maxReplicas"] >= hpa["spec"]["minReplicas"]
+    cpu = [
+        m
+        for m in hpa["spec"]["metrics"]
+        if m["type"] == "Resource" and m["resource"]["name"] == "cpu"
+    ]
+    assert cpu, "the HPA should scale on CPU"
+    # Utilization targets are relative to the CPU request.
+    assert "cpu" in _gateway_container(manifests)["resources"]["requests"]
+
+
+def test_redis_deployment_service_and_store_url(manifests: list[dict[str, Any]]) -> None:
+    redis = _find(manifests, "Deployment", "redis")
+    service = _find(manifests, "Service", "redis")
+    assert redis["spec"]["replicas"] == 1
+    assert _selects(service["spec"]["selector"], _pod_labels(redis))
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].split(":")[0] in ("redis", "docker.io/library/redis")
+    svc_port = service["spec"]["ports"][0]
+    assert _container_port(container, svc_port["targetPort"]) == 6379
+
+    # The store URL the gateway gets points at this Service.
+    env = next(e for e in _gateway_container(manifests)["env"] if e["name"] == "GATEWAY_STORE_URL")
+    ref = env["valueFrom"]["secretKeyRef"]
+    url = urlsplit(_secret_data(_find(manifests, "Secret", ref["name"]))[ref["key"]])
+    assert url.scheme == "redis"
+    assert url.hostname is not None
+    assert url.hostname.split(".")[0] == "redis"
+    assert url.port == int(svc_port["port"])
+
+
+def test_kubernetes_config_loads(manifests: list[dict[str, Any]], tmp_path: Path, monkeypatch):
+    from gateway.config import load_config
+
+    secret_values: dict[str, str] = {}
+    for env in _gateway_container(manifests).get("env", []):
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            secret_values[env["name"]] = _secret_data(_find(manifests, "Secret", ref["name"]))[
+                ref["key"]
+            ]
+        elif "value" in env:
+            secret_values[env["name"]] = env["value"]
+    for name, value in secret_values.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "domains.yaml"
+    path.write_text(_gateway_config_text(manifests), encoding="utf-8")
+    assert load_config(path) is not None
+
+
+# ------------------------------------------------------------------- docker compose ---
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _compose_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def _compose_default(value: str) -> str:
+    """What compose substitutes for ``${VAR:-default}`` when VAR is unset."""
+
+    def repl(m: re.Match[str]) -> str:
+        return m.group(2) or ""
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}", repl, value)
+
+
+def _compose_binds(service: dict[str, Any]) -> list[tuple[str, str]]:
+    binds = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            if volume.get("type") != "bind":
+                continue
+            source, target = volume["source"], volume["target"]
+        if source.startswith((".", "/")):
+            binds.append((source, target))
+    return binds
+
+
+def _compose_command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def _compose_gateway_config(compose: dict[str, Any]) -> Path:
+    for source, target in _compose_binds(compose["services"]["gateway"]):
+        if target == CONFIG_PATH:
+            return (DEPLOY / source).resolve()
+    raise AssertionError(f"compose does not mount a gateway config at {CONFIG_PATH}")
+
+
+def test_compose_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"gateway", "redis", "demo-sites"} <= set(services)
+    assert services["redis"]["image"].split(":")[0] == "redis"
+    redis_cmd = " ".join(_compose_command(services["redis"]))
+    assert "--appendonly no" in redis_cmd and "--save" in redis_cmd
+    assert not services["redis"].get("volumes"), "redis needs no persistence"
+
+
+def test_compose_build_contexts_and_mounts_exist(compose: dict[str, Any]) -> None:
+    builds = 0
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build is not None:
+            build = {"context": build} if isinstance(build, str) else build
+            context = (DEPLOY / build.get("context", ".")).resolve()
+            assert context.is_dir(), f"{name}: build context {context} is missing"
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            assert dockerfile.is_file(), f"{name}: {dockerfile} is missing"
+            assert dockerfile == DOCKERFILE
+            builds += 1
+        for source, _target in _compose_binds(service):
+            assert (DEPLOY / source).resolve().exists(), f"{name}: mount {source} missing"
+        for env_file in (
+            service.get("env_file", []) if isinstance(service.get("env_file"), list) else []
+        ):
+            path = env_file if isinstance(env_file, str) else env_file["path"]
+            assert (DEPLOY / path).exists(), f"{name}: env_file {path} missing"
+    assert compose["services"]["gateway"].get("build"), "the gateway is built from the repo"
+    assert builds >= 2, "demo-sites should use the same image built from the repo"
+
+
+def test_compose_gateway_environment(compose: dict[str, Any]) -> None:
+    gateway = compose["services"]["gateway"]
+    env = _compose_env(gateway)
+    assert env.get("GATEWAY_STORE_URL") == "redis://redis:6379/0"
+    for name in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS"):
+        assert _compose_default(env.get(name, "")), f"{name} should be set"
+    config_text = _compose_gateway_config(compose).read_text(encoding="utf-8")
+    refs = _env_refs(config_text)
+    assert refs, "the compose gateway config should use ${ENV} references for secrets"
+    assert refs <= set(env), f"unset env references: {refs - set(env)}"
+    assert "redis" in gateway.get("depends_on", {})
+    drain = _drain_timeout(config_text)
+    assert _seconds(gateway["stop_grace_period"]) > drain, "docker would kill the drain"
+
+
+def test_compose_demo_sites_match_gateway_upstreams(compose: dict[str, Any]) -> None:
+    demo = compose["services"]["demo-sites"]
+    command = _compose_command(demo)
+    assert command[:3] == ["python", "-m", "gateway.demo.sites"]
+    assert _arg_value(command, "--host") == "0.0.0.0"
+    demo_ports = {int(_arg_value(command, f) or 0) for f in ("--shop-port", "--checkout-port")}
+    assert 0 not in demo_ports
+    # The module compose runs is part of the package.
+    module = REPO / "gateway" / "demo"
+    assert (module / "sites.py").is_file() or (module / "sites" / "__main__.py").is_file()
+
+    config = yaml.safe_load(_compose_gateway_config(compose).read_text(encoding="utf-8"))
+    upstreams = {urlsplit(site["upstream"]) for site in config["sites"]}
+    assert {u.hostname for u in upstreams} == {"demo-sites"}
+    assert {u.port for u in upstreams} == demo_ports
+
+
+def test_compose_healthchecks(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("gateway", "redis", "demo-sites"):
+        test = services[name].get("healthcheck", {}).get("test")
+        assert test, f"{name} has no healthcheck"
+        if isinstance(test, list) and test[:2] == ["CMD", "python"]:
+            assert test[2] == "-c"
+            compile(test[3], f"<{name} healthcheck>", "exec")
+    gateway_check = " ".join(services["gateway"]["healthcheck"]["test"])
+    assert f":{ADMIN_PORT}/" in gateway_check
+    assert "/readyz" in gateway_check or "/healthz" in gateway_check
+    for dependency, condition in services["gateway"]["depends_on"].items():
+        assert condition.get("condition") == "service_healthy", dependency
+
+
+def test_compose_gateway_config_loads(compose: dict[str, Any], monkeypatch) -> None:
+    from gateway.config import load_config
+
+    for name, value in _compose_env(compose["services"]["gateway"]).items():
+        monkeypatch.setenv(name, _compose_default(value))
+    assert load_config(_compose_gateway_config(compose)) is not None
+
+
+# ------------------------------------------------------------------------ Dockerfile ---
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, rest = line.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+    assert not pending, "Dockerfile ends in a line continuation"
+    return instructions
+
+
+def _exec_form(args: str) -> list[str]:
+    value = yaml.safe_load(args)  # a JSON array is valid YAML
+    assert isinstance(value, list), f"expected exec (JSON array) form: {args}"
+    return [str(v) for v in value]
+
+
+def _dockerignore_excludes(rel: str) -> bool:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    parts = rel.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        variants = {pattern, pattern.removeprefix("**/")}
+        if any(fnmatch.fnmatch(c, v) for c in candidates for v in variants):
+            excluded = not negate
+    return excluded
+
+
+def _copies() -> list[tuple[list[str], str]]:
+    copies = []
+    for keyword, args in _dockerfile_instructions():
+        if keyword not in ("COPY", "ADD"):
+            continue
+        words = shlex.split(args)
+        if any(w.startswith("--from") for w in words):
+            continue
+        words = [w for w in words if not w.startswith("--")]
+        copies.append((words[:-1], words[-1]))
+    return copies
+
+
+def test_dockerfile_base_image_and_install() -> None:
+    instructions = _dockerfile_instructions()
+    args = {}
+    for keyword, rest in instructions:
+        if keyword == "ARG" and "=" in rest:
+            key, value = rest.split("=", 1)
+            args[key] = value
+    bases = [
+        re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), rest.split()[0])
+        for keyword, rest in instructions
+        if keyword == "FROM"
+    ]
+    assert bases and all(b == "python:3.11-slim" for b in bases), bases
+    assert any(k == "RUN" and re.search(r"pip install (\S+ )*\.(\s|$)", r) for k, r in instructions)
+
+    # Everything `pip install .` needs is copied before it runs.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    readme = pyproject["project"].get("readme")
+    needed = {"pyproject.toml", "gateway"} | ({readme} if isinstance(readme, str) else set())
+    copied = {Path(src).as_posix().rstrip("/") for sources, _ in _copies() for src in sources}
+    assert needed <= copied, f"not copied into the build: {needed - copied}"
+
+
+def test_dockerfile_copied_files_exist_and_are_not_dockerignored() -> None:
+    copies = _copies()
+    assert copies
+    for sources, _dest in copies:
+        for src in sources:
+            assert (REPO / src).exists(), f"COPY source {src} does not exist in the repo"
+            assert not _dockerignore_excludes(src.rstrip("/")), f"{src} is in .dockerignore"
+    for heavy in (".git", ".venv", "tests"):
+        assert _dockerignore_excludes(heavy), f".dockerignore should exclude {heavy}"
+
+
+def test_dockerfile_default_config() -> None:
+    assert (["config/domains.yaml"], CONFIG_PATH) in _copies()
+    cmds = [_exec_form(rest) for keyword, rest in _dockerfile_instructions() if keyword == "CMD"]
+    assert cmds, "no CMD"
+    assert cmds[-1] == [
+        "python",
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        CONFIG_PATH,
+        "--host",
+        "0.0.0.0",
+        "--admin-host",
+        "0.0.0.0",
+    ]
+    assert not any(k == "ENTRYPOINT" for k, _ in _dockerfile_instructions()), (
+        "an ENTRYPOINT would break compose's demo-sites command override"
+    )
+
+
+def test_dockerfile_runs_as_non_root() -> None:
+    users = [rest for keyword, rest in _dockerfile_instructions() if keyword == "USER"]
+    assert users, "the image should switch to a non-root USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), users[-1]
+    # Numeric, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+    assert user.isdigit()
+
+
+def test_dockerfile_exposes_ports_and_healthcheck() -> None:
+    instructions = _dockerfile_instructions()
+    exposed = {
+        int(p.split("/")[0]) for k, rest in instructions if k == "EXPOSE" for p in rest.split()
+    }
+    assert {PROXY_PORT, ADMIN_PORT} <= exposed
+    checks = [rest for keyword, rest in instructions if keyword == "HEALTHCHECK"]
+    assert len(checks) == 1, "exactly one HEALTHCHECK"
+    _, _, command = checks[0].partition("CMD")
+    argv = _exec_form(command.strip())
+    assert argv[:2] == ["python", "-c"], "slim images have no curl: use python"
+    assert (
+        f"127.0.0.1:{ADMIN_PORT}/healthz" in argv[2]
+        or f"localhost:{ADMIN_PORT}/healthz" in (argv[2])
+    )
+    compile(argv[2], "<HEALTHCHECK>", "exec")
