@@ -1,0 +1,93 @@
+"""Command line: ``serve``, ``check-config`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .app import Overrides, run_process, supervise
+from .config import ConfigError, load_config
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
+    return port
+
+
+def _workers(value: str) -> int:
+    n = int(value)
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"{value} is not a worker count (1-256)")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ajs-identity-gateway",
+        description="Identity gateway: keeps a visitor's Segment anonymousId across domains.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", required=True, help="path to domains.yaml")
+    serve.add_argument("--host", help="proxy listen address (default from config, 0.0.0.0)")
+    serve.add_argument("--port", type=_port, help="proxy port (default 8080)")
+    serve.add_argument("--admin-host", help="admin listen address (default 127.0.0.1)")
+    serve.add_argument("--admin-port", type=_port, help="admin port (default 9901)")
+    serve.add_argument("--workers", type=_workers, help="worker processes (default 1)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("path")
+    demo = sub.add_parser("demo", help="run the offline demo sites behind the gateway")
+    demo.add_argument("--config", default="config/demo.yaml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        try:
+            config = load_config(args.path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(config.summary())
+        return 0
+    if args.command == "demo":
+        from .demo.run import run_demo
+
+        return run_demo(args.config)
+    overrides = Overrides(args.host, args.port, args.admin_host, args.admin_port, args.workers)
+    workers = args.workers
+    if workers is None:
+        try:
+            workers = load_config(args.config).server.workers
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    if workers > 1 and not args.reuse_port:
+        argv_list = list(sys.argv[1:] if argv is None else argv)
+        return supervise(args.config, overrides, workers, _without_workers(argv_list))
+    return run_process(args.config, overrides, reuse_port=args.reuse_port)
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

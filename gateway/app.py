@@ -1,0 +1,242 @@
+"""Builds the proxy and admin servers from a config and runs them: start-up, SIGHUP reload,
+SIGTERM drain, and the pre-fork supervisor behind ``--workers N``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .admin import make_admin_app
+from .config import Config, ConfigError, load_config
+from .metrics import Metrics
+from .proxy import ProxyHandler, ProxyState, make_session
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line flags, which win over the file (and keep winning across reloads)."""
+
+    host: str | None = None
+    port: int | None = None
+    admin_host: str | None = None
+    admin_port: int | None = None
+    workers: int | None = None
+
+    def apply(self, config: Config) -> Config:
+        server = dataclasses.replace(
+            config.server,
+            **{
+                k: v
+                for k, v in (("host", self.host), ("port", self.port), ("workers", self.workers))
+                if v is not None
+            },
+        )
+        admin = dataclasses.replace(
+            config.admin,
+            **{
+                k: v
+                for k, v in (("host", self.admin_host), ("port", self.admin_port))
+                if v is not None
+            },
+        )
+        return dataclasses.replace(config, server=server, admin=admin)
+
+
+def log_line(event: str, **fields: Any) -> None:
+    line = {"time": time.time(), "event": event, **fields}
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+
+class Gateway:
+    """One serving process: the proxy listener, the admin listener and their shared state."""
+
+    def __init__(self, config: Config, config_path: str, overrides: Overrides) -> None:
+        self.config_path = config_path
+        self.overrides = overrides
+        self.metrics = Metrics.create()
+        self.state = ProxyState(config=config, session=make_session(config), metrics=self.metrics)
+        self._runners: list[web.BaseRunner] = []
+        self._proxy_sites: list[web.TCPSite] = []
+        self._stop = asyncio.Event()
+        self.bound_port: int | None = None
+        self.bound_admin_port: int | None = None
+
+    async def store_health(self) -> dict[str, Any]:
+        return {"url": "memory://", "state": "up"}
+
+    async def start(self, reuse_port: bool = False) -> None:
+        config = self.state.config
+        server = web.Server(
+            ProxyHandler(self.state),
+            access_log=None,
+            max_field_size=config.proxy.max_header_size,
+            handler_cancellation=False,
+        )
+        runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(
+            runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=2048
+        )
+        await site.start()
+        self._proxy_sites.append(site)
+        self.bound_port = _bound_port(runner)
+        admin = web.AppRunner(
+            make_admin_app(self.state, self.store_health), access_log=None, handle_signals=False
+        )
+        await admin.setup()
+        self._runners.append(admin)
+        admin_site = web.TCPSite(
+            admin, config.admin.host, config.admin.port, reuse_port=reuse_port
+        )
+        await admin_site.start()
+        self.bound_admin_port = _bound_port(admin)
+        log_line(
+            "started",
+            pid=os.getpid(),
+            listen=f"{config.server.host}:{self.bound_port}",
+            admin=f"{config.admin.host}:{self.bound_admin_port}",
+            sites=[s.host for s in config.sites],
+        )
+
+    def reload(self) -> bool:
+        """Re-read the config file; on any problem keep the running config."""
+        try:
+            new = self.overrides.apply(load_config(self.config_path))
+        except ConfigError as exc:
+            self.metrics.reloads.labels("invalid").inc()
+            log_line("reload_failed", problems=[str(p) for p in exc.problems])
+            return False
+        old = self.state.config
+        if (new.server, new.admin) != (old.server, old.admin):
+            log_line("reload_note", message="listener changes need a restart; kept the old ones")
+            new = dataclasses.replace(new, server=old.server, admin=old.admin)
+        if new.proxy != old.proxy:
+            old_session = self.state.session
+            self.state.session = make_session(new)
+            # Requests in flight keep the old pool until they finish.
+            asyncio.get_running_loop().call_later(
+                new.proxy.drain_timeout + 1.0,
+                lambda: asyncio.ensure_future(old_session.close()),
+            )
+        self.state.config = new
+        self.metrics.reloads.labels("ok").inc()
+        log_line("reloaded", summary=new.summary())
+        return True
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def drain_and_close(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        self.state.draining = True
+        for site in self._proxy_sites:
+            await site.stop()
+        deadline = time.monotonic() + self.state.config.proxy.drain_timeout
+        while self.state.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        log_line("drained", in_flight_left=self.state.in_flight)
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.state.session.close()
+
+
+def _bound_port(runner: web.BaseRunner) -> int | None:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    return None
+
+
+async def serve(config: Config, config_path: str, overrides: Overrides, reuse_port: bool) -> int:
+    gateway = Gateway(config, config_path, overrides)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
+    loop.add_signal_handler(signal.SIGINT, gateway.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    await gateway.start(reuse_port=reuse_port)
+    await gateway.wait_stopped()
+    log_line("stopping", pid=os.getpid())
+    await gateway.drain_and_close()
+    log_line("stopped", pid=os.getpid())
+    return 0
+
+
+def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False) -> int:
+    """Serve in this process (one worker) on uvloop when it is installed."""
+    try:
+        config = overrides.apply(load_config(config_path))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(config, config_path, overrides, reuse_port))
+
+
+def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequence[str]) -> int:
+    """Pre-fork: N worker processes share the listening ports with SO_REUSEPORT, the kernel
+    spreads connections across them; signals are passed on, dead workers are replaced."""
+    try:
+        load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
+    cmd = [sys.executable, "-m", "gateway", *argv, "--workers", "1", "--reuse-port"]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        while True:
+            alive = [p for p in procs if p.poll() is None]
+            if stopping and not alive:
+                break
+            if not stopping:
+                for i, proc in enumerate(procs):
+                    if proc.poll() is not None:
+                        log_line("worker_restarted", pid=proc.pid, exit_code=proc.returncode)
+                        time.sleep(0.5)
+                        procs[i] = subprocess.Popen(cmd, env=env)
+            time.sleep(0.2)
+    finally:
+        for path in os.listdir(metrics_dir):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(metrics_dir, path))
+        with contextlib.suppress(OSError):
+            os.rmdir(metrics_dir)
+    return 0 if all(p.returncode == 0 for p in procs) else 1
