@@ -333,6 +333,22 @@ def test_probes_use_admin_port(manifests: list[dict[str, Any]]) -> None:
     assert {PROXY_PORT, ADMIN_PORT} <= ports
 
 
+def test_container_commands_parse_with_the_gateway_cli(manifests: list[dict[str, Any]]) -> None:
+    from gateway.__main__ import build_parser
+
+    parser = build_parser()
+    argv = _container_argv(_gateway_container(manifests))
+    assert argv[:3] == ["python", "-m", "gateway"]
+    args = parser.parse_args(argv[3:])
+    assert (args.command, args.config) == ("serve", CONFIG_PATH)
+    assert args.admin_port in (None, ADMIN_PORT)
+    assert args.port in (None, PROXY_PORT)
+
+    cmd = next(_exec_form(rest) for keyword, rest in _dockerfile_instructions() if keyword == "CMD")
+    args = parser.parse_args(cmd[3:])
+    assert (args.command, args.config, args.admin_host) == ("serve", CONFIG_PATH, "0.0.0.0")
+
+
 def test_resources_and_security_context(manifests: list[dict[str, Any]]) -> None:
     pod = _gateway(manifests)["spec"]["template"]["spec"]
     container = _gateway_container(manifests)
@@ -613,6 +629,13 @@ def test_compose_demo_sites_match_gateway_upstreams(compose: dict[str, Any]) -> 
     upstreams = {urlsplit(site["upstream"]) for site in config["sites"]}
     assert {u.hostname for u in upstreams} == {"demo-sites"}
     assert {u.port for u in upstreams} == demo_ports
+
+    # The demo pages link to each other by these host names: the gateway must answer them.
+    from gateway.demo import sites
+
+    by_port = {urlsplit(s["upstream"]).port: s["host"] for s in config["sites"]}
+    assert by_port[int(_arg_value(command, "--shop-port") or 0)] == sites.SHOP_HOST
+    assert by_port[int(_arg_value(command, "--checkout-port") or 0)] == sites.CHECKOUT_HOST
 
 
 def test_compose_healthchecks(compose: dict[str, Any]) -> None:
