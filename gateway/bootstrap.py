@@ -1,0 +1,157 @@
+"""The analytics.js bootstrap the gateway injects into HTML pages (pure: values in, bytes out).
+
+The script does four things, written from scratch for this gateway:
+
+1. It makes sure ``window.analytics`` exists as a queue: an array whose methods (``track``,
+   ``page``, ``setAnonymousId``, ...) push ``[method, ...args]`` onto it, with ``methods`` and
+   ``factory`` as the standalone analytics.js build expects. The library replays that array
+   when it loads.
+2. It puts ``setAnonymousId(<restored id>)`` at the *front* of the queue, whoever created the
+   queue, so the restored id is set before anything is sent and wins even over a stale id that
+   an older analytics.js would read from localStorage. If the library is already running it calls
+   ``setAnonymousId`` directly. No ``identify``: that sends an event, and the user id already
+   reaches analytics.js through the ``ajs_user_id`` cookie the gateway sets; the embedded user id
+   is only used for decorating links.
+3. It loads analytics.js only if the page does not. Segment's snippet does nothing when it finds
+   ``analytics.invoked`` set (it logs "snippet included twice"), so we must not set it early. We
+   only fill in ``_writeKey``/``_cdn`` where unset and wait for DOMContentLoaded; by then any
+   snippet in the page's HTML (inline, ``defer``) has run. If the queue was invoked, or the library
+   is already initialized, the page is in charge and we do nothing more; otherwise we set
+   ``invoked``, queue ``page()`` and insert the script. So ``page()`` is queued once either way,
+   and the library is loaded once in either order. A snippet that only arrives after
+   DOMContentLoaded (a tag manager) finds ``invoked`` set and stands down.
+4. It decorates cross-domain links and forms at the moment they are used (capturing listeners
+   for click, auxclick and submit on ``document``), to cover what page JavaScript creates after
+   the HTML rewriter has seen the page. Hosts match exactly as ``identity.host_matches`` does;
+   the ids come from the running library when it is ready, else from the embedded values;
+   existing ``ajs_aid``/``ajs_uid`` are replaced; the rest of the URL keeps its text.
+
+Every value is embedded as JSON with ``<``, ``>``, ``&``, U+2028 and U+2029 (and all non-ASCII)
+escaped, so nothing a site owner or visitor controls can end the script element or the string.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+
+from gateway.identity import AID_PARAM, UID_PARAM
+
+# The queue methods analytics.js replays from its snippet buffer (its public API names).
+_METHODS = (
+    "trackSubmit trackClick trackLink trackForm pageview identify reset group track ready alias "
+    "debug page screen once off on addSourceMiddleware addIntegrationMiddleware setAnonymousId "
+    "addDestinationMiddleware register"
+).split()
+
+# Hand-minified. Names: w window, d document, c config, q our queue, T trim regex,
+# hit(host) target test, ids() current params, dec(url, params) decorate text, web(url) target
+# URL or null. ES5 only, so it runs wherever analytics.js does. Must never contain "</" or "<!--".
+_JS = (
+    "(function(w,d,c){"
+    "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g;"
+    # 1. the queue
+    "if(!q){q=w.analytics=[];q.methods=c.m;"
+    "q.factory=function(m){return function(){var a=[].slice.call(arguments);"
+    "a.unshift(m);q.push(a);return q}};"
+    "for(var i=0;i<c.m.length;i++)q[c.m[i]]=q.factory(c.m[i])}"
+    # 2. the restored id goes first; settings only where the page has none
+    "function seed(a){if(!c.a||!a)return;"
+    "if(a.initialize){a.setAnonymousId&&a.setAnonymousId(c.a)}else if(a.unshift){"
+    'a.unshift(["setAnonymousId",c.a])}}'
+    "seed(q);"
+    "if(!q.initialize){q._writeKey=q._writeKey||c.k;q._cdn=q._cdn||c.c}"
+    # 3. load, unless the page's own snippet or library took over by DOMContentLoaded
+    "function go(){var a=w.analytics;if(!a||!a.push||a.initialize||a.invoked)return;"
+    "if(a!==q){seed(a);a._writeKey=a._writeKey||c.k;a._cdn=a._cdn||c.c}"
+    'a.invoked=!0;a.push(["page"]);'
+    'var s=d.createElement("script"),f=d.getElementsByTagName("script")[0];'
+    "s.async=!0;if(c.n)s.nonce=c.n;"
+    's.src=c.c+"/analytics.js/v1/"+encodeURIComponent(c.k)+"/analytics.min.js";'
+    "if(f&&f.parentNode)f.parentNode.insertBefore(s,f);else(d.head||d.documentElement).appendChild(s)}"
+    'if(d.readyState=="loading")d.addEventListener("DOMContentLoaded",go);else go();'
+    # 4. click-time decoration
+    'function hit(h){h=(h||"").toLowerCase().replace(/\\.$/,"");if(!h||h==c.o)return!1;'
+    "for(var i=0;i<c.t.length;i++){var t=c.t[i],n=t.length;"
+    'if(t.slice(0,2)=="*."?h.length>n&&h.slice(1-n)==t.slice(1)&&h.charAt(h.length-n)!=".":h==t)'
+    "return!0}return!1}"
+    "function web(u){try{u=new URL(u,d.baseURI)}catch(e){return!1}"
+    "return/^https?:$/.test(u.protocol)&&hit(u.hostname)}"
+    "function ids(){var a=w.analytics,id=c.a,u=c.u,r=[];"
+    "try{if(a&&a.initialized&&a.user){var x=a.user();id=x.anonymousId()||id;u=x.id()||u}}"
+    "catch(e){}"
+    'if(id)r.push([P[0],""+id]);if(u)r.push([P[1],""+u]);return r}'
+    'function nm(s){s=s.split("=")[0].replace(/[\\t\\n\\r]/g,"").replace(/\\+/g," ");'
+    "try{return decodeURIComponent(s)}catch(e){return s}}"
+    'function dec(u,p){var i=u.indexOf("#"),f="",q="",n=[],o=[],k=[];'
+    "if(i>=0){f=u.slice(i);u=u.slice(0,i)}"
+    'i=u.indexOf("?");if(i>=0){q=u.slice(i+1);u=u.slice(0,i)}'
+    "for(i=0;i<p.length;i++){n.push(p[i][0]);"
+    'o.push(encodeURIComponent(p[i][0])+"="+encodeURIComponent(p[i][1]))}'
+    'q=q.split("&");for(i=0;i<q.length;i++)if(n.indexOf(nm(q[i]))<0)k.push(q[i]);'
+    'q=k.join("&");if(q&&q.slice(-1)!="&")q+="&";'
+    'return u+"?"+q+o.join("&")+f}'
+    "function attr(e,n,p){var v=e.getAttribute(n);"
+    'if(v!=null&&(v=v.replace(T,""))&&web(v)&&p.length){e.setAttribute(n,dec(v,p));return!0}}'
+    "function click(e){try{for(var n=e.target;n;n=n.parentNode)"
+    'if(/^(a|area)$/i.test(n.nodeName||"")){attr(n,"href",ids());return}}catch(x){}}'
+    "function submit(e){try{var f=e.target,p=ids(),a,x,h,i,j;"
+    'if(!/^form$/i.test(f.nodeName||""))return;'
+    'if((f.getAttribute("method")||"get").toLowerCase()!="get"){attr(f,"action",p);return}'
+    # a GET form's action query is replaced by the form data: use (or add) inputs instead
+    'a=(f.getAttribute("action")||"").replace(T,"");if(!a||!web(a))return;'
+    'x=f.getElementsByTagName("input");'
+    "for(i=0;i<p.length;i++){h=null;"
+    'for(j=0;j<x.length;j++)if(x[j].getAttribute("name")==p[i][0])h=h||x[j];'
+    'if(!h){h=d.createElement("input");h.type="hidden";h.name=p[i][0];f.appendChild(h)}'
+    "h.value=p[i][1]}}catch(x){}}"
+    'd.addEventListener("click",click,!0);d.addEventListener("auxclick",click,!0);'
+    'd.addEventListener("submit",submit,!0)'
+    "})(window,document,"
+)
+
+
+def _js_value(value: object) -> str:
+    """JSON that is also safe inside an HTML ``<script>`` element and any JS engine."""
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _host_key(host: str) -> str:
+    """Normalize a host or ``*.`` pattern like ``identity.host_matches`` does (no port, no dot)."""
+    h = host.strip().lower()
+    if not h.startswith("[") and h.count(":") == 1:
+        h = h.partition(":")[0]
+    return h.rstrip(".")
+
+
+def render_bootstrap(
+    *,
+    write_key: str,
+    cdn_url: str,
+    anonymous_id: str | None,
+    user_id: str | None,
+    targets: Sequence[str],
+    own_host: str,
+    nonce: str | None,
+) -> bytes:
+    """One ``<script>`` element (ASCII bytes) to insert early in ``<head>``; see module docstring.
+
+    ``cdn_url`` is used as given (also over plain HTTP) for both the library and ``_cdn``;
+    ``nonce``, when given, goes on the element and on the script it inserts.
+    """
+    config = {
+        "a": anonymous_id,
+        "u": user_id,
+        "k": write_key,
+        "c": cdn_url.rstrip("/"),
+        "t": [_host_key(t) for t in targets],
+        "o": _host_key(own_host),
+        "n": nonce,
+        "p": [AID_PARAM, UID_PARAM],
+        "m": _METHODS,
+    }
+    attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
+    script = f"<script{attrs}>{_JS}{_js_value(config)})</script>"
+    return script.encode("ascii")
