@@ -1,0 +1,522 @@
+"""The proxy against real aiohttp upstreams: routing, methods, streaming, header hygiene,
+byte-exact targets, redirects, WebSockets and upstream faults."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import socket
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from .conftest import StartGateway, StartUpstream
+
+
+def site_yaml(upstream: str, host: str = "www.example.com", extra: str = "") -> str:
+    return f"""
+    sites:
+      - host: {host}
+        upstream: {upstream}
+    {extra}
+    """
+
+
+def echo_app() -> web.Application:
+    """Answers every request with what it received, as JSON."""
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "method": request.method,
+                "raw_path": request.raw_path,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+                "body_len": len(body),
+            }
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+async def test_routes_by_host_and_refuses_unknown_hosts(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    a = await start_upstream(echo_app())
+
+    async def other(request: web.Request) -> web.Response:
+        return web.Response(text="other site")
+
+    b_app = web.Application()
+    b_app.router.add_get("/{tail:.*}", other)
+    b = await start_upstream(b_app)
+    gw = await start_gateway(
+        f"""
+        sites:
+          - host: www.example.com
+            upstream: {a}
+          - host: "*.other.test"
+            upstream: {b}
+        """
+    )
+    async with gw.request("GET", "/x", host="WWW.Example.COM:8080") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["raw_path"] == "/x"
+    async with gw.request("GET", "/", host="shop.other.test") as resp:
+        assert await resp.text() == "other site"
+    for host in ("evil.example", "other.test", "www.example.com.evil.net", ""):
+        async with gw.request("GET", "/", host=host) as resp:
+            assert resp.status == 421, host
+            assert "Misdirected" in await resp.text()
+
+
+async def _raw_request(port: int, head: bytes) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    data = await reader.read()
+    writer.close()
+    status, _, body = data.partition(b"\r\n\r\n")
+    return status, body
+
+
+async def test_absolute_form_target_cannot_reach_another_host(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    """RFC 9112 §3.2.2: an absolute-form target's authority replaces Host. A foreign one is
+    refused like any unknown host; our own is routed, with only its path forwarded."""
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(site_yaml(up))
+    port = gw.gateway.bound_port
+    assert port is not None
+    status, _ = await _raw_request(
+        port,
+        b"GET http://169.254.169.254/latest/meta-data HTTP/1.1\r\nHost: www.example.com\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert status.startswith(b"HTTP/1.1 421")
+    status, body = await _raw_request(
+        port,
+        b"GET http://www.example.com/latest?x=1 HTTP/1.1\r\nHost: www.example.com\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert status.startswith(b"HTTP/1.1 200")
+    assert json.loads(body)["raw_path"] == "/latest?x=1"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND"])
+async def test_methods_and_bodies(
+    method: str, start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(site_yaml(up))
+    payload = b"x" * 3000 if method not in ("GET", "OPTIONS") else b""
+    async with gw.request(method, "/m", data=payload or None) as resp:
+        seen = await resp.json()
+    assert seen["method"] == method
+    assert seen["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+async def test_request_body_is_streamed_to_the_upstream(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    """The upstream sees the first part of an upload before the client has sent the rest."""
+    first_seen = asyncio.Event()
+
+    async def upload(request: web.Request) -> web.Response:
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+            first_seen.set()
+        return web.json_response({"total": total})
+
+    app = web.Application()
+    app.router.add_post("/upload", upload)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up))
+
+    async def body() -> object:
+        yield b"a" * 65536
+        await asyncio.wait_for(first_seen.wait(), 5)
+        yield b"b" * 65536
+
+    async with gw.request("POST", "/upload", data=body()) as resp:
+        assert (await resp.json())["total"] == 131072
+
+
+async def test_response_body_is_streamed_to_the_client(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    """The client gets the first bytes while the upstream is still waiting to send more."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "application/octet-stream"
+        await resp.prepare(request)
+        await resp.write(b"first")
+        await asyncio.wait_for(release.wait(), 5)
+        await resp.write(b"second")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up))
+    async with gw.request("GET", "/") as resp:
+        first = await resp.content.readexactly(5)
+        assert first == b"first"
+        release.set()
+        assert await resp.read() == b"second"
+
+
+async def test_hop_by_hop_headers_dropped_and_forwarding_headers_set(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        resp = web.json_response({"headers": [[k, v] for k, v in request.headers.items()]})
+        resp.headers.add("Set-Cookie", "a=1; Path=/")
+        resp.headers.add("Set-Cookie", "b=2; Path=/")
+        resp.headers["Connection"] = "X-Resp-Hop"
+        resp.headers["X-Resp-Hop"] = "secret"
+        resp.headers["Keep-Alive"] = "timeout=5"
+        resp.headers["X-End-To-End"] = "kept"
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up))
+    headers = {
+        "Connection": "keep-alive, X-Req-Hop",
+        "X-Req-Hop": "1",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Proto": "https",
+        "X-Custom": "kept",
+    }
+    async with gw.request(
+        "GET", "/", headers=headers, skip_auto_headers=("Accept-Encoding", "User-Agent")
+    ) as resp:
+        seen = {k.lower(): v for k, v in (await resp.json())["headers"]}
+        assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+        assert "X-Resp-Hop" not in resp.headers
+        assert "Keep-Alive" not in resp.headers
+        assert resp.headers["X-End-To-End"] == "kept"
+    for dropped in ("x-req-hop", "keep-alive", "te", "proxy-authorization"):
+        assert dropped not in seen, dropped
+    assert seen["x-custom"] == "kept"
+    assert seen["host"] == "www.example.com"
+    # The client is not a trusted proxy: its forwarding claims are replaced, not appended to.
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == "www.example.com"
+    # The gateway adds no Accept-Encoding (nor User-Agent) the client did not send.
+    assert "accept-encoding" not in seen
+
+
+async def test_trusted_front_proxy_forwarding_is_appended(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(site_yaml(up, extra="proxy: {trusted_proxies: [127.0.0.0/8]}"))
+    headers = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    async with gw.request("GET", "/", headers=headers) as resp:
+        seen = {k.lower(): v for k, v in (await resp.json())["headers"]}
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https"
+
+
+async def test_preserve_host_off_sends_the_upstream_host(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(
+        f"""
+        sites:
+          - host: www.example.com
+            upstream: {up}
+            preserve_host: false
+        """
+    )
+    async with gw.request("GET", "/") as resp:
+        seen = {k.lower(): v for k, v in (await resp.json())["headers"]}
+    assert seen["host"] == up.removeprefix("http://")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/a%2Fb/./c/../d?x=%41&y=1+2&z=%zz&&w",
+        "/%7Euser/caf%C3%A9?q=%e2%82%ac#not-sent",
+        "//double//slashes/?a=",
+        "/semi;colon=1/x?a=b;c=d",
+    ],
+)
+async def test_request_target_forwarded_byte_for_byte(
+    target: str, start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(site_yaml(up))
+    wire = target.split("#", 1)[0]
+    port = gw.gateway.bound_port
+    assert port is not None
+    head = f"GET {wire} HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n"
+    _, body = await _raw_request(port, head.encode())
+    assert json.loads(body)["raw_path"] == wire
+
+
+async def test_redirects_are_returned_not_followed(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/elsewhere?x=1")
+
+    app = web.Application()
+    app.router.add_get("/", redirect)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up))
+    async with gw.request("GET", "/") as resp:
+        assert resp.status == 302
+        assert resp.headers["Location"] == "/elsewhere?x=1"
+
+
+async def test_compressed_non_html_passes_through_untouched(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    blob = gzip.compress(b'{"k": "' + b"v" * 10000 + b'"}')
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=blob,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up))
+    async with gw.request("GET", "/", headers={"Accept-Encoding": "gzip"}) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert await resp.read() == blob
+
+
+async def test_head_keeps_content_length(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=b"z" * 1234, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up))
+    async with gw.request("HEAD", "/") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == "1234"
+        assert await resp.read() == b""
+
+
+async def test_websocket_relay_both_ways(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("chat.v2",))
+        await ws.prepare(request)
+        await ws.send_str(f"hello {request.cookies.get('session', '?')}")
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data[::-1])
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_echo)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up))
+    async with gw.session.ws_connect(
+        gw.url + "/ws",
+        headers={"Host": "www.example.com", "Cookie": "session=abc"},
+        protocols=("chat.v1", "chat.v2"),
+    ) as ws:
+        assert ws.protocol == "chat.v2"
+        assert (await ws.receive_str(timeout=5)) == "hello abc"
+        await ws.send_str("ping")
+        assert (await ws.receive_str(timeout=5)) == "echo:ping"
+        await ws.send_bytes(b"\x00\x01\x02")
+        assert (await ws.receive_bytes(timeout=5)) == b"\x02\x01\x00"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_unreachable_upstream_is_502(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(site_yaml(f"http://127.0.0.1:{_closed_port()}"))
+    async with gw.request("GET", "/") as resp:
+        assert resp.status == 502
+        assert "Bad Gateway" in await resp.text()
+    assert any(line["event"] == "upstream_error" for line in gw.log)
+
+
+async def test_slow_upstream_is_504(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up, extra="proxy: {read_timeout: 0.3}"))
+    async with gw.request("GET", "/") as resp:
+        assert resp.status == 504
+
+
+async def test_long_download_is_not_cut_by_a_total_time_limit(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    """Only silence counts: a body trickling for longer than read_timeout still completes."""
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(8):
+            await resp.write(b"." * 100)
+            await asyncio.sleep(0.1)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", trickle)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up, extra="proxy: {read_timeout: 0.3}"))
+    async with gw.request("GET", "/") as resp:
+        assert len(await resp.read()) == 800
+
+
+def _dying_app(length: int | None, sent: int) -> web.Application:
+    async def dying(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "application/octet-stream"
+        if length is not None:
+            resp.content_length = length
+        await resp.prepare(request)
+        await resp.write(b"d" * sent)
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", dying)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("length", "sent"),
+    [(1000, 500), (2_000_000, 1_000_000), (None, 300_000)],
+    ids=["small-with-length", "large-with-length", "chunked"],
+)
+async def test_upstream_dying_mid_body_never_looks_complete(
+    length: int | None, sent: int, start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    up = await start_upstream(_dying_app(length, sent))
+    gw = await start_gateway(site_yaml(up))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with gw.request("GET", "/") as resp:
+            if resp.status == 502:
+                # A small body is read whole before answering: the truth is a 502.
+                raise aiohttp.ClientPayloadError("502 instead of a truncated body")
+            await resp.read()
+    # The gateway is still fine afterwards.
+    up2 = await start_upstream(echo_app())
+    gw2 = await start_gateway(site_yaml(up2))
+    async with gw2.request("GET", "/ok") as resp:
+        assert resp.status == 200
+
+
+async def test_client_disconnect_mid_download_does_not_wedge(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        try:
+            for _ in range(10_000):
+                await resp.write(b"e" * 65536)
+        except ConnectionError:
+            pass
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", endless)
+    app.router.add_get("/ok", lambda r: web.Response(text="ok"))  # type: ignore[arg-type, return-value]
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up))
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.gateway.bound_port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        await reader.readexactly(100_000)
+        writer.transport.abort()
+    for _ in range(50):
+        if gw.gateway.state.in_flight == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert gw.gateway.state.in_flight == 0
+    async with gw.request("GET", "/ok") as resp:
+        assert await resp.text() == "ok"
+
+
+async def test_admin_endpoints(start_upstream: StartUpstream, start_gateway: StartGateway) -> None:
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(site_yaml(up))
+    async with gw.request("GET", "/page?secret=1") as resp:
+        assert resp.status == 200
+    async with gw.session.get(gw.admin_url + "/healthz") as resp:
+        assert resp.status == 200
+    async with gw.session.get(gw.admin_url + "/readyz") as resp:
+        assert resp.status == 200
+        body = await resp.json()
+        assert body["status"] == "ready"
+        assert body["dependencies"]["store"]["state"] == "up"
+    async with gw.session.get(gw.admin_url + "/metrics") as resp:
+        text = await resp.text()
+    assert (
+        'gateway_requests_total{method="GET",site="www.example.com",status_class="2xx"} 1.0'
+        in text
+    )
+    assert "gateway_upstream_latency_seconds_bucket" in text
+    assert "gateway_in_flight_requests" in text
+    # Admin paths are not reachable through the proxy port.
+    async with gw.request("GET", "/metrics", host="127.0.0.1") as resp:
+        assert resp.status == 421
+
+
+async def test_access_log_line_has_no_query_or_cookies(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(site_yaml(up))
+    async with gw.request(
+        "GET", "/page?ajs_aid=secret-id", headers={"Cookie": "ajs_anonymous_id=secret-id"}
+    ) as resp:
+        await resp.read()
+    line = next(entry for entry in gw.log if entry["event"] == "request")
+    assert line["path"] == "/page"
+    assert line["status"] == 200 and line["upstream_status"] == 200
+    assert line["site"] == "www.example.com" and line["method"] == "GET"
+    assert line["bytes"] > 0 and "duration_ms" in line and "time" in line
+    assert "secret-id" not in json.dumps(gw.log)
