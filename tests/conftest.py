@@ -61,9 +61,7 @@ class RunningGateway:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway.bound_admin_port}"
 
-    def request(
-        self, method: str, path: str, host: str = "www.example.com", **kwargs: Any
-    ) -> Any:
+    def request(self, method: str, path: str, host: str = "www.example.com", **kwargs: Any) -> Any:
         headers = {"Host": host, **kwargs.pop("headers", {})}
         return self.session.request(
             method, self.url + path, headers=headers, allow_redirects=False, **kwargs
@@ -100,7 +98,8 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         config = parse_config(text, "test.yaml", env or {})
         gateway = Gateway(config, "test.yaml", Overrides())
         running = RunningGateway(
-            gateway, aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+            gateway,
+            aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()),
         )
         gateway.state.log = _LogSink(running.log)  # type: ignore[assignment]
         await gateway.start()
@@ -172,12 +171,28 @@ def spawn_gateway(
     config_path: Path, *extra: str, env: dict[str, str] | None = None
 ) -> GatewayProcess:
     cmd = [
-        sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
-        "--host", "127.0.0.1", "--port", "0", "--admin-host", "127.0.0.1", "--admin-port", "0",
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--admin-host",
+        "127.0.0.1",
+        "--admin-port",
+        "0",
         *extra,
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
         env={**os.environ, **(env or {})},
     )
     gp = GatewayProcess(proc, 0, 0, [])

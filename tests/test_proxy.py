@@ -495,8 +495,7 @@ async def test_admin_endpoints(start_upstream: StartUpstream, start_gateway: Sta
     async with gw.session.get(gw.admin_url + "/metrics") as resp:
         text = await resp.text()
     assert (
-        'gateway_requests_total{method="GET",site="www.example.com",status_class="2xx"} 1.0'
-        in text
+        'gateway_requests_total{method="GET",site="www.example.com",status_class="2xx"} 1.0' in text
     )
     assert "gateway_upstream_latency_seconds_bucket" in text
     assert "gateway_in_flight_requests" in text
