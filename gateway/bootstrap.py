@@ -153,5 +153,7 @@ def render_bootstrap(
         "m": _METHODS,
     }
     attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
-    script = f"<script{attrs}>{_JS}{_js_value(config)})</script>"
-    return script.encode("ascii")
+    # ASCII only, so the element means the same whatever charset the legacy page declares:
+    # the script is ASCII by construction, the attribute gets character references.
+    open_tag = f"<script{attrs}>".encode("ascii", "xmlcharrefreplace")
+    return open_tag + f"{_JS}{_js_value(config)})</script>".encode("ascii")

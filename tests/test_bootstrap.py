@@ -1,0 +1,305 @@
+"""Tests for gateway.bootstrap: escaping in Python, behaviour under node with a DOM shim."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.bootstrap import render_bootstrap
+
+HARNESS = Path(__file__).parent / "js" / "harness.js"
+NODE = shutil.which("node") or "/usr/bin/node"
+AID = "0b6e6f5a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
+PAGE = "https://www.shop.test/dir/page"
+
+
+def render(**overrides: Any) -> bytes:
+    args: dict[str, Any] = {
+        "write_key": "WK",
+        "cdn_url": "https://cdn.test/",
+        "anonymous_id": AID,
+        "user_id": None,
+        "targets": ["Checkout.test", "*.pay.test."],
+        "own_host": "www.shop.test:8443",
+        "nonce": None,
+    }
+    args.update(overrides)
+    return render_bootstrap(**args)
+
+
+def body(script: bytes) -> str:
+    match = re.fullmatch(rb"<script(?: nonce=\"[^\"]*\")?>(.*)</script>", script, re.DOTALL)
+    assert match, script[:80]
+    return match.group(1).decode("ascii")
+
+
+# --- Python-side: the element and escaping ------------------------------------------------------
+
+EVIL = "</script><script>alert(1)</script>\u2028\u2029\"'<!--&>\\"
+
+
+def test_one_script_element() -> None:
+    out = render()
+    assert out.startswith(b"<script>") and out.endswith(b"</script>")
+    assert out.count(b"<script") == 1
+    assert out.isascii()
+
+
+def test_nonce_attribute_is_escaped() -> None:
+    out = render(nonce='a"b<c>&')
+    assert out.startswith(b'<script nonce="a&quot;b&lt;c&gt;&amp;">')
+    assert render(nonce="é").startswith(b'<script nonce="&#233;">')
+
+
+@pytest.mark.parametrize(
+    "field", ["write_key", "cdn_url", "anonymous_id", "user_id", "own_host", "nonce"]
+)
+def test_no_value_can_break_out(field: str) -> None:
+    out = render(**{field: EVIL})
+    _assert_contained(out)
+
+
+def test_no_target_can_break_out() -> None:
+    _assert_contained(render(targets=[EVIL, "a.test"]))
+
+
+def _assert_contained(out: bytes) -> None:
+    lowered = out.lower()
+    assert lowered.count(b"</script") == 1 and lowered.endswith(b"</script>")
+    assert lowered.count(b"<script") == 1
+    assert b"<!--" not in out and b"-->" not in out
+    assert "\u2028".encode() not in out and "\u2029".encode() not in out
+    assert out.isascii()
+
+
+@given(st.text(), st.text(), st.one_of(st.none(), st.text()))
+def test_escaping_property(write_key: str, aid: str, nonce: str | None) -> None:
+    out = render(write_key=write_key, anonymous_id=aid, nonce=nonce)
+    lowered = out.lower()
+    assert lowered.count(b"</script") == 1 and lowered.endswith(b"</script>")
+    assert b"<!--" not in out
+    assert out.isascii()
+
+
+def test_embedded_values_round_trip_as_json() -> None:
+    # The config is the last argument of the IIFE; it must parse back to the inputs.
+    text = body(render(write_key=EVIL, user_id="Jörg", nonce="n"))
+    config = json.loads(text[text.index("})(window,document,") + 19 : -1])
+    assert config["k"] == EVIL
+    assert config["u"] == "Jörg"
+    assert config["t"] == ["checkout.test", "*.pay.test"]
+    assert config["o"] == "www.shop.test"
+    assert config["c"] == "https://cdn.test"
+
+
+# --- node: behaviour ------------------------------------------------------------------------------
+
+needs_node = pytest.mark.skipif(not Path(NODE).exists(), reason="node is not installed")
+
+
+def run_js(steps: list[dict[str, Any]], script: bytes | None = None) -> dict[str, Any]:
+    spec = {"script": body(script or render()), "pageUrl": PAGE, "steps": steps}
+    proc = subprocess.run(
+        [NODE, str(HARNESS)],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+SET_AID = ["setAnonymousId", AID]
+OWN_SCRIPT = "https://cdn.test/analytics.js/v1/WK/analytics.min.js"
+PAGE_SCRIPT = "https://cdn.segment.com/analytics.js/v1/PAGEKEY/analytics.min.js"
+
+
+@needs_node
+def test_alone_creates_queue_and_loads_once_at_domcontentloaded() -> None:
+    out = run_js([{"do": "bootstrap"}, {"do": "state"}, {"do": "dcl"}, {"do": "state"}])
+    before, after = out["results"]
+    assert before["queue"] == [SET_AID]
+    assert before["hasMethods"] and before["stubPage"]
+    assert not before["invoked"]
+    assert before["writeKey"] == "WK" and before["cdn"] == "https://cdn.test"
+    assert after["queue"] == [SET_AID, ["page"]]
+    assert after["invoked"]
+    assert out["scripts"] == [{"src": OWN_SCRIPT, "async": True, "nonce": None}]
+    assert out["errors"] == []
+
+
+@needs_node
+def test_page_snippet_after_bootstrap_takes_over() -> None:
+    out = run_js(
+        [{"do": "bootstrap"}, {"do": "snippet", "key": "PAGEKEY"}, {"do": "dcl"}, {"do": "state"}]
+    )
+    assert out["scripts"] == [{"src": PAGE_SCRIPT, "async": True, "nonce": None}]
+    assert out["errors"] == []
+    (state,) = out["results"]
+    assert state["queue"] == [SET_AID, ["page"]]
+    assert state["writeKey"] == "PAGEKEY"
+
+
+@needs_node
+def test_page_snippet_before_bootstrap_gets_the_id_first() -> None:
+    out = run_js(
+        [
+            {"do": "snippet", "key": "PAGEKEY"},
+            {"do": "bootstrap"},
+            {"do": "dcl"},
+            {"do": "state"},
+            {"do": "library", "aid": "stale-local-storage-id"},
+        ]
+    )
+    state, library = out["results"]
+    assert state["queue"] == [SET_AID, ["page"]]
+    assert state["writeKey"] == "PAGEKEY"
+    assert out["scripts"] == [{"src": PAGE_SCRIPT, "async": True, "nonce": None}]
+    assert library["calls"] == [SET_AID, ["page"]]
+    assert out["errors"] == []
+
+
+@needs_node
+def test_late_snippet_after_our_load_does_not_load_again() -> None:
+    out = run_js([{"do": "bootstrap"}, {"do": "dcl"}, {"do": "snippet", "key": "PAGEKEY"}])
+    assert [s["src"] for s in out["scripts"]] == [OWN_SCRIPT]
+    assert out["errors"] == ["snippet included twice"]
+
+
+@needs_node
+def test_library_already_running_gets_the_id_directly() -> None:
+    out = run_js(
+        [
+            {"do": "snippet", "key": "PAGEKEY"},
+            {"do": "library", "aid": "old"},
+            {"do": "bootstrap"},
+            {"do": "dcl"},
+            {"do": "click", "href": "https://checkout.test/"},
+        ]
+    )
+    library, click = out["results"]
+    assert library["calls"] == [["page"]]
+    assert [s["src"] for s in out["scripts"]] == [PAGE_SCRIPT]
+    # The library's id is now the restored one, and links carry it.
+    assert click["href"] == f"https://checkout.test/?ajs_aid={AID}"
+
+
+@needs_node
+def test_without_anonymous_id_nothing_is_seeded() -> None:
+    out = run_js([{"do": "bootstrap"}, {"do": "dcl"}, {"do": "state"}], render(anonymous_id=None))
+    (state,) = out["results"]
+    assert state["queue"] == [["page"]]
+
+
+@needs_node
+def test_nonce_is_passed_to_the_loaded_script() -> None:
+    out = run_js([{"do": "bootstrap"}, {"do": "dcl"}], render(nonce="r4nd"))
+    assert out["scripts"] == [{"src": OWN_SCRIPT, "async": True, "nonce": "r4nd"}]
+
+
+@needs_node
+def test_loaded_url_escapes_the_write_key() -> None:
+    out = run_js(
+        [{"do": "bootstrap"}, {"do": "dcl"}], render(write_key="a/b?c", cdn_url="http://c")
+    )
+    assert out["scripts"][0]["src"] == "http://c/analytics.js/v1/a%2Fb%3Fc/analytics.min.js"
+
+
+CLICKS: list[tuple[dict[str, Any], str | None]] = [
+    ({"href": "https://checkout.test/cart"}, f"https://checkout.test/cart?ajs_aid={AID}"),
+    ({"href": "https://CHECKOUT.test./x"}, f"https://CHECKOUT.test./x?ajs_aid={AID}"),
+    ({"href": "https://a.b.pay.test/x#f"}, f"https://a.b.pay.test/x?ajs_aid={AID}#f"),
+    (
+        {"href": "https://checkout.test/?a=%7e+b&ajs_aid=old&ajs%5Faid=old2&c"},
+        f"https://checkout.test/?a=%7e+b&c&ajs_aid={AID}",
+    ),
+    ({"href": "  //checkout.test/x \n"}, f"//checkout.test/x?ajs_aid={AID}"),
+    ({"href": "https://checkout.test/", "nested": True}, f"https://checkout.test/?ajs_aid={AID}"),
+    ({"href": "https://checkout.test/", "tag": "area"}, f"https://checkout.test/?ajs_aid={AID}"),
+    (
+        {"href": "https://checkout.test/", "type": "auxclick"},
+        f"https://checkout.test/?ajs_aid={AID}",
+    ),
+    ({"href": "https://www.shop.test/x"}, "https://www.shop.test/x"),
+    ({"href": "/local"}, "/local"),
+    ({"href": "https://pay.test/"}, "https://pay.test/"),
+    ({"href": "https://evilcheckout.test/"}, "https://evilcheckout.test/"),
+    ({"href": "https://checkout.test.evil.net/"}, "https://checkout.test.evil.net/"),
+    ({"href": "https://evil.net/?checkout.test"}, "https://evil.net/?checkout.test"),
+    ({"href": "javascript:'https://checkout.test/'"}, "javascript:'https://checkout.test/'"),
+    ({"href": "mailto:x@checkout.test"}, "mailto:x@checkout.test"),
+    ({"href": "http://["}, "http://["),
+    ({"href": None}, None),
+    ({"href": "https://checkout.test/", "tag": "div"}, "https://checkout.test/"),
+]
+
+
+@needs_node
+def test_click_time_decoration() -> None:
+    steps = [{"do": "bootstrap"}] + [{"do": "click", **spec} for spec, _ in CLICKS]
+    out = run_js(steps)
+    assert [r["href"] for r in out["results"]] == [expected for _, expected in CLICKS]
+
+
+@needs_node
+def test_click_uses_the_running_library_ids_and_user_id() -> None:
+    out = run_js(
+        [
+            {"do": "bootstrap"},
+            {"do": "click", "href": "https://checkout.test/"},
+            {"do": "dcl"},
+            {"do": "library", "aid": "ignored", "uid": "Jörg M"},
+            {"do": "click", "href": "https://checkout.test/?ajs_uid=x"},
+        ],
+        render(user_id="embedded-user"),
+    )
+    first, _library, second = out["results"]
+    assert first["href"] == f"https://checkout.test/?ajs_aid={AID}&ajs_uid=embedded-user"
+    assert second["href"] == f"https://checkout.test/?ajs_aid={AID}&ajs_uid=J%C3%B6rg%20M"
+
+
+@needs_node
+def test_click_decoration_is_idempotent() -> None:
+    href = f"https://checkout.test/p?x=1&ajs_aid={AID}"
+    out = run_js([{"do": "bootstrap"}, {"do": "click", "href": href}])
+    assert out["results"][0]["href"] == href
+
+
+@needs_node
+def test_form_submissions() -> None:
+    out = run_js(
+        [
+            {"do": "bootstrap"},
+            {"do": "submit", "action": "https://checkout.test/search", "inputs": [["q", "x"]]},
+            {
+                "do": "submit",
+                "action": "https://checkout.test/search",
+                "method": "GET",
+                "inputs": [["ajs_aid", "old"]],
+            },
+            {"do": "submit", "action": "https://checkout.test/pay?x=1", "method": "post"},
+            {"do": "submit", "action": "/local", "method": "get"},
+            {"do": "submit", "action": "", "method": "get"},
+            {"do": "submit", "action": None, "method": "post"},
+            {"do": "submit", "action": "https://evil.net/", "method": "post"},
+        ]
+    )
+    get_new, get_existing, post, local, empty, missing, evil = out["results"]
+    assert get_new["inputs"] == [["q", "x", ""], ["ajs_aid", AID, "hidden"]]
+    assert get_existing["inputs"] == [["ajs_aid", AID, ""]]
+    assert post["action"] == f"https://checkout.test/pay?x=1&ajs_aid={AID}"
+    assert local == {"action": "/local", "inputs": []}
+    assert empty == {"action": "", "inputs": []}
+    assert missing == {"action": None, "inputs": []}
+    assert evil["action"] == "https://evil.net/"
