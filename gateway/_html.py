@@ -1,0 +1,297 @@
+"""Byte-level HTML token patterns and attribute-value helpers for the rewriter.
+
+Each regex below stands for one or more states of the WHATWG HTML tokenizer
+(https://html.spec.whatwg.org/multipage/parsing.html#tokenization) and says which.
+They work on raw bytes of any ASCII-compatible encoding: every byte the tokenizer
+branches on (``< > / = " ' ! ? - [ ]``, ASCII whitespace, ASCII letters) is below
+0x40, or an ASCII letter, and none of the legacy multi-byte encodings we accept
+(Shift_JIS, EUC-JP, GB18030, Big5, EUC-KR) uses a byte below 0x40 as a trail byte,
+except GB18030's four-byte form whose 2nd and 4th bytes are ASCII digits
+(0x30-0x39), which the tokenizer never branches on. Shift_JIS and Big5 trail bytes
+can be ASCII letters (0x40-0x7E), but only right after a non-ASCII lead byte,
+which has already ended any tag name or character-reference name we were reading.
+
+Patterns use possessive quantifiers and atomic groups (Python 3.11+) on purpose:
+the tokenizer is deterministic, so a pattern must never backtrack into a different
+reading of the same bytes (e.g. re-reading ``href="x>`` as an attribute named
+``"x`` when the closing quote has not arrived yet in this network chunk).
+"""
+
+from __future__ import annotations
+
+import re
+from html.entities import html5 as _NAMED_REFERENCES
+
+# Pattern pieces are ``str`` so they can be composed with f-strings; ``_bytes_re``
+# compiles the finished pattern for bytes (all pieces are ASCII).
+
+
+def _bytes_re(pattern: str) -> re.Pattern[bytes]:
+    return re.compile(pattern.encode("ascii"))
+
+
+# -- Building blocks -----------------------------------------------------------
+
+# "ASCII whitespace" as the tokenizer sees it. The input stream preprocessor turns
+# CR and CRLF into LF before tokenizing, so CR counts as whitespace here too.
+WS = r"[\t\n\f\r ]"
+
+# What ends a tag name: the tag name state leaves on whitespace, "/" or ">".
+_TAG_NAME_END = r"[\t\n\f\r />]"
+
+# Tag open state: an ASCII alpha starts a tag name; the tag name state then takes
+# everything up to whitespace, "/" or ">" (including "<", "=", quotes: parse errors
+# that still belong to the name).
+TAG_NAME = r"[A-Za-z][^\t\n\f\r />]*+"
+
+# Before attribute name state: whitespace and "/" (self-closing start tag state,
+# which reconsumes anything but ">" in the before attribute name state) are skipped
+# between attributes. An attribute may also follow a quoted value directly
+# (after attribute value (quoted) state, "missing-whitespace-between-attributes").
+_ATTR_GAP = r"[\t\n\f\r /]*+"
+
+# Attribute name state. Its first character may be "=" (before attribute name
+# state, "unexpected-equals-sign-before-attribute-name"); after that "=" ends it.
+ATTR_NAME = r"[^\t\n\f\r />][^\t\n\f\r />=]*+"
+
+# Attribute value (double-quoted / single-quoted / unquoted) states. The unquoted
+# value cannot start with a quote (before attribute value state switches to the
+# quoted states) and ends at whitespace or ">"; quotes, "<", "=" and "`" inside it
+# are parse errors but part of the value.
+_DQ_VALUE = r'"(?P<dq>[^"]*+)"'
+_SQ_VALUE = r"'(?P<sq>[^']*+)'"
+_UNQUOTED_VALUE = r"""(?P<uq>[^\t\n\f\r >"'][^\t\n\f\r >]*+)"""
+
+# After attribute name state -> before attribute value state. "=" followed by ">"
+# is an empty value (before attribute value state, "missing-attribute-value").
+# Departure from a plain reading of the states, for streaming: once "=" is seen
+# the value must be complete. Without the negative lookahead, an unfinished quoted
+# value (closing quote still in the next network chunk) could be re-read as more
+# attribute names ('href="x>' as the name '"x') and end the tag too early.
+ATTRIBUTE_CAPTURING = (
+    rf"{_ATTR_GAP}(?P<name>{ATTR_NAME})"
+    rf"(?:{WS}*+(?P<eq>=){WS}*+(?:{_DQ_VALUE}|{_SQ_VALUE}|{_UNQUOTED_VALUE}|(?=>))"
+    rf"|(?!{WS}*+=))"
+)
+# Run over a complete tag, its ">" included, so the "(?=>)" lookahead sees it.
+ATTRIBUTE_PARTS = _bytes_re(ATTRIBUTE_CAPTURING)
+# The same without groups, for the scanner (named groups cannot repeat).
+ATTRIBUTES = rf"(?:{re.sub(r'[(][?]P<[a-z]+>', '(?:', ATTRIBUTE_CAPTURING)})*+{_ATTR_GAP}"
+
+# A complete start or end tag (tag open -> ... -> data state on ">"). End tags are
+# tokenized exactly like start tags: their attributes are parse errors but a ">"
+# inside a quoted value still does not end them.
+START_TAG = _bytes_re(rf"<(?P<name>{TAG_NAME})(?P<attrs>{ATTRIBUTES})>")
+END_TAG = _bytes_re(rf"</(?P<name>{TAG_NAME}){ATTRIBUTES}>")
+
+# -- Comments and other markup declarations --------------------------------------
+
+# Markup declaration open state, "<!--" -> comment start state. "<!-->" and
+# "<!--->" end the comment at once (abrupt-closing-of-empty-comment); otherwise the
+# comment ends at the first "-->" or "--!>" (comment end / comment end bang states).
+# Nested "<!--" only raise parse errors, so they do not change where it ends.
+COMMENT = r"<!--(?:-?>|(?:[^-]++|-(?!-!?>))*+--!?>)"
+COMMENT_END = _bytes_re(r"--!?>")
+
+# Bogus comment state, reached from: markup declaration open state when "<!" is not
+# followed by "--", "DOCTYPE" or (in foreign content) "[CDATA["; the DOCTYPE states,
+# which also end at the first ">" whatever the quoting (a quoted public id with ">"
+# is "abrupt-doctype-public-identifier"); tag open state on "?"; end tag open state
+# on anything but an ASCII alpha or ">". "</>" is dropped (missing-end-tag-name).
+_BOGUS_COMMENT = r"<(?:!(?!--)|\?|/[^A-Za-z>])[^>]*+>|</>"
+# In foreign content "<![CDATA[" opens a CDATA section (CDATA section state), so
+# the bogus-comment reading must not swallow it there.
+_BOGUS_COMMENT_FOREIGN = r"<(?:!(?!--|\[CDATA\[)|\?|/[^A-Za-z>])[^>]*+>|</>"
+CDATA_END = _bytes_re(r"\]\]>")
+
+# Data state: text up to the next "<". A "<" followed by anything that is not an
+# ASCII alpha, "!", "/" or "?" is text too (tag open state, "invalid-first-character-
+# of-tag-name"). A "<" at the very end of the buffer is not matched: we need the
+# next byte to know.
+_TEXT = r"[^<]++|<(?=[^A-Za-z!/?])"
+
+# -- Elements whose start tag changes the tokenizer state -------------------------
+
+# The tree builder switches the tokenizer for these (HTML namespace only):
+# RCDATA: title, textarea. RAWTEXT: style, xmp, iframe, noembed, noframes.
+# Script data: script. PLAINTEXT: plaintext. <noscript> is RAWTEXT only when
+# scripting is enabled; we rewrite for clients that may run without scripts, and
+# its content is ordinary markup for the links we care about, so it stays "data".
+RCDATA_ELEMENTS = frozenset({b"title", b"textarea"})
+RAWTEXT_ELEMENTS = frozenset({b"style", b"xmp", b"iframe", b"noembed", b"noframes"})
+
+# Tags the fast scanner must stop at in HTML content: those we edit (a, area, form,
+# base), <head> for injection, the text-mode switches above, and svg/math, which
+# enter foreign content (where CDATA sections exist and text modes do not).
+INTERESTING_TAGS = sorted(
+    {b"a", b"area", b"form", b"base", b"head", b"script", b"plaintext", b"svg", b"math"}
+    | RCDATA_ELEMENTS
+    | RAWTEXT_ELEMENTS
+)
+_INTERESTING = rf"(?i:{'|'.join(name.decode() for name in INTERESTING_TAGS)}){_TAG_NAME_END}"
+
+# The cheap scanner: the longest run of complete tokens that need no work (text,
+# uninteresting start tags, all end tags, comments, doctype and bogus comments).
+# One regex call skips them all in C; the rewriter wakes up only where it stops.
+SKIP_HTML = _bytes_re(
+    rf"(?:{_TEXT}|<(?!{_INTERESTING}){TAG_NAME}{ATTRIBUTES}>"
+    rf"|</{TAG_NAME}{ATTRIBUTES}>|{COMMENT}|{_BOGUS_COMMENT})*+"
+)
+# In foreign content (and inside integration points) every tag may change the
+# namespace stack, so only text and comments are skipped.
+SKIP_FOREIGN = _bytes_re(rf"(?:{_TEXT}|{COMMENT}|{_BOGUS_COMMENT_FOREIGN})*+")
+SKIP_HTML_IN_FOREIGN = _bytes_re(rf"(?:{_TEXT}|{COMMENT}|{_BOGUS_COMMENT})*+")
+# Before the snippet is injected: whitespace, comments, doctype, end tags and the
+# <html> start tag do not open <head> or <body>; anything else does.
+SKIP_BEFORE_HEAD = _bytes_re(
+    rf"(?:{WS}++|</{TAG_NAME}{ATTRIBUTES}>|<(?=(?i:html){_TAG_NAME_END}){TAG_NAME}{ATTRIBUTES}>"
+    rf"|{COMMENT}|{_BOGUS_COMMENT})*+"
+)
+
+# -- Text states that end only at a matching end tag ----------------------------
+
+
+def end_tag_pattern(name: bytes) -> re.Pattern[bytes]:
+    """RCDATA/RAWTEXT end tag open -> end tag name states: "</name" is an
+    "appropriate end tag" only when followed by whitespace, "/" or ">"."""
+    return _bytes_re(rf"</(?i:{name.decode('ascii')}){_TAG_NAME_END}")
+
+
+# Script data state: "</script" + delimiter ends the element; "<!--" enters the
+# script data escaped states (via escape start / escape start dash).
+SCRIPT_DATA = _bytes_re(rf"<(?:/(?i:script){_TAG_NAME_END}|!--)")
+# Script data escaped (dash / dash dash) states: "-->" returns to script data;
+# "</script"+delim ends the element; "<script"+delim enters the double escaped state
+# (script data double escape start state).
+SCRIPT_ESCAPED = _bytes_re(rf"-->|<(?P<slash>/?)(?i:script){_TAG_NAME_END}")
+# Script data double escaped states: "-->" returns to script data, "</script"+delim
+# only goes back to the escaped state (script data double escape end state).
+SCRIPT_DOUBLE_ESCAPED = _bytes_re(rf"-->|</(?i:script){_TAG_NAME_END}")
+
+# The longest pattern a text state waits for ("</noframes" + delimiter) is 11 bytes:
+# holding back this many bytes at the end of a chunk is always enough.
+TEXT_STATE_HOLDBACK = 16
+
+# -- Foreign content (tree construction, "in foreign content" insertion mode) ----
+
+# A start tag with one of these names makes the tree builder pop back to HTML
+# content ("breakout"); <font> only with color, face or size (checked separately).
+BREAKOUT_TAGS = frozenset(
+    b"b big blockquote body br center code dd div dl dt em embed h1 h2 h3 h4 h5 h6 head "
+    b"hr i img li listing menu meta nobr ol p pre ruby s small span strong strike sub sup "
+    b"table tt u ul var".split()
+)
+# Integration points: inside these, content is parsed as HTML again. (annotation-xml
+# only with encoding text/html or application/xhtml+xml, checked separately.)
+SVG_INTEGRATION_POINTS = frozenset({b"foreignobject", b"desc", b"title"})
+MATHML_INTEGRATION_POINTS = frozenset({b"mi", b"mo", b"mn", b"ms", b"mtext"})
+
+# -- Character references in attribute values -----------------------------------
+
+# Character reference state as reached from an attribute value: "&#x" hex, "&#"
+# decimal, or an alphanumeric run that may contain a named reference.
+_CHAR_REF = _bytes_re(
+    r"&(?:#[xX](?P<hex>[0-9A-Fa-f]+);?|#(?P<dec>[0-9]+);?|(?P<named>[A-Za-z0-9]+;?))"
+)
+_LONGEST_NAME = max(len(name) for name in _NAMED_REFERENCES)
+
+# Numeric character reference end state: C1 controls are read as windows-1252 (the
+# five code points windows-1252 leaves undefined stay as they are).
+_C1_REPLACEMENTS = {
+    code: bytes([code]).decode("cp1252")
+    for code in range(0x80, 0xA0)
+    if code not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)
+}
+
+
+def _numeric(code: int) -> str:
+    if code == 0 or code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+        return "\ufffd"
+    return _C1_REPLACEMENTS.get(code, chr(code))
+
+
+def _normalize_text(text: str) -> str:
+    """Input stream preprocessing: CRLF and CR become LF, and NUL in an attribute
+    value becomes U+FFFD (attribute value states, "unexpected-null-character")."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
+
+
+class ValuePiece:
+    """A run of raw value bytes and the text it stands for; ``atomic`` pieces are
+    character references, which cannot be split."""
+
+    __slots__ = ("atomic", "raw", "text")
+
+    def __init__(self, raw: bytes, text: str, atomic: bool) -> None:
+        self.raw = raw
+        self.text = text
+        self.atomic = atomic
+
+
+def split_value(raw: bytes, encoding: str) -> list[ValuePiece]:
+    """Decode an attribute value as the tokenizer would, keeping the raw bytes of
+    each piece. Raises UnicodeDecodeError if the bytes are not valid in ``encoding``.
+    """
+    pieces: list[ValuePiece] = []
+    literal_start = 0
+    for match in _CHAR_REF.finditer(raw):
+        reference = _decode_reference(match, raw)
+        if reference is None:
+            continue
+        text, end = reference
+        if match.start() > literal_start:
+            chunk = raw[literal_start : match.start()]
+            pieces.append(ValuePiece(chunk, _normalize_text(chunk.decode(encoding)), False))
+        pieces.append(ValuePiece(raw[match.start() : end], text, True))
+        literal_start = end
+    if literal_start < len(raw):
+        chunk = raw[literal_start:]
+        pieces.append(ValuePiece(chunk, _normalize_text(chunk.decode(encoding)), False))
+    return pieces
+
+
+def _decode_reference(match: re.Match[bytes], raw: bytes) -> tuple[str, int] | None:
+    """The text of one reference and where it ends in ``raw``, or None when the
+    tokenizer would leave the "&" as literal text."""
+    if match.group("hex") is not None:
+        return _numeric(int(match.group("hex"), 16)), match.end()
+    if match.group("dec") is not None:
+        return _numeric(int(match.group("dec"))), match.end()
+    candidate = match.group("named").decode("ascii")
+    # Named character reference state: the longest name in the table that is a
+    # prefix of what follows "&".
+    for length in range(min(len(candidate), _LONGEST_NAME), 0, -1):
+        name = candidate[:length]
+        replacement = _NAMED_REFERENCES.get(name)
+        if replacement is None:
+            continue
+        if not name.endswith(";"):
+            # Legacy rule for attribute values: a reference without ";" followed by
+            # "=" or an ASCII alphanumeric is not a reference (historical reasons).
+            following = raw[match.start() + 1 + length : match.start() + 2 + length]
+            if following == b"=" or following.isalnum():
+                return None
+        return replacement, match.start() + 1 + length
+    return None
+
+
+def decode_value(raw: bytes, encoding: str) -> str:
+    """The attribute value as the tree builder would store it."""
+    return "".join(piece.text for piece in split_value(raw, encoding))
+
+
+def escape_value(text: str, quote: bytes, encoding: str) -> bytes:
+    """Encode new value text for an attribute quoted with ``quote`` (b'"', b"'" or
+    b"" for unquoted). "&" is always escaped so no new character reference can form.
+    Raises UnicodeEncodeError if ``encoding`` cannot represent the text."""
+    escaped = text.replace("&", "&amp;")
+    if quote == b'"':
+        escaped = escaped.replace('"', "&quot;")
+    elif quote == b"'":
+        escaped = escaped.replace("'", "&#39;")
+    return escaped.encode(encoding)
+
+
+# Characters that cannot appear in an unquoted attribute value without changing the
+# tokenization (or that are parse errors there and which we would rather not add).
+UNQUOTED_UNSAFE = _bytes_re(r"""[\t\n\f\r "'<=>`]""")

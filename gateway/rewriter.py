@@ -1,0 +1,652 @@
+"""Sans-IO streaming HTML rewriter: decorates outbound links and injects a snippet.
+
+``HtmlRewriter.feed(bytes) -> bytes`` and ``close() -> bytes``; no I/O, no DOM.
+
+How it works (the lol-html idea, in Python): a cheap scanner (one compiled regex,
+``_html.SKIP_HTML``) skips text, comments and every tag we do not care about in a
+single C-level call, and stops only at ``<`` followed by a tag name we must act on:
+the links we edit (a, area, form, base), <head> for the injection, and the elements
+whose start tag switches the WHATWG tokenizer into another text state (script,
+style, textarea, title, ...). Those tags are tokenized fully; the text states are
+then simulated by searching for their end condition, so nothing inside a script or
+a comment is ever mistaken for markup. A tiny stack of svg/math elements and their
+integration points stands in for the tree builder's "foreign content" decisions
+(CDATA sections, no text states).
+
+Guarantees:
+
+* Every byte outside an edited attribute value (and the inserted snippet / hidden
+  inputs) is passed through unchanged.
+* Output is independent of how the input is split into chunks.
+* Only an incomplete tag is held back between chunks (text states hold back at most
+  a few bytes, the encoding sniffer at most 1024 at the start). A tag longer than
+  ``max_buffer`` is flushed unchanged and the rest of the document is passed
+  through: we have lost track of where the tag ends, and guessing could corrupt it.
+* Ambiguous input is passed through, never guessed at: a tag still open at the end
+  of the document, an unquoted value containing quotes, "<", "=" or "`", a value
+  that does not decode in the page's encoding, an edit that would not decode back
+  to exactly what the policy asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+from gateway import _html, charset
+
+__all__ = ["HtmlRewriter", "LinkPolicy"]
+
+
+class LinkPolicy(Protocol):
+    """Decides how links are decorated; the rewriter only finds and edits them."""
+
+    def decorate(self, url: str, base: str | None) -> str | None:
+        """url: the attribute value with character references decoded. base: the
+        first <base href> value seen before this tag (decoded), or None. Return the
+        new URL (decoded form), or None to leave the attribute untouched."""
+        ...
+
+    def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        """For GET forms: name/value pairs to add as hidden inputs, or None."""
+        ...
+
+
+# Tokenizer states the rewriter simulates between calls to feed().
+_DATA: Final = 0
+_COMMENT: Final = 1  # comment state, waiting for "-->" / "--!>"
+_BOGUS: Final = 2  # bogus comment / DOCTYPE, waiting for ">"
+_CDATA: Final = 3  # CDATA section state (foreign content), waiting for "]]>"
+_RAW: Final = 4  # RCDATA / RAWTEXT, waiting for the appropriate end tag
+_SCRIPT: Final = 5  # script data
+_SCRIPT_ESCAPED: Final = 6  # script data escaped ("<!--" seen)
+_SCRIPT_DOUBLE: Final = 7  # script data double escaped ("<!--" then "<script")
+_PASSTHROUGH: Final = 8  # PLAINTEXT, undecodable page, or lost sync: copy the rest
+
+_FOREIGN_ROOTS: Final = (b"svg", b"math")
+_END_TAGS: Final = {
+    name: _html.end_tag_pattern(name) for name in _html.RCDATA_ELEMENTS | _html.RAWTEXT_ELEMENTS
+}
+_FONT_BREAKOUT_ATTRIBUTES: Final = (b"color", b"face", b"size")
+_HTML_ANNOTATION_ENCODINGS: Final = ("text/html", "application/xhtml+xml")
+_HOLD_CDATA: Final = 2
+_HOLD_COMMENT: Final = 3
+
+
+class _Attribute:
+    """Where one attribute's value sits in the buffer, and how it is quoted.
+
+    ``quote`` is b'"', b"'", b"" (unquoted, possibly empty after "=") or None (no
+    "=" at all; an edit then inserts one)."""
+
+    __slots__ = ("end", "quote", "start")
+
+    def __init__(self, start: int, end: int, quote: bytes | None) -> None:
+        self.start = start
+        self.end = end
+        self.quote = quote
+
+
+class HtmlRewriter:
+    """Streaming rewriter for one HTML document (create one per response body)."""
+
+    def __init__(
+        self,
+        policy: LinkPolicy | None,
+        *,
+        inject: bytes | None = None,
+        charset: str | None = None,
+        max_buffer: int = 64 * 1024,
+    ) -> None:
+        self._policy = policy
+        self._inject = inject
+        self._header_encoding = None if charset is None else _lookup_header(charset)
+        self._max_buffer = max_buffer
+        self._encoding: str | None = None
+        self._buf = b""
+        self._out: list[bytes] = []
+        self._mode: int = _DATA
+        self._end_tag: re.Pattern[bytes] | None = None
+        # svg/math roots and the integration points opened inside them.
+        self._foreign: list[bytes] = []
+        self._base: str | None = None
+        self._base_seen = False
+        self._closed = False
+        self.decorated = 0
+        """Attributes edited plus GET forms given hidden inputs (for metrics)."""
+        self.injected = False
+
+    # -- Public interface ---------------------------------------------------------
+
+    def feed(self, data: bytes) -> bytes:
+        """Rewrite the next chunk; returns what can be sent now."""
+        if self._closed:
+            raise RuntimeError("HtmlRewriter.feed() called after close()")
+        self._buf += data
+        if self._encoding is None and not self._sniff(final=False):
+            return b""
+        self._run(final=False)
+        return self._take_output()
+
+    def close(self) -> bytes:
+        """Signal the end of the document; returns the rest of the output."""
+        if self._closed:
+            return b""
+        self._closed = True
+        if self._encoding is None:
+            self._sniff(final=True)
+        self._run(final=True)
+        return self._take_output()
+
+    # -- Driver -------------------------------------------------------------------
+
+    def _take_output(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def _sniff(self, *, final: bool) -> bool:
+        """Decide the encoding once enough of the document is buffered."""
+        head = self._buf
+        bom = charset.sniff_bom(head)
+        if bom is None and not final and len(head) < 3:
+            return False
+        if bom is not None:
+            self._encoding = bom[0]
+            # The BOM is not content: copy it out now so injection cannot precede it.
+            self._out.append(head[: bom[1]])
+            self._buf = head[bom[1] :]
+        elif self._header_encoding is not None:
+            self._encoding = self._header_encoding
+        elif not final and len(head) < charset.PRESCAN_LIMIT:
+            return False
+        else:
+            self._encoding = charset.prescan(head) or charset.DEFAULT_ENCODING
+        if self._encoding == charset.PASSTHROUGH:
+            self._mode = _PASSTHROUGH
+        return True
+
+    def _run(self, *, final: bool) -> None:
+        """Process as much of the buffer as can be decided; keep the rest."""
+        buf = self._buf
+        size = len(buf)
+        pos = 0
+        emitted = 0
+        while pos < size:
+            mode = self._mode
+            if mode == _DATA:
+                skipped = self._scanner().match(buf, pos)
+                assert skipped is not None  # the scanner also matches the empty string
+                pos = skipped.end()
+                if pos >= size:
+                    break
+                step = self._markup(buf, pos, final)
+                if step is None:
+                    break
+                new_pos, edits = step
+                for start, end, replacement in edits:
+                    self._out.append(buf[emitted:start])
+                    self._out.append(replacement)
+                    emitted = end
+                pos = new_pos
+            elif mode == _PASSTHROUGH:
+                pos = size
+            else:
+                held = pos
+                pos = self._text_state(buf, pos, final)
+                if pos == held and self._mode == mode:
+                    break
+        if final:
+            if self._inject is not None and not self.injected and self._mode == _DATA:
+                # The document ended before anything opened <head>/<body>, or inside
+                # an unfinished tag (which the tokenizer drops at EOF).
+                self._out.append(buf[emitted:pos])
+                self._out.append(self._inject)
+                self.injected = True
+                emitted = pos
+            pos = size
+        self._out.append(buf[emitted:pos])
+        self._buf = buf[pos:]
+        if len(self._buf) > self._max_buffer:
+            # A single construct larger than we are willing to hold: give up on
+            # this document rather than buffer without bound or guess.
+            self._out.append(self._buf)
+            self._buf = b""
+            self._mode = _PASSTHROUGH
+
+    def _scanner(self) -> re.Pattern[bytes]:
+        if self._inject is not None and not self.injected:
+            return _html.SKIP_BEFORE_HEAD
+        if not self._foreign:
+            return _html.SKIP_HTML
+        if self._foreign[-1] in _FOREIGN_ROOTS:
+            return _html.SKIP_FOREIGN
+        return _html.SKIP_HTML_IN_FOREIGN
+
+    # -- Text states --------------------------------------------------------------
+
+    def _text_state(self, buf: bytes, pos: int, final: bool) -> int:
+        """Advance through a text state; returns the new position (unchanged, with
+        the mode unchanged, when more data is needed)."""
+        size = len(buf)
+        mode = self._mode
+        hold = _html.TEXT_STATE_HOLDBACK
+        if mode == _COMMENT:
+            found = _html.COMMENT_END.search(buf, pos)
+            if found is not None:
+                self._mode = _DATA
+                return found.end()
+            hold = _HOLD_COMMENT
+        elif mode == _BOGUS:
+            close = buf.find(b">", pos)
+            if close >= 0:
+                self._mode = _DATA
+                return close + 1
+            hold = 0
+        elif mode == _CDATA:
+            found = _html.CDATA_END.search(buf, pos)
+            if found is not None:
+                self._mode = _DATA
+                return found.end()
+            hold = _HOLD_CDATA
+        elif mode == _RAW:
+            assert self._end_tag is not None
+            found = self._end_tag.search(buf, pos)
+            if found is not None:
+                self._mode = _DATA
+                return found.start()
+        elif mode == _SCRIPT:
+            found = _html.SCRIPT_DATA.search(buf, pos)
+            if found is not None:
+                if buf[found.start() + 1] == 0x21:  # "<!--"
+                    self._mode = _SCRIPT_ESCAPED
+                    # The dashes of "<!--" count towards "-->": "<!-->" ends it.
+                    return found.start() + 2
+                self._mode = _DATA
+                return found.start()
+        elif mode == _SCRIPT_ESCAPED:
+            found = _html.SCRIPT_ESCAPED.search(buf, pos)
+            if found is not None:
+                if found.group("slash") is None:
+                    self._mode = _SCRIPT
+                    return found.end()
+                if found.group("slash"):
+                    self._mode = _DATA
+                    return found.start()
+                self._mode = _SCRIPT_DOUBLE
+                return found.end()
+        else:  # _SCRIPT_DOUBLE
+            found = _html.SCRIPT_DOUBLE_ESCAPED.search(buf, pos)
+            if found is not None:
+                self._mode = _SCRIPT if found.group(0) == b"-->" else _SCRIPT_ESCAPED
+                return found.end()
+        if final:
+            return size
+        return max(pos, size - hold)
+
+    # -- Markup in the data state -------------------------------------------------
+
+    def _markup(
+        self, buf: bytes, pos: int, final: bool
+    ) -> tuple[int, list[tuple[int, int, bytes]]] | None:
+        """Handle what the scanner stopped at. Returns the position after it and
+        the edits to make before it, or None if more data is needed."""
+        size = len(buf)
+        edits: list[tuple[int, int, bytes]] = []
+        if buf[pos] != 0x3C:  # "<"
+            # Non-whitespace text before <head>: it opens <head>/<body> implicitly.
+            self._add_injection(edits, pos)
+            return pos, edits
+        if pos + 1 >= size:
+            return None
+        second = buf[pos + 1]
+        if second == 0x21:  # "!": markup declaration open state
+            return self._declaration(buf, pos, final)
+        if second == 0x3F:  # "?": bogus comment
+            self._mode = _BOGUS
+            return pos + 2, edits
+        if second == 0x2F:  # "/": end tag open state
+            if pos + 2 >= size:
+                return None
+            if not _is_alpha(buf[pos + 2]):
+                self._mode = _BOGUS
+                return pos + 2, edits
+            tag = _html.END_TAG.match(buf, pos)
+            if tag is None:
+                return None
+            self._end_tag_token(tag.group("name").lower())
+            return tag.end(), edits
+        if not _is_alpha(second):
+            # "<" that is text (only reached before <head>, the scanner skips it after).
+            self._add_injection(edits, pos)
+            return pos + 1, edits
+        tag = _html.START_TAG.match(buf, pos)
+        if tag is None:
+            return None
+        return tag.end(), self._start_tag(buf, tag)
+
+    def _declaration(
+        self, buf: bytes, pos: int, final: bool
+    ) -> tuple[int, list[tuple[int, int, bytes]]] | None:
+        """ "<!": an unfinished comment, CDATA section, DOCTYPE or bogus comment (the
+        scanner already skipped complete comments and bogus comments)."""
+        rest = buf[pos : pos + 9]
+        if buf.startswith(b"<!--", pos):
+            if len(rest) < 6 and not final:
+                return None  # "<!-->" and "<!--->" are complete comments
+            self._mode = _COMMENT
+            return pos + 4, []
+        foreign = bool(self._foreign) and self._foreign[-1] in _FOREIGN_ROOTS
+        if foreign and rest == b"<![CDATA[":
+            self._mode = _CDATA
+            return pos + 9, []
+        if not final and (
+            (len(rest) < 4 and b"<!--".startswith(rest))
+            or (foreign and len(rest) < 9 and b"<![CDATA[".startswith(rest))
+        ):
+            return None
+        self._mode = _BOGUS
+        return pos + 2, []
+
+    def _add_injection(self, edits: list[tuple[int, int, bytes]], pos: int) -> None:
+        if self._inject is not None and not self.injected:
+            edits.append((pos, pos, self._inject))
+            self.injected = True
+
+    # -- Tags ---------------------------------------------------------------------
+
+    def _start_tag(self, buf: bytes, tag: re.Match[bytes]) -> list[tuple[int, int, bytes]]:
+        name = tag.group("name").lower()
+        edits: list[tuple[int, int, bytes]] = []
+        if self._inject is not None and not self.injected:
+            if name == b"head":
+                edits.append((tag.end(), tag.end(), self._inject))
+                self.injected = True
+                return edits
+            self._add_injection(edits, tag.start())
+        if self._foreign and self._foreign[-1] in _FOREIGN_ROOTS:
+            if not self._breaks_out(buf, tag, name):
+                self._foreign_start_tag(buf, tag, name, edits)
+                return edits
+            while self._foreign and self._foreign[-1] in _FOREIGN_ROOTS:
+                self._foreign.pop()
+        if name in _FOREIGN_ROOTS:
+            if not _self_closing(buf, tag):
+                self._foreign.append(name)
+        elif name in (b"a", b"area"):
+            self._decorate_href(buf, tag, edits)
+        elif name == b"form":
+            self._form(buf, tag, edits)
+        elif name == b"base":
+            self._note_base(buf, tag)
+        elif name == b"script":
+            self._mode = _SCRIPT
+        elif name == b"plaintext":
+            self._mode = _PASSTHROUGH
+        elif name in _END_TAGS:
+            self._mode = _RAW
+            self._end_tag = _END_TAGS[name]
+        return edits
+
+    def _breaks_out(self, buf: bytes, tag: re.Match[bytes], name: bytes) -> bool:
+        """ "In foreign content": these start tags pop back to HTML content."""
+        if name in _html.BREAKOUT_TAGS:
+            return True
+        if name == b"font":
+            attributes = _attributes(buf, tag)
+            return any(key in attributes for key in _FONT_BREAKOUT_ATTRIBUTES)
+        return False
+
+    def _foreign_start_tag(
+        self, buf: bytes, tag: re.Match[bytes], name: bytes, edits: list[tuple[int, int, bytes]]
+    ) -> None:
+        """A start tag in svg/math: no text states here; track integration points,
+        and decorate SVG <a href> (an SVG 2 hyperlink like the HTML one)."""
+        root = self._foreign[-1]
+        if _self_closing(buf, tag):
+            return
+        if name in _FOREIGN_ROOTS:
+            self._foreign.append(name)
+        elif root == b"svg" and name in _html.SVG_INTEGRATION_POINTS:
+            self._foreign.append(name)
+        elif root == b"math" and name in _html.MATHML_INTEGRATION_POINTS:
+            self._foreign.append(name)
+        elif root == b"math" and name == b"annotation-xml":
+            encoding = self._value(buf, _attributes(buf, tag).get(b"encoding"))
+            if encoding is not None and encoding.lower() in _HTML_ANNOTATION_ENCODINGS:
+                self._foreign.append(name)
+        if root == b"svg" and name == b"a":
+            self._decorate_href(buf, tag, edits)
+
+    def _end_tag_token(self, name: bytes) -> None:
+        """End tags only matter for the foreign-content stack."""
+        stack = self._foreign
+        if not stack:
+            return
+        if stack[-1] in _FOREIGN_ROOTS and name in (b"br", b"p"):
+            # "In foreign content": </br> and </p> break out like start tags.
+            while stack and stack[-1] in _FOREIGN_ROOTS:
+                stack.pop()
+        elif name in stack:
+            while stack.pop() != name:
+                pass
+
+    # -- Edits --------------------------------------------------------------------
+
+    def _decorate_href(
+        self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]
+    ) -> None:
+        if self._policy is None:
+            return
+        attribute = _attributes(buf, tag).get(b"href")
+        url = self._value(buf, attribute)
+        if attribute is None or url is None:
+            return
+        new = self._policy.decorate(url, self._base)
+        if new is not None:
+            self._edit(buf, attribute, url, new, edits)
+
+    def _form(self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]) -> None:
+        """<form method=post>: decorate the action. GET (the missing and invalid value
+        default): the query of the action is replaced on submit, so the policy's
+        fields go in as hidden inputs instead. method=dialog does not navigate."""
+        if self._policy is None:
+            return
+        attributes = _attributes(buf, tag)
+        method = self._value(buf, attributes.get(b"method"))
+        # An enumerated attribute: ASCII case-insensitive, no whitespace trimming.
+        method = "get" if method is None else method.lower()
+        action_attribute = attributes.get(b"action")
+        action = self._value(buf, action_attribute) if action_attribute is not None else ""
+        if action is None or method == "dialog":
+            return
+        if method == "post":
+            if action_attribute is None:
+                # No attribute to edit; adding one is beyond "edit values only".
+                return
+            new = self._policy.decorate(action, self._base)
+            if new is not None:
+                self._edit(buf, action_attribute, action, new, edits)
+            return
+        fields = self._policy.form_fields(action, self._base)
+        if not fields:
+            return
+        assert self._encoding is not None
+        try:
+            inputs = b"".join(
+                b'<input type="hidden" name="'
+                + _html.escape_value(name, b'"', self._encoding)
+                + b'" value="'
+                + _html.escape_value(value, b'"', self._encoding)
+                + b'">'
+                for name, value in fields
+            )
+        except UnicodeEncodeError:
+            return
+        edits.append((tag.end(), tag.end(), inputs))
+        self.decorated += 1
+
+    def _note_base(self, buf: bytes, tag: re.Match[bytes]) -> None:
+        """Only the first <base> with an href sets the document base URL."""
+        if self._base_seen:
+            return
+        attribute = _attributes(buf, tag).get(b"href")
+        if attribute is not None:
+            self._base_seen = True
+            self._base = self._value(buf, attribute)
+
+    def _value(self, buf: bytes, attribute: _Attribute | None) -> str | None:
+        """The decoded value, or None if absent or not decodable."""
+        if attribute is None:
+            return None
+        assert self._encoding is not None
+        try:
+            return _html.decode_value(buf[attribute.start : attribute.end], self._encoding)
+        except UnicodeDecodeError:
+            return None
+
+    def _edit(
+        self,
+        buf: bytes,
+        attribute: _Attribute,
+        old: str,
+        new: str,
+        edits: list[tuple[int, int, bytes]],
+    ) -> None:
+        """Replace a value, keeping the raw bytes of its unchanged prefix and suffix.
+
+        The decoded old and new values are compared; the longest common prefix and
+        suffix are mapped back to raw bytes (at character-reference boundaries, or
+        inside a literal run when re-encoding it reproduces the raw bytes exactly),
+        and only the middle is encoded. The result is decoded again: if it does not
+        give exactly ``new`` (e.g. a kept "&amp" now followed by ";"), the whole
+        value is re-encoded instead; if that fails too, the value is left alone.
+        """
+        if new == old:
+            return
+        assert self._encoding is not None
+        raw = buf[attribute.start : attribute.end]
+        quote = attribute.quote
+        if quote == b"" and _html.UNQUOTED_UNSAFE.search(raw):
+            return  # ambiguous markup: refuse to guess
+        try:
+            replacement = _rewrite_value(raw, old, new, quote, self._encoding)
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            return
+        if replacement is None:
+            return
+        edits.append((attribute.start, attribute.end, replacement))
+        self.decorated += 1
+
+
+# -- Helpers ----------------------------------------------------------------------
+
+
+def _lookup_header(label: str) -> str | None:
+    return charset.lookup_label(label)
+
+
+def _is_alpha(byte: int) -> bool:
+    return 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
+
+
+def _attributes(buf: bytes, tag: re.Match[bytes]) -> dict[bytes, _Attribute]:
+    """Attributes by lower-cased name; the first of duplicates wins (WHATWG drops
+    later ones, "duplicate-attribute")."""
+    found: dict[bytes, _Attribute] = {}
+    for part in _html.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
+        name = part.group("name").lower()
+        if name in found:
+            continue
+        for group, quote in (("dq", b'"'), ("sq", b"'"), ("uq", b"")):
+            if part.group(group) is not None:
+                found[name] = _Attribute(part.start(group), part.end(group), quote)
+                break
+        else:
+            if part.group("eq") is not None:
+                found[name] = _Attribute(part.end(), part.end(), b"")
+            else:
+                found[name] = _Attribute(part.end("name"), part.end("name"), None)
+    return found
+
+
+def _self_closing(buf: bytes, tag: re.Match[bytes]) -> bool:
+    """Self-closing start tag state: "/" directly before ">", outside any value."""
+    if buf[tag.end() - 2] != 0x2F:
+        return False
+    attributes_end = max(
+        (part.end() for part in _html.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end())),
+        default=0,
+    )
+    return attributes_end < tag.end() - 1
+
+
+def _rewrite_value(
+    raw: bytes, old: str, new: str, quote: bytes | None, encoding: str
+) -> bytes | None:
+    """The bytes that replace ``raw`` (adding "=" and quotes where the old value had
+    none), or None if no encoding of ``new`` decodes back to exactly ``new``."""
+    if raw and quote is not None:
+        spliced = _splice(raw, old, new, quote, encoding)
+        if spliced is not None and (quote or not _html.UNQUOTED_UNSAFE.search(spliced)):
+            return spliced
+    if quote:
+        whole = _html.escape_value(new, quote, encoding)
+        wrapped = whole
+    else:
+        # Unquoted or missing: stay unquoted if we can, else use double quotes.
+        whole = _html.escape_value(new, b"", encoding)
+        wrapped = whole
+        if not whole or _html.UNQUOTED_UNSAFE.search(whole):
+            whole = _html.escape_value(new, b'"', encoding)
+            wrapped = b'"' + whole + b'"'
+    if _html.decode_value(whole, encoding) != new:
+        return None
+    return wrapped if quote is not None else b"=" + wrapped
+
+
+def _splice(raw: bytes, old: str, new: str, quote: bytes, encoding: str) -> bytes | None:
+    """``raw`` with only the changed middle re-encoded, or None if that does not
+    decode back to ``new``."""
+    pieces = _html.split_value(raw, encoding)
+    prefix = 0
+    limit = min(len(old), len(new))
+    while prefix < limit and old[prefix] == new[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < limit - prefix and old[-1 - suffix] == new[-1 - suffix]:
+        suffix += 1
+    # Walk forward to the last raw boundary at or before ``prefix`` characters.
+    text_pos = raw_pos = 0
+    for piece in pieces:
+        if text_pos + len(piece.text) > prefix:
+            if not piece.atomic:
+                encoded = piece.text[: prefix - text_pos].encode(encoding)
+                if piece.raw.startswith(encoded):
+                    text_pos, raw_pos = prefix, raw_pos + len(encoded)
+            break
+        text_pos += len(piece.text)
+        raw_pos += len(piece.raw)
+    keep_text, keep_raw = text_pos, raw_pos
+    # Walk backward to the first raw boundary at or after ``len(old) - suffix``.
+    text_pos, raw_pos = len(old), len(raw)
+    for piece in reversed(pieces):
+        if text_pos - len(piece.text) < len(old) - suffix:
+            if not piece.atomic:
+                encoded = piece.text[len(piece.text) - (text_pos - (len(old) - suffix)) :].encode(
+                    encoding
+                )
+                if piece.raw.endswith(encoded):
+                    text_pos, raw_pos = len(old) - suffix, raw_pos - len(encoded)
+            break
+        text_pos -= len(piece.text)
+        raw_pos -= len(piece.raw)
+    if raw_pos < keep_raw:
+        return None
+    tail_text = len(old) - text_pos
+    middle = new[keep_text : len(new) - tail_text]
+    spliced = raw[:keep_raw] + _html.escape_value(middle, quote, encoding) + raw[raw_pos:]
+    if _html.decode_value(spliced, encoding) != new:
+        return None
+    return spliced
