@@ -325,7 +325,7 @@ def decorate_url(url: str, params: Sequence[tuple[str, str]]) -> str:
     body = url.strip(_C0_OR_SPACE)
     if not body:
         return url
-    start = url.find(body)
+    start = len(url) - len(url.lstrip(_C0_OR_SPACE))
     lead, tail = url[:start], url[start + len(body) :]
     before_fragment, hash_, fragment = body.partition("#")
     path, _, query = before_fragment.partition("?")

@@ -546,6 +546,20 @@ def test_link_decorator(url: str, base: str | None, expected: str | None) -> Non
 def test_link_decorator_idna_host() -> None:
     d = LinkDecorator("www.shop.test", "https://www.shop.test/", ["xn--bcher-kva.test"], LP)
     assert d.decorate("https://Bücher.test/", None) == "https://Bücher.test/?ajs_aid=abc"
+    assert d.decorate("https://xn--bcher-kva.test/", None) is not None
+    assert d.decorate("https://bucher.test/", None) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://checkout\u3002test/",  # ideographic full stop is a dot to IDNA and browsers
+        "https://\uff43heckout.test/",  # fullwidth letters map to ASCII
+        "https://CHECKOUT.TEST/",
+    ],
+)
+def test_link_decorator_hosts_browsers_normalize(url: str) -> None:
+    assert _decorator().decorate(url, None) == url + "?ajs_aid=abc"
 
 
 def test_link_decorator_counts_hits_by_pattern() -> None:
