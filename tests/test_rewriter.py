@@ -1,0 +1,600 @@
+"""Unit and property tests for the streaming HTML rewriter (gateway/rewriter.py)."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from gateway.charset import prescan
+from gateway.rewriter import HtmlRewriter, LinkPolicy
+
+INJECT = b"<script>/*BOOT*/</script>"
+
+
+class AppendPolicy:
+    """Appends ajs_aid=X to absolute http(s) links; records what it was asked."""
+
+    def __init__(self, fields: Sequence[tuple[str, str]] | None = (("ajs_aid", "X"),)) -> None:
+        self.fields = fields
+        self.seen: list[tuple[str, str | None]] = []
+        self.forms: list[tuple[str, str | None]] = []
+
+    def decorate(self, url: str, base: str | None) -> str | None:
+        self.seen.append((url, base))
+        if not url.startswith(("http://", "https://")):
+            return None
+        head, sep, fragment = url.partition("#")
+        joiner = "&" if "?" in head else "?"
+        return head + joiner + "ajs_aid=X" + sep + fragment
+
+    def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        self.forms.append((action, base))
+        return self.fields
+
+
+class EverythingPolicy:
+    """Decorates every URL and every GET form (for the property tests)."""
+
+    def decorate(self, url: str, base: str | None) -> str | None:
+        return url + "\u00e9&\"'<x>"
+
+    def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        return [("n", 'v&"')]
+
+
+def rewrite(
+    data: bytes,
+    policy: LinkPolicy | None = None,
+    *,
+    chunks: Sequence[int] | None = None,
+    **kwargs: object,
+) -> bytes:
+    """Run one document through a fresh rewriter, optionally split at ``chunks``."""
+    rewriter = HtmlRewriter(AppendPolicy() if policy is None else policy, **kwargs)  # type: ignore[arg-type]
+    out = []
+    start = 0
+    for cut in sorted(chunks or ()):
+        out.append(rewriter.feed(data[start:cut]))
+        start = cut
+    out.append(rewriter.feed(data[start:]))
+    out.append(rewriter.close())
+    return b"".join(out)
+
+
+def links(data: bytes) -> bytes:
+    return rewrite(data)
+
+
+# -- Links and attribute syntax --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (b'<a href="http://e.com/">', b'<a href="http://e.com/?ajs_aid=X">'),
+        (b"<a href='http://e.com/'>", b"<a href='http://e.com/?ajs_aid=X'>"),
+        # Unquoted: "=" may not appear unquoted, so the new value gets double quotes.
+        (b"<a href=http://e.com/>", b'<a href="http://e.com/?ajs_aid=X">'),
+        (b"<A HREF='http://e.com/'>", b"<A HREF='http://e.com/?ajs_aid=X'>"),
+        (b'<AREA href="http://e.com/">', b'<AREA href="http://e.com/?ajs_aid=X">'),
+        (
+            b'<a\nclass=x\thref = "http://e.com/" >',
+            b'<a\nclass=x\thref = "http://e.com/?ajs_aid=X" >',
+        ),
+        # Attribute after a quoted value without whitespace, and "/" between attributes.
+        (b'<a id="1"href="http://e.com/">', b'<a id="1"href="http://e.com/?ajs_aid=X">'),
+        (b"<a/href='http://e.com/'>", b"<a/href='http://e.com/?ajs_aid=X'>"),
+        # Only the first of duplicate attributes counts.
+        (
+            b'<a href="http://one/" HREF="http://two/">',
+            b'<a href="http://one/?ajs_aid=X" HREF="http://two/">',
+        ),
+        # Fragment kept after the insertion; raw bytes before it unchanged.
+        (
+            b'<a href="http://e.com/p?q=1&amp;r=2#top">',
+            b'<a href="http://e.com/p?q=1&amp;r=2&amp;ajs_aid=X#top">',
+        ),
+        (
+            b'<a href="http://e.com/p?q=1&#x26;r=2">',
+            b'<a href="http://e.com/p?q=1&#x26;r=2&amp;ajs_aid=X">',
+        ),
+        # Legacy named reference without ";": "&copy" followed by "=" stays literal.
+        (
+            b'<a href="http://e.com/?a=1&copy=2">',
+            b'<a href="http://e.com/?a=1&copy=2&amp;ajs_aid=X">',
+        ),
+        # ">" inside a quoted value of another attribute does not end the tag.
+        (
+            b'<a title="a>b" href="http://e.com/">',
+            b'<a title="a>b" href="http://e.com/?ajs_aid=X">',
+        ),
+        # Relative links are left alone; <abbr>, <address> are not <a>.
+        (b'<a href="/local">', b'<a href="/local">'),
+        (b'<abbr href="http://e.com/"><address href="http://e.com/">', None),
+        # A link inside another tag's attribute value is not a tag.
+        (b'<div data-x="<a href=http://e.com/>">', None),
+        # "<" inside an unquoted value is ambiguous: refuse to edit.
+        (b"<a href=http://e.com/<x>", None),
+        # Attribute without a value: policy sees "", leaves it.
+        (b"<a href>", None),
+    ],
+)
+def test_link_attributes(source: bytes, expected: bytes | None) -> None:
+    assert links(source) == (source if expected is None else expected)
+
+
+def test_policy_sees_decoded_url() -> None:
+    policy = AppendPolicy()
+    rewrite(b'<a href="http://e.com/?a=1&amp;b=&#233;&eacute&notit;">', policy)
+    assert policy.seen == [("http://e.com/?a=1&b=\u00e9\u00e9&notit;", None)]
+
+
+def test_unchanged_prefix_bytes_kept_and_middle_replaced() -> None:
+    class Replace:
+        def decorate(self, url: str, base: str | None) -> str | None:
+            return url.replace("ajs_aid=OLD", "ajs_aid=NEW")
+
+        def form_fields(self, action: str, base: str | None) -> None:
+            return None
+
+    source = b'<a href="http://e.com/?a=&#x31;&amp;ajs_aid=OLD&amp;z=&#50;">'
+    assert rewrite(source, Replace()) == (
+        b'<a href="http://e.com/?a=&#x31;&amp;ajs_aid=NEW&amp;z=&#50;">'
+    )
+
+
+def test_value_escaping_in_each_quoting() -> None:
+    class Weird:
+        def decorate(self, url: str, base: str | None) -> str | None:
+            return url + "&\"'"
+
+        def form_fields(self, action: str, base: str | None) -> None:
+            return None
+
+    assert rewrite(b'<a href="u">', Weird()) == b'<a href="u&amp;&quot;\'">'
+    assert rewrite(b"<a href='u'>", Weird()) == b"<a href='u&amp;\"&#39;'>"
+    assert rewrite(b"<a href=u>", Weird()) == b'<a href="u&amp;&quot;\'">'
+    assert rewrite(b"<a href>", Weird()) == b'<a href="&amp;&quot;\'">'
+
+
+def test_unquoted_value_stays_unquoted_when_safe() -> None:
+    class Suffix:
+        def decorate(self, url: str, base: str | None) -> str | None:
+            return url + "/x"
+
+        def form_fields(self, action: str, base: str | None) -> None:
+            return None
+
+    assert rewrite(b"<a href=http://e.com/a>", Suffix()) == b"<a href=http://e.com/a/x>"
+
+
+def test_base_href_first_one_counts() -> None:
+    policy = AppendPolicy()
+    rewrite(
+        b'<a href="http://a/"><base target=_top><base href="http://b/&amp;">'
+        b'<base href="http://c/"><a href="http://d/">',
+        policy,
+    )
+    assert policy.seen == [("http://a/", None), ("http://d/", "http://b/&")]
+
+
+# -- Forms -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            b'<form action="http://f/">',
+            b'<form action="http://f/"><input type="hidden" name="ajs_aid" value="X">',
+        ),
+        (b"<FORM METHOD=get>", b'<FORM METHOD=get><input type="hidden" name="ajs_aid" value="X">'),
+        # Invalid method means GET.
+        (b"<form method=put>", b'<form method=put><input type="hidden" name="ajs_aid" value="X">'),
+        (
+            b'<form method="PoSt" action="http://f/?a">',
+            b'<form method="PoSt" action="http://f/?a&amp;ajs_aid=X">',
+        ),
+        (b'<form method=dialog action="http://f/">', None),
+        (b"<form method=post>", None),
+    ],
+)
+def test_forms(source: bytes, expected: bytes | None) -> None:
+    assert links(source) == (source if expected is None else expected)
+
+
+def test_form_fields_are_escaped_and_get_action_is_passed() -> None:
+    policy = AppendPolicy(fields=[("a&b", 'x"y')])
+    out = rewrite(b'<form action="/s?q=&amp;"></form>', policy)
+    assert (
+        out
+        == b'<form action="/s?q=&amp;"><input type="hidden" name="a&amp;b" value="x&quot;y"></form>'
+    )
+    assert policy.forms == [("/s?q=&", None)]
+
+
+def test_form_without_fields_untouched() -> None:
+    assert rewrite(b"<form>", AppendPolicy(fields=None)) == b"<form>"
+
+
+# -- Tokenizer contexts where nothing is touched -------------------------------------
+
+LINK = b'<a href="http://e.com/">'
+DECORATED = b'<a href="http://e.com/?ajs_aid=X">'
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (b"<!--", b"-->"),
+        (b"<!-- x --!", b"-->"),  # "--!" without ">" does not end the comment
+        (b"<?php ", b"?>"),
+        (b"</ ", b">"),
+        (b"<!DOCTYPE ", b">"),
+        (b"<script>", b"</script>"),
+        (b"<SCRIPT type=module>", b"</script >"),
+        (b"<script><!--", b"--></script>"),
+        (b"<style>", b"</style>"),
+        (b"<textarea>", b"</textarea>"),
+        (b"<title>", b"</title>"),
+        (b"<xmp>", b"</xmp>"),
+        (b"<iframe>", b"</iframe>"),
+        (b"<noembed>", b"</noembed>"),
+        (b"<noframes>", b"</noframes>"),
+        (b"<plaintext>", b"</plaintext>"),
+        (b"<svg><![CDATA[", b"]]></svg>"),
+        (b"<math><![CDATA[", b"]]></math>"),
+    ],
+)
+def test_link_not_touched_inside(before: bytes, after: bytes) -> None:
+    source = before + LINK + after + b"<p>"
+    assert links(source) == source
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (b"<!-->", b""),  # abrupt empty comments end at once
+        (b"<!--->", b""),
+        (b"<!---->", b""),
+        (b"<!-- a --!>", b""),
+        (b"<?x>", b""),
+        (b"</>", b""),
+        (b"</x y='>'>", b""),
+        (b"<script></script>", b""),
+        (b"<script>'</script>'", b""),
+        (b"<script><!--</script>", b""),  # escaped script still ends at </script>
+        (b"<script><!--<script></script>--></script>", b""),
+        (b"<title></title >", b""),
+        (b"<style></STYLE/>", b""),
+        (b"<textarea></textarea>", b""),
+        (b"<noscript>", b"</noscript>"),
+        (b"<template>", b"</template>"),
+        (b"<svg>", b"</svg>"),  # SVG <a href> is a link too
+        (b"<svg><foreignObject><p>", b"</foreignObject></svg>"),
+        (b"<svg><![CDATA[x]]>", b"</svg>"),
+        (b"<![CDATA[<x>", b""),  # in HTML content this is a bogus comment up to ">"
+        (b"<svg><p>", b""),  # breakout element leaves foreign content
+    ],
+)
+def test_link_touched_after(before: bytes, after: bytes) -> None:
+    assert links(before + LINK + after) == before + DECORATED + after
+
+
+def test_script_double_escaped_end_tag_does_not_end_script() -> None:
+    # "<!--<script>" enters the double escaped state, where </script> only returns
+    # to the escaped state; the following </script> ends the element.
+    source = b"<script><!--<script></script>" + LINK + b"</script>" + LINK
+    assert links(source) == b"<script><!--<script></script>" + LINK + b"</script>" + DECORATED
+
+
+def test_script_escape_ended_by_abrupt_comment() -> None:
+    # "<!-->" inside script data is a complete escape; "<script" after it is text.
+    source = b"<script><!--><script></script>" + LINK
+    assert links(source) == b"<script><!--><script></script>" + DECORATED
+
+
+def test_script_inside_svg_is_markup_but_style_in_foreign_object_is_rawtext() -> None:
+    source = b"<svg><script>" + LINK + b"</script></svg>"
+    assert links(source) == b"<svg><script>" + DECORATED + b"</script></svg>"
+    source = b"<svg><foreignObject><style>" + LINK + b"</style></foreignObject></svg>"
+    assert links(source) == source
+
+
+# -- Injection -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (b"<!DOCTYPE html><html><head><title>", b"<!DOCTYPE html><html><head>@<title>"),
+        (b"<html><HEAD lang=en>x", b"<html><HEAD lang=en>@x"),
+        (b"<!-- <head> --><head>", b"<!-- <head> --><head>@"),
+        (b"<script>'<head>'</script><head>", b"@<script>'<head>'</script><head>"),
+        (b"<!doctype html>\n<html>\n<body>", b"<!doctype html>\n<html>\n@<body>"),
+        (b"<!doctype html> <!-- c --> hello", b"<!doctype html> <!-- c --> @hello"),
+        (b"<html><header><head>", b"<html>@<header><head>"),
+        (b"<html></head >\n", b"<html></head >\n@"),
+        (b"", b"@"),
+        (b"<html><!-- unterminated", b"<html><!-- unterminated"),
+        (b"<html><he", b"<html>@<he"),
+        (b"\xef\xbb\xbf<p>", b"\xef\xbb\xbf@<p>"),
+    ],
+)
+def test_injection(source: bytes, expected: bytes) -> None:
+    assert rewrite(source, inject=b"@") == expected
+
+
+def test_injected_exactly_once() -> None:
+    rewriter = HtmlRewriter(None, inject=INJECT)
+    out = rewriter.feed(b"<html><head></head><head><body><head>") + rewriter.close()
+    assert out.count(INJECT) == 1
+    assert rewriter.injected
+
+
+def test_no_injection_flag_when_absent() -> None:
+    rewriter = HtmlRewriter(None, inject=None)
+    assert rewriter.feed(b"<head>") + rewriter.close() == b"<head>"
+    assert not rewriter.injected
+
+
+# -- Encodings -------------------------------------------------------------------
+
+
+def test_shift_jis_page_with_non_ascii_url() -> None:
+    class Japanese:
+        def decorate(self, url: str, base: str | None) -> str | None:
+            assert url == "http://e.jp/\u691c\u7d22"
+            return url + "?q=\u8868"  # U+8868's Shift_JIS trail byte is 0x5C ("\")
+
+        def form_fields(self, action: str, base: str | None) -> None:
+            return None
+
+    page = '<meta charset="shift_jis"><a href="http://e.jp/\u691c\u7d22">\u8868</a>'
+    out = rewrite(page.encode("cp932"), Japanese())
+    assert out == page.replace("\u691c\u7d22", "\u691c\u7d22?q=\u8868").encode("cp932")
+
+
+def test_charset_argument_wins_over_meta() -> None:
+    class Latin:
+        def decorate(self, url: str, base: str | None) -> str | None:
+            return url + "\u00e9"
+
+        def form_fields(self, action: str, base: str | None) -> None:
+            return None
+
+    page = b'<meta charset="windows-1252"><a href="http://e/">'
+    assert rewrite(page, Latin(), charset="utf-8").endswith(b'http://e/\xc3\xa9">')
+    assert rewrite(page, Latin()).endswith(b'http://e/\xe9">')
+
+
+def test_unencodable_edit_is_left_alone() -> None:
+    class Kanji:
+        def decorate(self, url: str, base: str | None) -> str | None:
+            return url + "\u691c"
+
+        def form_fields(self, action: str, base: str | None) -> None:
+            return None
+
+    page = b'<meta charset="iso-8859-1"><a href="http://e/">'
+    assert rewrite(page, Kanji()) == page
+
+
+@pytest.mark.parametrize("bom_codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_passthrough(bom_codec: str) -> None:
+    bom = codecs.BOM_UTF16_LE if bom_codec.endswith("le") else codecs.BOM_UTF16_BE
+    page = bom + '<head><a href="http://e.com/">'.encode(bom_codec)
+    rewriter = HtmlRewriter(AppendPolicy(), inject=INJECT)
+    assert rewriter.feed(page) + rewriter.close() == page
+    assert not rewriter.injected
+
+
+@pytest.mark.parametrize("label", ["utf-16", "UTF-16LE", "iso-2022-jp"])
+def test_declared_non_ascii_compatible_passthrough(label: str) -> None:
+    page = '<head><a href="http://e.com/">'.encode("utf-16-le" if "16" in label else "ascii")
+    assert rewrite(page, inject=INJECT, charset=label) == page
+
+
+def test_meta_declaring_utf16_means_utf8() -> None:
+    assert prescan(b'<meta charset="utf-16">') == "utf-8"
+
+
+@pytest.mark.parametrize(
+    ("head", "codec"),
+    [
+        (b'<meta charset="Shift_JIS">', "cp932"),
+        (b"<meta http-equiv=Content-Type content='text/html; charset=euc-jp'>", "euc_jp"),
+        (b'<meta content="text/html; charset=gb2312" http-equiv="content-type">', "gb18030"),
+        (b'<meta content="text/html; charset=big5">', None),  # no http-equiv pragma
+        (b'<!-- <meta charset="big5"> --><meta charset=koi8-r>', "koi8_r"),
+        (b'<x title="<meta charset=big5>"><meta charset=latin1>', "cp1252"),
+        (b" " * 1024 + b'<meta charset="utf-8">', None),
+    ],
+)
+def test_prescan(head: bytes, codec: str | None) -> None:
+    assert prescan(head) == codec
+
+
+# -- Streaming and memory -----------------------------------------------------------
+
+
+def test_output_is_prompt() -> None:
+    rewriter = HtmlRewriter(AppendPolicy(), charset="utf-8")
+    assert rewriter.feed(b"<p>hello</p><a hr") == b"<p>hello</p>"
+    assert rewriter.feed(b'ef="http://e/">tail') == b'<a href="http://e/?ajs_aid=X">tail'
+    assert rewriter.feed(b"<script>" + b"x" * 1000).startswith(b"<script>" + b"x" * 900)
+    assert rewriter.close() != b""
+
+
+def test_max_buffer_gives_up_on_huge_tag() -> None:
+    big = b'<a title="' + b"x" * 5000 + b'>" href="http://e/">'
+    page = b"<p>" + big + LINK
+    out = rewrite(page, chunks=range(0, len(page), 100), max_buffer=1000, charset="utf-8")
+    assert out == page
+
+
+def test_huge_comment_and_script_stream_without_buffering() -> None:
+    rewriter = HtmlRewriter(AppendPolicy(), charset="utf-8", max_buffer=100)
+    out = [rewriter.feed(b"<!--"), rewriter.feed(b"a" * 10000), rewriter.feed(b"--><script>")]
+    out += [rewriter.feed(b"b" * 10000), rewriter.feed(b"</script>" + LINK), rewriter.close()]
+    assert (
+        b"".join(out)
+        == b"<!--" + b"a" * 10000 + b"--><script>" + b"b" * 10000 + b"</script>" + DECORATED
+    )
+    assert max(len(chunk) for chunk in out) >= 9900  # streamed, not accumulated
+
+
+def test_unterminated_tag_at_eof_passes_through() -> None:
+    assert links(b'<p><a href="http://e/"') == b'<p><a href="http://e/"'
+
+
+def test_feed_after_close_is_an_error() -> None:
+    rewriter = HtmlRewriter(None)
+    rewriter.close()
+    with pytest.raises(RuntimeError):
+        rewriter.feed(b"x")
+
+
+# -- Properties -------------------------------------------------------------------
+
+DOCUMENTS = [
+    b"<!DOCTYPE html><html><head><title>t &amp; <a href=x></title></head><body>"
+    b'<a href="http://e.com/?a=1&amp;b">x</a><!-- <a href="http://c/"> --><script>'
+    b"if (a<b) document.write('<a href=\"http://s/\">');<!--<script></script>--></script>"
+    b"<form action=http://f/ method=post><form><svg><title>a</title><![CDATA[<a href=x>]]>"
+    b"<a href='http://svg/'></a></svg><textarea><a href=http://t/></textarea>"
+    b"<base href=http://b/><AREA HREF=http://area/ shape=rect></body></html>",
+    '<meta charset="shift_jis"><title>\u8868</title><a href="http://\u691c/?\u8868">'.encode(
+        "cp932"
+    ),
+    b"<!--><a href=http://a/><!---><a href=http://b/><?x><a href=http://c/></x><a href=d>",
+    b"\xef\xbb\xbf<html><he ad><a title='>' href=http://x/?q=&amp;&#38;&amp>x",
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_chunking_never_changes_output(data: st.DataObject) -> None:
+    for document in DOCUMENTS:
+        cuts = data.draw(st.lists(st.integers(0, len(document)), max_size=12))
+        whole = rewrite(document, inject=INJECT)
+        assert rewrite(document, inject=INJECT, chunks=cuts) == whole
+
+
+def test_byte_by_byte_equals_whole() -> None:
+    for document in DOCUMENTS:
+        whole = rewrite(document, EverythingPolicy(), inject=INJECT)
+        split = rewrite(document, EverythingPolicy(), inject=INJECT, chunks=range(len(document)))
+        assert split == whole
+
+
+_HTMLISH = st.lists(
+    st.sampled_from(
+        [
+            b"<",
+            b">",
+            b"/",
+            b"!",
+            b"-",
+            b"--",
+            b"?",
+            b"=",
+            b'"',
+            b"'",
+            b" ",
+            b"\n",
+            b"&",
+            b";",
+            b"a",
+            b"A",
+            b" href",
+            b"=http://h/",
+            b"<a",
+            b"<area",
+            b"<form",
+            b"<base",
+            b"<head",
+            b"<script",
+            b"</script",
+            b"<style",
+            b"</style",
+            b"<title",
+            b"</title",
+            b"<svg",
+            b"</svg",
+            b"<math",
+            b"<![CDATA[",
+            b"]]>",
+            b"<!--",
+            b"-->",
+            b"method=post",
+            b"action",
+            b"&amp;",
+            b"&#x26;",
+            b"&copy",
+            b"<plaintext",
+            b"<foreignObject",
+            b"<p",
+            b"\xe9",
+            b"\x82\xa0",
+            b"<meta charset=shift_jis>",
+            b"<!DOCTYPE",
+            b"x",
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+_DOCUMENTS = st.one_of(_HTMLISH, st.binary(max_size=200))
+_CUTS = st.lists(st.integers(0, 300), max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=_DOCUMENTS, cuts=_CUTS)
+def test_null_policy_is_identity(document: bytes, cuts: list[int]) -> None:
+    cuts = [cut for cut in cuts if cut <= len(document)]
+    rewriter = HtmlRewriter(None, charset="utf-8", max_buffer=64)
+    out = []
+    start = 0
+    for cut in sorted(cuts):
+        out.append(rewriter.feed(document[start:cut]))
+        start = cut
+    out.append(rewriter.feed(document[start:]))
+    out.append(rewriter.close())
+    assert b"".join(out) == document
+
+
+class SnowmanPolicy:
+    """Appends U+2603 to every non-empty URL: stripping it must give back the input."""
+
+    def decorate(self, url: str, base: str | None) -> str | None:
+        return url + "\u2603" if url else None
+
+    def form_fields(self, action: str, base: str | None) -> None:
+        return None
+
+
+SNOWMAN = "\u2603".encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=_DOCUMENTS, cuts=_CUTS)
+def test_edits_are_chunk_independent_and_removable(document: bytes, cuts: list[int]) -> None:
+    assume(SNOWMAN not in document)
+    cuts = [cut for cut in cuts if cut <= len(document)]
+    whole = rewrite(document, SnowmanPolicy(), charset="utf-8")
+    assert rewrite(document, SnowmanPolicy(), charset="utf-8", chunks=cuts) == whole
+    assert whole.replace(SNOWMAN, b"") == document
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=_DOCUMENTS, cuts=_CUTS)
+def test_aggressive_policy_never_raises(document: bytes, cuts: list[int]) -> None:
+    cuts = [cut for cut in cuts if cut <= len(document)]
+    whole = rewrite(document, EverythingPolicy(), inject=INJECT)
+    assert rewrite(document, EverythingPolicy(), inject=INJECT, chunks=cuts) == whole
