@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import random
 import re
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -633,3 +638,49 @@ def test_decorate_location_relative_to_target_request() -> None:
         "/x", "https://checkout.test/", own_host="checkout.test", targets=TARGETS, params=LP
     )
     assert result is None
+
+
+# --- Differential test against a real WHATWG URL parser (node's) --------------------------------
+
+NODE = shutil.which("node") or "/usr/bin/node"
+_PIECES = [
+    "http:", "https:", "HTTP:", "ftp:", "javascript:", "/", "//", "\\", "\t", "\n", " ", "\x01",
+    "checkout.test", "a.pay.test", "pay.test", "www.shop.test", "evil", ".", "test", "@", ":",
+    "443", "99999", "%2e", "%63", "?", "#", "[", "]", "::1", "Ä", "\u3002", "-", "%", "0x7f",
+]  # fmt: skip
+_BASES = ["https://www.shop.test/d/p", "http://www.shop.test/", "https://checkout.test/x/"]
+
+
+@pytest.mark.skipif(not Path(NODE).exists(), reason="node is not installed")
+def test_target_decisions_agree_with_whatwg_url_parser() -> None:
+    """For thousands of hostile URL shapes, we and a browser-grade parser agree on whether the
+    URL goes to a target host. (Hosts themselves may differ only where no target can match:
+    numeric IPv4 forms, which browsers canonicalize, and IDNA results with empty labels.)
+    Empty URLs are the one deliberate difference: they point at the page itself, never decorated.
+    """
+    rnd = random.Random(20240601)
+    cases = [
+        ["".join(rnd.choice(_PIECES) for _ in range(rnd.randint(0, 7))), rnd.choice(_BASES)]
+        for _ in range(4000)
+    ]
+    proc = subprocess.run(
+        [NODE, str(Path(__file__).parent / "js" / "whatwg_hosts.js")],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    oracle = json.loads(proc.stdout)
+    disagreements = []
+    for (url, base), expected in zip(cases, oracle, strict=True):
+        own = LinkDecorator("www.shop.test", base, TARGETS, LP)
+        decorated = own.decorate(url, None) is not None
+        goes_to_target = (
+            expected is not None
+            and expected[1] != "www.shop.test"
+            and any(host_matches(expected[1], t) for t in TARGETS)
+        )
+        if decorated != goes_to_target and url.strip("".join(map(chr, range(0x21)))):
+            disagreements.append((url, base, expected))
+    assert disagreements == []
