@@ -684,3 +684,21 @@ def test_target_decisions_agree_with_whatwg_url_parser() -> None:
         if decorated != goes_to_target and url.strip("".join(map(chr, range(0x21)))):
             disagreements.append((url, base, expected))
     assert disagreements == []
+
+
+@pytest.mark.skipif(not Path(NODE).exists(), reason="node is not installed")
+def test_redirect_locations_stay_on_origin_for_whatwg_url_parser() -> None:
+    rnd = random.Random(7)
+    pieces = ["/", "//", "\\", "%2F", "%5C", "\t", "\n", " ", "\x00", "evil.example", "@", ":", "."]
+    raw = ["".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 6))) for _ in range(3000)]
+    base = "https://www.shop.test/some/page"
+    cases = [[same_origin_location(path, "a=1"), base] for path in raw]
+    proc = subprocess.run(
+        [NODE, str(Path(__file__).parent / "js" / "whatwg_hosts.js")],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert {tuple(r) for r in json.loads(proc.stdout)} == {("https", "www.shop.test")}
