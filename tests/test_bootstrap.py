@@ -171,6 +171,33 @@ def test_page_snippet_before_bootstrap_gets_the_id_first() -> None:
 
 
 @needs_node
+def test_queue_replaced_by_page_code_is_seeded_again() -> None:
+    out = run_js(
+        [
+            {"do": "bootstrap"},
+            {"do": "exec", "code": "window.analytics=[['track','x']]"},
+            {"do": "dcl"},
+            {"do": "state"},
+        ]
+    )
+    (state,) = out["results"]
+    assert state["queue"] == [SET_AID, ["track", "x"], ["page"]]
+    assert state["writeKey"] == "WK"
+    assert [s["src"] for s in out["scripts"]] == [OWN_SCRIPT]
+
+
+@needs_node
+def test_hostile_values_arrive_intact_in_javascript() -> None:
+    out = run_js(
+        [{"do": "bootstrap"}, {"do": "dcl"}, {"do": "state"}],
+        render(anonymous_id=EVIL, write_key=EVIL),
+    )
+    (state,) = out["results"]
+    assert state["queue"] == [["setAnonymousId", EVIL], ["page"]]
+    assert state["writeKey"] == EVIL
+
+
+@needs_node
 def test_late_snippet_after_our_load_does_not_load_again() -> None:
     out = run_js([{"do": "bootstrap"}, {"do": "dcl"}, {"do": "snippet", "key": "PAGEKEY"}])
     assert [s["src"] for s in out["scripts"]] == [OWN_SCRIPT]

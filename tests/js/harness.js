@@ -10,6 +10,7 @@
 //   {"do": "dcl"}                         fire DOMContentLoaded
 //   {"do": "library", "aid": "..", "uid": ".."}  "load" analytics.js: replay the queue
 //   {"do": "state"}                       record the queue and flags
+//   {"do": "exec", "code": "..."}          run arbitrary page code
 //   {"do": "click", "href": "..", "tag": "a", "nested": false, "type": "click"}
 //   {"do": "submit", "action": "..", "method": "get", "inputs": [["name", "value"]]}
 "use strict";
@@ -142,6 +143,9 @@ function run(spec) {
     switch (step.do) {
       case "bootstrap":
         exec(spec.script);
+        break;
+      case "exec":
+        exec(step.code);
         break;
       case "snippet":
         exec(SNIPPET(step.key));
