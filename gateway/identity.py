@@ -129,7 +129,8 @@ def _decode_cookie_value(raw: str) -> str:
 # cookie-octet (RFC 6265 section 4.1.1) minus "%", which we use to escape everything else; so the
 # written value is always a valid cookie value and a ``%`` in an id survives a decode round trip.
 _COOKIE_SAFE = "!#$&'()*+/:<=>?@[]^`{|}"
-_DOMAIN_ATTR = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+# Lower-case dot-separated labels: what we accept as a host name and emit as a Domain attribute.
+_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 
 
 def identity_cookies(
@@ -152,7 +153,7 @@ def identity_cookies(
     """
     if max_age < 0:
         raise ValueError(f"max_age must be >= 0, got {max_age}")
-    if domain is not None and not _DOMAIN_ATTR.fullmatch(domain):
+    if domain is not None and not _HOSTNAME.fullmatch(domain):
         raise ValueError(f"not a cookie domain: {domain!r}")
     attrs = ""
     if domain is not None:
@@ -197,15 +198,12 @@ def cookie_domain(host: str, configured: str | None) -> str | None:
         if (
             (name == want or name.endswith("." + want))
             and "." in want
-            and _DOMAIN_ATTR.fullmatch(want)
+            and _HOSTNAME.fullmatch(want)
             and not _psl().is_public(want)
         ):
             return want
     registrable: str | None = _psl().privatesuffix(name)
     return registrable
-
-
-_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 
 
 def _hostname(host: str) -> str | None:
