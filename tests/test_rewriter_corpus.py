@@ -1,0 +1,113 @@
+"""Differential test: the rewriter against BeautifulSoup + lxml on real pages.
+
+For every corpus page, the links the rewriter decorates must be exactly the
+cross-domain <a href> / <area href> links (and POST form actions) a real HTML
+parser finds, counted with multiplicity; and removing the decoration from the
+output must give back the input byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from bs4 import BeautifulSoup
+
+from gateway.rewriter import HtmlRewriter
+
+CORPUS = Path("/work/shared/corpus/pages")
+PAGES = sorted(CORPUS.glob("*.html"))
+MARKER = "zqxmarker"
+# What the rewriter writes for the marker: "?zqxmarker", or "&zqxmarker" with the
+# "&" escaped as the attribute syntax requires.
+MARKER_IN_OUTPUT = re.compile(rb"(?:\?|&amp;)" + MARKER.encode())
+ASCII_WHITESPACE = "\t\n\f\r "
+_HOST = re.compile(rb"""https?://([A-Za-z0-9.-]+)""")
+
+# qq.html is stored as UTF-8 but declares charset=gb2312 (the corpus was saved after
+# transcoding). libxml2 stops at the first byte sequence invalid in GB2312 and
+# returns an empty tree, where a browser (and the rewriter, which only decodes the
+# values it edits) keeps going. Tell BeautifulSoup the real encoding.
+PARSER_ENCODING = {"qq.html": "utf-8"}
+
+# Pages where lxml (libxml2's HTML parser, not a WHATWG parser) disagrees with the
+# WHATWG tokenizer, each with the reason and the URLs only one side sees.
+# Keep this minimal: each entry was checked by hand against the spec.
+LXML_DISAGREES: dict[str, tuple[Counter[str], Counter[str]]] = {}
+
+
+def own_host(page: bytes) -> str:
+    """The page's "own" host: the one most absolute links point to (both sides use
+    the same value, so any deterministic choice works)."""
+    hosts = Counter(host.lower() for host in _HOST.findall(page))
+    return hosts.most_common(1)[0][0].decode("ascii") if hosts else ""
+
+
+def is_cross_domain(url: str, own: str) -> bool:
+    try:
+        parts = urlsplit(url.strip(ASCII_WHITESPACE))
+        host = parts.hostname
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(host) and host != own
+
+
+class RecordingPolicy:
+    """Decorates cross-domain links with a marker and records them."""
+
+    def __init__(self, own: str) -> None:
+        self.own = own
+        self.decorated: Counter[str] = Counter()
+
+    def decorate(self, url: str, base: str | None) -> str | None:
+        if not is_cross_domain(url, self.own):
+            return None
+        self.decorated[url] += 1
+        return url + ("&" if "?" in url else "?") + MARKER
+
+    def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        return None
+
+
+def parser_links(page: bytes, own: str, encoding: str | None) -> Counter[str]:
+    soup = BeautifulSoup(page, "lxml", from_encoding=encoding)
+    found: Counter[str] = Counter()
+    for element in soup.find_all(["a", "area"]):
+        href = element.get("href")
+        if isinstance(href, str) and is_cross_domain(href, own):
+            found[href] += 1
+    for form in soup.find_all("form"):
+        action, method = form.get("action"), form.get("method")
+        if isinstance(action, str) and isinstance(method, str) and method.lower() == "post":
+            if is_cross_domain(action, own):
+                found[action] += 1
+    return found
+
+
+@pytest.mark.parametrize("path", PAGES, ids=[path.name for path in PAGES])
+def test_rewriter_matches_lxml_and_is_reversible(path: Path) -> None:
+    page = path.read_bytes()
+    assert MARKER.encode() not in page
+    own = own_host(page)
+    policy = RecordingPolicy(own)
+    rewriter = HtmlRewriter(policy)
+    # Realistic network chunking: 8 KiB reads.
+    output = b"".join(rewriter.feed(page[i : i + 8192]) for i in range(0, len(page), 8192))
+    output += rewriter.close()
+
+    assert MARKER_IN_OUTPUT.sub(b"", output) == page
+    assert rewriter.decorated == sum(policy.decorated.values())
+
+    expected = parser_links(page, own, PARSER_ENCODING.get(path.name))
+    only_rewriter, only_lxml = LXML_DISAGREES.get(path.name, (Counter(), Counter()))
+    assert policy.decorated - only_rewriter == expected - only_lxml
+    assert policy.decorated - expected == only_rewriter
+    assert expected - policy.decorated == only_lxml
+
+
+def test_corpus_is_present() -> None:
+    assert len(PAGES) >= 60
