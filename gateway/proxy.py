@@ -21,9 +21,33 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import Config, Site
-from .headers import end_to_end, forwarded_headers, upstream_target
+from .body import HtmlBody
+from .bootstrap import render_bootstrap
+from .codecs import DecodeError
+from .config import Config, Site, normalize_host
+from .headers import end_to_end, forwarded_headers, upstream_target, visitor_scheme
+from .identity import (
+    AID_PARAM,
+    UID_PARAM,
+    IdRules,
+    LinkDecorator,
+    cookie_domain,
+    decorate_location,
+    identity_cookies,
+)
+from .inbound import Arrival, identity_rules, referring_cross_domain, resolve_arrival
 from .metrics import Metrics, method_label, status_class
+from .outbound import (
+    HTML_TYPES,
+    add_vary,
+    content_coding,
+    is_rewritable_html,
+    make_private,
+    media_type,
+    script_policy,
+    weaken_etag,
+)
+from .rewriter import HtmlRewriter
 from .websocket import relay_websocket
 
 # Responses to these never have a body (RFC 9110 §6.4.1).
@@ -34,16 +58,41 @@ SMALL_BODY = 256 * 1024
 _CHUNK = 64 * 1024
 
 
-@dataclass
+@dataclass(frozen=True)
+class Derived:
+    """Values computed once per config rather than once per request."""
+
+    rules: IdRules
+    # Cross-domain host patterns whose links carry the raw id (strategy "query").
+    query_targets: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: Config) -> Derived:
+        return cls(
+            rules=identity_rules(config),
+            query_targets=tuple(c.host for c in config.cross_domains if c.strategy == "query"),
+        )
+
+
 class ProxyState:
     """What the handler needs; swapped or mutated by app.py (reload, drain)."""
 
-    config: Config
-    session: aiohttp.ClientSession
-    metrics: Metrics
-    log: TextIO = sys.stdout
-    in_flight: int = 0
-    draining: bool = False
+    def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self.session = session
+        self.metrics = metrics
+        self.log: TextIO = sys.stdout
+        self.in_flight = 0
+        self.draining = False
+        self.config = config
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self.derived = Derived.of(config)
+        self._config = config
 
 
 class UpstreamBodyError(Exception):
@@ -106,15 +155,37 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await relay_websocket(self, request, site, outcome)
+        state = self.state
+        target = upstream_target(request)
+        arrival = resolve_arrival(
+            method=request.method,
+            target=target,
+            cookie_headers=request.headers.getall("Cookie", ()),
+            site=site,
+            rules=state.derived.rules,
+            mint=config.identity.mint,
+        )
+        if arrival.source != "none":
+            state.metrics.id_source.labels(arrival.source).inc()
+        if arrival.source == "rejected":
+            state.metrics.identity_refused.labels("query", "invalid").inc()
+        if arrival.redirect is not None:
+            return self.cleanup_redirect(request, site, arrival, outcome)
+        if arrival.source != "url":
+            referrer = referring_cross_domain(
+                request.headers.get("Referer"), normalize_host(request.host), config
+            )
+            if referrer is not None:
+                state.metrics.unidentified_arrivals.labels(site.host, referrer).inc()
         headers = forwarded_headers(request, site, config)
-        url = URL(site.upstream + upstream_target(request), encoded=True)
+        url = URL(site.upstream + arrival.target, encoded=True)
         body = None
         if request.body_exists:
             await _expect_continue(request)
             body = _request_body(request)
         sent_at = time.monotonic()
         try:
-            upstream = await self.state.session.request(
+            upstream = await state.session.request(
                 request.method,
                 url,
                 headers=headers,
@@ -128,23 +199,156 @@ class ProxyHandler:
             return self.fault(site, outcome, 502, "connect", exc)
         except (aiohttp.ClientError, OSError) as exc:
             return self.fault(site, outcome, 502, "reset", exc)
-        self.state.metrics.upstream_latency.labels(site.host).observe(time.monotonic() - sent_at)
+        state.metrics.upstream_latency.labels(site.host).observe(time.monotonic() - sent_at)
         outcome.upstream_status = upstream.status
         try:
-            return await self.respond(request, site, upstream, outcome)
+            return await self.respond(request, site, arrival, upstream, outcome)
         finally:
             upstream.release()
+
+    def cleanup_redirect(
+        self, request: web.BaseRequest, site: Site, arrival: Arrival, outcome: Outcome
+    ) -> web.Response:
+        """302 to the same URL without identity parameters, keeping the id in a cookie."""
+        assert arrival.redirect is not None
+        response = web.Response(status=302)
+        headers = response.headers
+        headers["Location"] = arrival.redirect
+        headers["Cache-Control"] = "no-store"
+        headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+        for cookie in self.cookies(request, site, arrival.store_aid, arrival.store_uid):
+            headers.add("Set-Cookie", cookie)
+        outcome.status = 302
+        return response
+
+    def cookies(
+        self, request: web.BaseRequest, site: Site, aid: str | None, uid: str | None
+    ) -> list[str]:
+        if aid is None and uid is None:
+            return []
+        config = self.state.config
+        return identity_cookies(
+            aid,
+            uid,
+            domain=cookie_domain(normalize_host(request.host), site.cookie_domain),
+            max_age=config.identity.cookie_max_age,
+            secure=visitor_scheme(request, config) == "https",
+            now=time.time(),
+        )
+
+    def identity_params(self, arrival: Arrival) -> list[tuple[str, str]]:
+        assert arrival.aid is not None
+        params = [(AID_PARAM, arrival.aid)]
+        if arrival.uid:
+            params.append((UID_PARAM, arrival.uid))
+        return params
+
+    def page_url(self, request: web.BaseRequest, arrival: Arrival) -> str:
+        scheme = visitor_scheme(request, self.state.config)
+        return f"{scheme}://{request.host}{arrival.target}"
+
+    def outbound_identity(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        arrival: Arrival,
+        status: int,
+        headers: CIMultiDict[str],
+    ) -> HtmlBody | None:
+        """Edit the response headers for identity; return the body pipeline if the HTML body
+        is to be rewritten."""
+        state = self.state
+        config = state.config
+        own_host = normalize_host(request.host)
+        mtype, charset = media_type(headers.get("Content-Type"))
+        html = mtype in HTML_TYPES
+        personal = False
+        targets = state.derived.query_targets
+        if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
+            location = decorate_location(
+                headers["Location"],
+                self.page_url(request, arrival),
+                own_host=own_host,
+                targets=targets,
+                params=self.identity_params(arrival),
+            )
+            if location is not None:
+                headers["Location"] = location
+                personal = True
+                state.metrics.links_decorated.labels(site.host, "redirect").inc()
+        # Ids from the URL are always stored; on HTML responses the visitor's id is (re)written
+        # so that a minted id sticks and a server-set cookie outlives Safari's script cap.
+        aid, uid = arrival.store_aid, arrival.store_uid
+        if html and config.identity.mint:
+            aid = aid or arrival.aid
+            uid = uid or arrival.uid
+        for cookie in self.cookies(request, site, aid, uid):
+            headers.add("Set-Cookie", cookie)
+            personal = True
+        body = None
+        if arrival.aid and is_rewritable_html(request.method, status, headers):
+            inject = None
+            if config.analytics.write_key and site.bootstrap:
+                allowed, nonce = script_policy(headers)
+                if allowed:
+                    inject = render_bootstrap(
+                        write_key=config.analytics.write_key,
+                        cdn_url=config.analytics.cdn_url,
+                        anonymous_id=arrival.aid,
+                        user_id=arrival.uid,
+                        targets=targets,
+                        own_host=own_host,
+                        nonce=nonce,
+                    )
+            policy = None
+            if targets:
+                policy = LinkDecorator(
+                    own_host,
+                    self.page_url(request, arrival),
+                    targets,
+                    self.identity_params(arrival),
+                )
+            if inject is not None or policy is not None:
+                rewriter = HtmlRewriter(policy, inject=inject, charset=charset)
+                body = HtmlBody(
+                    rewriter, content_coding(headers), self.rewrite_failed(site), policy
+                )
+                headers.popall("Content-Length", None)
+                weaken_etag(headers)
+                if "Content-Encoding" in headers:
+                    add_vary(headers, "Accept-Encoding")
+                personal = True
+        if personal:
+            make_private(headers)
+        return body
+
+    def rewrite_failed(self, site: Site) -> Callable[[BaseException], None]:
+        def report(exc: BaseException) -> None:
+            self.state.metrics.rewrite_failures.labels(site.host).inc()
+            self.log_event("rewrite_failed", site=site.host, error=repr(exc)[:200])
+
+        return report
+
+    def rewrite_done(self, site: Site, body: HtmlBody) -> None:
+        metrics = self.state.metrics
+        if not body.failed:
+            metrics.html_rewritten.labels(site.host).inc()
+        metrics.rewrite_seconds.observe(body.rewrite_seconds)
+        for target, count in body.targets_hit.items():
+            metrics.links_decorated.labels(site.host, target).inc(count)
 
     async def respond(
         self,
         request: web.BaseRequest,
         site: Site,
+        arrival: Arrival,
         upstream: aiohttp.ClientResponse,
         outcome: Outcome,
     ) -> web.StreamResponse:
         headers = end_to_end(upstream.headers)
         status = upstream.status
         outcome.status = status
+        body = self.outbound_identity(request, site, arrival, status, headers)
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         length = upstream.content_length
         if no_body:
@@ -156,8 +360,8 @@ class ProxyHandler:
             await response.write_eof()
             return response
         if length is not None and length <= SMALL_BODY:
-            return await self._respond_whole(request, site, upstream, headers, outcome)
-        return await self._respond_streamed(request, site, upstream, headers, length, outcome)
+            return await self._respond_whole(request, site, upstream, headers, body, outcome)
+        return await self._respond_streamed(request, site, upstream, headers, length, body, outcome)
 
     async def _respond_whole(
         self,
@@ -165,6 +369,7 @@ class ProxyHandler:
         site: Site,
         upstream: aiohttp.ClientResponse,
         headers: CIMultiDict[str],
+        body: HtmlBody | None,
         outcome: Outcome,
     ) -> web.StreamResponse:
         try:
@@ -175,6 +380,12 @@ class ProxyHandler:
             return self._abort_before_headers(
                 request, site, outcome, UpstreamBodyError("short body")
             )
+        if body is not None:
+            try:
+                data = body.feed(data) + body.close()
+            except DecodeError as exc:
+                return self._abort_before_headers(request, site, outcome, exc)
+            self.rewrite_done(site, body)
         response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
         response.body = data
         outcome.sent = len(data)
@@ -187,12 +398,13 @@ class ProxyHandler:
         upstream: aiohttp.ClientResponse,
         headers: CIMultiDict[str],
         length: int | None,
+        body: HtmlBody | None,
         outcome: Outcome,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
-        if length is not None:
+        if length is not None and body is None:
             response.content_length = length
         elif request.version < (1, 1):
             # No chunked encoding for HTTP/1.0: the end of the body is the end of the connection.
@@ -208,13 +420,23 @@ class ProxyHandler:
                 if not chunk:
                     break
                 received += len(chunk)
+                if body is not None:
+                    chunk = body.feed(chunk)
+                    if not chunk:
+                        continue
                 await response.write(chunk)
                 outcome.sent += len(chunk)
             if length is not None and received != length:
                 raise UpstreamBodyError(f"upstream sent {received} of {length} bytes")
             if not upstream.content.is_eof():
                 raise UpstreamBodyError("upstream body not complete")
-        except UpstreamBodyError as exc:
+            if body is not None:
+                tail = body.close()
+                self.rewrite_done(site, body)
+                if tail:
+                    await response.write(tail)
+                    outcome.sent += len(tail)
+        except (UpstreamBodyError, DecodeError) as exc:
             self._abort(request, site, outcome, exc)
             return response
         except (ConnectionError, aiohttp.ClientConnectionResetError):

@@ -509,11 +509,16 @@ async def test_access_log_line_has_no_query_or_cookies(
 ) -> None:
     up = await start_upstream(echo_app())
     gw = await start_gateway(site_yaml(up))
-    async with gw.request(
-        "GET", "/page?ajs_aid=secret-id", headers={"Cookie": "ajs_anonymous_id=secret-id"}
-    ) as resp:
-        await resp.read()
-    line = next(entry for entry in gw.log if entry["event"] == "request")
+    cookie = {"Cookie": "ajs_anonymous_id=secret-id"}
+    async with gw.request("GET", "/page?ajs_aid=secret-id&x=1", headers=cookie) as resp:
+        assert resp.status == 302
+    async with gw.request("POST", "/page?ajs_aid=secret-id&x=1", headers=cookie) as resp:
+        assert resp.status == 200
+    async with gw.request("GET", "/page?q=secret-id", headers=cookie) as resp:
+        assert resp.status == 200
+    lines = [entry for entry in gw.log if entry["event"] == "request"]
+    assert [line["status"] for line in lines] == [302, 200, 200]
+    line = lines[-1]
     assert line["path"] == "/page"
     assert line["status"] == 200 and line["upstream_status"] == 200
     assert line["site"] == "www.example.com" and line["method"] == "GET"

@@ -1,0 +1,97 @@
+"""The HTML body pipeline for one response: decode the content coding, rewrite, re-encode.
+
+It never breaks a page: if the rewriter raises, the bytes it had not yet emitted and everything
+after them go out unchanged (the failure is reported through ``on_failure``). A body that is
+corrupt in its own coding cannot be passed on as valid, so that is raised as DecodeError and the
+proxy aborts the response, as for any upstream body that ends badly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from .codecs import Decoder, Encoder, decoder_for, encoder_for
+from .identity import LinkDecorator
+from .rewriter import HtmlRewriter
+
+
+class HtmlBody:
+    """Feed upstream body chunks in, get client body bytes out."""
+
+    def __init__(
+        self,
+        rewriter: HtmlRewriter,
+        coding: str,
+        on_failure: Callable[[BaseException], None],
+        policy: LinkDecorator | None = None,
+    ) -> None:
+        self._rewriter: HtmlRewriter | None = rewriter
+        self._decoder: Decoder | None = decoder_for(coding)
+        self._encoder: Encoder | None = encoder_for(coding)
+        self._on_failure = on_failure
+        self._policy = policy
+        self.rewrite_seconds = 0.0
+        self.failed = False
+
+    @property
+    def targets_hit(self) -> Counter[str]:
+        """Links decorated per target pattern (nothing counts once the rewrite failed)."""
+        if self._policy is None or self.failed:
+            return Counter()
+        return self._policy.targets_hit
+
+    @property
+    def decorated(self) -> int:
+        return self._rewriter.decorated if self._rewriter is not None else 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._decoder is None:
+            return self._encode(self._rewrite(chunk))
+        out = [self._rewrite(part) for part in self._decoder.decode(chunk)]
+        return self._encode(b"".join(out))
+
+    def close(self) -> bytes:
+        tail = b""
+        if self._decoder is not None:
+            tail = self._rewrite(self._decoder.finish())
+        rewriter = self._rewriter
+        if rewriter is not None:
+            start = time.perf_counter()
+            held = rewriter.pending_input
+            try:
+                tail += rewriter.close()
+            except Exception as exc:
+                tail += self._fail(exc, held)
+            self.rewrite_seconds += time.perf_counter() - start
+        out = self._encode(tail)
+        if self._encoder is not None:
+            out += self._encoder.finish()
+        return out
+
+    def _rewrite(self, data: bytes) -> bytes:
+        rewriter = self._rewriter
+        if rewriter is None or not data:
+            return data
+        start = time.perf_counter()
+        held = rewriter.pending_input
+        try:
+            return rewriter.feed(data)
+        except Exception as exc:
+            return self._fail(exc, held + data)
+        finally:
+            self.rewrite_seconds += time.perf_counter() - start
+
+    def _fail(self, exc: BaseException, unsent: bytes) -> bytes:
+        # What the rewriter held back before the failing call was never emitted: it goes out
+        # now, unchanged, and so does everything after it.
+        self._rewriter = None
+        self.failed = True
+        self._on_failure(exc)
+        return unsent
+
+    def _encode(self, data: bytes) -> bytes:
+        if self._encoder is None or not data:
+            return data
+        return self._encoder.encode(data)

@@ -1,0 +1,134 @@
+"""Streaming content codings for rewritten HTML: decode what the upstream sent, re-encode the
+same way (the upstream chose a coding from the visitor's own Accept-Encoding, so the visitor
+accepts it). Each chunk is flushed so the client gets bytes as soon as we have them."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Protocol
+
+import brotli
+
+# Output produced per step of decompression: keeps a small compressed chunk that expands
+# enormously (a decompression bomb) from materialising in memory at once.
+_STEP = 256 * 1024
+
+
+class DecodeError(Exception):
+    """The upstream body is not valid in its declared coding."""
+
+
+class Decoder(Protocol):
+    def decode(self, data: bytes) -> Iterator[bytes]: ...
+    def finish(self) -> bytes: ...
+
+
+class Encoder(Protocol):
+    def encode(self, data: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class _ZlibDecoder:
+    def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
+        self._obj: zlib._Decompress | None = (
+            zlib.decompressobj(16 + zlib.MAX_WBITS) if gzip else None
+        )
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        if self._obj is None:
+            # HTTP "deflate" is the zlib format (RFC 9110 §8.4.1.2), but some servers send raw
+            # deflate; the zlib header's checksum tells them apart.
+            raw = len(data) < 2 or data[0] & 0x0F != 8 or (data[0] << 8 | data[1]) % 31 != 0
+            self._obj = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+        try:
+            out = self._obj.decompress(data, _STEP)
+            while out:
+                yield out
+                tail = self._obj.unconsumed_tail
+                if not tail:
+                    break
+                out = self._obj.decompress(tail, _STEP)
+        except zlib.error as exc:
+            raise DecodeError(str(exc)) from exc
+
+    def finish(self) -> bytes:
+        if self._obj is None:
+            return b""
+        try:
+            out = self._obj.flush()
+        except zlib.error as exc:
+            raise DecodeError(str(exc)) from exc
+        if not self._obj.eof:
+            raise DecodeError("compressed body ended early")
+        return out
+
+
+class _BrotliDecoder:
+    def __init__(self) -> None:
+        self._obj = brotli.Decompressor()
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        try:
+            out = self._obj.process(data, output_buffer_limit=_STEP)
+            # At the output limit the decoder keeps the rest of its input; empty output means
+            # it has produced everything it can from what it was given.
+            while out:
+                yield out
+                out = self._obj.process(b"", output_buffer_limit=_STEP)
+        except brotli.error as exc:
+            raise DecodeError(str(exc)) from exc
+
+    def finish(self) -> bytes:
+        if not self._obj.is_finished():
+            raise DecodeError("compressed body ended early")
+        return b""
+
+
+class _ZlibEncoder:
+    def __init__(self, wbits: int) -> None:
+        # Level 4: most of the ratio of the default level at well under half the CPU time.
+        self._obj = zlib.compressobj(4, zlib.DEFLATED, wbits)
+
+    def encode(self, data: bytes) -> bytes:
+        return self._obj.compress(data) + self._obj.flush(zlib.Z_SYNC_FLUSH)
+
+    def finish(self) -> bytes:
+        return self._obj.flush(zlib.Z_FINISH)
+
+
+class _BrotliEncoder:
+    def __init__(self) -> None:
+        self._obj = brotli.Compressor(quality=4)
+
+    def encode(self, data: bytes) -> bytes:
+        return self._obj.process(data) + self._obj.flush()
+
+    def finish(self) -> bytes:
+        return self._obj.finish()
+
+
+def decoder_for(coding: str) -> Decoder | None:
+    """A decoder for a content coding, None for identity; raises KeyError for unknown ones."""
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return _ZlibDecoder(gzip=True)
+    if coding == "deflate":
+        return _ZlibDecoder(gzip=False)
+    if coding == "br":
+        return _BrotliDecoder()
+    raise KeyError(coding)
+
+
+def encoder_for(coding: str) -> Encoder | None:
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return _ZlibEncoder(16 + zlib.MAX_WBITS)
+    if coding == "deflate":
+        return _ZlibEncoder(zlib.MAX_WBITS)
+    if coding == "br":
+        return _BrotliEncoder()
+    raise KeyError(coding)

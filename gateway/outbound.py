@@ -1,0 +1,130 @@
+"""Pure: decisions about an upstream response before its body is touched.
+
+Which responses are HTML we may rewrite, how to keep a personalised response out of shared
+caches, what becomes of validators, and which script nonce a Content-Security-Policy allows.
+"""
+
+from __future__ import annotations
+
+import re
+
+from multidict import CIMultiDict
+
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+# Content codings we can decode and re-encode while streaming; anything else passes untouched.
+REWRITABLE_CODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate", "br"})
+_NO_BODY = frozenset({204, 206, 304})
+
+
+def media_type(content_type: str | None) -> tuple[str, str | None]:
+    """(lower-cased type/subtype, charset parameter or None) of a Content-Type value."""
+    if not content_type:
+        return "", None
+    parts = content_type.split(";")
+    charset = None
+    for param in parts[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').strip() or None
+    return parts[0].strip().lower(), charset
+
+
+def content_coding(headers: CIMultiDict[str]) -> str:
+    """The response's content coding, lower-cased; "" for none. Several codings are returned
+    joined, so that they are never mistaken for a single one we can undo."""
+    values = [
+        v.strip().lower() for v in ",".join(headers.getall("Content-Encoding", ())).split(",")
+    ]
+    values = [v for v in values if v]
+    return ",".join(values)
+
+
+def is_rewritable_html(method: str, status: int, headers: CIMultiDict[str]) -> bool:
+    """HTML the gateway may rewrite: not for HEAD, not 204/206/304, a coding we can undo."""
+    if method == "HEAD" or status in _NO_BODY or status < 200:
+        return False
+    mtype, _ = media_type(headers.get("Content-Type"))
+    return mtype in HTML_TYPES and content_coding(headers) in REWRITABLE_CODINGS
+
+
+def make_private(headers: CIMultiDict[str]) -> None:
+    """Keep a response that carries a visitor's identity out of shared caches.
+
+    ``public`` and ``s-maxage`` go, ``private`` is added (``no-store`` and the rest stay), and
+    ``Vary: Cookie`` tells any cache that the body depends on the visitor's cookie.
+    """
+    directives: list[str] = []
+    for value in headers.getall("Cache-Control", ()):
+        for directive in value.split(","):
+            d = directive.strip()
+            name = d.split("=", 1)[0].strip().lower()
+            if not d or name in ("public", "s-maxage", "private"):
+                continue
+            directives.append(d)
+    headers.popall("Cache-Control", None)
+    headers["Cache-Control"] = ", ".join(["private", *directives])
+    add_vary(headers, "Cookie")
+
+
+def add_vary(headers: CIMultiDict[str], field: str) -> None:
+    existing = [
+        v.strip() for value in headers.getall("Vary", ()) for v in value.split(",") if v.strip()
+    ]
+    if "*" in existing or field.lower() in (v.lower() for v in existing):
+        return
+    headers.popall("Vary", None)
+    headers["Vary"] = ", ".join([*existing, field])
+
+
+def weaken_etag(headers: CIMultiDict[str]) -> None:
+    """A rewritten body is no longer byte-identical to what a strong ETag names."""
+    etag = headers.get("ETag")
+    if etag is not None and not etag.startswith("W/"):
+        headers["ETag"] = "W/" + etag
+
+
+# CSP source expressions (CSP Level 3 §2.3.1): 'nonce-<base64-value>'.
+_NONCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'")
+
+
+def script_policy(headers: CIMultiDict[str]) -> tuple[bool, str | None]:
+    """(may we inject an inline script, the nonce to put on it).
+
+    Every enforced policy must allow it (they all apply). A policy whose effective script
+    directive (``script-src-elem``, else ``script-src``, else ``default-src``) lists a nonce
+    allows a script carrying that nonce; one with ``'unsafe-inline'`` and no nonce or hash
+    allows any inline script; a policy that allows neither blocks us, and then we do not inject
+    rather than add a script the browser refuses with a console error.
+    """
+    nonce: str | None = None
+    for policy in headers.getall("Content-Security-Policy", ()):
+        for one in policy.split(","):
+            directives: dict[str, str] = {}
+            for directive in one.split(";"):
+                name, _, value = directive.strip().partition(" ")
+                if name and name.lower() not in directives:
+                    directives[name.lower()] = value
+            source = next(
+                (
+                    directives[d]
+                    for d in ("script-src-elem", "script-src", "default-src")
+                    if d in directives
+                ),
+                None,
+            )
+            if source is None:
+                continue
+            found = _NONCE.search(source)
+            if found:
+                if nonce is not None and found.group(1) != nonce:
+                    return False, None
+                nonce = found.group(1)
+                continue
+            lowered = source.lower()
+            if (
+                "'unsafe-inline'" not in lowered
+                or "'sha" in lowered
+                or "'strict-dynamic'" in lowered
+            ):
+                return False, None
+    return True, nonce
