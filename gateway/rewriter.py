@@ -139,6 +139,12 @@ class HtmlRewriter:
         self._run(final=True)
         return self._take_output()
 
+    @property
+    def pending_input(self) -> bytes:
+        """Input received but not yet emitted (held back at a chunk boundary): what a caller
+        must send unchanged if it abandons the rewriter after a failure."""
+        return self._buf
+
     # -- Driver -------------------------------------------------------------------
 
     def _take_output(self) -> bytes:
@@ -439,7 +445,7 @@ class HtmlRewriter:
     ) -> None:
         if self._policy is None:
             return
-        attribute = _attributes(buf, tag).get(b"href")
+        attribute = _first_attribute(buf, tag, b"href")
         url = self._value(buf, attribute)
         if attribute is None or url is None:
             return
@@ -557,18 +563,26 @@ def _attributes(buf: bytes, tag: re.Match[bytes]) -> dict[bytes, _Attribute]:
     found: dict[bytes, _Attribute] = {}
     for part in _html.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
         name = part.group("name").lower()
-        if name in found:
-            continue
-        for group, quote in (("dq", b'"'), ("sq", b"'"), ("uq", b"")):
-            if part.group(group) is not None:
-                found[name] = _Attribute(part.start(group), part.end(group), quote)
-                break
-        else:
-            if part.group("eq") is not None:
-                found[name] = _Attribute(part.end(), part.end(), b"")
-            else:
-                found[name] = _Attribute(part.end("name"), part.end("name"), None)
+        if name not in found:
+            found[name] = _attribute(part)
     return found
+
+
+def _first_attribute(buf: bytes, tag: re.Match[bytes], wanted: bytes) -> _Attribute | None:
+    """The first attribute called ``wanted`` (lower-case); the fast path for links."""
+    for part in _html.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
+        if part.group("name").lower() == wanted:
+            return _attribute(part)
+    return None
+
+
+def _attribute(part: re.Match[bytes]) -> _Attribute:
+    for group, quote in (("dq", b'"'), ("sq", b"'"), ("uq", b"")):
+        if part.group(group) is not None:
+            return _Attribute(part.start(group), part.end(group), quote)
+    if part.group("eq") is not None:
+        return _Attribute(part.end(), part.end(), b"")
+    return _Attribute(part.end("name"), part.end("name"), None)
 
 
 def _self_closing(buf: bytes, tag: re.Match[bytes]) -> bool:
@@ -587,6 +601,15 @@ def _rewrite_value(
 ) -> bytes | None:
     """The bytes that replace ``raw`` (adding "=" and quotes where the old value had
     none), or None if no encoding of ``new`` decodes back to exactly ``new``."""
+    if raw and quote is not None and new.startswith(old):
+        # The usual edit appends a parameter. Keeping all of ``raw`` is safe unless
+        # its last character reference is still open (no ";" after the last "&"):
+        # appended text could extend or terminate it.
+        last_ampersand = raw.rfind(b"&")
+        if last_ampersand < 0 or b";" in raw[last_ampersand:]:
+            appended = raw + _html.escape_value(new[len(old) :], quote, encoding)
+            if quote or not _html.UNQUOTED_UNSAFE.search(appended):
+                return appended
     if raw and quote is not None:
         spliced = _splice(raw, old, new, quote, encoding)
         if spliced is not None and (quote or not _html.UNQUOTED_UNSAFE.search(spliced)):
