@@ -68,20 +68,32 @@ _UNQUOTED_VALUE = r"""(?P<uq>[^\t\n\f\r >"'][^\t\n\f\r >]*+)"""
 # the value must be complete. Without the negative lookahead, an unfinished quoted
 # value (closing quote still in the next network chunk) could be re-read as more
 # attribute names ('href="x>' as the name '"x') and end the tag too early.
-ATTRIBUTE_CAPTURING = (
-    rf"{_ATTR_GAP}(?P<name>{ATTR_NAME})"
+_ATTR_VALUE_PART = (
     rf"(?:{WS}*+(?P<eq>=){WS}*+(?:{_DQ_VALUE}|{_SQ_VALUE}|{_UNQUOTED_VALUE}|(?=>))"
     rf"|(?!{WS}*+=))"
 )
+
+
+def _uncaptured(pattern: str) -> str:
+    """The same pattern without named groups (a repeated group cannot be named)."""
+    return re.sub(r"[(][?]P<[a-z]+>", "(?:", pattern)
+
+
 # Run over a complete tag, its ">" included, so the "(?=>)" lookahead sees it.
-ATTRIBUTE_PARTS = _bytes_re(ATTRIBUTE_CAPTURING)
-# The same without groups, for the scanner (named groups cannot repeat).
-ATTRIBUTES = rf"(?:{re.sub(r'[(][?]P<[a-z]+>', '(?:', ATTRIBUTE_CAPTURING)})*+{_ATTR_GAP}"
+ATTRIBUTE_PARTS = _bytes_re(rf"{_ATTR_GAP}(?P<name>{ATTR_NAME}){_ATTR_VALUE_PART}")
+ATTRIBUTES = rf"(?:{_ATTR_GAP}{ATTR_NAME}{_uncaptured(_ATTR_VALUE_PART)})*+{_ATTR_GAP}"
+# The first href attribute of a tag in one call (the hot path: every <a>): skip
+# attributes with other names, then capture like ATTRIBUTE_PARTS.
+_HREF = r"(?i:href)(?=[\t\n\f\r />=])"
+FIRST_HREF = _bytes_re(
+    rf"(?:{_ATTR_GAP}(?!{_HREF}){ATTR_NAME}{_uncaptured(_ATTR_VALUE_PART)})*+"
+    rf"{_ATTR_GAP}(?P<name>{_HREF}){_ATTR_VALUE_PART}"
+)
 
 # A complete start or end tag (tag open -> ... -> data state on ">"). End tags are
 # tokenized exactly like start tags: their attributes are parse errors but a ">"
 # inside a quoted value still does not end them.
-START_TAG = _bytes_re(rf"<(?P<name>{TAG_NAME})(?P<attrs>{ATTRIBUTES})>")
+START_TAG = _bytes_re(rf"(?P<tag><(?P<name>{TAG_NAME})(?P<attrs>{ATTRIBUTES})>)")
 END_TAG = _bytes_re(rf"</(?P<name>{TAG_NAME}){ATTRIBUTES}>")
 
 # -- Comments and other markup declarations --------------------------------------
@@ -128,14 +140,16 @@ INTERESTING_TAGS = sorted(
     | RCDATA_ELEMENTS
     | RAWTEXT_ELEMENTS
 )
-_INTERESTING = rf"(?i:{'|'.join(name.decode() for name in INTERESTING_TAGS)}){_TAG_NAME_END}"
+_INTERESTING_NAME = rf"(?i:{'|'.join(name.decode() for name in INTERESTING_TAGS)})"
 
 # The cheap scanner: the longest run of complete tokens that need no work (text,
-# uninteresting start tags, all end tags, comments, doctype and bogus comments).
-# One regex call skips them all in C; the rewriter wakes up only where it stops.
+# uninteresting start tags, all end tags, comments, doctype and bogus comments),
+# then, if it is complete, the interesting start tag it stopped at, captured like
+# START_TAG. One regex call per interesting tag, the skipping all done in C.
 SKIP_HTML = _bytes_re(
-    rf"(?:{_TEXT}|<(?!{_INTERESTING}){TAG_NAME}{ATTRIBUTES}>"
+    rf"(?:{_TEXT}|<(?!{_INTERESTING_NAME}{_TAG_NAME_END}){TAG_NAME}{ATTRIBUTES}>"
     rf"|</{TAG_NAME}{ATTRIBUTES}>|{COMMENT}|{_BOGUS_COMMENT})*+"
+    rf"(?P<tag><(?P<name>{_INTERESTING_NAME})(?={_TAG_NAME_END})(?P<attrs>{ATTRIBUTES})>)?"
 )
 # In foreign content (and inside integration points) every tag may change the
 # namespace stack, so only text and comments are skipped.

@@ -185,17 +185,20 @@ class HtmlRewriter:
                 skipped = self._scanner().match(buf, pos)
                 assert skipped is not None  # the scanner also matches the empty string
                 pos = skipped.end()
-                if pos >= size:
-                    break
-                step = self._markup(buf, pos, final)
-                if step is None:
-                    break
-                new_pos, edits = step
+                if skipped.lastgroup == "tag":
+                    # SKIP_HTML stopped at, and matched, an interesting start tag.
+                    edits = self._start_tag(buf, skipped)
+                else:
+                    if pos >= size:
+                        break
+                    step = self._markup(buf, pos, final)
+                    if step is None:
+                        break
+                    pos, edits = step
                 for start, end, replacement in edits:
                     self._out.append(buf[emitted:start])
                     self._out.append(replacement)
                     emitted = end
-                pos = new_pos
             elif mode == _PASSTHROUGH:
                 pos = size
             else:
@@ -370,7 +373,7 @@ class HtmlRewriter:
                 edits.append((tag.end(), tag.end(), self._inject))
                 self.injected = True
                 return edits
-            self._add_injection(edits, tag.start())
+            self._add_injection(edits, tag.start("tag"))
         if self._foreign and self._foreign[-1] in _FOREIGN_ROOTS:
             if not self._breaks_out(buf, tag, name):
                 self._foreign_start_tag(buf, tag, name, edits)
@@ -445,9 +448,12 @@ class HtmlRewriter:
     ) -> None:
         if self._policy is None:
             return
-        attribute = _first_attribute(buf, tag, b"href")
+        found = _html.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
+        if found is None:
+            return
+        attribute = _attribute(found)
         url = self._value(buf, attribute)
-        if attribute is None or url is None:
+        if url is None:
             return
         new = self._policy.decorate(url, self._base)
         if new is not None:
@@ -566,14 +572,6 @@ def _attributes(buf: bytes, tag: re.Match[bytes]) -> dict[bytes, _Attribute]:
         if name not in found:
             found[name] = _attribute(part)
     return found
-
-
-def _first_attribute(buf: bytes, tag: re.Match[bytes], wanted: bytes) -> _Attribute | None:
-    """The first attribute called ``wanted`` (lower-case); the fast path for links."""
-    for part in _html.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
-        if part.group("name").lower() == wanted:
-            return _attribute(part)
-    return None
 
 
 def _attribute(part: re.Match[bytes]) -> _Attribute:
