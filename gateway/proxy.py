@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import aiohttp
@@ -58,13 +58,16 @@ SMALL_BODY = 256 * 1024
 _CHUNK = 64 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass
 class Derived:
     """Values computed once per config rather than once per request."""
 
     rules: IdRules
     # Cross-domain host patterns whose links carry the raw id (strategy "query").
     query_targets: tuple[str, ...]
+    # Public Suffix List lookups are slow next to a dict hit; a wildcard site can bring any
+    # number of hosts, so the memo is bounded.
+    _cookie_domains: dict[tuple[str, str | None], str | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, config: Config) -> Derived:
@@ -72,6 +75,17 @@ class Derived:
             rules=identity_rules(config),
             query_targets=tuple(c.host for c in config.cross_domains if c.strategy == "query"),
         )
+
+    def cookie_domain(self, host: str, configured: str | None) -> str | None:
+        key = (host, configured)
+        try:
+            return self._cookie_domains[key]
+        except KeyError:
+            pass
+        if len(self._cookie_domains) >= 4096:
+            self._cookie_domains.clear()
+        domain = self._cookie_domains[key] = cookie_domain(host, configured)
+        return domain
 
 
 class ProxyState:
@@ -230,7 +244,9 @@ class ProxyHandler:
         return identity_cookies(
             aid,
             uid,
-            domain=cookie_domain(normalize_host(request.host), site.cookie_domain),
+            domain=self.state.derived.cookie_domain(
+                normalize_host(request.host), site.cookie_domain
+            ),
             max_age=config.identity.cookie_max_age,
             secure=visitor_scheme(request, config) == "https",
             now=time.time(),
