@@ -289,12 +289,14 @@ def _decode_reference(match: re.Match[bytes], raw: bytes) -> tuple[str, int] | N
     return None
 
 
-_NEEDS_DECODING = _bytes_re(r"[&\r\0\x80-\xff]")
+# Values made only of these bytes mean the same in every encoding we accept and
+# hold no character references or characters the preprocessor would change.
+PLAIN_ASCII = _bytes_re(r"[^&\r\0\x80-\xff]*+")
 
 
 def decode_value(raw: bytes, encoding: str) -> str:
     """The attribute value as the tree builder would store it."""
-    if _NEEDS_DECODING.search(raw) is None:
+    if PLAIN_ASCII.fullmatch(raw):
         return raw.decode("ascii")  # the common case, and every encoding we accept agrees
     return "".join(piece.text for piece in split_value(raw, encoding))
 

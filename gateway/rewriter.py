@@ -452,7 +452,11 @@ class HtmlRewriter:
         if found is None:
             return
         attribute = _attribute(found)
-        url = self._value(buf, attribute)
+        raw = buf[attribute.start : attribute.end]
+        if _html.PLAIN_ASCII.fullmatch(raw):
+            url: str | None = raw.decode("ascii")  # the common case, inlined: hot path
+        else:
+            url = self._value(buf, attribute)
         if url is None:
             return
         new = self._policy.decorate(url, self._base)
@@ -574,13 +578,19 @@ def _attributes(buf: bytes, tag: re.Match[bytes]) -> dict[bytes, _Attribute]:
     return found
 
 
+_QUOTE_OF_GROUP: Final = {"dq": b'"', "sq": b"'", "uq": b""}
+
+
 def _attribute(part: re.Match[bytes]) -> _Attribute:
-    for group, quote in (("dq", b'"'), ("sq", b"'"), ("uq", b"")):
-        if part.group(group) is not None:
-            return _Attribute(part.start(group), part.end(group), quote)
-    if part.group("eq") is not None:
+    """Where the value is, from the last group the attribute pattern matched: a value
+    group, "eq" ("=" then ">": empty value), or "name" (no "=" at all)."""
+    kind = part.lastgroup
+    if kind == "eq":
         return _Attribute(part.end(), part.end(), b"")
-    return _Attribute(part.end("name"), part.end("name"), None)
+    if kind == "name":
+        return _Attribute(part.end(), part.end(), None)
+    assert kind is not None
+    return _Attribute(part.start(kind), part.end(kind), _QUOTE_OF_GROUP[kind])
 
 
 def _self_closing(buf: bytes, tag: re.Match[bytes]) -> bool:
