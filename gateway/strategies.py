@@ -1,0 +1,355 @@
+"""Cross-domain identity encodings beyond the plain ``ajs_aid`` query: ``token`` and ``signed``.
+
+Pure: strings, bytes and numbers in and out, no I/O and no clocks (callers pass ``now``). The
+token store that backs the ``token`` strategy lives in :mod:`gateway.store`.
+
+``token``
+    A link carries ``ajs_token=<opaque>`` and no id. The token names a :class:`TokenRecord` kept
+    in the store for a short TTL; any gateway of the fleet exchanges it on arrival. One token per
+    page view serves every link of that page.
+
+``signed``
+    A link carries the ids themselves plus an expiry and an HMAC-SHA256 over them and the target
+    host, so no shared store is needed, only shared keys::
+
+        ?ajs_aid=<id>[&ajs_uid=<user id>]&ajs_exp=<unix seconds>&ajs_sig=<mode>.<mac>
+
+    ``mode`` is ``v1`` or ``v1ua`` (the link is bound to a hash of the browser's User-Agent).
+    The mode travels with the link, rather than being assumed from local configuration, so that
+    a fleet whose members disagree about UA binding for a while still verifies what the others
+    signed; the mode is inside the MAC, so it cannot be changed in flight. ``mac`` is the full
+    32-byte HMAC-SHA256 in URL-safe base64 without padding (43 characters): truncation would save
+    21 bytes of URL and buy nothing else.
+
+    The MAC is computed over netstrings (``<byte length>:<bytes>,``, UTF-8) of, in order:
+    ``ajs-gateway-link``, the mode, the anonymous id, the user id (empty when there is none),
+    the expiry exactly as written in the URL, the target host (lower case, no port, no trailing
+    dot) and the hex SHA-256 of the User-Agent (empty in mode ``v1``). Length prefixes make the
+    encoding unambiguous whatever characters the fields hold, and the first field keeps these
+    MACs from ever colliding with anything else signed with the same keys. Encodings are
+    canonical (an expiry has no leading zeros, an empty ``ajs_uid`` is refused, the MAC text is
+    compared, not its decoded bytes), so no second spelling of a signed link verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.identity import AID_PARAM, UID_PARAM
+
+TOKEN_PARAM = "ajs_token"
+SIG_PARAM = "ajs_sig"
+EXP_PARAM = "ajs_exp"
+
+DEFAULT_TOKEN_TTL = 300
+MAX_TOKEN_TTL = 600
+DEFAULT_SIGNED_LIFETIME = 600
+# Tolerated clock difference between the gateway that signs and the one that verifies, when
+# deciding whether an expiry is further ahead than any gateway would have signed.
+CLOCK_SKEW = 60
+
+# 24 random bytes give 32 URL-safe characters (192 bits). Arrivals accept 22-64 so a fleet can
+# change the length without refusing its own links mid-rollout; 22 characters are 132 bits.
+_TOKEN_BYTES = 24
+_TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9_-]{22,64}")
+
+
+def new_token() -> str:
+    """A fresh, unguessable token for one page view (192 bits from :mod:`secrets`)."""
+    return secrets.token_urlsafe(_TOKEN_BYTES)
+
+
+def valid_token_syntax(token: str) -> bool:
+    """Whether ``token`` could be one of ours: checked before any store round trip, so that
+    junk from the URL costs nothing and never reaches Redis as a key."""
+    return isinstance(token, str) and _TOKEN_SYNTAX.fullmatch(token) is not None
+
+
+# A stored record is tiny and read once; anything bigger is not ours.
+_RECORD_MAX_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What a token stands for: the visitor's ids when the page was served, and where."""
+
+    anonymous_id: str
+    user_id: str | None
+    issued_at: float
+    source_host: str
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON with one-letter keys (``a``, ``u``, ``t``, ``h``): the store keeps one
+        of these per page view, so bytes matter. ASCII-only output, so any string survives."""
+        data: dict[str, object] = {
+            "a": self.anonymous_id,
+            "t": self.issued_at,
+            "h": self.source_host,
+        }
+        if self.user_id is not None:
+            data["u"] = self.user_id
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TokenRecord | None:
+        """The record in ``data``, or None for anything that is not exactly what
+        :meth:`to_bytes` writes. Never raises: the store's contents are not trusted."""
+        if not isinstance(data, bytes) or len(data) > _RECORD_MAX_BYTES:
+            return None
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(obj, dict) or not obj.keys() <= {"a", "u", "t", "h"}:
+            return None
+        aid, uid, issued, host = obj.get("a"), obj.get("u"), obj.get("t"), obj.get("h")
+        if not isinstance(aid, str) or not aid or not isinstance(host, str):
+            return None
+        if uid is not None and (not isinstance(uid, str) or not uid):
+            return None
+        if isinstance(issued, bool) or not isinstance(issued, int | float):
+            return None
+        try:
+            when = float(issued)
+        except OverflowError:
+            return None
+        return cls(aid, uid, when, host) if math.isfinite(when) else None
+
+
+# --- Signing keys --------------------------------------------------------------------------------
+
+_KEY_MIN_CHARS = 32
+# A key with fewer distinct characters than this is a placeholder ("changeme" repeated), not a
+# secret; random keys of 32+ characters in any encoding (hex included) have far more.
+_KEY_MIN_DISTINCT = 10
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
+_KEY_ADVICE = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """The HMAC keys of the ``signed`` strategy: the first signs, every one verifies.
+
+    Rotation: put the new key first and keep the old one after it for at least the link
+    lifetime, then drop it. ``repr`` never shows key material.
+    """
+
+    all: tuple[bytes, ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.all:
+            raise ValueError(f"no signing keys given; {_KEY_ADVICE}")
+        for i, key in enumerate(self.all, 1):
+            _check_key(key, i, len(self.all))
+
+    @property
+    def signing_key(self) -> bytes:
+        """The key new links are signed with."""
+        return self.all[0]
+
+    @classmethod
+    def parse(cls, value: str) -> SigningKeys:
+        """Keys from an environment variable's value: comma-separated, whitespace around each
+        ignored. Each key is used as the literal bytes of its text (printable ASCII, no commas),
+        so base64, hex and pass-phrases all work unchanged on every member of the fleet; it must
+        be at least 32 characters long. Error messages say which key is wrong, never what it
+        is."""
+        parts = [p.strip() for p in value.split(",")]
+        if parts == [""]:
+            raise ValueError(f"no signing keys given; {_KEY_ADVICE}")
+        for i, part in enumerate(parts, 1):
+            if not part:
+                raise ValueError(
+                    f"signing key {i} of {len(parts)} is empty; separate keys with single commas"
+                )
+            if not _KEY_CHARS.fullmatch(part):
+                raise ValueError(
+                    f"signing key {i} of {len(parts)} contains a space or a character outside "
+                    f"printable ASCII; {_KEY_ADVICE}"
+                )
+        return cls(tuple(p.encode("ascii") for p in parts))
+
+
+def _check_key(key: bytes, i: int, n: int) -> None:
+    if len(key) < _KEY_MIN_CHARS:
+        raise ValueError(
+            f"signing key {i} of {n} is {len(key)} characters long; each key needs at least "
+            f"{_KEY_MIN_CHARS}; {_KEY_ADVICE}"
+        )
+    if len(set(key)) < _KEY_MIN_DISTINCT:
+        raise ValueError(
+            f"signing key {i} of {n} has fewer than {_KEY_MIN_DISTINCT} distinct characters, "
+            f"so it is a placeholder rather than a secret; {_KEY_ADVICE}"
+        )
+
+
+# --- Signed links --------------------------------------------------------------------------------
+
+_DOMAIN = "ajs-gateway-link"
+_MODE_PLAIN = "v1"
+_MODE_UA = "v1ua"
+_SIG_SYNTAX = re.compile(r"(v1|v1ua)\.[A-Za-z0-9_-]{43}")
+_EXP_SYNTAX = re.compile(r"[1-9][0-9]{0,11}")
+# Longer than any id the identity rules accept; bounds the work spent on hostile input.
+_FIELD_MAX = 4096
+_HOST_CHARS = re.compile(r"[a-z0-9._-]+|\[[0-9a-f:.]+\]")
+
+VerifyReason = Literal["ok", "missing", "malformed", "expired", "bad_signature"]
+
+
+def _canonical_host(host: str) -> str | None:
+    """``host`` as it is signed: lower case, no port, no trailing dot; None if not a host name
+    or IP literal in the ASCII form browsers send (IDNA names must arrive as ``xn--``)."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        h = h[: h.find("]") + 1]
+    elif h.count(":") > 1:
+        h = f"[{h}]"
+    else:
+        h = h.partition(":")[0].rstrip(".")
+    return h if _HOST_CHARS.fullmatch(h) else None
+
+
+def _ua_hash(user_agent: str | None) -> str:
+    return hashlib.sha256((user_agent or "").encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _mac(key: bytes, mode: str, aid: str, uid: str, exp: str, host: str, ua: str) -> str:
+    message = b"".join(
+        b"%d:%s," % (len(raw), raw)
+        for raw in (
+            f.encode("utf-8", "surrogatepass") for f in (_DOMAIN, mode, aid, uid, exp, host, ua)
+        )
+    )
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def sign_params(
+    *,
+    aid: str,
+    uid: str | None,
+    target_host: str,
+    expires: int,
+    keys: SigningKeys,
+    user_agent: str | None,
+) -> list[tuple[str, str]]:
+    """The query parameters that carry ``aid``/``uid`` to ``target_host`` until ``expires``
+    (Unix seconds), signed with the first key.
+
+    Pass the browser's ``user_agent`` to bind the link to it (mode ``v1ua``), or None. Raises
+    ValueError for arguments that could only produce a link no gateway would accept (an empty
+    id, an empty user id, a host that is not an ASCII host name, an expiry that is not a
+    positive integer).
+    """
+    host = _canonical_host(target_host)
+    if host is None:
+        raise ValueError(f"cannot sign for target host {target_host!r}: not an ASCII host name")
+    if not aid:
+        raise ValueError("cannot sign an empty anonymous id")
+    if uid == "":
+        raise ValueError("the user id must be None or non-empty")
+    if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
+        raise ValueError(f"expires must be a positive integer (Unix seconds), not {expires!r}")
+    exp = str(expires)
+    mode = _MODE_PLAIN if user_agent is None else _MODE_UA
+    ua = "" if user_agent is None else _ua_hash(user_agent)
+    mac = _mac(keys.signing_key, mode, aid, uid or "", exp, host, ua)
+    params = [(AID_PARAM, aid)]
+    if uid is not None:
+        params.append((UID_PARAM, uid))
+    params += [(EXP_PARAM, exp), (SIG_PARAM, f"{mode}.{mac}")]
+    return params
+
+
+def verify_signed(
+    params: Mapping[str, str],
+    *,
+    host: str,
+    now: float,
+    keys: SigningKeys,
+    user_agent: str | None,
+    bind_user_agent: bool,
+    max_lifetime: int = DEFAULT_SIGNED_LIFETIME,
+) -> tuple[str | None, str | None, VerifyReason]:
+    """Check a signed arrival: ``(aid, uid, "ok")`` or ``(None, None, reason)``.
+
+    ``params`` are the decoded identity parameters of the request (see
+    :func:`gateway.identity.split_identity_params`) and ``host`` its Host header. Reasons:
+
+    - ``missing``: there is no ``ajs_sig``; nothing was signed (the other parameters, if any,
+      are the caller's business).
+    - ``malformed``: ``ajs_sig`` is there but the rest is not well-formed: ``ajs_aid`` or
+      ``ajs_exp`` missing or mis-spelled, an empty ``ajs_uid``, an over-long field, or an
+      expiry more than ``max_lifetime`` + :data:`CLOCK_SKEW` seconds ahead, which no gateway of
+      ours signs (so a leaked key cannot mint long-lived links for a fleet that checks this).
+    - ``bad_signature``: the MAC does not match under any key. Tampering, an unknown or retired
+      key, another target host, another browser, and an unbound link where ``bind_user_agent``
+      requires binding all look the same: telling them apart would need the signer's intent,
+      which only an authentic MAC could vouch for. A link bound to a User-Agent is checked
+      against it even when ``bind_user_agent`` is off, since its MAC covers the hash.
+    - ``expired``: authentic, but ``now`` is at or past the expiry. Checked after the MAC so
+      that the count of expired links only counts genuine ones.
+
+    Authentication only: the caller still applies its id rules to what comes back. Never
+    raises on any ``params``.
+    """
+    sig = params.get(SIG_PARAM)
+    if sig is None:
+        return None, None, "missing"
+    aid, uid, exp = params.get(AID_PARAM), params.get(UID_PARAM), params.get(EXP_PARAM)
+    if (
+        not aid
+        or exp is None
+        or uid == ""
+        or not _SIG_SYNTAX.fullmatch(sig)
+        or not _EXP_SYNTAX.fullmatch(exp)
+        or len(aid) > _FIELD_MAX
+        or (uid is not None and len(uid) > _FIELD_MAX)
+    ):
+        return None, None, "malformed"
+    expires = int(exp)
+    if expires > now + max_lifetime + CLOCK_SKEW:
+        return None, None, "malformed"
+    mode, _, mac = sig.partition(".")
+    canonical = _canonical_host(host)
+    if canonical is None or (mode == _MODE_PLAIN and bind_user_agent):
+        return None, None, "bad_signature"
+    ua = _ua_hash(user_agent) if mode == _MODE_UA else ""
+    # Every key is tried (no early exit) so the time taken does not say which one matched.
+    matched = False
+    for key in keys.all:
+        expected = _mac(key, mode, aid, uid or "", exp, canonical, ua)
+        matched |= hmac.compare_digest(expected, mac)
+    if not matched:
+        return None, None, "bad_signature"
+    if now >= expires:
+        return None, None, "expired"
+    return aid, uid, "ok"
+
+
+__all__ = [
+    "CLOCK_SKEW",
+    "DEFAULT_SIGNED_LIFETIME",
+    "DEFAULT_TOKEN_TTL",
+    "EXP_PARAM",
+    "MAX_TOKEN_TTL",
+    "SIG_PARAM",
+    "TOKEN_PARAM",
+    "SigningKeys",
+    "TokenRecord",
+    "VerifyReason",
+    "new_token",
+    "sign_params",
+    "valid_token_syntax",
+    "verify_signed",
+]
