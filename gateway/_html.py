@@ -152,9 +152,9 @@ SKIP_HTML = _bytes_re(
     rf"(?P<tag><(?P<name>{_INTERESTING_NAME})(?={_TAG_NAME_END})(?P<attrs>{ATTRIBUTES})>)?"
 )
 # In foreign content (and inside integration points) every tag may change the
-# namespace stack, so only text and comments are skipped.
+# namespace stack and "<![CDATA[" may open a CDATA section, so only text, comments
+# and the other bogus comments are skipped.
 SKIP_FOREIGN = _bytes_re(rf"(?:{_TEXT}|{COMMENT}|{_BOGUS_COMMENT_FOREIGN})*+")
-SKIP_HTML_IN_FOREIGN = _bytes_re(rf"(?:{_TEXT}|{COMMENT}|{_BOGUS_COMMENT})*+")
 # Before the snippet is injected: whitespace, comments, doctype, end tags and the
 # <html> start tag do not open <head> or <body>; anything else does.
 SKIP_BEFORE_HEAD = _bytes_re(

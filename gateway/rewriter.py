@@ -110,6 +110,9 @@ class HtmlRewriter:
         self._end_tag: re.Pattern[bytes] | None = None
         # svg/math roots and the integration points opened inside them.
         self._foreign: list[bytes] = []
+        # True while the current node is certainly the integration point on top of
+        # self._foreign (no start tag seen inside it yet).
+        self._integration_point_fresh = False
         self._base: str | None = None
         self._base_seen = False
         self._closed = False
@@ -229,9 +232,7 @@ class HtmlRewriter:
             return _html.SKIP_BEFORE_HEAD
         if not self._foreign:
             return _html.SKIP_HTML
-        if self._foreign[-1] in _FOREIGN_ROOTS:
-            return _html.SKIP_FOREIGN
-        return _html.SKIP_HTML_IN_FOREIGN
+        return _html.SKIP_FOREIGN
 
     # -- Text states --------------------------------------------------------------
 
@@ -346,9 +347,16 @@ class HtmlRewriter:
                 return None  # "<!-->" and "<!--->" are complete comments
             self._mode = _COMMENT
             return pos + 4, []
-        foreign = bool(self._foreign) and self._foreign[-1] in _FOREIGN_ROOTS
+        # "<![CDATA[" opens a CDATA section when the current node is not an HTML
+        # element. Inside an integration point that holds only right after its start
+        # tag: once HTML elements may be open there, we cannot tell without a DOM,
+        # so we stop rewriting this document rather than guess.
+        foreign = bool(self._foreign)
         if foreign and rest == b"<![CDATA[":
-            self._mode = _CDATA
+            if self._foreign[-1] in _FOREIGN_ROOTS or self._integration_point_fresh:
+                self._mode = _CDATA
+            else:
+                self._mode = _PASSTHROUGH
             return pos + 9, []
         if not final and (
             (len(rest) < 4 and b"<!--".startswith(rest))
@@ -374,6 +382,7 @@ class HtmlRewriter:
                 self.injected = True
                 return edits
             self._add_injection(edits, tag.start("tag"))
+        self._integration_point_fresh = False
         if self._foreign and self._foreign[-1] in _FOREIGN_ROOTS:
             if not self._breaks_out(buf, tag, name):
                 self._foreign_start_tag(buf, tag, name, edits)
@@ -413,20 +422,23 @@ class HtmlRewriter:
         """A start tag in svg/math: no text states here; track integration points,
         and decorate SVG <a href> (an SVG 2 hyperlink like the HTML one)."""
         root = self._foreign[-1]
+        if root == b"svg" and name == b"a":
+            self._decorate_href(buf, tag, edits)
         if _self_closing(buf, tag):
             return
         if name in _FOREIGN_ROOTS:
             self._foreign.append(name)
-        elif root == b"svg" and name in _html.SVG_INTEGRATION_POINTS:
-            self._foreign.append(name)
-        elif root == b"math" and name in _html.MATHML_INTEGRATION_POINTS:
-            self._foreign.append(name)
-        elif root == b"math" and name == b"annotation-xml":
+            return
+        if root == b"svg":
+            integration_point = name in _html.SVG_INTEGRATION_POINTS
+        elif name == b"annotation-xml":
             encoding = self._value(buf, _attributes(buf, tag).get(b"encoding"))
-            if encoding is not None and encoding.lower() in _HTML_ANNOTATION_ENCODINGS:
-                self._foreign.append(name)
-        if root == b"svg" and name == b"a":
-            self._decorate_href(buf, tag, edits)
+            integration_point = (encoding or "").lower() in _HTML_ANNOTATION_ENCODINGS
+        else:
+            integration_point = name in _html.MATHML_INTEGRATION_POINTS
+        if integration_point:
+            self._foreign.append(name)
+            self._integration_point_fresh = True
 
     def _end_tag_token(self, name: bytes) -> None:
         """End tags only matter for the foreign-content stack."""

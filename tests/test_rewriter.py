@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from gateway._html import decode_value
 from gateway.charset import prescan
 from gateway.rewriter import HtmlRewriter, LinkPolicy
 
@@ -598,3 +599,68 @@ def test_aggressive_policy_never_raises(document: bytes, cuts: list[int]) -> Non
     cuts = [cut for cut in cuts if cut <= len(document)]
     whole = rewrite(document, EverythingPolicy(), inject=INJECT)
     assert rewrite(document, EverythingPolicy(), inject=INJECT, chunks=cuts) == whole
+
+
+# -- Character references and foreign content details --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (b"&#x80;&#0;&#xD800;&#x110000;&#38x", "\u20ac\ufffd\ufffd\ufffd&x"),
+        (b"a&amp", "a&"),
+        (b"&ampx&amp=&amp;", "&ampx&amp=&"),
+        (b"&notin;&notit;&not.", "\u2209&notit;\u00ac."),
+        (b"&#x;&#;&bogus;&", "&#x;&#;&bogus;&"),
+        (b"a\r\nb\rc\0", "a\nb\nc\ufffd"),
+    ],
+)
+def test_attribute_value_decoding(raw: bytes, text: str) -> None:
+    assert decode_value(raw, "cp1252") == text
+
+
+def test_splice_falls_back_when_kept_bytes_would_change_meaning() -> None:
+    class Semicolon:
+        def decorate(self, url: str, base: str | None) -> str | None:
+            return url + ";x"
+
+        def form_fields(self, action: str, base: str | None) -> None:
+            return None
+
+    # Raw "&amp" (decoded "&") followed by a new ";" would read "&amp;" -> "&": the
+    # value must be re-encoded as a whole instead.
+    out = rewrite(b'<a href="http://e/?a&amp">', Semicolon())
+    assert out == b'<a href="http://e/?a&amp;;x">'
+    assert decode_value(b"http://e/?a&amp;;x", "utf-8") == "http://e/?a&;x"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected_decorated"),
+    [
+        (b"<svg><font color=red>" + LINK + b"</svg>", True),  # font with color breaks out
+        (b"<svg><font>" + LINK + b"</font></svg>", True),  # svg <a>
+        (b"<svg><font><style>" + LINK + b"</style></svg>", True),  # svg style is markup
+        (b"<svg><font color=red><style>" + LINK + b"</style>", False),  # HTML style again
+        (b"<math><annotation-xml encoding='text/html'><style>" + LINK + b"</style>", False),
+        # MathML has no links: an <a> there is a MathML element.
+        (b"<math><annotation-xml><style>" + LINK + b"</style>", False),
+        (b"<math><annotation-xml><style></style></math>" + LINK, True),
+        # The current node is <mi>, not HTML: a CDATA section.
+        (b"<math><mi><![CDATA[" + LINK + b"]]>", False),
+        (b"<math><mi><![CDATA[]]></mi></math>" + LINK, True),
+        # An HTML element may be open inside <mi>: ambiguous, pass the rest through.
+        (b"<math><mi><b><![CDATA[]]></b></mi></math>" + LINK, False),
+        (b"<svg><a href='http://e.com/'/></svg>", True),
+        (b"<svg></p><style>" + LINK + b"</style>", False),  # </p> breaks out
+        (b"<svg><svg/><![CDATA[" + LINK + b"]]></svg>", False),
+    ],
+)
+def test_foreign_content(source: bytes, expected_decorated: bool) -> None:
+    assert (b"?ajs_aid=X" in links(source)) is expected_decorated
+
+
+def test_decorated_counter_counts_edits_and_forms() -> None:
+    rewriter = HtmlRewriter(AppendPolicy())
+    rewriter.feed(LINK + b"<a href=/x><form><area href='http://a/'>")
+    rewriter.close()
+    assert rewriter.decorated == 3
