@@ -1,0 +1,378 @@
+"""The token store of the ``token`` strategy: in-memory or Redis behind one small interface.
+
+A token is written once when a page is served (``put``) and read once when the visitor arrives
+on another site (``take``), possibly at another gateway of the fleet, so the fleet shares a
+Redis. The store sits on the request path, which must never wait on it for long: every
+operation is bounded by a tight timeout (tens of milliseconds) and every failure becomes a
+:class:`StoreError`, which the proxy turns into "no identity" rather than an error page.
+
+Store URLs (``open_store``):
+
+- ``memory://``: one process only (tests, demos, a single-worker gateway).
+- ``redis://[[user]:password@]host[:port][/db][?option=value…]``, ``rediss://…`` (TLS) and
+  ``unix://[[user]:password@]/path/to/redis.sock[?db=N]``: one Redis, through
+  ``redis.asyncio.Redis.from_url`` (its query options apply).
+- ``redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/service_name[/db]``: the
+  master of ``service_name`` as reported by the listed Sentinels (port 26379 by default). The
+  credentials are for the Redis servers; the Sentinels are reached without any.
+- ``redis+cluster://[[user]:password@]host[:port][,host[:port]…]``: a Redis Cluster, the hosts
+  being startup nodes (port 6379 by default); database 0 only, as Cluster has no others.
+
+Keys are ``{prefix}t:{token}``; values are :meth:`TokenRecord.to_bytes`. Nothing here logs,
+and no error message carries a token or a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import unquote
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.strategies import MAX_TOKEN_TTL, TokenRecord
+
+DEFAULT_KEY_PREFIX = "ajsgw:"
+# Bounds the sockets one gateway process opens to Redis. When Redis stalls, requests queue up
+# behind the timeout; beyond this many in flight they fail at once instead of opening more.
+_MAX_CONNECTIONS = 128
+_MEMORY_MAX_ENTRIES = 100_000
+
+_T = TypeVar("_T")
+
+
+class StoreError(Exception):
+    """The store did not answer in time or failed; the message is safe to log."""
+
+
+class TokenStore(Protocol):
+    """Where tokens live between the page that links and the site that is linked to."""
+
+    name: str
+
+    async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
+        """Keep ``record`` under ``token`` for ``ttl`` seconds. Raises StoreError."""
+
+    async def take(self, token: str, *, single_use: bool) -> TokenRecord | None:
+        """The record, or None if unknown, expired or unreadable; with ``single_use`` it is
+        deleted in the same atomic step, so of concurrent takes exactly one gets it. Raises
+        StoreError."""
+
+    async def health(self) -> dict[str, object]:
+        """``{"kind", "url", "state": "up"|"down", "error"}`` within the timeout; never
+        raises."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+# --- URLs ----------------------------------------------------------------------------------------
+
+StoreKind = Literal["memory", "redis", "sentinel", "cluster"]
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A store URL taken apart, so that config validation can report a bad one at load time."""
+
+    kind: StoreKind
+    url: str = field(repr=False)
+    hosts: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def parse_store_url(url: str) -> StoreURL:
+    """Check and split a store URL (forms in the module docstring); ValueError says what is
+    wrong, with any password masked."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    shown = redact_url(url)
+    if not sep:
+        raise ValueError(f"store URL {shown!r} has no scheme; use memory:// or redis://host:6379/0")
+    if scheme == "memory":
+        if rest:
+            raise ValueError(f"store URL {shown!r}: memory:// takes no host, path or options")
+        return StoreURL("memory", url)
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            kwargs = parse_url(url)
+        except ValueError as exc:
+            raise ValueError(f"store URL {shown!r}: {exc}") from None
+        path = rest.partition("?")[0].partition("/")[2]
+        if scheme != "unix" and path and not path.isdigit():
+            raise ValueError(f"store URL {shown!r}: the path must be a database number, like /0")
+        if scheme != "unix" and not kwargs.get("host"):
+            raise ValueError(f"store URL {shown!r} names no host; like redis://redis:6379/0")
+        password = kwargs.get("password")
+        return StoreURL("redis", url, password=password if isinstance(password, str) else None)
+    if scheme in ("redis+sentinel", "redis+cluster"):
+        return _parse_multi_host(scheme, rest, url, shown)
+    raise ValueError(
+        f"store URL {shown!r}: unknown scheme {scheme!r}; use memory://, redis://, rediss://, "
+        "unix://, redis+sentinel:// or redis+cluster://"
+    )
+
+
+def _parse_multi_host(scheme: str, rest: str, url: str, shown: str) -> StoreURL:
+    sentinel = scheme == "redis+sentinel"
+    form = (
+        "redis+sentinel://host:26379,host2:26379/service_name/0"
+        if sentinel
+        else "redis+cluster://host:6379,host2:6379"
+    )
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"store URL {shown!r}: {scheme}:// takes no options; like {form}")
+    authority, _, path = rest.partition("/")
+    userinfo, at, hostlist = authority.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+    hosts = tuple(
+        _host_port(item, 26379 if sentinel else 6379, shown, form) for item in hostlist.split(",")
+    )
+    segments = path.split("/") if path else []
+    if sentinel:
+        if not segments or not segments[0]:
+            raise ValueError(f"store URL {shown!r} names no Sentinel service; like {form}")
+        if len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
+            raise ValueError(f"store URL {shown!r}: after the service only a database number")
+        db = int(segments[1]) if len(segments) == 2 else 0
+        return StoreURL("sentinel", url, hosts, unquote(segments[0]), db, username, password)
+    if segments not in ([], [""], ["0"]):
+        raise ValueError(f"store URL {shown!r}: Redis Cluster has only database 0; like {form}")
+    return StoreURL("cluster", url, hosts, None, 0, username, password)
+
+
+def _host_port(item: str, default_port: int, shown: str, form: str) -> tuple[str, int]:
+    if item.startswith("["):
+        host, _, port = item[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+    if not host or (port and not (_PORT.fullmatch(port) and 0 < int(port) < 65536)):
+        raise ValueError(f"store URL {shown!r}: {item!r} is not host[:port]; like {form}")
+    return host, int(port) if port else default_port
+
+
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password=`` option) masked."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.partition(':')[0]}:***@{hosts}{slash}{tail}"
+    return _QUERY_PASSWORD.sub(r"\1***", f"{scheme}{sep}{rest}")
+
+
+def open_store(url: str, *, timeout_ms: int, key_prefix: str = DEFAULT_KEY_PREFIX) -> TokenStore:
+    """The store for ``url``, bounded by ``timeout_ms`` per operation. Connects lazily, so this
+    never blocks and a Redis that is down at start-up is only a failed ``health()``. Raises
+    ValueError for a bad URL or timeout."""
+    if timeout_ms < 1:
+        raise ValueError(f"store timeout must be at least 1 ms, not {timeout_ms}")
+    parsed = parse_store_url(url)
+    if parsed.kind == "memory":
+        return MemoryStore()
+    timeout = timeout_ms / 1000
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # No retries: the budget is one timeout, and a retried GETDEL whose first answer was
+        # lost would report a consumed token as unknown. Dead pooled connections need none:
+        # the pool checks each one before use and reconnects it.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    closers: list[Callable[[], Awaitable[None]]] = []
+    client: Redis | RedisCluster
+    if parsed.kind == "redis":
+        client = Redis.from_url(url, max_connections=_MAX_CONNECTIONS, **common)
+    elif parsed.kind == "sentinel":
+        assert parsed.service is not None
+        sentinel = Sentinel(list(parsed.hosts), **common)  # type: ignore[no-untyped-call]
+        client = sentinel.master_for(
+            parsed.service,
+            db=parsed.db,
+            username=parsed.username,
+            password=parsed.password,
+            max_connections=_MAX_CONNECTIONS,
+        )
+        closers.append(sentinel.aclose)
+    else:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts],
+            username=parsed.username,
+            password=parsed.password,
+            max_connections=_MAX_CONNECTIONS,
+            **common,
+        )
+    return RedisStore(client, timeout, key_prefix, parsed, closers)
+
+
+# --- In memory -----------------------------------------------------------------------------------
+
+
+class MemoryStore:
+    """Tokens in a dict, for a single process. Expiry uses the monotonic clock (immune to
+    wall-clock jumps); beyond ``max_entries`` the oldest tokens are dropped, so a flood of page
+    views costs bounded memory."""
+
+    name: str = "memory"
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = _MEMORY_MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max = max_entries
+        self._clock = clock
+        # Insertion order is expiry order while the TTL is fixed, so expired entries gather at
+        # the front, where each put clears them.
+        self._data: collections.OrderedDict[str, tuple[float, TokenRecord]] = (
+            collections.OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
+        """Keep ``record`` for ``ttl`` seconds; ValueError for a TTL outside 1-600 s."""
+        _check_ttl(ttl)
+        now = self._clock()
+        self._data.pop(token, None)
+        self._data[token] = (now + ttl, record)
+        while self._data and next(iter(self._data.values()))[0] <= now:
+            self._data.popitem(last=False)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    async def take(self, token: str, *, single_use: bool) -> TokenRecord | None:
+        """The record if present and unexpired (removed with ``single_use``). Without an await
+        between lookup and removal this is atomic on the event loop."""
+        entry = self._data.pop(token, None) if single_use else self._data.get(token)
+        if entry is None:
+            return None
+        deadline, record = entry
+        if deadline <= self._clock():
+            self._data.pop(token, None)
+            return None
+        return record
+
+    async def health(self) -> dict[str, object]:
+        """Always up."""
+        return {"kind": self.name, "url": "memory://", "state": "up", "error": ""}
+
+    async def close(self) -> None:
+        """Forget every token."""
+        self._data.clear()
+
+
+def _check_ttl(ttl: int) -> None:
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TOKEN_TTL:
+        raise ValueError(f"token TTL must be 1-{MAX_TOKEN_TTL} seconds, not {ttl!r}")
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+class RedisStore:
+    """Tokens in Redis (single server, Sentinel-managed or Cluster), one round trip per call.
+
+    redis-py reconnects by itself: the pool checks a pooled connection before reuse, and a
+    command cut short by the timeout disconnects its connection, so a stalled or restarted
+    Redis never leaves a half-read reply behind for the next request.
+    """
+
+    name: str = "redis"
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        timeout: float,
+        key_prefix: str,
+        url: StoreURL,
+        closers: list[Callable[[], Awaitable[None]]],
+    ) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._prefix = key_prefix
+        self._shown = redact_url(url.url)
+        self._password = url.password
+        self._closers = closers
+
+    def _key(self, token: str) -> str:
+        return f"{self._prefix}t:{token}"
+
+    async def _call(self, what: str, op: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one Redis operation within the timeout, turning every failure into StoreError.
+
+        The socket timeouts alone do not bound an operation (connect, then send, then read each
+        get the full timeout, and Sentinel adds a discovery), hence the outer deadline.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await op()
+        except TimeoutError as exc:  # before OSError, of which it is a subclass
+            raise StoreError(
+                f"redis {what}: no answer within {self._timeout * 1000:.0f} ms ({self._shown})"
+            ) from exc
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis {what}: {self._scrub(str(exc))} ({self._shown})") from exc
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._password, "***") if self._password else text
+
+    async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
+        """``SET key value EX ttl``; ValueError for a TTL outside 1-600 s."""
+        _check_ttl(ttl)
+        value = record.to_bytes()
+        await self._call("put", lambda: self._client.set(self._key(token), value, ex=ttl))
+
+    async def take(self, token: str, *, single_use: bool) -> TokenRecord | None:
+        """``GETDEL`` (Redis 6.2+) when single-use, else ``GET``. A value that is not a record
+        (written by something else, or corrupted) reads as an unknown token."""
+        key = self._key(token)
+        if single_use:
+            raw: object = await self._call("take", lambda: self._client.getdel(key))
+        else:
+            raw = await self._call("take", lambda: self._client.get(key))
+        return TokenRecord.from_bytes(raw) if isinstance(raw, bytes) else None
+
+    async def health(self) -> dict[str, object]:
+        """PING within the timeout."""
+        report: dict[str, object] = {"kind": self.name, "url": self._shown}
+        try:
+            await self._call("ping", lambda: self._client.ping())
+        except StoreError as exc:
+            return {**report, "state": "down", "error": str(exc)}
+        except Exception as exc:  # a health probe reports; it must not fail the admin endpoint
+            return {**report, "state": "down", "error": type(exc).__name__}
+        return {**report, "state": "up", "error": ""}
+
+    async def close(self) -> None:
+        """Close the client and, for Sentinel, the Sentinel connections."""
+        await self._client.aclose()
+        for closer in self._closers:
+            await closer()
