@@ -37,21 +37,41 @@ class _ZlibDecoder:
         )
 
     def decode(self, data: bytes) -> Iterator[bytes]:
+        try:
+            while data:
+                obj = self._obj
+                if obj is None or obj.eof:
+                    data = self._start(data)
+                    continue
+                out = obj.decompress(data, _STEP)
+                # Input left over: beyond the output limit, or after the end of the stream.
+                data = obj.unused_data if obj.eof else obj.unconsumed_tail
+                if out:
+                    yield out
+                elif not obj.eof:
+                    break
+        except zlib.error as exc:
+            raise DecodeError(str(exc)) from exc
+
+    def _start(self, data: bytes) -> bytes:
+        """Begin the stream that ``data`` starts; returns the input left for it."""
         if self._obj is None:
             # HTTP "deflate" is the zlib format (RFC 9110 §8.4.1.2), but some servers send raw
             # deflate; the zlib header's checksum tells them apart.
             raw = len(data) < 2 or data[0] & 0x0F != 8 or (data[0] << 8 | data[1]) % 31 != 0
             self._obj = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
-        try:
-            out = self._obj.decompress(data, _STEP)
-            while out:
-                yield out
-                tail = self._obj.unconsumed_tail
-                if not tail:
-                    break
-                out = self._obj.decompress(tail, _STEP)
-        except zlib.error as exc:
-            raise DecodeError(str(exc)) from exc
+            return data
+        if not self._gzip:
+            # Nothing follows a deflate stream; what does is not content (kept as before).
+            return b""
+        # RFC 1952 §2.2: a gzip body is a series of members, each of them content (dropping
+        # the later ones would send a short page that looks complete). Zero padding between
+        # members is skipped, as gzip(1) and Python's gzip module do; anything else must be a
+        # member header, or decoding fails.
+        data = data.lstrip(b"\0")
+        if data:
+            self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return data
 
     def finish(self) -> bytes:
         if self._obj is None:
