@@ -218,6 +218,14 @@ def test_form_fields_are_escaped_and_get_action_is_passed() -> None:
     assert policy.forms == [("/s?q=&", None)]
 
 
+def test_duplicate_form_attributes_first_wins() -> None:
+    source = b'<form method=post METHOD=get action="http://f/" action="http://g/">'
+    assert (
+        links(source)
+        == b'<form method=post METHOD=get action="http://f/?ajs_aid=X" action="http://g/">'
+    )
+
+
 def test_form_without_fields_untouched() -> None:
     assert rewrite(b"<form>", AppendPolicy(fields=None)) == b"<form>"
 
@@ -412,6 +420,7 @@ def test_meta_declaring_utf16_means_utf8() -> None:
         (b'<meta content="text/html; charset=gb2312" http-equiv="content-type">', "gb18030"),
         (b'<meta content="text/html; charset=big5">', None),  # no http-equiv pragma
         (b'<!-- <meta charset="big5"> --><meta charset=koi8-r>', "koi8_r"),
+        (b'<!--><meta charset="koi8-u">', "koi8_u"),  # "<!-->" is a whole comment
         (b'<x title="<meta charset=big5>"><meta charset=latin1>', "cp1252"),
         (b" " * 1024 + b'<meta charset="utf-8">', None),
     ],
@@ -462,34 +471,48 @@ def test_feed_after_close_is_an_error() -> None:
 
 # -- Properties -------------------------------------------------------------------
 
+# (document, Content-Type charset). The charset matters: without one, the rewriter
+# holds the first 1024 bytes for the <meta> prescan, and these documents are
+# shorter than that, so chunk boundaries would never be exercised.
 DOCUMENTS = [
-    b"<!DOCTYPE html><html><head><title>t &amp; <a href=x></title></head><body>"
-    b'<a href="http://e.com/?a=1&amp;b">x</a><!-- <a href="http://c/"> --><script>'
-    b"if (a<b) document.write('<a href=\"http://s/\">');<!--<script></script>--></script>"
-    b"<form action=http://f/ method=post><form><svg><title>a</title><![CDATA[<a href=x>]]>"
-    b"<a href='http://svg/'></a></svg><textarea><a href=http://t/></textarea>"
-    b"<base href=http://b/><AREA HREF=http://area/ shape=rect></body></html>",
-    '<meta charset="shift_jis"><title>\u8868</title><a href="http://\u691c/?\u8868">'.encode(
-        "cp932"
+    (
+        b"<!DOCTYPE html><html><head><title>t &amp; <a href=x></title></head><body>"
+        b'<a href="http://e.com/?a=1&amp;b">x</a><!-- <a href="http://c/"> --><script>'
+        b"if (a<b) document.write('<a href=\"http://s/\">');<!--<script></script>--></script>"
+        b"<form action=http://f/ method=post><form><svg><title>a</title><![CDATA[<a href=x>]]>"
+        b"<a href='http://svg/'></a></svg><textarea><a href=http://t/></textarea>"
+        b"<base href=http://b/><AREA HREF=http://area/ shape=rect></body></html>",
+        "utf-8",
     ),
-    b"<!--><a href=http://a/><!---><a href=http://b/><?x><a href=http://c/></x><a href=d>",
-    b"\xef\xbb\xbf<html><he ad><a title='>' href=http://x/?q=&amp;&#38;&amp>x",
+    (
+        '<title>\u8868</title><a href="http://\u691c/?\u8868">'.encode("cp932"),
+        "shift_jis",
+    ),
+    (
+        b"<!--><a href=http://a/><!---><a href=http://b/><?x><a href=http://c/></x><a href=d>",
+        "windows-1252",
+    ),
+    (b"\xef\xbb\xbf<html><he ad><a title='>' href=http://x/?q=&amp;&#38;&amp>x", "utf-8"),
+    (b"<p>" * 400 + b"<a title='>' href=\"http://x/?a=1>\"><!-- > --><a href=http://y/>", None),
 ]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_chunking_never_changes_output(data: st.DataObject) -> None:
-    for document in DOCUMENTS:
+    for document, charset in DOCUMENTS:
         cuts = data.draw(st.lists(st.integers(0, len(document)), max_size=12))
-        whole = rewrite(document, inject=INJECT)
-        assert rewrite(document, inject=INJECT, chunks=cuts) == whole
+        whole = rewrite(document, inject=INJECT, charset=charset)
+        assert rewrite(document, inject=INJECT, charset=charset, chunks=cuts) == whole
 
 
 def test_byte_by_byte_equals_whole() -> None:
-    for document in DOCUMENTS:
-        whole = rewrite(document, EverythingPolicy(), inject=INJECT)
-        split = rewrite(document, EverythingPolicy(), inject=INJECT, chunks=range(len(document)))
+    for document, charset in DOCUMENTS:
+        policy = EverythingPolicy()
+        whole = rewrite(document, policy, inject=INJECT, charset=charset)
+        split = rewrite(
+            document, policy, inject=INJECT, charset=charset, chunks=range(len(document))
+        )
         assert split == whole
 
 
@@ -597,8 +620,10 @@ def test_edits_are_chunk_independent_and_removable(document: bytes, cuts: list[i
 @given(document=_DOCUMENTS, cuts=_CUTS)
 def test_aggressive_policy_never_raises(document: bytes, cuts: list[int]) -> None:
     cuts = [cut for cut in cuts if cut <= len(document)]
-    whole = rewrite(document, EverythingPolicy(), inject=INJECT)
-    assert rewrite(document, EverythingPolicy(), inject=INJECT, chunks=cuts) == whole
+    for charset in ("utf-8", "shift_jis"):
+        whole = rewrite(document, EverythingPolicy(), inject=INJECT, charset=charset)
+        split = rewrite(document, EverythingPolicy(), inject=INJECT, charset=charset, chunks=cuts)
+        assert split == whole
 
 
 # -- Character references and foreign content details --------------------------------
