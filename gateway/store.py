@@ -40,6 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.strategies import MAX_TOKEN_TTL, TokenRecord
 
@@ -203,6 +204,11 @@ def open_store(url: str, *, timeout_ms: int, key_prefix: str = DEFAULT_KEY_PREFI
         # lost would report a consumed token as unknown. Dead pooled connections need none:
         # the pool checks each one before use and reconnects it.
         "retry": Retry(NoBackoff(), 0),
+        # redis-py 8.1 skips its check of a pooled connection before reuse when maintenance
+        # notifications are on (its default under RESP3), so after a Redis restart every pooled
+        # connection fails one request (redis/redis-py#4252, fixed by #4260). We use no
+        # managed-service maintenance events, so turning them off costs nothing.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     closers: list[Callable[[], Awaitable[None]]] = []
     client: Redis | RedisCluster

@@ -318,7 +318,8 @@ def verify_signed(
     ):
         return None, None, "malformed"
     expires = int(exp)
-    if expires > now + max_lifetime + CLOCK_SKEW:
+    # Both time checks are written to fail closed should ``now`` ever be NaN.
+    if not expires <= now + max_lifetime + CLOCK_SKEW:
         return None, None, "malformed"
     mode, _, mac = sig.partition(".")
     canonical = _canonical_host(host)
@@ -332,7 +333,7 @@ def verify_signed(
         matched |= hmac.compare_digest(expected, mac)
     if not matched:
         return None, None, "bad_signature"
-    if now >= expires:
+    if not now < expires:
         return None, None, "expired"
     return aid, uid, "ok"
 
