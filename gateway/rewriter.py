@@ -116,6 +116,7 @@ class HtmlRewriter:
         self._base: str | None = None
         self._base_seen = False
         self._closed = False
+        self._start = 0  # where the first _run() starts scanning (after a BOM)
         self.decorated = 0
         """Attributes edited plus GET forms given hidden inputs (for metrics)."""
         self.injected = False
@@ -144,8 +145,10 @@ class HtmlRewriter:
 
     @property
     def pending_input(self) -> bytes:
-        """Input received but not yet emitted (held back at a chunk boundary): what a caller
-        must send unchanged if it abandons the rewriter after a failure."""
+        """Input received but not yet returned: what a caller must send unchanged if
+        it abandons the rewriter after a failure (e.g. the policy raised in feed()).
+        The buffer is only consumed once a whole _run() has succeeded, so after an
+        exception this is exactly the input whose output was never handed out."""
         return self._buf
 
     # -- Driver -------------------------------------------------------------------
@@ -163,9 +166,9 @@ class HtmlRewriter:
             return False
         if bom is not None:
             self._encoding = bom[0]
-            # The BOM is not content: copy it out now so injection cannot precede it.
-            self._out.append(head[: bom[1]])
-            self._buf = head[bom[1] :]
+            # The BOM is not content: start scanning after it, so injection cannot
+            # precede it (it is still copied out with the rest).
+            self._start = bom[1]
         elif self._header_encoding is not None:
             self._encoding = self._header_encoding
         elif not final and len(head) < charset.PRESCAN_LIMIT:
@@ -180,7 +183,7 @@ class HtmlRewriter:
         """Process as much of the buffer as can be decided; keep the rest."""
         buf = self._buf
         size = len(buf)
-        pos = 0
+        pos, self._start = self._start, 0
         emitted = 0
         while pos < size:
             mode = self._mode

@@ -689,3 +689,18 @@ def test_decorated_counter_counts_edits_and_forms() -> None:
     rewriter.feed(LINK + b"<a href=/x><form><area href='http://a/'>")
     rewriter.close()
     assert rewriter.decorated == 3
+
+
+def test_pending_input_after_policy_failure() -> None:
+    class Broken:
+        def decorate(self, url: str, base: str | None) -> str | None:
+            raise ValueError("policy bug")
+
+        def form_fields(self, action: str, base: str | None) -> None:
+            return None
+
+    rewriter = HtmlRewriter(Broken(), charset="utf-8")
+    first = rewriter.feed(b"\xef\xbb\xbf<p>one</p><a hr")
+    with pytest.raises(ValueError):
+        rewriter.feed(b'ef="http://e/">two')
+    assert first + rewriter.pending_input == b'\xef\xbb\xbf<p>one</p><a href="http://e/">two'
