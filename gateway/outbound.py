@@ -14,6 +14,9 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Content codings we can decode and re-encode while streaming; anything else passes untouched.
 REWRITABLE_CODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate", "br"})
 _NO_BODY = frozenset({204, 206, 304})
+# Targeted cache-control fields: RFC 9213's CDN-Cache-Control and the older Surrogate-Control
+# (Edge Architecture 1.0), which Fastly, Akamai and Varnish setups obey over Cache-Control.
+_TARGETED_CACHE_FIELDS = ("CDN-Cache-Control", "Surrogate-Control")
 
 
 def media_type(content_type: str | None) -> tuple[str, str | None]:
@@ -52,7 +55,11 @@ def make_private(headers: CIMultiDict[str]) -> None:
 
     ``public`` and ``s-maxage`` go, ``private`` is added (``no-store`` and the rest stay), and
     ``Vary: Cookie`` tells any cache that the body depends on the visitor's cookie.
+    Cache-Control fields aimed at CDNs go too: a CDN that honours one ignores Cache-Control
+    (RFC 9213 §2.1), so ``private`` alone would not stop it sharing the page.
     """
+    for targeted in _TARGETED_CACHE_FIELDS:
+        headers.popall(targeted, None)
     directives: list[str] = []
     for value in headers.getall("Cache-Control", ()):
         for directive in value.split(","):
