@@ -35,8 +35,10 @@ __all__ = [
     "Problem",
     "Proxy",
     "Server",
+    "Signing",
     "Site",
     "Store",
+    "Tokens",
     "load_config",
     "parse_config",
 ]
@@ -50,6 +52,7 @@ IdConflict = Literal["url", "cookie"]
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9:_.-]{1,64}")
 _STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 
 
@@ -118,6 +121,25 @@ class Identity:
 class Store:
     url: str = "memory://"
     timeout_ms: int = 50
+    key_prefix: str = "ajsgw:"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Opaque tokens for ``strategy: token`` targets. Short-lived by design: a token is a bearer
+    credential for the visitor's identity, so its TTL is capped at 10 minutes."""
+
+    ttl: int = 300
+    single_use: bool = False
+
+
+@dataclass(frozen=True)
+class Signing:
+    """HMAC keys for ``strategy: signed`` targets (the raw value; parsed by strategies.py)."""
+
+    keys: str | None = None
+    lifetime: int = 600
+    bind_user_agent: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +178,8 @@ class Config:
     analytics: Analytics = field(default_factory=Analytics)
     identity: Identity = field(default_factory=Identity)
     store: Store = field(default_factory=Store)
+    tokens: Tokens = field(default_factory=Tokens)
+    signing: Signing = field(default_factory=Signing)
     server: Server = field(default_factory=Server)
     admin: Admin = field(default_factory=Admin)
     proxy: Proxy = field(default_factory=Proxy)
@@ -384,6 +408,8 @@ class _Reader:
                 "analytics",
                 "identity",
                 "store",
+                "tokens",
+                "signing",
                 "server",
                 "admin",
                 "proxy",
@@ -400,6 +426,8 @@ class _Reader:
             analytics=self.analytics(top.get("analytics")),
             identity=self.identity(top.get("identity")),
             store=self.store(top.get("store")),
+            tokens=self.tokens(top.get("tokens")),
+            signing=self.signing(top.get("signing"), cross),
             server=self.server(top.get("server")),
             admin=self.admin(top.get("admin")),
             proxy=self.proxy(top.get("proxy")),
@@ -624,7 +652,7 @@ class _Reader:
         )
 
     def store(self, node: yaml.Node | None) -> Store:
-        fields = self.mapping(node, "store", ("url", "timeout_ms"))
+        fields = self.mapping(node, "store", ("url", "timeout_ms", "key_prefix"))
 
         def check(v: Any) -> str | None:
             if not isinstance(v, str):
@@ -635,7 +663,51 @@ class _Reader:
         url = self.typed(
             fields, "url", "store", check, "memory://, redis://host:6379/0, rediss://…", "memory://"
         )
-        return Store(url=url, timeout_ms=self.integer(fields, "timeout_ms", "store", 50, 1, 5000))
+        prefix = self.typed(
+            fields,
+            "key_prefix",
+            "store",
+            lambda v: v if isinstance(v, str) and _PREFIX_RE.fullmatch(v) else None,
+            "1-64 of letters, digits, ':', '_', '-', '.'",
+            Store.key_prefix,
+        )
+        return Store(
+            url=url,
+            timeout_ms=self.integer(fields, "timeout_ms", "store", 50, 1, 5000),
+            key_prefix=prefix,
+        )
+
+    def tokens(self, node: yaml.Node | None) -> Tokens:
+        fields = self.mapping(node, "tokens", ("ttl_seconds", "single_use"))
+        return Tokens(
+            ttl=self.integer(fields, "ttl_seconds", "tokens", Tokens.ttl, 10, 600),
+            single_use=self.boolean(fields, "single_use", "tokens", False),
+        )
+
+    def signing(self, node: yaml.Node | None, cross: list[CrossDomain]) -> Signing:
+        fields = self.mapping(node, "signing", ("keys", "lifetime_seconds", "bind_user_agent"))
+        keys = self.typed(fields, "keys", "signing", _as_str, "a string", None)
+        if keys is not None:
+            from .strategies import SigningKeys
+
+            try:
+                SigningKeys.parse(keys)
+            except ValueError as exc:
+                self.problem(fields["keys"], "signing.keys", str(exc))
+                keys = None
+        signed = [c.host for c in cross if c.strategy == "signed"]
+        if signed and keys is None and "keys" not in fields:
+            self.problem(
+                node,
+                "signing.keys",
+                f"missing, but {', '.join(signed)} use strategy signed (set it, e.g. "
+                "keys: ${GATEWAY_SIGNING_KEYS})",
+            )
+        return Signing(
+            keys=keys,
+            lifetime=self.integer(fields, "lifetime_seconds", "signing", 600, 10, 86400),
+            bind_user_agent=self.boolean(fields, "bind_user_agent", "signing", False),
+        )
 
     def server(self, node: yaml.Node | None) -> Server:
         fields = self.mapping(node, "server", ("host", "port", "workers"))
