@@ -100,7 +100,7 @@ class HtmlRewriter:
         max_buffer: int = 64 * 1024,
     ) -> None:
         self._policy = policy
-        self._inject = inject
+        self._inject = inject or b""
         self._header_encoding = None if charset is None else _lookup_header(charset)
         self._max_buffer = max_buffer
         self._encoding: str | None = None
@@ -120,6 +120,7 @@ class HtmlRewriter:
         self.decorated = 0
         """Attributes edited plus GET forms given hidden inputs (for metrics)."""
         self.injected = False
+        self._awaiting_injection = inject is not None
 
     # -- Public interface ---------------------------------------------------------
 
@@ -213,12 +214,13 @@ class HtmlRewriter:
                 if pos == held and self._mode == mode:
                     break
         if final:
-            if self._inject is not None and not self.injected and self._mode == _DATA:
+            if self._awaiting_injection and self._mode == _DATA:
                 # The document ended before anything opened <head>/<body>, or inside
                 # an unfinished tag (which the tokenizer drops at EOF).
                 self._out.append(buf[emitted:pos])
                 self._out.append(self._inject)
                 self.injected = True
+                self._awaiting_injection = False
                 emitted = pos
             pos = size
         self._out.append(buf[emitted:pos])
@@ -231,7 +233,7 @@ class HtmlRewriter:
             self._mode = _PASSTHROUGH
 
     def _scanner(self) -> re.Pattern[bytes]:
-        if self._inject is not None and not self.injected:
+        if self._awaiting_injection:
             return _html.SKIP_BEFORE_HEAD
         if not self._foreign:
             return _html.SKIP_HTML
@@ -370,19 +372,25 @@ class HtmlRewriter:
         return pos + 2, []
 
     def _add_injection(self, edits: list[tuple[int, int, bytes]], pos: int) -> None:
-        if self._inject is not None and not self.injected:
+        if self._awaiting_injection:
             edits.append((pos, pos, self._inject))
             self.injected = True
+            self._awaiting_injection = False
 
     # -- Tags ---------------------------------------------------------------------
 
     def _start_tag(self, buf: bytes, tag: re.Match[bytes]) -> list[tuple[int, int, bytes]]:
         name = tag.group("name").lower()
         edits: list[tuple[int, int, bytes]] = []
-        if self._inject is not None and not self.injected:
+        if (name == b"a" or name == b"area") and not (self._foreign or self._awaiting_injection):
+            # The hot path: most interesting tags are plain HTML links.
+            self._decorate_href(buf, tag, edits)
+            return edits
+        if self._awaiting_injection:
             if name == b"head":
                 edits.append((tag.end(), tag.end(), self._inject))
                 self.injected = True
+                self._awaiting_injection = False
                 return edits
             self._add_injection(edits, tag.start("tag"))
         self._integration_point_fresh = False
@@ -466,17 +474,25 @@ class HtmlRewriter:
         found = _html.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
         if found is None:
             return
-        attribute = _attribute(found)
-        raw = buf[attribute.start : attribute.end]
-        if _html.PLAIN_ASCII.fullmatch(raw):
-            url: str | None = raw.decode("ascii")  # the common case, inlined: hot path
+        kind = found.lastgroup
+        if kind in _QUOTE_OF_GROUP:
+            # Inlined _attribute() and decode_value() for the common case.
+            raw = found.group(kind)
+            if not _html.PLAIN_ASCII.fullmatch(raw):
+                raw = None
         else:
+            raw = None
+        attribute: _Attribute | None = None
+        if raw is not None:
+            url: str | None = raw.decode("ascii")
+        else:
+            attribute = _attribute(found)
             url = self._value(buf, attribute)
         if url is None:
             return
         new = self._policy.decorate(url, self._base)
         if new is not None:
-            self._edit(buf, attribute, url, new, edits)
+            self._edit(buf, attribute or _attribute(found), url, new, edits)
 
     def _form(self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]) -> None:
         """<form method=post>: decorate the action. GET (the missing and invalid value
