@@ -25,7 +25,26 @@ Guarantees:
 * Ambiguous input is passed through, never guessed at: a tag still open at the end
   of the document, an unquoted value containing quotes, "<", "=" or "`", a value
   that does not decode in the page's encoding, an edit that would not decode back
-  to exactly what the policy asked for.
+  to exactly what the policy asked for; "<![CDATA[" inside an integration point
+  once HTML elements may be open there (the rest of the document passes through).
+
+Edits keep the raw bytes of the unchanged prefix and suffix of a value: the decoded
+old and new values are compared, the common prefix/suffix mapped back to raw
+bytes at character-reference boundaries (or inside literal runs when re-encoding
+reproduces the raw bytes), and only the middle is encoded ("&" -> "&amp;", and the
+value's own quote). The result is decoded again and must equal the policy's URL;
+otherwise the whole value is re-encoded, and if even that fails it is left alone.
+An unquoted value stays unquoted unless the new text needs quoting (whitespace,
+quotes, "=", "<", ">", "`"), in which case the whole value gets double quotes.
+
+Deliberate approximations (no DOM): the foreign-content stack only tracks svg/math
+roots, breakout tags and integration points, so an <svg> left open and closed by
+an HTML ancestor's end tag keeps us in foreign content; "in select" ignoring
+<style>/<iframe> start tags is not modelled; <noscript> is markup (scripting
+disabled), as is <template> content. SVG <a href> is decorated (an SVG 2 link);
+MathML has no links. A POST form without an action attribute is not touched (we
+edit values, we do not add attributes). ``decorated`` counts edited attributes
+plus GET forms given hidden inputs.
 """
 
 from __future__ import annotations
