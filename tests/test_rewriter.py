@@ -704,3 +704,18 @@ def test_pending_input_after_policy_failure() -> None:
     with pytest.raises(ValueError):
         rewriter.feed(b'ef="http://e/">two')
     assert first + rewriter.pending_input == b'\xef\xbb\xbf<p>one</p><a href="http://e/">two'
+
+
+def test_long_document_streams_in_constant_memory() -> None:
+    chunk = (
+        b"<p>text <a href='http://e.com/x'>l</a><!-- c --><script>if(a<b){}</script>"
+        b"<style>p{}</style><svg><![CDATA[x]]></svg><textarea>t</textarea>"
+    ) * 200
+    rewriter = HtmlRewriter(AppendPolicy(), charset="utf-8")
+    total_in = total_out = 0
+    for _ in range(300):  # about 50 MB
+        total_out += len(rewriter.feed(chunk))
+        total_in += len(chunk)
+        assert len(rewriter.pending_input) <= 64
+    total_out += len(rewriter.close())
+    assert total_out == total_in + rewriter.decorated * len("?ajs_aid=X")
