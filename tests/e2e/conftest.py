@@ -48,7 +48,14 @@ from .sites import (
 )
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Dialog, Page
+    from playwright.async_api import (
+        Browser,
+        BrowserContext,
+        ConsoleMessage,
+        Dialog,
+        Page,
+        Response,
+    )
 
 E2E = Path(__file__).resolve().parent
 NODE_MODULES = E2E / "node_modules"
@@ -195,9 +202,8 @@ def gateway_config(sites: Sites, stand_in: StandIn) -> str:
     site_list = "\n".join(
         f"  - host: {host}\n    upstream: {upstream}" for host, upstream in sites.upstreams.items()
     )
-    return (
-        textwrap.dedent(
-            """\
+    return textwrap.dedent(
+        """\
             # Written by tests/e2e/conftest.py for the browser journeys.
             sites:
             {sites}
@@ -212,15 +218,14 @@ def gateway_config(sites: Sites, stand_in: StandIn) -> str:
             store:
               url: memory://
             """
-        ).format(
-            sites=site_list,
-            a=HOST_A,
-            b=HOST_B,
-            c=HOST_C,
-            psp=HOST_PSP,
-            key=WRITE_KEY,
-            cdn=stand_in.origin,
-        )
+    ).format(
+        sites=site_list,
+        a=HOST_A,
+        b=HOST_B,
+        c=HOST_C,
+        psp=HOST_PSP,
+        key=WRITE_KEY,
+        cdn=stand_in.origin,
     )
 
 
@@ -273,10 +278,22 @@ class Journey:
     async def goto(self, url: str) -> None:
         await self.page.goto(url, wait_until="load")
 
-    async def follow(self, selector: str) -> None:
-        """Click a link or button and wait for the page it leads to (after any redirects)."""
-        async with self.page.expect_navigation(wait_until="load"):
+    async def follow(self, selector: str) -> list[Hop]:
+        """Click a link or button, wait for the page it leads to, and return the requests
+        that got there (redirects first, the final page last)."""
+        async with self.page.expect_navigation(wait_until="load") as navigation:
             await self.page.click(selector)
+        return await hops(await navigation.value)
+
+    async def cookie_check(self, origin: str, aid: str) -> None:
+        """Exactly one ``ajs_anonymous_id`` reaches ``origin``, on its registrable domain,
+        holding ``aid``."""
+        host = urlsplit(origin).hostname or ""
+        found = [c for c in await self.context.cookies(origin) if c["name"] == "ajs_anonymous_id"]
+        assert len(found) == 1, f"expected one ajs_anonymous_id cookie for {origin}: {found}"
+        domain = "." + host.split(".", 1)[1]
+        assert found[0]["domain"] == domain, f"cookie scoped to {found[0]['domain']}, not {domain}"
+        assert await self.cookie_id(origin) == aid, f"cookie for {origin}: {found[0]}"
 
     async def analytics_id(self) -> str:
         """The anonymousId analytics.js reports on this page, once it is ready."""
@@ -326,7 +343,8 @@ class Journey:
         for event in events:
             by_host.setdefault(event.host, set()).add(event.anonymous_id)
         assert hosts <= by_host.keys(), f"no events from {hosts - by_host.keys()}: {by_host}"
-        assert by_host == dict.fromkeys(by_host, {aid}), f"expected only {aid!r}: {by_host}"
+        others = {host: ids for host, ids in by_host.items() if ids != {aid}}
+        assert not others, f"events with ids other than {aid!r}: {others}"
 
     def assert_healthy(self) -> None:
         """No dialogs, no console errors or uncaught exceptions, nothing the stand-in could
@@ -336,6 +354,33 @@ class Journey:
         assert not self.stand_in.misses, f"stand-in could not answer: {self.stand_in.misses}"
         failures = self.gateway.events("rewrite_failed") + self.gateway.events("upstream_error")
         assert not failures, f"gateway log: {failures}"
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One request of a navigation, as the browser made it."""
+
+    method: str
+    url: str
+    status: int | None
+    location: str | None
+
+
+async def hops(response: Response | None) -> list[Hop]:
+    """The redirect chain that ended in ``response``, first request first."""
+    chain: list[Hop] = []
+    request = response.request if response is not None else None
+    while request is not None:
+        answer = await request.response()
+        status = answer.status if answer is not None else None
+        location = await answer.header_value("location") if answer is not None else None
+        chain.append(Hop(request.method, request.url, status, location))
+        request = request.redirected_from
+    return chain[::-1]
+
+
+def query_of(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
 
 
 def assert_clean(url: str) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 HOST_A = "www.shop-a.test"
 HOST_B = "checkout.pay-b.test"
@@ -94,7 +95,7 @@ def _attr(value: str) -> str:
 
 
 @web.middleware
-async def _record(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
     form: dict[str, str] = {}
     if request.method == "POST":
         form = {k: str(v) for k, v in (await request.post()).items()}
@@ -167,6 +168,16 @@ async def _a_forms(request: web.Request) -> web.Response:
     )
 
 
+# An identity parameter someone tampered with, in a link on a page the gateway serves.
+TAMPERED_AID = '"><script>alert(document.domain)</script>'
+
+
+async def _a_promo(request: web.Request) -> web.Response:
+    o = request.app[ORIGINS]
+    href = f"{o.b}/welcome?" + urlencode({"from": "promo", "ajs_aid": TAMPERED_AID})
+    return page("Promo", f'<p><a id="tampered" href="{_attr(href)}">Offer</a></p>')
+
+
 def shop_a(origins: Origins, recorder: Recorder) -> web.Application:
     app = _app(origins, recorder)
     app.router.add_get("/", _a_home)
@@ -174,15 +185,21 @@ def shop_a(origins: Origins, recorder: Recorder) -> web.Application:
     app.router.add_get("/confirmation", _a_confirmation)
     app.router.add_get("/dynamic", _a_dynamic)
     app.router.add_get("/forms", _a_forms)
+    app.router.add_get("/promo", _a_promo)
     return app
 
 
 # --- B: the other brand's site -------------------------------------------------------------
 
 
-def _b_simple(title: str) -> web.Handler:
+def _b_simple(title: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        return page(title, f'<p id="where">{html.escape(request.path)}</p>')
+        home_a = request.app[ORIGINS].a + "/"
+        return page(
+            title,
+            f'<p id="where">{html.escape(request.path)}</p>\n'
+            f'<p><a id="to-a" href="{_attr(home_a)}">Back to the shop</a></p>',
+        )
 
     return handler
 
