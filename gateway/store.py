@@ -39,7 +39,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.strategies import MAX_TOKEN_TTL, TokenRecord
@@ -216,7 +216,11 @@ def open_store(url: str, *, timeout_ms: int, key_prefix: str = DEFAULT_KEY_PREFI
         client = Redis.from_url(url, max_connections=_MAX_CONNECTIONS, **common)
     elif parsed.kind == "sentinel":
         assert parsed.service is not None
-        sentinel = Sentinel(list(parsed.hosts), **common)  # type: ignore[no-untyped-call]
+        # Sentinel clients would otherwise get redis-py's default retries with back-off, so
+        # one dead Sentinel in the list would use up the whole budget.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(parsed.hosts), sentinel_kwargs=common, **common
+        )
         client = sentinel.master_for(
             parsed.service,
             db=parsed.db,
@@ -344,7 +348,8 @@ class RedisStore:
             raise StoreError(
                 f"redis {what}: no answer within {self._timeout * 1000:.0f} ms ({self._shown})"
             ) from exc
-        except (RedisError, OSError) as exc:
+        # RedisClusterException (no usable node, slot not covered) is not a RedisError.
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreError(f"redis {what}: {self._scrub(str(exc))} ({self._shown})") from exc
 
     def _scrub(self, text: str) -> str:

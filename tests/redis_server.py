@@ -44,23 +44,35 @@ def require_binary(name: str = "redis-server") -> str:
 
 
 def ping(port: int, timeout: float = 0.2) -> bool:
-    """Whether a Redis answers PING on ``port`` (plain socket: no client library involved)."""
+    """Whether a Redis answers PING on ``port`` (plain socket: no client library involved);
+    ``-NOAUTH`` counts, as it comes from a server that is up but wants a password."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
 
 class RedisServer:
-    """One ``redis-server`` process without persistence, restartable on its port."""
+    """One ``redis-server`` process without persistence, restartable on its port.
 
-    def __init__(self, binary: str, directory: Path, extra: tuple[str, ...] = ()) -> None:
+    ``config_file`` goes first on the command line (``redis-server --sentinel`` needs a config
+    file it can rewrite); ``extra`` arguments go last.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        directory: Path,
+        extra: tuple[str, ...] = (),
+        config_file: Path | None = None,
+    ) -> None:
         self.binary = binary
         self.dir = directory
         self.port = free_port()
         self.extra = extra
+        self.config_file = config_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +85,7 @@ class RedisServer:
             raise RuntimeError("redis-server is already running")
         cmd = [
             self.binary,
+            *([str(self.config_file)] if self.config_file else []),
             "--port",
             str(self.port),
             "--bind",

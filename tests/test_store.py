@@ -1,0 +1,501 @@
+"""The token store against a real redis-server (killed, paused, restarted, behind Sentinel, on a
+unix socket, with a password) and in memory; store URLs offline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.store import (
+    MemoryStore,
+    StoreError,
+    TokenStore,
+    open_store,
+    parse_store_url,
+    redact_url,
+)
+from gateway.strategies import TokenRecord, new_token
+from tests.redis_server import RedisServer, free_port, require_binary
+from tests.redis_server import redis_server as redis_server
+
+# Generous for normal operations on a loaded CI machine; the timeout tests use a tight one.
+TIMEOUT_MS = 1000
+TIGHT_MS = 100
+# How much later than its timeout a failing operation may return (scheduling on 2 busy cores).
+SLACK = 0.4
+
+RECORD = TokenRecord(
+    "5d1c8a4e-3f7b-4c2a-9e8d-1b2c3d4e5f60", "user 42", 1_700_000_000.5, "a.example"
+)
+OTHER = TokenRecord("another-anonymous-id", None, 1_700_000_001.0, "b.example")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[TokenStore]:
+    if request.param == "memory":
+        s = open_store("memory://", timeout_ms=TIMEOUT_MS)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        s = open_store(server.url, timeout_ms=TIMEOUT_MS)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A plain client on the test server, to look behind the store's back."""
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def timed_store_error(coro: object) -> tuple[float, str]:
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        await coro  # type: ignore[misc]
+    return time.monotonic() - started, str(info.value)
+
+
+# --- Both backends -------------------------------------------------------------------------------
+
+
+async def test_put_then_take(store: TokenStore) -> None:
+    token = new_token()
+    await store.put(token, RECORD, 300)
+    assert await store.take(token, single_use=False) == RECORD
+    assert await store.take(token, single_use=False) == RECORD
+    assert await store.take(token, single_use=True) == RECORD
+    assert await store.take(token, single_use=True) is None
+    assert await store.take(token, single_use=False) is None
+
+
+async def test_unknown_token(store: TokenStore) -> None:
+    assert await store.take(new_token(), single_use=False) is None
+    assert await store.take(new_token(), single_use=True) is None
+
+
+async def test_tokens_are_independent_and_put_replaces(store: TokenStore) -> None:
+    a, b = new_token(), new_token()
+    await store.put(a, RECORD, 300)
+    await store.put(b, OTHER, 300)
+    await store.put(a, OTHER, 300)
+    assert await store.take(a, single_use=True) == OTHER
+    assert await store.take(b, single_use=True) == OTHER
+
+
+async def test_concurrent_single_use_takes_exactly_one(store: TokenStore) -> None:
+    token = new_token()
+    await store.put(token, RECORD, 300)
+    results = await asyncio.gather(*(store.take(token, single_use=True) for _ in range(20)))
+    assert results.count(RECORD) == 1
+    assert results.count(None) == 19
+
+
+@pytest.mark.parametrize("ttl", [0, -1, 601, True, 1.5])
+async def test_ttl_outside_bounds_is_refused(store: TokenStore, ttl: int) -> None:
+    with pytest.raises(ValueError, match="1-600"):
+        await store.put(new_token(), RECORD, ttl)
+
+
+async def test_health_up(store: TokenStore) -> None:
+    health = await store.health()
+    assert health["kind"] == store.name
+    assert health["state"] == "up" and health["error"] == ""
+
+
+# --- Memory --------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_expiry() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    token = new_token()
+    await store.put(token, RECORD, 1)
+    clock.now += 0.999
+    assert await store.take(token, single_use=False) == RECORD
+    clock.now += 0.001
+    assert await store.take(token, single_use=False) is None
+    assert len(store) == 0
+
+
+async def test_memory_expired_entries_are_cleared_on_put() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    for _ in range(50):
+        await store.put(new_token(), RECORD, 5)
+    clock.now += 5
+    await store.put(new_token(), RECORD, 5)
+    assert len(store) == 1
+
+
+async def test_memory_size_is_bounded_oldest_evicted() -> None:
+    store = MemoryStore(max_entries=3)
+    tokens = [new_token() for _ in range(5)]
+    for token in tokens:
+        await store.put(token, RECORD, 300)
+    assert len(store) == 3
+    assert [await store.take(t, single_use=False) for t in tokens] == [None, None] + [RECORD] * 3
+
+
+async def test_memory_stores_are_separate() -> None:
+    one, two = MemoryStore(), MemoryStore()
+    token = new_token()
+    await one.put(token, RECORD, 300)
+    assert await two.take(token, single_use=False) is None
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+async def test_redis_key_value_and_ttl(redis_server: RedisServer, raw: Redis) -> None:
+    store = open_store(redis_server.url, timeout_ms=TIMEOUT_MS)
+    token = new_token()
+    await store.put(token, RECORD, 300)
+    assert await raw.get(f"ajsgw:t:{token}") == RECORD.to_bytes()
+    assert 298 <= await raw.ttl(f"ajsgw:t:{token}") <= 300
+    await store.take(token, single_use=True)
+    assert await raw.exists(f"ajsgw:t:{token}") == 0
+    await store.close()
+
+
+async def test_redis_key_prefix_is_honoured(redis_server: RedisServer, raw: Redis) -> None:
+    tenant = open_store(redis_server.url, timeout_ms=TIMEOUT_MS, key_prefix="tenant1:")
+    default = open_store(redis_server.url, timeout_ms=TIMEOUT_MS)
+    token = new_token()
+    await tenant.put(token, RECORD, 300)
+    assert await raw.keys("*") == [f"tenant1:t:{token}".encode()]
+    assert await default.take(token, single_use=True) is None
+    assert await tenant.take(token, single_use=True) == RECORD
+    await tenant.close()
+    await default.close()
+
+
+async def test_redis_ttl_expiry(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url, timeout_ms=TIMEOUT_MS)
+    token = new_token()
+    await store.put(token, RECORD, 1)
+    assert await store.take(token, single_use=False) == RECORD
+    await asyncio.sleep(1.1)
+    assert await store.take(token, single_use=False) is None
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    "value", [b"", b"garbage", b"\xff\xfe\x00", b'{"a":1}', b"[" * 3000, RECORD.to_bytes()[:-1]]
+)
+async def test_redis_garbage_value_reads_as_unknown(
+    redis_server: RedisServer, raw: Redis, value: bytes
+) -> None:
+    store = open_store(redis_server.url, timeout_ms=TIMEOUT_MS)
+    token = new_token()
+    await raw.set(f"ajsgw:t:{token}", value)
+    assert await store.take(token, single_use=False) is None
+    assert await store.take(token, single_use=True) is None
+    assert await raw.exists(f"ajsgw:t:{token}") == 0
+    await store.close()
+
+
+async def test_redis_wrong_type_is_a_store_error(redis_server: RedisServer, raw: Redis) -> None:
+    store = open_store(redis_server.url, timeout_ms=TIMEOUT_MS)
+    token = new_token()
+    await raw.rpush(f"ajsgw:t:{token}", b"x")
+    _, message = await timed_store_error(store.take(token, single_use=True))
+    assert "WRONGTYPE" in message and token not in message
+    await store.close()
+
+
+async def test_redis_paused_times_out_then_recovers_without_mixing_replies(
+    redis_server: RedisServer,
+) -> None:
+    store = open_store(redis_server.url, timeout_ms=TIGHT_MS)
+    a, b = new_token(), new_token()
+    await store.put(a, RECORD, 300)
+    await store.put(b, OTHER, 300)
+    redis_server.pause()
+    try:
+        for op in (
+            store.take(a, single_use=False),
+            store.take(a, single_use=True),
+            store.put(new_token(), RECORD, 300),
+        ):
+            elapsed, message = await timed_store_error(op)
+            assert elapsed < TIGHT_MS / 1000 + SLACK
+            assert "no answer within 100 ms" in message and a not in message
+        started = time.monotonic()
+        health = await store.health()
+        assert time.monotonic() - started < TIGHT_MS / 1000 + SLACK
+        assert health["state"] == "down" and "no answer" in str(health["error"])
+    finally:
+        redis_server.resume()
+    # The server now answers the GET it had been sent for ``a``; that reply goes to a connection
+    # the timeout dropped, never to the next request. (The GETDEL was never sent: its fresh
+    # connection was still waiting for the handshake, so ``a`` is still there.)
+    assert await store.take(b, single_use=False) == OTHER
+    assert await store.take(a, single_use=False) == RECORD
+    assert (await store.health())["state"] == "up"
+    await store.close()
+
+
+async def test_black_hole_server_times_out() -> None:
+    """A listener that accepts and never answers (a wedged proxy or a stalled host)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = open_store(f"redis://127.0.0.1:{port}/0", timeout_ms=TIGHT_MS)
+    for op in (store.take(new_token(), single_use=True), store.put(new_token(), RECORD, 60)):
+        elapsed, _ = await timed_store_error(op)
+        assert elapsed < TIGHT_MS / 1000 + SLACK
+    assert (await store.health())["state"] == "down"
+    assert accepted
+    await store.close()
+    server.close()
+    for writer in accepted:
+        writer.close()
+    await server.wait_closed()
+
+
+async def test_nothing_listening_fails_fast() -> None:
+    store = open_store(f"redis://127.0.0.1:{free_port()}/0", timeout_ms=TIMEOUT_MS)
+    elapsed, message = await timed_store_error(store.take(new_token(), single_use=False))
+    assert elapsed < 0.3 and "connecting" in message
+    await store.close()
+
+
+async def test_redis_killed_then_restarted_same_store_recovers(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url, timeout_ms=TIMEOUT_MS)
+    tokens = [new_token() for _ in range(10)]
+    # Ten concurrent calls leave ten connections in the pool, all of which the kill makes dead.
+    await asyncio.gather(*(store.put(t, RECORD, 300) for t in tokens))
+    redis_server.kill()
+    await asyncio.sleep(0.05)
+    for op in (store.take(tokens[0], single_use=False), store.put(tokens[0], RECORD, 300)):
+        elapsed, _ = await timed_store_error(op)
+        assert elapsed < 0.3
+    health = await store.health()
+    assert health["state"] == "down" and health["error"]
+    redis_server.start()
+    # Not "eventually": every pooled connection is replaced before use, so no request fails.
+    results = await asyncio.gather(*(store.put(t, OTHER, 300) for t in tokens))
+    assert results == [None] * 10
+    assert await asyncio.gather(*(store.take(t, single_use=True) for t in tokens)) == [OTHER] * 10
+    assert (await store.health())["state"] == "up"
+    await store.close()
+
+
+async def test_password_never_in_errors_or_health(tmp_path: Path) -> None:
+    password = "s3cret-Passw0rd-xyz"
+    server = RedisServer(require_binary(), tmp_path, extra=("--requirepass", password))
+    server.start()
+    try:
+        good = open_store(f"redis://:{password}@127.0.0.1:{server.port}/0", timeout_ms=TIMEOUT_MS)
+        token = new_token()
+        await good.put(token, RECORD, 60)
+        assert await good.take(token, single_use=True) == RECORD
+        health = await good.health()
+        assert health["state"] == "up" and password not in str(health)
+        await good.close()
+        wrong = "wr0ng-Passw0rd-abc"
+        bad = open_store(f"redis://:{wrong}@127.0.0.1:{server.port}/0", timeout_ms=TIMEOUT_MS)
+        _, message = await timed_store_error(bad.take(token, single_use=False))
+        health = await bad.health()
+        assert health["state"] == "down"
+        for text in (message, str(health)):
+            assert wrong not in text and ":***@" in text
+        await bad.close()
+    finally:
+        server.kill()
+
+
+async def test_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(
+        require_binary(), tmp_path, extra=("--unixsocket", str(sock), "--unixsocketperm", "700")
+    )
+    server.start()
+    try:
+        store = open_store(f"unix://{sock}?db=2", timeout_ms=TIMEOUT_MS)
+        token = new_token()
+        await store.put(token, RECORD, 60)
+        assert await store.take(token, single_use=True) == RECORD
+        assert (await store.health())["state"] == "up"
+        await store.close()
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
+    """A real Sentinel (``redis-server --sentinel``) watching ``redis_server`` as ``mymaster``."""
+    directory = tmp_path / "sentinel"
+    directory.mkdir()
+    conf = directory / "sentinel.conf"
+    conf.write_text(f"sentinel monitor mymaster 127.0.0.1 {redis_server.port} 1\n")
+    server = RedisServer(require_binary(), directory, extra=("--sentinel",), config_file=conf)
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_sentinel_master_discovery_and_recovery(
+    sentinel: RedisServer, redis_server: RedisServer
+) -> None:
+    url = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{sentinel.port}/mymaster/3"
+    store = open_store(url, timeout_ms=TIMEOUT_MS)
+    token = new_token()
+    await store.put(token, RECORD, 60)
+    assert await store.take(token, single_use=True) == RECORD
+    assert (await store.health())["state"] == "up"
+    redis_server.kill()
+    await timed_store_error(store.take(token, single_use=False))
+    assert (await store.health())["state"] == "down"
+    redis_server.start()
+    await store.put(token, OTHER, 60)
+    assert await store.take(token, single_use=True) == OTHER
+    await store.close()
+
+
+async def test_cluster_store_reports_down_when_no_node_answers() -> None:
+    store = open_store(f"redis+cluster://127.0.0.1:{free_port()}", timeout_ms=TIMEOUT_MS)
+    assert store.name == "redis"
+    await timed_store_error(store.take(new_token(), single_use=False))
+    health = await store.health()
+    assert health["state"] == "down" and health["error"]
+    await store.close()
+
+
+# --- URLs, offline -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "hosts", "service", "db", "username", "password"),
+    [
+        ("memory://", "memory", (), None, 0, None, None),
+        ("redis://redis:6379/0", "redis", (), None, 0, None, None),
+        ("redis://:pw@redis/1", "redis", (), None, 0, None, "pw"),
+        ("rediss://u:p%40ss@redis.example:6380", "redis", (), None, 0, None, "p@ss"),
+        ("unix:///run/redis.sock?db=1", "redis", (), None, 0, None, None),
+        (
+            "redis+sentinel://s1:26379,s2:26380,[::1]/mymaster/2",
+            "sentinel",
+            (("s1", 26379), ("s2", 26380), ("::1", 26379)),
+            "mymaster",
+            2,
+            None,
+            None,
+        ),
+        (
+            "redis+sentinel://app:p%2Fw@s1/mymaster",
+            "sentinel",
+            (("s1", 26379),),
+            "mymaster",
+            0,
+            "app",
+            "p/w",
+        ),
+        (
+            "redis+cluster://n1:7000,n2,10.0.0.3:7002",
+            "cluster",
+            (("n1", 7000), ("n2", 6379), ("10.0.0.3", 7002)),
+            None,
+            0,
+            None,
+            None,
+        ),
+        ("redis+cluster://:pw@n1:7000/0", "cluster", (("n1", 7000),), None, 0, None, "pw"),
+    ],
+)
+def test_parse_store_url(
+    url: str,
+    kind: str,
+    hosts: tuple[tuple[str, int], ...],
+    service: str | None,
+    db: int,
+    username: str | None,
+    password: str | None,
+) -> None:
+    parsed = parse_store_url(url)
+    assert (parsed.kind, parsed.hosts, parsed.service, parsed.db) == (kind, hosts, service, db)
+    assert (parsed.username, parsed.password) == (username, password)
+    if password:
+        assert password not in repr(parsed)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis-host:6379", "no scheme"),
+        ("memcached://m:11211", "unknown scheme"),
+        ("memory://x", "takes no host"),
+        ("redis://:pw@/0", "names no host"),
+        ("redis://redis:6379/x", "database number"),
+        ("redis://redis:notaport/0", "store URL"),
+        ("redis+sentinel://s1:26379", "no Sentinel service"),
+        ("redis+sentinel://s1:26379/", "no Sentinel service"),
+        ("redis+sentinel://s1:26379/m/x", "only a database number"),
+        ("redis+sentinel://s1:26379/m/1/2", "only a database number"),
+        ("redis+sentinel://s1:99999/m", r"not host\[:port\]"),
+        ("redis+sentinel://s1,,s2/m", r"not host\[:port\]"),
+        ("redis+sentinel://s1:26379/m?password=x", "takes no options"),
+        ("redis+cluster://n1:7000/1", "only database 0"),
+        ("redis+cluster://n1:port", r"not host\[:port\]"),
+        ("redis+cluster://", r"not host\[:port\]"),
+    ],
+)
+def test_parse_store_url_refusals(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_store_url(url)
+
+
+def test_bad_url_message_masks_password() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_store_url("redis+cluster://:hunter2-secret@n1:7000/5")
+    assert "hunter2-secret" not in str(info.value) and ":***@" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:pw@h/0", "redis://user:***@h/0"),
+        ("redis://user@h/0", "redis://user@h/0"),
+        ("redis+sentinel://u:p@a@s1,s2/m", "redis+sentinel://u:***@s1,s2/m"),
+        ("unix:///s.sock?db=0&password=pw", "unix:///s.sock?db=0&password=***"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["memory://", "redis://127.0.0.1:1/0", "redis+sentinel://127.0.0.1:1/m", "redis+cluster://h:1"],
+)
+async def test_open_store_connects_lazily(url: str) -> None:
+    store = open_store(url, timeout_ms=50)
+    assert store.name in ("memory", "redis")
+    await store.close()
+
+
+def test_open_store_refuses_zero_timeout() -> None:
+    with pytest.raises(ValueError, match="at least 1 ms"):
+        open_store("memory://", timeout_ms=0)
