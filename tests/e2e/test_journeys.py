@@ -18,9 +18,10 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from .conftest import Journey, query_of
+from .conftest import Journey, query_of, skip_unless_ready
 from .sites import HOST_A, HOST_B, HOST_C, HOST_PSP, TAMPERED_AID
 
+skip_unless_ready()
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
