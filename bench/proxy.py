@@ -334,6 +334,9 @@ def gateway_config(upstream_port: int, identity: bool) -> str:
     )
     if identity:
         text += 'analytics:\n  write_key: benchkey\n  cdn_url: "http://127.0.0.1:9"\n'
+    else:
+        # Pass-through: a visitor without an id is not given one, so nothing is rewritten.
+        text += "identity:\n  mint: false\n"
     return text
 
 

@@ -23,6 +23,7 @@ from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
 from .metrics import Metrics
 from .proxy import ProxyHandler, ProxyState, make_session
+from .store import open_store
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,16 @@ class Gateway:
         self.config_path = config_path
         self.overrides = overrides
         self.metrics = Metrics.create()
-        self.state = ProxyState(config=config, session=make_session(config), metrics=self.metrics)
+        self.state = ProxyState(
+            config=config,
+            session=make_session(config),
+            metrics=self.metrics,
+            store=open_store(
+                config.store.url,
+                timeout_ms=config.store.timeout_ms,
+                key_prefix=config.store.key_prefix,
+            ),
+        )
         self._runners: list[web.BaseRunner] = []
         self._proxy_sites: list[web.TCPSite] = []
         self._stop = asyncio.Event()
@@ -77,7 +87,10 @@ class Gateway:
         self.bound_admin_port: int | None = None
 
     async def store_health(self) -> dict[str, Any]:
-        return {"url": "memory://", "state": "up"}
+        health = await self.state.store.health()
+        if health.get("state") != "up":
+            self.metrics.store_errors.labels("health").inc()
+        return health
 
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
@@ -126,6 +139,14 @@ class Gateway:
         if (new.server, new.admin) != (old.server, old.admin):
             log_line("reload_note", message="listener changes need a restart; kept the old ones")
             new = dataclasses.replace(new, server=old.server, admin=old.admin)
+        if new.store != old.store:
+            old_store = self.state.store
+            self.state.store = open_store(
+                new.store.url, timeout_ms=new.store.timeout_ms, key_prefix=new.store.key_prefix
+            )
+            asyncio.get_running_loop().call_later(
+                new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(old_store.close())
+            )
         if new.proxy != old.proxy:
             old_session = self.state.session
             self.state.session = make_session(new)
@@ -157,6 +178,7 @@ class Gateway:
         for runner in self._runners:
             await runner.cleanup()
         await self.state.session.close()
+        await self.state.store.close()
 
 
 def _bound_port(runner: web.BaseRunner) -> int | None:

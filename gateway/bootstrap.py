@@ -35,8 +35,12 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gateway.identity import AID_PARAM, UID_PARAM
+from gateway.strategies import EXP_PARAM, SIG_PARAM, TOKEN_PARAM
+
+_IDENTITY_PARAMS = (AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM)
 
 # The queue methods analytics.js replays from its snippet buffer (its public API names).
 _METHODS = (
@@ -46,8 +50,9 @@ _METHODS = (
 ).split()
 
 # Hand-minified. Names: w window, d document, c config, q our queue, T trim regex,
-# hit(host) target test, ids() current params, dec(url, params) decorate text, web(url) target
-# URL or null. ES5 only, so it runs wherever analytics.js does. Must never contain "</" or "<!--".
+# hit(host, list) target test, ids() current params, dec(url, params) decorate text,
+# web(url, list) target URL or false, strip(url) without identity params, fresh(a) reroute.
+# ES5 only, so it runs wherever analytics.js does. Must never contain "</" or "<!--".
 _JS = (
     "(function(w,d,c){"
     "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g;"
@@ -72,12 +77,12 @@ _JS = (
     "if(f&&f.parentNode)f.parentNode.insertBefore(s,f);else(d.head||d.documentElement).appendChild(s)}"
     'if(d.readyState=="loading")d.addEventListener("DOMContentLoaded",go);else go();'
     # 4. click-time decoration
-    'function hit(h){h=(h||"").toLowerCase().replace(/\\.$/,"");if(!h||h==c.o)return!1;'
-    "for(var i=0;i<c.t.length;i++){var t=c.t[i],n=t.length;"
+    'function hit(h,L){h=(h||"").toLowerCase().replace(/\\.$/,"");if(!h||h==c.o)return!1;'
+    "for(var i=0;i<L.length;i++){var t=L[i],n=t.length;"
     'if(t.slice(0,2)=="*."?h.length>n&&h.slice(1-n)==t.slice(1)&&h.charAt(h.length-n)!=".":h==t)'
     "return!0}return!1}"
-    "function web(u){try{u=new URL(u,d.baseURI)}catch(e){return!1}"
-    "return/^https?:$/.test(u.protocol)&&hit(u.hostname)}"
+    "function web(u,L){try{u=new URL(u,d.baseURI)}catch(e){return!1}"
+    "return/^https?:$/.test(u.protocol)&&hit(u.hostname,L||c.t)&&u.href}"
     "function ids(){var a=w.analytics,id=c.a,u=c.u,r=[];"
     "try{if(a&&a.initialized&&a.user){var x=a.user();id=x.anonymousId()||id;u=x.id()||u}}"
     "catch(e){}"
@@ -94,8 +99,17 @@ _JS = (
     'return u+"?"+q+o.join("&")+f}'
     "function attr(e,n,p){var v=e.getAttribute(n);"
     'if(v!=null&&(v=v.replace(T,""))&&web(v)&&p.length){e.setAttribute(n,dec(v,p));return!0}}'
+    # 5. token and signed links: past their freshness, route the click via the gateway
+    "var R=c.r,t0=(new Date).getTime();"
+    'function strip(u){var i=u.indexOf("#"),f="",q,k=[];if(i>=0){f=u.slice(i);u=u.slice(0,i)}'
+    'i=u.indexOf("?");if(i<0)return u+f;q=u.slice(i+1).split("&");u=u.slice(0,i);'
+    "for(i=0;i<q.length;i++)if(R.q.indexOf(nm(q[i]))<0)k.push(q[i]);"
+    'return u+(k.length?"?"+k.join("&"):"")+f}'
+    "function fresh(e){if(!R||(new Date).getTime()-t0<R.x*1e3)return!1;"
+    'var v=e.getAttribute("href");v=v==null?"":web(v.replace(T,""),R.t);if(!v)return!1;'
+    'e.setAttribute("href",R.e+"?to="+encodeURIComponent(strip(v)));return!0}'
     "function click(e){try{for(var n=e.target;n;n=n.parentNode)"
-    'if(/^(a|area)$/i.test(n.nodeName||"")){attr(n,"href",ids());return}}catch(x){}}'
+    'if(/^(a|area)$/i.test(n.nodeName||"")){fresh(n)||attr(n,"href",ids());return}}catch(x){}}'
     "function submit(e){try{var f=e.target,p=ids(),a,x,h,i,j;"
     'if(!/^form$/i.test(f.nodeName||""))return;'
     'if((f.getAttribute("method")||"get").toLowerCase()!="get"){attr(f,"action",p);return}'
@@ -110,6 +124,22 @@ _JS = (
     'd.addEventListener("submit",submit,!0)'
     "})(window,document,"
 )
+
+
+@dataclass(frozen=True)
+class RefreshPlan:
+    """Keeping token and signed links valid however long the page stays open.
+
+    Their credentials were minted when the page was served and expire (a token after its TTL,
+    a signature after its lifetime). A click more than ``fresh_for`` seconds after the script
+    ran goes instead to ``endpoint`` on the page's own origin, with the original link (minus
+    any identity parameters) in ``to``: the gateway mints a fresh credential there and
+    redirects, and only to a configured target.
+    """
+
+    endpoint: str
+    targets: Sequence[str]
+    fresh_for: int
 
 
 def _js_value(value: object) -> str:
@@ -135,6 +165,7 @@ def render_bootstrap(
     targets: Sequence[str],
     own_host: str,
     nonce: str | None,
+    refresh: RefreshPlan | None = None,
 ) -> bytes:
     """One ``<script>`` element (ASCII bytes) to insert early in ``<head>``; see module docstring.
 
@@ -151,6 +182,14 @@ def render_bootstrap(
         "n": nonce,
         "p": [AID_PARAM, UID_PARAM],
         "m": _METHODS,
+        "r": None
+        if refresh is None
+        else {
+            "e": refresh.endpoint,
+            "t": [_host_key(t) for t in refresh.targets],
+            "x": refresh.fresh_for,
+            "q": list(_IDENTITY_PARAMS),
+        },
     }
     attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
     # ASCII only, so the element means the same whatever charset the legacy page declares:

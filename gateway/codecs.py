@@ -123,10 +123,12 @@ class _BrotliEncoder:
         self._obj = brotli.Compressor(quality=4)
 
     def encode(self, data: bytes) -> bytes:
-        return self._obj.process(data) + self._obj.flush()
+        out: bytes = self._obj.process(data) + self._obj.flush()
+        return out
 
     def finish(self) -> bytes:
-        return self._obj.finish()
+        out: bytes = self._obj.finish()
+        return out
 
 
 def decoder_for(coding: str) -> Decoder | None:

@@ -53,7 +53,6 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9:_.-]{1,64}")
-_STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 
 
 @dataclass(frozen=True)
@@ -212,7 +211,7 @@ class Config:
         strategies = sorted({c.strategy for c in self.cross_domains})
         return (
             f"{self.path}: ok: {len(self.sites)} site(s), {len(self.cross_domains)} cross-domain "
-            f"host(s) ({', '.join(strategies) or 'none'}), store {redact_url(self.store.url)}, "
+            f"host(s) ({', '.join(strategies) or 'none'}), store {_redact(self.store.url)}, "
             f"bootstrap {'on' if self.analytics.write_key else 'off'}"
         )
 
@@ -227,15 +226,6 @@ def normalize_host(host_header: str) -> str:
     if colon != -1:
         host = host[:colon]
     return host.rstrip(".")
-
-
-def redact_url(url: str) -> str:
-    """A URL with any password replaced, for logs and summaries."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -469,11 +459,11 @@ class _Reader:
             host = self._host(fields, "host", path, item)
             upstream = self._upstream(fields, path, item)
             cookie_domain = self._cookie_domain(fields, path, host)
-            conflict = self.typed(
+            conflict: IdConflict = self.typed(
                 fields,
                 "on_id_conflict",
                 path,
-                lambda v: v if v in ("url", "cookie") else None,
+                _as_conflict,
                 "url or cookie",
                 "url",
             )
@@ -657,8 +647,13 @@ class _Reader:
         def check(v: Any) -> str | None:
             if not isinstance(v, str):
                 return None
-            scheme = v.split("://", 1)[0].lower() if "://" in v else ""
-            return v if scheme in _STORE_SCHEMES else None
+            from .store import parse_store_url
+
+            try:
+                parse_store_url(v)
+            except ValueError:
+                return None
+            return v
 
         url = self.typed(
             fields, "url", "store", check, "memory://, redis://host:6379/0, rediss://…", "memory://"
@@ -766,6 +761,20 @@ class _Reader:
 
 def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _redact(url: str) -> str:
+    from .store import redact_url
+
+    return redact_url(url)
+
+
+def _as_conflict(v: Any) -> IdConflict | None:
+    if v == "url":
+        return "url"
+    if v == "cookie":
+        return "cookie"
+    return None
 
 
 def _as_str(v: Any) -> str | None:

@@ -20,7 +20,7 @@ import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import quote, unquote
@@ -392,13 +392,19 @@ def _authority(scheme: str, s: str) -> _Origin | None:
     return scheme, host.lower()
 
 
+ParamsFor = Callable[[str, str], Sequence[tuple[str, str]] | None]
+"""(matched target pattern, target host) -> the params for a link there, or None for none."""
+
+
 class LinkDecorator:
     """The rewriter's link policy: add the identity params to links that leave for a target site.
 
     A URL is decorated when it resolves (against ``<base href>``, itself resolved against the
     page URL) to an http(s) URL whose host matches one of ``targets`` and is not ``own_host``.
     Everything else (``javascript:``, ``mailto:``, same-site links, unparsable URLs) is left
-    alone. ``targets_hit`` counts decorations per matched target pattern, for metrics.
+    alone. ``params`` is either the params for every target, or a function of the matched
+    pattern and host (targets differ by strategy: raw id, token, or a signature that covers the
+    target host). ``targets_hit`` counts decorations per matched target pattern, for metrics.
     """
 
     def __init__(
@@ -406,39 +412,50 @@ class LinkDecorator:
         own_host: str,
         page_url: str,
         targets: Sequence[str],
-        params: Sequence[tuple[str, str]],
+        params: Sequence[tuple[str, str]] | ParamsFor,
     ) -> None:
         self._own = _hostname(own_host)
         self._page = _web_target(page_url, None)
         self._targets = tuple(targets)
-        self._params = tuple(params)
+        if callable(params):
+            self._params_for: ParamsFor = params
+        else:
+            fixed = tuple(params)
+            self._params_for = lambda pattern, host: fixed
         self.targets_hit: collections.Counter[str] = collections.Counter()
 
     def decorate(self, url: str, base: str | None) -> str | None:
         """The original ``url`` text with the params added, or None to leave it as it is."""
-        if not url.strip(_C0_OR_SPACE) or self._match(url, base) is None:
+        if not url.strip(_C0_OR_SPACE):
             return None
-        return decorate_url(url, self._params)
+        params = self._params(url, base)
+        return None if params is None else decorate_url(url, params)
 
     def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
         """Hidden inputs for a GET form submitting to a target (its query is replaced by them)."""
         if not action.strip(_C0_OR_SPACE):  # submits to the page itself
             return None
-        return None if self._match(action, base) is None else self._params
+        return self._params(action, base)
 
-    def _match(self, url: str, base: str | None) -> str | None:
+    def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
         try:
             page = self._page
             base_origin = page if base is None else (_web_target(base, page) or page)
             target = _web_target(url, base_origin)
         except (UnicodeError, ValueError):
             return None
-        if target is None or _hostname(target[1]) == self._own:
+        if target is None:
+            return None
+        host = _hostname(target[1])
+        if host is None or host == self._own:
             return None
         for pattern in self._targets:
-            if host_matches(target[1], pattern):
+            if host_matches(host, pattern):
+                params = self._params_for(pattern, host)
+                if not params:
+                    return None
                 self.targets_hit[pattern] += 1
-                return pattern
+                return params
         return None
 
 
@@ -448,7 +465,7 @@ def decorate_location(
     *,
     own_host: str,
     targets: Sequence[str],
-    params: Sequence[tuple[str, str]],
+    params: Sequence[tuple[str, str]] | ParamsFor,
 ) -> str | None:
     """Decorate an upstream redirect's ``Location`` the way a link on that page would be.
 

@@ -3,17 +3,24 @@
 Inputs are plain values taken from the request (method, raw target, Cookie headers, Referer);
 the output says whether to answer with the clean-up redirect, what target to forward, which id
 the visitor has for this response, and which cookies to (re)write.
+
+Three forms of identity can arrive in the URL, and a site trusts only those in its ``accept``:
+
+- ``query``: a bare ``ajs_aid`` (and ``ajs_uid``), what analytics.js itself understands;
+- ``signed``: the same plus ``ajs_exp`` and ``ajs_sig``, an HMAC only the fleet can make;
+- ``token``: ``ajs_token``, an opaque key exchanged in the token store (the exchange is I/O,
+  so it happens in the proxy between :func:`read_url_identity` and :func:`settle`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
-from .config import Config, Site
+from .config import Config, Site, Strategy
 from .identity import (
     AID_PARAM,
     ANON_COOKIE,
@@ -27,10 +34,43 @@ from .identity import (
     same_origin_location,
     split_identity_params,
 )
+from .strategies import (
+    EXP_PARAM,
+    SIG_PARAM,
+    TOKEN_PARAM,
+    SigningKeys,
+    TokenRecord,
+    valid_token_syntax,
+    verify_signed,
+)
 
-IDENTITY_PARAMS = frozenset({AID_PARAM, UID_PARAM})
+IDENTITY_PARAMS = frozenset({AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM})
 Source = Literal["url", "cookie", "minted", "rejected", "none"]
 _REDIRECT_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True)
+class UrlIdentity:
+    """What the URL claimed, once checked: the ids it proved, or why it proved none."""
+
+    # The form the URL used, or None when it carried no identity parameter at all.
+    form: Strategy | None
+    aid: str | None = None
+    uid: str | None = None
+    # A token still to be exchanged in the store.
+    token: str | None = None
+    # Why the URL's identity was refused ("invalid", "not_accepted", "expired", ...), or None.
+    refused: str | None = None
+
+    def exchanged(self, record: TokenRecord | None, rules: IdRules, reason: str) -> UrlIdentity:
+        """The result of the token exchange (``record`` None: unknown, expired or store down;
+        ``reason`` says which for the metrics)."""
+        if record is None:
+            return replace(self, token=None, refused=reason)
+        aid = rules.valid_aid(record.anonymous_id)
+        if aid is None:
+            return replace(self, token=None, refused="invalid")
+        return replace(self, token=None, aid=aid, uid=rules.valid_uid(record.user_id))
 
 
 @dataclass(frozen=True)
@@ -60,42 +100,97 @@ def identity_rules(config: Config) -> IdRules:
     )
 
 
-def resolve_arrival(
+def split_target(target: str) -> tuple[str, str, dict[str, str], bool]:
+    """(path, query without identity params, the identity params, whether any were there)."""
+    path, sep, query = target.partition("?")
+    # Cheap pre-check: most queries carry no identity (a name may be percent-encoded).
+    if not sep or not ("ajs" in query or "%" in query or "AJS" in query.upper()):
+        return path, query, {}, False
+    cleaned, params = split_identity_params(query, IDENTITY_PARAMS)
+    return path, cleaned, params, cleaned != query
+
+
+def read_url_identity(
+    params: dict[str, str],
+    *,
+    site: Site,
+    rules: IdRules,
+    host: str,
+    user_agent: str | None,
+    now: float,
+    keys: SigningKeys | None,
+    bind_user_agent: bool,
+    max_lifetime: int,
+) -> UrlIdentity:
+    """Classify and check the URL's identity parameters (not the token exchange)."""
+    if not params:
+        return UrlIdentity(form=None)
+    form: Strategy
+    if TOKEN_PARAM in params:
+        form = "token"
+    elif SIG_PARAM in params or EXP_PARAM in params:
+        form = "signed"
+    else:
+        form = "query"
+    if form not in site.accept:
+        return UrlIdentity(form=form, refused="not_accepted")
+    if form == "token":
+        token = params[TOKEN_PARAM]
+        if not valid_token_syntax(token):
+            return UrlIdentity(form=form, refused="malformed")
+        return UrlIdentity(form=form, token=token)
+    if form == "signed":
+        if keys is None:
+            return UrlIdentity(form=form, refused="no_keys")
+        aid, uid, reason = verify_signed(
+            params,
+            host=host,
+            now=now,
+            keys=keys,
+            user_agent=user_agent,
+            bind_user_agent=bind_user_agent,
+            max_lifetime=max_lifetime,
+        )
+        if reason != "ok":
+            return UrlIdentity(form=form, refused=reason)
+    else:
+        aid, uid = params.get(AID_PARAM), params.get(UID_PARAM)
+    valid_aid = rules.valid_aid(aid)
+    valid_uid = rules.valid_uid(uid)
+    if (aid is not None and valid_aid is None) or (uid is not None and valid_uid is None):
+        # One bad value spoils the pair: never keep a user id with a refused anonymous id.
+        if valid_aid is None:
+            return UrlIdentity(form=form, refused="invalid")
+        return UrlIdentity(form=form, aid=valid_aid, refused="invalid_uid")
+    return UrlIdentity(form=form, aid=valid_aid, uid=valid_uid)
+
+
+def settle(
     *,
     method: str,
     target: str,
+    path: str,
+    cleaned_query: str,
+    had_params: bool,
+    url: UrlIdentity,
     cookie_headers: Sequence[str],
     site: Site,
     rules: IdRules,
     mint: bool,
 ) -> Arrival:
-    """Decide the visitor's identity from the URL's ``ajs_aid``/``ajs_uid`` and the cookies."""
-    path, sep, query = target.partition("?")
-    url_ids: dict[str, str] = {}
-    # Cheap pre-check: most queries carry no identity (a name may be percent-encoded).
-    if sep and ("ajs" in query or "AJS" in query.upper() or "%" in query):
-        cleaned, url_ids = split_identity_params(query, IDENTITY_PARAMS)
-    else:
-        cleaned = query
-    has_params = cleaned != query
+    """Combine the URL's checked identity with the visitor's cookies."""
     cookie_aid = rules.valid_aid(read_cookie(cookie_headers, ANON_COOKIE))
     cookie_uid = rules.valid_uid(read_cookie(cookie_headers, USER_COOKIE))
-
-    url_aid = rules.valid_aid(url_ids.get(AID_PARAM))
-    url_uid = rules.valid_uid(url_ids.get(UID_PARAM))
-    rejected = (AID_PARAM in url_ids and url_aid is None) or (
-        UID_PARAM in url_ids and url_uid is None
-    )
     keep_cookie = site.on_id_conflict == "cookie"
-    store_aid = url_aid if url_aid and not (keep_cookie and cookie_aid) else None
-    store_uid = url_uid if url_uid and not (keep_cookie and cookie_uid) else None
+    store_aid = url.aid if url.aid and not (keep_cookie and cookie_aid) else None
+    store_uid = url.uid if url.uid and not (keep_cookie and cookie_uid) else None
     aid = store_aid or cookie_aid
     uid = store_uid or cookie_uid
 
     source: Source
-    if url_aid:
+    if url.aid:
         source = "url"
-    elif rejected and AID_PARAM in url_ids:
+    elif url.form is not None and url.refused is not None:
         source = "rejected"
     elif cookie_aid:
         source = "cookie"
@@ -108,13 +203,15 @@ def resolve_arrival(
         if source == "none":
             source = "minted"
 
-    forward = f"{path}?{cleaned}" if cleaned else path
     redirect = None
-    if has_params and method in _REDIRECT_METHODS:
-        redirect = same_origin_location(path, cleaned)
+    forward = target
+    if had_params:
+        forward = f"{path}?{cleaned_query}" if cleaned_query else path
+        if method in _REDIRECT_METHODS:
+            redirect = same_origin_location(path, cleaned_query)
     return Arrival(
         redirect=redirect,
-        target=forward if has_params else target,
+        target=forward,
         aid=aid,
         uid=uid,
         store_aid=store_aid,

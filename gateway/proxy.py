@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
+from urllib.parse import parse_qs
 
 import aiohttp
 from aiohttp import web
@@ -22,20 +23,20 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .body import HtmlBody
-from .bootstrap import render_bootstrap
+from .bootstrap import RefreshPlan, render_bootstrap
 from .codecs import DecodeError
 from .config import Config, Site, normalize_host
 from .headers import end_to_end, forwarded_headers, upstream_target, visitor_scheme
-from .identity import (
-    AID_PARAM,
-    UID_PARAM,
-    IdRules,
-    LinkDecorator,
-    cookie_domain,
-    decorate_location,
-    identity_cookies,
+from .identity import IdRules, LinkDecorator, cookie_domain, identity_cookies
+from .inbound import (
+    Arrival,
+    identity_rules,
+    read_url_identity,
+    referring_cross_domain,
+    settle,
+    split_target,
 )
-from .inbound import Arrival, identity_rules, referring_cross_domain, resolve_arrival
+from .links import LINK_PATH, TargetParams, protected_target
 from .metrics import Metrics, method_label, status_class
 from .outbound import (
     HTML_TYPES,
@@ -48,6 +49,8 @@ from .outbound import (
     weaken_etag,
 )
 from .rewriter import HtmlRewriter
+from .store import StoreError, TokenStore
+from .strategies import SigningKeys, TokenRecord, new_token
 from .websocket import relay_websocket
 
 # Responses to these never have a body (RFC 9110 §6.4.1).
@@ -63,17 +66,27 @@ class Derived:
     """Values computed once per config rather than once per request."""
 
     rules: IdRules
-    # Cross-domain host patterns whose links carry the raw id (strategy "query").
+    # Every cross-domain pattern, and those whose links carry the raw id (strategy "query").
+    targets: tuple[str, ...]
     query_targets: tuple[str, ...]
+    # Targets that must not see raw ids: their links need a fresh token or signature.
+    protected_targets: tuple[str, ...]
+    has_token_targets: bool
+    signing_keys: SigningKeys | None
     # Public Suffix List lookups are slow next to a dict hit; a wildcard site can bring any
     # number of hosts, so the memo is bounded.
     _cookie_domains: dict[tuple[str, str | None], str | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, config: Config) -> Derived:
+        cross = config.cross_domains
         return cls(
             rules=identity_rules(config),
-            query_targets=tuple(c.host for c in config.cross_domains if c.strategy == "query"),
+            targets=tuple(c.host for c in cross),
+            query_targets=tuple(c.host for c in cross if c.strategy == "query"),
+            protected_targets=tuple(c.host for c in cross if c.strategy != "query"),
+            has_token_targets=any(c.strategy == "token" for c in cross),
+            signing_keys=SigningKeys.parse(config.signing.keys) if config.signing.keys else None,
         )
 
     def cookie_domain(self, host: str, configured: str | None) -> str | None:
@@ -91,9 +104,16 @@ class Derived:
 class ProxyState:
     """What the handler needs; swapped or mutated by app.py (reload, drain)."""
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        store: TokenStore,
+    ) -> None:
         self.session = session
         self.metrics = metrics
+        self.store = store
         self.log: TextIO = sys.stdout
         self.in_flight = 0
         self.draining = False
@@ -171,21 +191,15 @@ class ProxyHandler:
             return await relay_websocket(self, request, site, outcome)
         state = self.state
         target = upstream_target(request)
-        arrival = resolve_arrival(
-            method=request.method,
-            target=target,
-            cookie_headers=request.headers.getall("Cookie", ()),
-            site=site,
-            rules=state.derived.rules,
-            mint=config.identity.mint,
-        )
-        if arrival.source != "none":
-            state.metrics.id_source.labels(arrival.source).inc()
-        if arrival.source == "rejected":
-            state.metrics.identity_refused.labels("query", "invalid").inc()
+        if target.startswith(LINK_PATH) and target[len(LINK_PATH) : len(LINK_PATH) + 1] in "?":
+            return await self.fresh_link(request, site, target, outcome)
+        arrival = await self.arrival(request, site, target)
         if arrival.redirect is not None:
             return self.cleanup_redirect(request, site, arrival, outcome)
-        if arrival.source != "url":
+        # Only a visitor who arrives with no id at all counts: right after a successful
+        # hand-off the browser follows the clean-up 302 with the other domain still in Referer,
+        # but by then it carries the id in its cookie.
+        if arrival.source in ("minted", "none"):
             referrer = referring_cross_domain(
                 request.headers.get("Referer"), normalize_host(request.host), config
             )
@@ -220,6 +234,121 @@ class ProxyHandler:
         finally:
             upstream.release()
 
+    async def arrival(self, request: web.BaseRequest, site: Site, target: str) -> Arrival:
+        """The request's identity: URL parameters checked (token exchanged), then cookies."""
+        state = self.state
+        config = state.config
+        derived = state.derived
+        path, cleaned, params, had_params = split_target(target)
+        url = read_url_identity(
+            params,
+            site=site,
+            rules=derived.rules,
+            host=normalize_host(request.host),
+            user_agent=request.headers.get("User-Agent"),
+            now=time.time(),
+            keys=derived.signing_keys,
+            bind_user_agent=config.signing.bind_user_agent,
+            max_lifetime=config.signing.lifetime,
+        )
+        if url.token is not None:
+            try:
+                record = await state.store.take(url.token, single_use=config.tokens.single_use)
+                url = url.exchanged(record, derived.rules, "unknown_or_expired")
+            except StoreError:
+                state.metrics.store_errors.labels("take").inc()
+                url = url.exchanged(None, derived.rules, "store_unavailable")
+        if url.refused is not None and url.form is not None:
+            state.metrics.identity_refused.labels(url.form, url.refused).inc()
+        arrival = settle(
+            method=request.method,
+            target=target,
+            path=path,
+            cleaned_query=cleaned,
+            had_params=had_params,
+            url=url,
+            cookie_headers=request.headers.getall("Cookie", ()),
+            site=site,
+            rules=derived.rules,
+            mint=config.identity.mint,
+        )
+        if arrival.source != "none":
+            state.metrics.id_source.labels(arrival.source).inc()
+        return arrival
+
+    async def fresh_link(
+        self, request: web.BaseRequest, site: Site, target: str, outcome: Outcome
+    ) -> web.Response:
+        """The freshness endpoint: mint a token or signature now and redirect to the target.
+
+        Pages link token and signed targets with credentials minted when the page was served;
+        a click after they expired is sent here by the bootstrap. It only ever redirects to a
+        configured protected cross-domain (never the gateway's own host): anything else is a
+        400, so it cannot serve as an open redirect.
+        """
+        state = self.state
+        derived = state.derived
+        own_host = normalize_host(request.host)
+        to = parse_qs(target.partition("?")[2]).get("to", [""])[0]
+        pattern = protected_target(to, own_host, derived.protected_targets)
+        if request.method not in ("GET", "HEAD") or pattern is None:
+            outcome.status = 400
+            response = plain_response(400, "400 Bad Request: not a link to a configured domain")
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        arrival = await self.arrival(request, site, target.partition("?")[0])
+        location = to
+        if arrival.aid is not None and not arrival.minted:
+            params = await self.target_params(request, site, arrival)
+            decorated = LinkDecorator(own_host, to, derived.protected_targets, params).decorate(
+                to, None
+            )
+            location = decorated or to
+        response = web.Response(status=302)
+        response.headers["Location"] = location
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+        outcome.status = 302
+        return response
+
+    async def mint_token(self, request: web.BaseRequest, arrival: Arrival) -> str | None:
+        """One token for this page view (one store round trip), or None if the store failed."""
+        state = self.state
+        assert arrival.aid is not None
+        token = new_token()
+        record = TokenRecord(
+            anonymous_id=arrival.aid,
+            user_id=arrival.uid,
+            issued_at=time.time(),
+            source_host=normalize_host(request.host),
+        )
+        try:
+            await state.store.put(token, record, state.config.tokens.ttl)
+        except StoreError:
+            state.metrics.store_errors.labels("put").inc()
+            return None
+        return token
+
+    async def target_params(
+        self, request: web.BaseRequest, site: Site, arrival: Arrival
+    ) -> TargetParams:
+        config = self.state.config
+        derived = self.state.derived
+        assert arrival.aid is not None
+        token = None
+        if derived.has_token_targets:
+            token = await self.mint_token(request, arrival)
+        bind = config.signing.bind_user_agent
+        return TargetParams(
+            config.cross_domains,
+            aid=arrival.aid,
+            uid=arrival.uid,
+            token=token,
+            keys=derived.signing_keys,
+            expires=int(time.time()) + config.signing.lifetime,
+            user_agent=request.headers.get("User-Agent") if bind else None,
+        )
+
     def cleanup_redirect(
         self, request: web.BaseRequest, site: Site, arrival: Arrival, outcome: Outcome
     ) -> web.Response:
@@ -252,18 +381,11 @@ class ProxyHandler:
             now=time.time(),
         )
 
-    def identity_params(self, arrival: Arrival) -> list[tuple[str, str]]:
-        assert arrival.aid is not None
-        params = [(AID_PARAM, arrival.aid)]
-        if arrival.uid:
-            params.append((UID_PARAM, arrival.uid))
-        return params
-
     def page_url(self, request: web.BaseRequest, arrival: Arrival) -> str:
         scheme = visitor_scheme(request, self.state.config)
         return f"{scheme}://{request.host}{arrival.target}"
 
-    def outbound_identity(
+    async def outbound_identity(
         self,
         request: web.BaseRequest,
         site: Site,
@@ -275,27 +397,30 @@ class ProxyHandler:
         is to be rewritten."""
         state = self.state
         config = state.config
+        derived = state.derived
         own_host = normalize_host(request.host)
         mtype, charset = media_type(headers.get("Content-Type"))
         html = mtype in HTML_TYPES
-        personal = False
-        targets = state.derived.query_targets
+        personal = redirected = False
+        targets = derived.targets
         if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
-            location = decorate_location(
-                headers["Location"],
-                self.page_url(request, arrival),
-                own_host=own_host,
-                targets=targets,
-                params=self.identity_params(arrival),
-            )
-            if location is not None:
-                headers["Location"] = location
-                personal = True
-                state.metrics.links_decorated.labels(site.host, "redirect").inc()
+            page_url = self.page_url(request, arrival)
+            location = headers["Location"]
+            # Find the target first, so a token is minted only for a redirect that needs one.
+            hit = LinkDecorator(own_host, page_url, targets, lambda p, h: [("", "")])
+            if hit.decorate(location, None) is not None:
+                params = await self.target_params(request, site, arrival)
+                new = LinkDecorator(own_host, page_url, targets, params).decorate(location, None)
+                if new is not None:
+                    headers["Location"] = new
+                    personal = True
+                    redirected = True
+                    state.metrics.links_decorated.labels(site.host, "redirect").inc()
         # Ids from the URL are always stored; on HTML responses the visitor's id is (re)written
-        # so that a minted id sticks and a server-set cookie outlives Safari's script cap.
+        # so that a minted id sticks and a server-set cookie outlives Safari's script cap. An id
+        # just handed to another domain in a redirect is stored here too, or the two would part.
         aid, uid = arrival.store_aid, arrival.store_uid
-        if html and config.identity.mint:
+        if config.identity.mint and (html or (redirected and arrival.minted)):
             aid = aid or arrival.aid
             uid = uid or arrival.uid
         for cookie in self.cookies(request, site, aid, uid):
@@ -312,18 +437,15 @@ class ProxyHandler:
                         cdn_url=config.analytics.cdn_url,
                         anonymous_id=arrival.aid,
                         user_id=arrival.uid,
-                        targets=targets,
+                        targets=derived.query_targets,
                         own_host=own_host,
                         nonce=nonce,
+                        refresh=self.refresh_plan(),
                     )
             policy = None
             if targets:
-                policy = LinkDecorator(
-                    own_host,
-                    self.page_url(request, arrival),
-                    targets,
-                    self.identity_params(arrival),
-                )
+                params = await self.target_params(request, site, arrival)
+                policy = LinkDecorator(own_host, self.page_url(request, arrival), targets, params)
             if inject is not None or policy is not None:
                 rewriter = HtmlRewriter(policy, inject=inject, charset=charset)
                 body = HtmlBody(
@@ -337,6 +459,23 @@ class ProxyHandler:
         if personal:
             make_private(headers)
         return body
+
+    def refresh_plan(self) -> RefreshPlan | None:
+        """How the bootstrap keeps token and signed links fresh (None: no such targets)."""
+        derived = self.state.derived
+        if not derived.protected_targets:
+            return None
+        config = self.state.config
+        # Refresh a little before the earliest credential on the page can expire.
+        lifetimes = []
+        if derived.has_token_targets:
+            lifetimes.append(config.tokens.ttl)
+        if derived.signing_keys is not None:
+            lifetimes.append(config.signing.lifetime)
+        fresh_for = max(1, min(lifetimes, default=config.tokens.ttl) - 30)
+        return RefreshPlan(
+            endpoint=LINK_PATH, targets=derived.protected_targets, fresh_for=fresh_for
+        )
 
     def rewrite_failed(self, site: Site) -> Callable[[BaseException], None]:
         def report(exc: BaseException) -> None:
@@ -364,7 +503,7 @@ class ProxyHandler:
         headers = end_to_end(upstream.headers)
         status = upstream.status
         outcome.status = status
-        body = self.outbound_identity(request, site, arrival, status, headers)
+        body = await self.outbound_identity(request, site, arrival, status, headers)
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         length = upstream.content_length
         if no_body:
