@@ -276,7 +276,13 @@ async def browser(analytics_dist: Path) -> AsyncIterator[Browser]:
                 timeout=30_000,
             )
         except Exception as exc:
-            unavailable(f"could not start {CHROMIUM}: {str(exc).splitlines()[0]}")
+            reason = f"could not start {CHROMIUM}: {str(exc).splitlines()[0]}"
+            if headed:
+                pytest.fail(
+                    f"e2e: {reason}; E2E_HEADED=1 needs a display (DISPLAY) or xvfb-run -a",
+                    pytrace=False,
+                )
+            unavailable(reason)
         yield browser
         await browser.close()
 
