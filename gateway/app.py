@@ -22,7 +22,7 @@ from aiohttp import web
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
 from .metrics import Metrics
-from .proxy import ProxyHandler, ProxyState, make_session
+from .proxy import ProxyHandler, ProxyState, make_session, make_upstreams
 from .store import open_store
 
 
@@ -73,6 +73,7 @@ class Gateway:
         self.state = ProxyState(
             config=config,
             session=make_session(config),
+            upstreams=make_upstreams(config),
             metrics=self.metrics,
             store=open_store(
                 config.store.url,
@@ -114,9 +115,7 @@ class Gateway:
         )
         await admin.setup()
         self._runners.append(admin)
-        admin_site = web.TCPSite(
-            admin, config.admin.host, config.admin.port, reuse_port=reuse_port
-        )
+        admin_site = web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=reuse_port)
         await admin_site.start()
         self.bound_admin_port = _bound_port(admin)
         log_line(
@@ -149,11 +148,17 @@ class Gateway:
             )
         if new.proxy != old.proxy:
             old_session = self.state.session
+            old_upstreams = self.state.upstreams
             self.state.session = make_session(new)
+            self.state.upstreams = make_upstreams(new)
             # Requests in flight keep the old pool until they finish.
+
+            async def close_old() -> None:
+                await old_session.close()
+                await old_upstreams.close()
+
             asyncio.get_running_loop().call_later(
-                new.proxy.drain_timeout + 1.0,
-                lambda: asyncio.ensure_future(old_session.close()),
+                new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
         self.state.config = new
         self.metrics.reloads.labels("ok").inc()
@@ -178,6 +183,7 @@ class Gateway:
         for runner in self._runners:
             await runner.cleanup()
         await self.state.session.close()
+        await self.state.upstreams.close()
         await self.state.store.close()
 
 

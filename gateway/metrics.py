@@ -8,7 +8,8 @@ exposes the sum over all of them, so a scrape is right whichever worker answers 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -66,6 +67,20 @@ class Metrics:
     store_errors: Counter
     identity_refused: Counter
     reloads: Counter
+    # Label children of `requests`, looked up once: labels() takes a lock and builds a key on
+    # every call, which shows on the per-request path.
+    _request_children: dict[tuple[str, str, int], Any] = field(default_factory=dict)
+
+    def count_request(self, site: str, method: str, status: int) -> None:
+        key = (site, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            if len(self._request_children) > 10_000:
+                self._request_children.clear()
+            child = self._request_children[key] = self.requests.labels(
+                site, method_label(method), status_class(status)
+            )
+        child.inc()
 
     @classmethod
     def create(cls) -> Metrics:

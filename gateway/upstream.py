@@ -1,0 +1,530 @@
+"""A lean HTTP/1.1 client for talking to upstreams: keep-alive pool, streaming both ways.
+
+Why not aiohttp's ClientSession: in a proxy the client runs on every request, and its
+generality (cookie jars, redirects, auto headers, tracing, URL objects) cost about as much CPU
+per request as aiohttp's server and all of our own logic together (see bench/proxy.py). A proxy
+needs far less: send a request head it built itself, stream a body, parse a response head with
+httptools (the llhttp parser), and stream the body back with flow control. WebSocket upgrades
+still go through aiohttp (gateway/websocket.py).
+
+Errors are reported as :class:`UpstreamError` subclasses that say which answer the visitor
+should get: a connection that cannot be made is a 502, silence past the read timeout a 504,
+and a body that ends early is an :class:`UpstreamBodyError` (the proxy then aborts the client
+connection rather than let a truncated body look complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# Flow control: stop reading from the upstream while this much body is waiting for a slow
+# client, resume below the low mark.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+_MAX_HEAD = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The upstream could not give a response."""
+
+    kind = "reset"
+
+
+class UpstreamConnectError(UpstreamError):
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"
+
+
+class UpstreamBodyError(UpstreamError):
+    """The upstream's body ended early or failed after the response started."""
+
+    kind = "aborted_body"
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> Origin:
+        scheme, _, rest = url.partition("://")
+        authority = rest.split("/", 1)[0]
+        if authority.startswith("["):
+            host, _, port = authority[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = authority.rpartition(":") if ":" in authority else (authority, "", "")
+        default = 443 if scheme == "https" else 80
+        return cls(scheme, host, int(port) if port else default)
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; carries one exchange at a time."""
+
+    def __init__(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
+        self.origin = origin
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.used = False
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_writing = False
+        self._exchange: _Exchange | None = None
+
+    # -- transport callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            # Bytes nobody asked for (a server talking out of turn): the connection is no
+            # longer in a known state.
+            self.close()
+            return
+        exchange.feed(data)
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        if self._exchange is not None:
+            self._exchange.connection_lost(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._exchange is not None:
+            self._exchange.connection_lost(exc)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("upstream connection lost"))
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # -- used by the exchange -------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionResetError("upstream connection lost")
+        if self._paused_writing:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed or self.transport.is_closing():
+            raise ConnectionResetError("upstream connection lost")
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Exchange:
+    """The response side of one request on a connection: httptools callbacks in, a head
+    future and a body queue out."""
+
+    def __init__(self, conn: _Connection, head_only: bool) -> None:
+        self.conn = conn
+        self.head_only = head_only
+        self.parser = httptools.HttpResponseParser(self)
+        self.head: asyncio.Future[None] = conn.loop.create_future()
+        self.status = 0
+        self.reason = ""
+        self.raw_headers: list[tuple[str, str]] = []
+        self._name = b""
+        self.head_size = 0
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.complete = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.received_any = False
+        self.paused = False
+        self.keep_alive = False
+
+    # httptools callbacks
+    def on_status(self, status: bytes) -> None:
+        self.reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value)
+        self.raw_headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim response (100 Continue, 103 Early Hints): the real one follows.
+            self.raw_headers = []
+            return
+        self.status = status
+        # Asked now: once the message is complete the parser has moved on and says no.
+        self.keep_alive = self.parser.should_keep_alive()
+        if not self.head.done():
+            self.head.set_result(None)
+        if self.head_only:
+            # The response to HEAD has no body whatever its headers say; httptools cannot be
+            # told so, and the connection is not reused after it.
+            self.complete = True
+            self.conn.closed = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self.paused and self.conn.transport is not None:
+            self.paused = True
+            self.conn.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:
+            return  # the end of an interim response
+        self.complete = True
+        self._wake()
+
+    # connection events
+    def feed(self, data: bytes) -> None:
+        self.received_any = True
+        if self.complete:
+            # Data after the end of the response: don't trust this connection again.
+            self.conn.closed = True
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(UpstreamError("unexpected protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamError(f"invalid response from upstream: {exc}"))
+        if not self.head.done() and self.head_size > _MAX_HEAD:
+            self.fail(UpstreamError("upstream response head too large"))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.complete:
+            return
+        if self.head.done():
+            # A response without length ends with the connection (RFC 9112 §6.3 rule 8).
+            try:
+                self.parser.feed_data(b"")
+            except httptools.HttpParserError:
+                pass
+            if not self.complete:
+                self.fail(UpstreamBodyError("upstream closed the connection mid-body"))
+        else:
+            self.fail(UpstreamError(f"upstream closed the connection: {exc or 'EOF'}"))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.conn.close()
+        if not self.head.done():
+            self.head.set_exception(exc)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class UpstreamResponse:
+    """A response whose body is read as it arrives (``readany``) or whole (``read``)."""
+
+    def __init__(self, pool: UpstreamPool, exchange: _Exchange, read_timeout: float) -> None:
+        self._pool = pool
+        self._exchange = exchange
+        self._read_timeout = read_timeout
+        self._released = False
+        self.status = exchange.status
+        self.reason = exchange.reason
+        headers: CIMultiDict[str] = CIMultiDict(exchange.raw_headers)
+        self.headers = CIMultiDictProxy(headers)
+        length = headers.get("Content-Length")
+        self.content_length = int(length) if length is not None and length.isdigit() else None
+
+    def is_eof(self) -> bool:
+        ex = self._exchange
+        return ex.complete and not ex.chunks
+
+    async def readany(self) -> bytes:
+        """The next part of the body, b"" at its end; raises UpstreamBodyError or
+        UpstreamTimeout if it cannot be had."""
+        ex = self._exchange
+        while not ex.chunks:
+            if ex.error is not None:
+                raise (
+                    ex.error
+                    if isinstance(ex.error, UpstreamError)
+                    else UpstreamBodyError(str(ex.error))
+                )
+            if ex.complete:
+                return b""
+            ex.waiter = ex.conn.loop.create_future()
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    await ex.waiter
+            except TimeoutError:
+                ex.fail(UpstreamTimeout("upstream went silent mid-body"))
+                raise UpstreamTimeout("upstream went silent mid-body") from None
+            finally:
+                ex.waiter = None
+        chunk = ex.chunks.popleft()
+        ex.buffered -= len(chunk)
+        if ex.paused and ex.buffered < _LOW_WATER and ex.conn.transport is not None:
+            ex.paused = False
+            ex.conn.transport.resume_reading()
+        return chunk
+
+    async def read(self) -> bytes:
+        parts = []
+        while chunk := await self.readany():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """Give the connection back if the exchange ended cleanly, else close it."""
+        if self._released:
+            return
+        self._released = True
+        ex = self._exchange
+        ok = ex.complete and ex.error is None and not ex.chunks and ex.keep_alive
+        self._pool._done(ex.conn, reuse=ok)
+
+    def close(self) -> None:
+        """Abandon the response: the connection is closed, never reused."""
+        if not self._released:
+            self._released = True
+            self._pool._done(self._exchange.conn, reuse=False)
+
+
+class UpstreamPool:
+    """Keep-alive connections per upstream origin, bounded in total."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int,
+        keepalive_timeout: float,
+    ) -> None:
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._keepalive = keepalive_timeout
+        self._pool_size = pool_size
+        self._busy = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: AsyncIterator[bytes] | None,
+        content_length: int | None,
+    ) -> UpstreamResponse:
+        """Send a request and wait for the response head. ``headers`` are sent as given (the
+        caller includes Host); with a ``body`` of unknown length it is sent chunked."""
+        head = _request_head(method, target, headers, body is not None and content_length is None)
+        await self._acquire_slot()
+        try:
+            # A pooled connection may have been closed by the upstream just as we reuse it;
+            # a request that sent no body can safely be tried once more on a new connection.
+            for attempt in (0, 1):
+                conn = await self._connection(origin, fresh=attempt > 0)
+                exchange = _Exchange(conn, head_only=method == "HEAD")
+                conn._exchange = exchange
+                try:
+                    return await self._exchange(conn, exchange, head, body, content_length)
+                except UpstreamError as exc:
+                    conn.close()
+                    retry = (
+                        attempt == 0
+                        and conn.used
+                        and body is None
+                        and not exchange.received_any
+                        and not isinstance(exc, UpstreamTimeout)
+                    )
+                    if not retry:
+                        raise
+                finally:
+                    conn.used = True
+            raise AssertionError("unreachable")
+        except BaseException:
+            self._release_slot()
+            raise
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        exchange: _Exchange,
+        head: bytes,
+        body: AsyncIterator[bytes] | None,
+        content_length: int | None,
+    ) -> UpstreamResponse:
+        try:
+            conn.write(head)
+        except ConnectionError as exc:
+            raise UpstreamError(str(exc)) from exc
+        sender = None
+        if body is not None:
+            sender = asyncio.ensure_future(_send_body(conn, body, chunked=content_length is None))
+        # A timer rather than asyncio.timeout(): this is the per-request path, and a plain
+        # call_later is markedly cheaper than the context manager's task bookkeeping.
+        timer = conn.loop.call_later(
+            self._read_timeout, exchange.fail, UpstreamTimeout("upstream did not answer in time")
+        )
+        try:
+            if sender is None:
+                await exchange.head
+            else:
+                # The upstream may answer before it has read the whole body (a 413, say);
+                # otherwise the body must be sent before the answer can come.
+                await asyncio.wait({sender, exchange.head}, return_when=asyncio.FIRST_COMPLETED)
+                if not exchange.head.done():
+                    sender.result()  # raises if sending failed
+                    await exchange.head
+        except UpstreamError:
+            if sender is not None:
+                sender.cancel()
+            raise
+        except (ConnectionError, OSError) as exc:
+            exchange.fail(UpstreamError(str(exc)))
+            raise UpstreamError(f"upstream connection failed: {exc}") from exc
+        finally:
+            timer.cancel()
+        if sender is not None and not sender.done():
+            # Keep streaming the rest of the body while the response is read; if it fails,
+            # the exchange fails with it.
+            sender.add_done_callback(lambda t: _sender_done(t, exchange))
+        elif sender is not None and sender.exception() is not None:
+            exchange.conn.closed = True
+        return UpstreamResponse(self, exchange, self._read_timeout)
+
+    async def _connection(self, origin: Origin, fresh: bool) -> _Connection:
+        if not fresh:
+            idle = self._idle.get(origin)
+            now = time.monotonic()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < self._keepalive:
+                    return conn
+                conn.close()
+        loop = asyncio.get_running_loop()
+        ssl_context = None
+        if origin.scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            ssl_context = self._ssl
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(origin, loop), origin.host, origin.port, ssl=ssl_context
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"connecting to {origin.host}:{origin.port} timed out") from None
+        except OSError as exc:
+            raise UpstreamConnectError(
+                f"cannot connect to {origin.host}:{origin.port}: {exc}"
+            ) from exc
+        return protocol
+
+    async def _acquire_slot(self) -> None:
+        """At most ``pool_size`` exchanges at once; the rest wait their turn in order."""
+        if self._busy < self._pool_size and not self._waiting:
+            self._busy += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # the slot was handed to us as we were cancelled
+            else:
+                self._waiting.remove(waiter)
+            raise
+
+    def _release_slot(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the next in line
+                return
+        self._busy -= 1
+
+    def _done(self, conn: _Connection, reuse: bool) -> None:
+        self._release_slot()
+        conn._exchange = None
+        if reuse and not conn.closed and not self._closed:
+            conn.idle_since = time.monotonic()
+            idle = self._idle.setdefault(conn.origin, [])
+            if len(idle) < self._pool_size:
+                idle.append(conn)
+                return
+        conn.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+def _sender_done(task: asyncio.Future[None], exchange: _Exchange) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        # The upstream stopped reading the body; unless its response is already complete,
+        # the response cannot be trusted to be whole.
+        exchange.conn.closed = True
+        if not exchange.complete:
+            exchange.fail(UpstreamBodyError(f"sending the request body failed: {exc}"))
+
+
+async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async for chunk in body:
+        if not chunk:
+            continue
+        conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")
+
+
+def _request_head(
+    method: str, target: str, headers: Sequence[tuple[str, str]], chunked: bool
+) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
