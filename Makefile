@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench e2e-deps clean
+.PHONY: test demo lint bench e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,13 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/python -m gateway demo
 
+e2e: $(STAMP)
+	$(BIN)/pytest -q tests/e2e
+
 bench: $(STAMP)
-	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/proxy.py --identity
 	$(BIN)/python bench/rewrite.py
+	$(BIN)/python bench/tokens.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
