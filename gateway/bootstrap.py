@@ -97,8 +97,10 @@ _JS = (
     'q=q.split("&");for(i=0;i<q.length;i++)if(n.indexOf(nm(q[i]))<0)k.push(q[i]);'
     'q=k.join("&");if(q&&q.slice(-1)!="&")q+="&";'
     'return u+"?"+q+o.join("&")+f}'
+    # raw ids only for query targets, never a host a token or signed target also covers
+    "function raw(v){return web(v)&&!(R&&web(v,R.t))}"
     "function attr(e,n,p){var v=e.getAttribute(n);"
-    'if(v!=null&&(v=v.replace(T,""))&&web(v)&&p.length){e.setAttribute(n,dec(v,p));return!0}}'
+    'if(v!=null&&(v=v.replace(T,""))&&raw(v)&&p.length){e.setAttribute(n,dec(v,p));return!0}}'
     # 5. token and signed links: past their freshness, route the click via the gateway
     "var R=c.r,t0=(new Date).getTime();"
     'function strip(u){var i=u.indexOf("#"),f="",q,k=[];if(i>=0){f=u.slice(i);u=u.slice(0,i)}'
@@ -114,7 +116,7 @@ _JS = (
     'if(!/^form$/i.test(f.nodeName||""))return;'
     'if((f.getAttribute("method")||"get").toLowerCase()!="get"){attr(f,"action",p);return}'
     # a GET form's action query is replaced by the form data: use (or add) inputs instead
-    'a=(f.getAttribute("action")||"").replace(T,"");if(!a||!web(a))return;'
+    'a=(f.getAttribute("action")||"").replace(T,"");if(!a||!raw(a))return;'
     'x=f.getElementsByTagName("input");'
     "for(i=0;i<p.length;i++){h=null;"
     'for(j=0;j<x.length;j++)if(x[j].getAttribute("name")==p[i][0])h=h||x[j];'

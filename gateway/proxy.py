@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .codecs import DecodeError
-from .config import Config, Site, normalize_host
+from .config import Config, Site, Strategy, normalize_host
 from .headers import end_to_end, forwarded_headers, upstream_target, visitor_scheme
 from .identity import IdRules, LinkDecorator, cookie_domain, identity_cookies
 from .inbound import (
@@ -80,6 +80,7 @@ class Derived:
     # Targets that must not see raw ids: their links need a fresh token or signature.
     protected_targets: tuple[str, ...]
     has_token_targets: bool
+    strategies: dict[str, Strategy]
     signing_keys: SigningKeys | None
     # Public Suffix List lookups are slow next to a dict hit; a wildcard site can bring any
     # number of hosts, so the memo is bounded.
@@ -94,6 +95,7 @@ class Derived:
             query_targets=tuple(c.host for c in cross if c.strategy == "query"),
             protected_targets=tuple(c.host for c in cross if c.strategy != "query"),
             has_token_targets=any(c.strategy == "token" for c in cross),
+            strategies={c.host: c.strategy for c in cross},
             signing_keys=SigningKeys.parse(config.signing.keys) if config.signing.keys else None,
         )
 
@@ -299,7 +301,9 @@ class ProxyHandler:
         arrival = await self.arrival(request, site, target.partition("?")[0])
         location = to
         if arrival.aid is not None and not arrival.minted:
-            params = await self.target_params(request, site, arrival)
+            params = await self.target_params(
+                request, arrival, mint=derived.strategies[pattern] == "token"
+            )
             decorated = LinkDecorator(own_host, to, derived.protected_targets, params).decorate(
                 to, None
             )
@@ -330,14 +334,14 @@ class ProxyHandler:
         return token
 
     async def target_params(
-        self, request: web.BaseRequest, site: Site, arrival: Arrival
+        self, request: web.BaseRequest, arrival: Arrival, *, mint: bool
     ) -> TargetParams:
+        """The link parameters for this response; ``mint``: whether it may link a token
+        target (a token costs a store write, so only then is one minted)."""
         config = self.state.config
         derived = self.state.derived
         assert arrival.aid is not None
-        token = None
-        if derived.has_token_targets:
-            token = await self.mint_token(request, arrival)
+        token = await self.mint_token(request, arrival) if mint else None
         bind = config.signing.bind_user_agent
         return TargetParams(
             config.cross_domains,
@@ -406,10 +410,17 @@ class ProxyHandler:
         if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
             page_url = self.page_url(request, arrival)
             location = headers["Location"]
+            hits: list[str] = []
+
+            def probe(pattern: str, host: str) -> None:
+                hits.append(pattern)
+
             # Find the target first, so a token is minted only for a redirect that needs one.
-            hit = LinkDecorator(own_host, page_url, targets, lambda p, h: [("", "")])
-            if hit.decorate(location, None) is not None:
-                params = await self.target_params(request, site, arrival)
+            LinkDecorator(own_host, page_url, targets, probe).decorate(location, None)
+            if hits:
+                params = await self.target_params(
+                    request, arrival, mint=derived.strategies[hits[0]] == "token"
+                )
                 new = LinkDecorator(own_host, page_url, targets, params).decorate(location, None)
                 if new is not None:
                     headers["Location"] = new
@@ -444,7 +455,10 @@ class ProxyHandler:
                     )
             policy = None
             if targets:
-                params = await self.target_params(request, site, arrival)
+                # The body streams, so whether it links a token target is not known yet.
+                params = await self.target_params(
+                    request, arrival, mint=derived.has_token_targets
+                )
                 policy = LinkDecorator(own_host, self.page_url(request, arrival), targets, params)
             if inject is not None or policy is not None:
                 rewriter = HtmlRewriter(policy, inject=inject, charset=charset)
