@@ -258,6 +258,7 @@ async def test_preserve_host_off_sends_the_upstream_host(
         "/a%2Fb/./c/../d?x=%41&y=1+2&z=%zz&&w",
         "/%7Euser/caf%C3%A9?q=%e2%82%ac#not-sent",
         "//double//slashes/?a=",
+        "/bare-question-mark?",
         "/semi;colon=1/x?a=b;c=d",
     ],
 )
