@@ -26,10 +26,16 @@ class HtmlBody:
         coding: str,
         on_failure: Callable[[BaseException], None],
         policy: LinkDecorator | None = None,
+        *,
+        output_coding: str | None = None,
     ) -> None:
+        """``coding``: the upstream's content coding; ``output_coding``: the one to send
+        (default the same; "" sends the rewritten body uncompressed)."""
         self._rewriter: HtmlRewriter | None = rewriter
         self._decoder: Decoder | None = decoder_for(coding)
-        self._encoder: Encoder | None = encoder_for(coding)
+        self._encoder: Encoder | None = encoder_for(
+            coding if output_coding is None else output_coding
+        )
         self._on_failure = on_failure
         self._policy = policy
         self.rewrite_seconds = 0.0

@@ -42,6 +42,37 @@ def content_coding(headers: CIMultiDict[str]) -> str:
     return ",".join(values)
 
 
+def accepts_coding(accept_encoding: str | None, coding: str) -> bool:
+    """Whether a request's Accept-Encoding admits ``coding`` (RFC 9110 §12.5.3): listed with a
+    non-zero q, or covered by ``*``; ``identity`` is acceptable unless refused outright."""
+    if coding in ("", "identity"):
+        coding = "identity"
+    if accept_encoding is None:
+        # No header: any coding is acceptable in principle, but a client that asked for
+        # nothing is safest served what it can surely read.
+        return coding == "identity"
+    star: bool | None = None
+    for item in accept_encoding.split(","):
+        name, _, params = item.strip().partition(";")
+        name = name.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        aliases = {coding, "x-gzip" if coding == "gzip" else coding}
+        if name in aliases:
+            return q > 0
+        if name == "*":
+            star = q > 0
+    if star is not None:
+        return star
+    return coding == "identity"
+
+
 def is_rewritable_html(method: str, status: int, headers: CIMultiDict[str]) -> bool:
     """HTML the gateway may rewrite: not for HEAD, not 204/206/304, a coding we can undo."""
     if method == "HEAD" or status in _NO_BODY or status < 200:

@@ -41,6 +41,7 @@ from .links import LINK_PATH, TargetParams, protected_target
 from .metrics import Metrics
 from .outbound import (
     HTML_TYPES,
+    accepts_coding,
     add_vary,
     content_coding,
     is_rewritable_html,
@@ -462,13 +463,23 @@ class ProxyHandler:
                 policy = LinkDecorator(own_host, self.page_url(request, arrival), targets, params)
             if inject is not None or policy is not None:
                 rewriter = HtmlRewriter(policy, inject=inject, charset=charset)
+                coding = content_coding(headers)
+                # Re-encode as the upstream did, unless the visitor never accepted that coding
+                # (an upstream that ignores Accept-Encoding): then send it plain.
+                accepted = accepts_coding(request.headers.get("Accept-Encoding"), coding)
                 body = HtmlBody(
-                    rewriter, content_coding(headers), self.rewrite_failed(site), policy
+                    rewriter,
+                    coding,
+                    self.rewrite_failed(site),
+                    policy,
+                    output_coding=coding if accepted else "",
                 )
                 headers.popall("Content-Length", None)
                 weaken_etag(headers)
-                if "Content-Encoding" in headers:
+                if coding:
                     add_vary(headers, "Accept-Encoding")
+                    if not accepted:
+                        headers.popall("Content-Encoding", None)
                 personal = True
         if personal:
             make_private(headers)
