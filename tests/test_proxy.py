@@ -525,3 +525,26 @@ async def test_access_log_line_has_no_query_or_cookies(
     assert line["site"] == "www.example.com" and line["method"] == "GET"
     assert line["bytes"] > 0 and "duration_ms" in line and "time" in line
     assert "secret-id" not in json.dumps(gw.log)
+
+
+async def test_expect_100_continue_is_answered_and_the_body_forwarded(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(site_yaml(up))
+    port = gw.gateway.bound_port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /upload HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    # The client holds the body back until the gateway says go on.
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    seen = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert seen["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert "expect" not in {k.lower() for k, _ in seen["headers"]}
