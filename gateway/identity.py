@@ -329,6 +329,10 @@ def decorate_url(url: str, params: Sequence[tuple[str, str]]) -> str:
     path, _, query = before_fragment.partition("?")
     query, _ = split_identity_params(query, {name for name, _value in params})
     added = "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in params)
+    if not query.strip("&"):
+        # Only empty segments ("?&"): nothing to keep, and keeping them would make a second
+        # decoration differ from the first.
+        query = ""
     if query and not query.endswith("&"):
         query += "&"
     return f"{lead}{path}?{query}{added}{hash_}{fragment}{tail}"
@@ -417,6 +421,19 @@ class LinkDecorator:
         self._own = _hostname(own_host)
         self._page = _web_target(page_url, None)
         self._targets = tuple(targets)
+        # For the quick rejection in _params: exact target hosts and "*." suffixes.
+        self._exact = frozenset(h for t in self._targets if (h := _hostname(t)) is not None)
+        self._suffixes = tuple(
+            "." + h
+            for t in self._targets
+            if t.strip().startswith("*.") and (h := _hostname(t.strip()[2:])) is not None
+        )
+        # Relative links resolve to the page's host: they can skip the full parse only when
+        # that host is no target (it normally is the site's own).
+        page_host = _hostname(self._page[1]) if self._page is not None else None
+        self._relative_is_safe = page_host is not None and (
+            page_host == self._own or not any(host_matches(page_host, t) for t in self._targets)
+        )
         if callable(params):
             self._params_for: ParamsFor = params
         else:
@@ -438,6 +455,8 @@ class LinkDecorator:
         return self._params(action, base)
 
     def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        if base is None and _surely_not(self, url):
+            return None
         try:
             page = self._page
             base_origin = page if base is None else (_web_target(base, page) or page)
@@ -457,6 +476,37 @@ class LinkDecorator:
                 self.targets_hit[pattern] += 1
                 return params
         return None
+
+
+_QUICK_ABSOLUTE = re.compile(r"(?i)(?:https?:)?//([^/?#]*)")
+_QUICK_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# Authority characters the quick path reads as the browser would; anything else (%, non-ASCII,
+# brackets, whitespace) goes to the full parser.
+_QUICK_AUTHORITY = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]*")
+
+
+def _surely_not(decorator: LinkDecorator, url: str) -> bool:
+    """True when ``url`` (with no <base>) certainly does not lead to a target: most links on a
+    page are relative, other schemes, or plain absolute URLs to other hosts, and the full URL
+    parse costs several times the rewriting of the tag. Anything unusual returns False and
+    takes the full parse."""
+    u = url.strip(_C0_OR_SPACE)
+    if "\\" in u or "\t" in u or "\n" in u or "\r" in u:
+        return False
+    m = _QUICK_ABSOLUTE.match(u)
+    if m is None:
+        scheme = _QUICK_SCHEME.match(u)
+        if u.startswith("/") or scheme is None:
+            return decorator._relative_is_safe  # relative: the page's host
+        # Other schemes are never decorated; "http:x" forms depend on the page's scheme.
+        return scheme.group(1).lower() not in ("http", "https")
+    authority = m.group(1)
+    if not authority or not _QUICK_AUTHORITY.fullmatch(authority):
+        return False
+    host = authority.rpartition("@")[2].partition(":")[0].lower().rstrip(".")
+    if host in decorator._exact:
+        return False
+    return not any(host.endswith(suffix) for suffix in decorator._suffixes)
 
 
 def decorate_location(
