@@ -107,8 +107,13 @@ _JS = (
     'i=u.indexOf("?");if(i<0)return u+f;q=u.slice(i+1).split("&");u=u.slice(0,i);'
     "for(i=0;i<q.length;i++)if(R.q.indexOf(nm(q[i]))<0)k.push(q[i]);"
     'return u+(k.length?"?"+k.join("&"):"")+f}'
-    "function fresh(e){if(!R||(new Date).getTime()-t0<R.x*1e3)return!1;"
+    # a link to such a target goes via the gateway when its credential may have expired, or
+    # when it has none (page JavaScript made it after the rewriter saw the page)
+    'function cred(u){var q=u.split("#")[0].split("?")[1],i;if(!q)return!1;q=q.split("&");'
+    "for(i=0;i<q.length;i++)if(R.c.indexOf(nm(q[i]))>=0)return!0;return!1}"
+    "function fresh(e){if(!R)return!1;"
     'var v=e.getAttribute("href");v=v==null?"":web(v.replace(T,""),R.t);if(!v)return!1;'
+    "if((new Date).getTime()-t0<R.x*1e3&&cred(v))return!1;"
     'e.setAttribute("href",R.e+"?to="+encodeURIComponent(strip(v)));return!0}'
     "function click(e){try{for(var n=e.target;n;n=n.parentNode)"
     'if(/^(a|area)$/i.test(n.nodeName||"")){fresh(n)||attr(n,"href",ids());return}}catch(x){}}'
@@ -134,8 +139,9 @@ class RefreshPlan:
 
     Their credentials were minted when the page was served and expire (a token after its TTL,
     a signature after its lifetime). A click more than ``fresh_for`` seconds after the script
-    ran goes instead to ``endpoint`` on the page's own origin, with the original link (minus
-    any identity parameters) in ``to``: the gateway mints a fresh credential there and
+    ran, or on such a link without any credential (page JavaScript made it after the rewriter
+    saw the page), goes instead to ``endpoint`` on the page's own origin, with the original link
+    (minus any identity parameters) in ``to``: the gateway mints a fresh credential there and
     redirects, and only to a configured target.
     """
 
@@ -191,6 +197,7 @@ def render_bootstrap(
             "t": [_host_key(t) for t in refresh.targets],
             "x": refresh.fresh_for,
             "q": list(_IDENTITY_PARAMS),
+            "c": [TOKEN_PARAM, SIG_PARAM],
         },
     }
     attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'

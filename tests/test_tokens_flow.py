@@ -883,6 +883,7 @@ async def test_bootstrap_refresh_plan_and_raw_id_targets(launch: Launch) -> None
         "t": [PAY, SSO],
         "x": TTL - 30,
         "q": ["ajs_aid", "ajs_uid", "ajs_token", "ajs_sig", "ajs_exp"],
+        "c": ["ajs_token", "ajs_sig"],
     }
     assert config["a"] == AID and config["u"] == UID
     # Without protected targets there is no plan.
@@ -937,7 +938,8 @@ async def test_bootstrap_in_node_refreshes_through_the_gateway(launch: Launch) -
     hrefs = [r["href"] for r in out["results"]]
     assert hrefs[0] == links["pay1"]
     assert hrefs[1] == links["sso"]
-    assert hrefs[2] == f"https://{PAY}/added-by-js"
+    # A token link page JavaScript made has no token: it goes via the gateway even when fresh.
+    assert hrefs[2] == fresh(f"https://{PAY}/added-by-js")
     assert hrefs[3] == f"https://{SHOP}/added-by-js?ajs_aid={AID}&ajs_uid={UID}"
     assert hrefs[4] == fresh(ORIGINAL["pay1"])
     assert hrefs[5] == fresh(ORIGINAL["sso"])
@@ -982,4 +984,4 @@ async def test_wildcard_query_target_behind_a_token_host_click_time(launch: Laun
     )
     hrefs = [r["href"] for r in out["results"]]
     assert hrefs[2] == f"https://other.example-pay.com/?ajs_aid={AID}&ajs_uid={UID}"
-    assert hrefs[:2] == [page.links["pay1"], f"https://{PAY}/added-by-js"]
+    assert hrefs[:2] == [page.links["pay1"], fresh(f"https://{PAY}/added-by-js")]

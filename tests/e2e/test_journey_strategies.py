@@ -401,18 +401,6 @@ async def test_link_clicked_after_its_token_is_gone_gets_a_fresh_one(journey: Jo
 
 
 @STANDARD
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a link to a token or signed target that page JavaScript adds after load, clicked "
-        "within fresh_for, leaves bare: the browser requested "
-        "http://checkout.pay-b.test:PORT/from-js?via=script (no ajs_token, no detour through "
-        "/_ajs_gateway/link) and B reported a newly minted anonymousId instead of A's; "
-        "likewise http://auth.id-c.test:PORT/login?return_to=x with no ajs_sig. The "
-        "bootstrap's click-time decoration covers only query targets (c.t) and fresh() "
-        "reroutes protected targets only once fresh_for has passed"
-    ),
-)
 @pytest.mark.parametrize("strategy", ["token", "signed"])
 async def test_link_added_by_page_javascript_to_a_protected_target(
     journey: Journey, strategy: str
