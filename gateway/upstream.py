@@ -165,6 +165,7 @@ class _Exchange:
         self.received_any = False
         self.paused = False
         self.keep_alive = False
+        self.until_eof = False
 
     # httptools callbacks
     def on_status(self, status: bytes) -> None:
@@ -183,6 +184,14 @@ class _Exchange:
         self.status = status
         # Asked now: once the message is complete the parser has moved on and says no.
         self.keep_alive = self.parser.should_keep_alive()
+        # A body with neither length nor chunked coding ends with the connection (RFC 9112
+        # §6.3 rule 8). httptools cannot be told the connection ended (it has no
+        # llhttp_finish), so we note the framing here and end the message ourselves.
+        codings = [v for n, v in self.raw_headers if n.lower() == "transfer-encoding"]
+        chunked = bool(codings) and codings[-1].rsplit(",", 1)[-1].strip().lower() == "chunked"
+        self.until_eof = not chunked and not any(
+            n.lower() == "content-length" for n, _ in self.raw_headers
+        )
         if not self.head.done():
             self.head.set_result(None)
         if self.head_only:
@@ -192,6 +201,8 @@ class _Exchange:
             self.conn.closed = True
 
     def on_body(self, body: bytes) -> None:
+        if not body:
+            return  # an empty chunk would read as the end of the body
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.paused and self.conn.transport is not None:
@@ -225,12 +236,10 @@ class _Exchange:
         if self.complete:
             return
         if self.head.done():
-            # A response without length ends with the connection (RFC 9112 §6.3 rule 8).
-            try:
-                self.parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
-            if not self.complete:
+            if self.until_eof and self.error is None:
+                self.complete = True
+                self._wake()
+            else:
                 self.fail(UpstreamBodyError("upstream closed the connection mid-body"))
         else:
             self.fail(UpstreamError(f"upstream closed the connection: {exc or 'EOF'}"))

@@ -46,10 +46,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
 }
 
-XFAIL_EOF = pytest.mark.xfail(
-    strict=True,
-    reason="close-delimited bodies never complete; a cut-short body can read as complete",
-)
 XFAIL_AFTER = pytest.mark.xfail(
     strict=True, reason="trailers and bytes after the response change the response"
 )
@@ -535,10 +531,7 @@ FRAMINGS = {
 }
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=XFAIL_EOF) if n.startswith("close") else n for n in FRAMINGS],
-)
+@pytest.mark.parametrize("name", FRAMINGS)
 def test_body_framings(run: Run, name: str) -> None:
     raw, reusable = FRAMINGS[name]
 
@@ -559,11 +552,9 @@ def test_body_framings(run: Run, name: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello", marks=XFAIL_EOF),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-        pytest.param(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", marks=XFAIL_EOF
-        ),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
     ],
     ids=["content-length", "chunked-no-last-chunk", "chunked-mid-chunk"],
 )
@@ -583,7 +574,6 @@ def test_body_cut_short_is_a_body_error(run: Run, raw: bytes) -> None:
     run(scenario)
 
 
-@XFAIL_EOF
 def test_body_cut_short_raises_on_readany_after_the_data(run: Run) -> None:
     async def scenario() -> None:
         async with Server(once(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello")) as server:
