@@ -167,17 +167,31 @@ class _Exchange:
         self.keep_alive = False
         self.until_eof = False
 
-    # httptools callbacks
+    # httptools callbacks. llhttp parses on past the end of a response: a second response (or
+    # garbage) in the same read, and trailers, arrive through the same callbacks, and must not
+    # change the response already given, whose head may not have been read yet.
     def on_status(self, status: bytes) -> None:
+        if self.complete:
+            self.conn.closed = True  # the server talks out of turn: never reuse
+            return
         self.reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head.done():
+            return  # a trailer, or a header of an unsolicited response
         self.head_size += len(name) + len(value)
         self.raw_headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        if self.head.done():
+            return
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status == 101:
+            # We never ask for an upgrade here (WebSockets go through aiohttp): a 502, not a
+            # 101 whose "body" would be another protocol.
+            self.fail(UpstreamError("unexpected protocol upgrade"))
+            return
+        if 100 <= status < 200:
             # An interim response (100 Continue, 103 Early Hints): the real one follows.
             self.raw_headers = []
             return
@@ -203,6 +217,9 @@ class _Exchange:
     def on_body(self, body: bytes) -> None:
         if not body:
             return  # an empty chunk would read as the end of the body
+        if self.complete:
+            self.conn.closed = True
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.paused and self.conn.transport is not None:
@@ -213,6 +230,9 @@ class _Exchange:
     def on_message_complete(self) -> None:
         if self.status == 0:
             return  # the end of an interim response
+        if self.complete:
+            self.conn.closed = True
+            return
         self.complete = True
         self._wake()
 
@@ -228,7 +248,11 @@ class _Exchange:
         except httptools.HttpParserUpgrade:
             self.fail(UpstreamError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamError(f"invalid response from upstream: {exc}"))
+            if self.complete:
+                # Garbage after a whole response: the response stands, the connection goes.
+                self.conn.close()
+            else:
+                self.fail(UpstreamError(f"invalid response from upstream: {exc}"))
         if not self.head.done() and self.head_size > _MAX_HEAD:
             self.fail(UpstreamError("upstream response head too large"))
 

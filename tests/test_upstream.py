@@ -46,9 +46,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
 }
 
-XFAIL_AFTER = pytest.mark.xfail(
-    strict=True, reason="trailers and bytes after the response change the response"
-)
 XFAIL_HEAD = pytest.mark.xfail(strict=True, reason="response heads over 64 KiB are not refused")
 XFAIL_BODYHEAD = pytest.mark.xfail(
     strict=True, reason="a failed exchange with a body is returned as a status-0 response"
@@ -666,7 +663,6 @@ def test_interim_responses_are_skipped(run: Run) -> None:
     ],
     ids=["second-response", "garbage"],
 )
-@XFAIL_AFTER
 def test_bytes_after_the_response_in_the_same_segment(run: Run, extra: bytes) -> None:
     """A server that talks out of turn must not change the response it already gave."""
 
@@ -1482,7 +1478,6 @@ STREAMS: list[tuple[bytes, int, list[tuple[str, str]], bytes]] = [
 ]
 
 
-@XFAIL_AFTER
 @settings(
     max_examples=40,
     deadline=None,
