@@ -157,6 +157,7 @@ class _Exchange:
         self.raw_headers: list[tuple[str, str]] = []
         self._name = b""
         self.head_size = 0
+        self.head_bytes = 0
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.complete = False
@@ -184,6 +185,10 @@ class _Exchange:
 
     def on_headers_complete(self) -> None:
         if self.head.done():
+            return
+        if self.head_size > _MAX_HEAD:
+            # A head that arrived whole in one read is only measured here.
+            self.fail(UpstreamError("upstream response head too large"))
             return
         status = self.parser.get_status_code()
         if status == 101:
@@ -239,6 +244,8 @@ class _Exchange:
     # connection events
     def feed(self, data: bytes) -> None:
         self.received_any = True
+        if not self.head.done():
+            self.head_bytes += len(data)
         if self.complete:
             # Data after the end of the response: don't trust this connection again.
             self.conn.closed = True
@@ -253,7 +260,10 @@ class _Exchange:
                 self.conn.close()
             else:
                 self.fail(UpstreamError(f"invalid response from upstream: {exc}"))
-        if not self.head.done() and self.head_size > _MAX_HEAD:
+        # Every byte of a read that left the head unfinished belongs to the head; counting
+        # them, not parsed headers, also stops a header line that never ends (httptools
+        # would buffer it without bound).
+        if not self.head.done() and self.head_bytes > _MAX_HEAD:
             self.fail(UpstreamError("upstream response head too large"))
 
     def connection_lost(self, exc: BaseException | None) -> None:
