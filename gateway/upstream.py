@@ -451,10 +451,12 @@ class UpstreamPool:
                 await asyncio.wait({sender, exchange.head}, return_when=asyncio.FIRST_COMPLETED)
                 if not exchange.head.done():
                     sender.result()  # raises if sending failed
-                    await exchange.head
+                # The head may also have failed while the body was being sent (timed out,
+                # connection lost): awaiting it raises that rather than return no response.
+                await exchange.head
         except UpstreamError:
             if sender is not None:
-                sender.cancel()
+                _stop_sender(sender)
             raise
         except (ConnectionError, OSError) as exc:
             exchange.fail(UpstreamError(str(exc)))
@@ -538,6 +540,13 @@ class UpstreamPool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+def _stop_sender(sender: asyncio.Future[None]) -> None:
+    """Cancel a body sender, or take its error if it has already failed (unretrieved, asyncio
+    would log it as a stray exception)."""
+    if not sender.cancel() and not sender.cancelled():
+        sender.exception()
 
 
 def _sender_done(task: asyncio.Future[None], exchange: _Exchange) -> None:

@@ -46,9 +46,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
 }
 
-XFAIL_BODYHEAD = pytest.mark.xfail(
-    strict=True, reason="a failed exchange with a body is returned as a status-0 response"
-)
 XFAIL_EARLY = pytest.mark.xfail(
     strict=True, reason="the connection is reused while the request body is still being sent"
 )
@@ -1103,7 +1100,6 @@ def test_early_answer_small_body_fully_sent(run: Run) -> None:
     run(scenario)
 
 
-@XFAIL_BODYHEAD
 def test_upload_to_a_server_that_never_reads_times_out(run: Run) -> None:
     async def handler(peer: Peer) -> None:
         await peer.head()
@@ -1122,7 +1118,6 @@ def test_upload_to_a_server_that_never_reads_times_out(run: Run) -> None:
     run(scenario)
 
 
-@XFAIL_BODYHEAD
 def test_server_closing_mid_upload_is_an_upstream_error(run: Run) -> None:
     async def handler(peer: Peer) -> None:
         await peer.head()
