@@ -167,6 +167,7 @@ class _Exchange:
         self.paused = False
         self.keep_alive = False
         self.until_eof = False
+        self.sender: asyncio.Future[None] | None = None
 
     # httptools callbacks. llhttp parses on past the end of a response: a second response (or
     # garbage) in the same read, and trailers, arrive through the same callbacks, and must not
@@ -352,12 +353,19 @@ class UpstreamResponse:
         self._released = True
         ex = self._exchange
         ok = ex.complete and ex.error is None and not ex.chunks and ex.keep_alive
+        if ex.sender is not None and not ex.sender.done():
+            # The upstream answered before taking the whole body (a 413, say): the connection
+            # is mid-request, so it is closed, and the rest of the body is not sent.
+            ex.sender.cancel()
+            ok = False
         self._pool._done(ex.conn, reuse=ok)
 
     def close(self) -> None:
         """Abandon the response: the connection is closed, never reused."""
         if not self._released:
             self._released = True
+            if self._exchange.sender is not None:
+                self._exchange.sender.cancel()
             self._pool._done(self._exchange.conn, reuse=False)
 
 
@@ -437,6 +445,7 @@ class UpstreamPool:
         sender = None
         if body is not None:
             sender = asyncio.ensure_future(_send_body(conn, body, chunked=content_length is None))
+            exchange.sender = sender
         # A timer rather than asyncio.timeout(): this is the per-request path, and a plain
         # call_later is markedly cheaper than the context manager's task bookkeeping.
         timer = conn.loop.call_later(

@@ -46,9 +46,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
 }
 
-XFAIL_EARLY = pytest.mark.xfail(
-    strict=True, reason="the connection is reused while the request body is still being sent"
-)
 XFAIL_CANCEL = pytest.mark.xfail(
     strict=True, reason="a cancelled request leaks its connection and keeps sending its body"
 )
@@ -1047,7 +1044,6 @@ def test_large_upload_streams_with_back_pressure(run: Run) -> None:
     run(scenario)
 
 
-@XFAIL_EARLY
 def test_early_answer_before_the_body_is_read(run: Run) -> None:
     """A 413 sent without reading the body (and without Connection: close): the response is
     the answer, and the connection, with the body half-sent, is never reused."""
