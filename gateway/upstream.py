@@ -423,6 +423,14 @@ class UpstreamPool:
                     )
                     if not retry:
                         raise
+                except BaseException:
+                    # Cancelled while waiting for the head (the visitor went away, say): the
+                    # connection is mid-exchange, so close it rather than leak it open, and
+                    # stop sending the body.
+                    conn.close()
+                    if exchange.sender is not None:
+                        exchange.sender.cancel()
+                    raise
                 finally:
                     conn.used = True
             raise AssertionError("unreachable")

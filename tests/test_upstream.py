@@ -46,9 +46,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
 }
 
-XFAIL_CANCEL = pytest.mark.xfail(
-    strict=True, reason="a cancelled request leaks its connection and keeps sending its body"
-)
 
 # A scenario that hangs is a failure, and should say so well before pytest-timeout does.
 SCENARIO_LIMIT = 15.0
@@ -1308,7 +1305,6 @@ def test_aiohttp_upstream_end_to_end(run: Run) -> None:
 # -- cancellation -------------------------------------------------------------------------------
 
 
-@XFAIL_CANCEL
 def test_cancelled_request_frees_its_slot_and_connection(run: Run) -> None:
     async def handler(peer: Peer) -> None:
         head = await peer.head()
@@ -1336,7 +1332,6 @@ def test_cancelled_request_frees_its_slot_and_connection(run: Run) -> None:
     run(scenario)
 
 
-@XFAIL_CANCEL
 def test_cancelled_upload_stops_sending(run: Run) -> None:
     async def handler(peer: Peer) -> None:
         await peer.head()
