@@ -166,8 +166,24 @@ class _Exchange:
         self.received_any = False
         self.paused = False
         self.keep_alive = False
+        self.timer: asyncio.TimerHandle | None = None
         self.until_eof = False
         self.sender: asyncio.Future[None] | None = None
+
+    def arm(self, timeout: float) -> None:
+        """(Re)start the wait for the response head: it fails after ``timeout`` of silence."""
+        if self.head.done():
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.conn.loop.call_later(
+            timeout, self.fail, UpstreamTimeout("upstream did not answer in time")
+        )
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     # httptools callbacks. llhttp parses on past the end of a response: a second response (or
     # garbage) in the same read, and trailers, arrive through the same callbacks, and must not
@@ -451,14 +467,16 @@ class UpstreamPool:
         except ConnectionError as exc:
             raise UpstreamError(str(exc)) from exc
         sender = None
-        if body is not None:
-            sender = asyncio.ensure_future(_send_body(conn, body, chunked=content_length is None))
-            exchange.sender = sender
         # A timer rather than asyncio.timeout(): this is the per-request path, and a plain
-        # call_later is markedly cheaper than the context manager's task bookkeeping.
-        timer = conn.loop.call_later(
-            self._read_timeout, exchange.fail, UpstreamTimeout("upstream did not answer in time")
-        )
+        # call_later is markedly cheaper than the context manager's task bookkeeping. It
+        # measures silence: every step of the upload starts it again, so a large body that
+        # streams steadily is not cut off by the wait for the answer.
+        exchange.arm(self._read_timeout)
+        if body is not None:
+            sender = asyncio.ensure_future(
+                _send_body(conn, exchange, body, self._read_timeout, chunked=content_length is None)
+            )
+            exchange.sender = sender
         try:
             if sender is None:
                 await exchange.head
@@ -479,7 +497,7 @@ class UpstreamPool:
             exchange.fail(UpstreamError(str(exc)))
             raise UpstreamError(f"upstream connection failed: {exc}") from exc
         finally:
-            timer.cancel()
+            exchange.disarm()
         if sender is not None and not sender.done():
             # Keep streaming the rest of the body while the response is read; if it fails,
             # the exchange fails with it.
@@ -578,12 +596,20 @@ def _sender_done(task: asyncio.Future[None], exchange: _Exchange) -> None:
             exchange.fail(UpstreamBodyError(f"sending the request body failed: {exc}"))
 
 
-async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+async def _send_body(
+    conn: _Connection,
+    exchange: _Exchange,
+    body: AsyncIterator[bytes],
+    timeout: float,
+    chunked: bool,
+) -> None:
     async for chunk in body:
         if not chunk:
             continue
+        exchange.arm(timeout)  # the visitor is still sending
         conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
         await conn.drain()
+        exchange.arm(timeout)  # the upstream is still reading
     if chunked:
         conn.write(b"0\r\n\r\n")
 

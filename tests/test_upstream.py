@@ -1117,6 +1117,50 @@ def test_upload_to_a_server_that_never_reads_times_out(run: Run) -> None:
     run(scenario)
 
 
+def test_slow_but_steady_upload_is_not_cut_by_the_read_timeout(run: Run) -> None:
+    """The read timeout measures silence: an upload the upstream keeps reading for longer
+    than the timeout, and a visitor who keeps sending, both complete. (What sits in kernel
+    socket buffers once the last byte is handed over is invisible to us, so the upstream must
+    drain that, a few MiB at most, within the timeout; the sizes here leave it room.)"""
+    size = 12 * 1024 * 1024
+
+    async def handler(peer: Peer) -> None:
+        await peer.head()
+        received = 0
+        while received < size:
+            data = await peer.reader.read(65536)
+            assert data
+            received += len(data)
+            await asyncio.sleep(0.005)  # about 1 s in all, with read_timeout 0.5 s
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def slow_visitor() -> AsyncIterator[bytes]:
+        for _ in range(6):
+            yield b"y" * 1000
+            await asyncio.sleep(0.15)
+
+    async def echo(peer: Peer) -> None:
+        await peer.head()
+        raw = await peer.reader.readuntil(b"\r\n0\r\n\r\n")  # the chunked body's end
+        count = str(raw.count(b"y")).encode()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(count), count))
+
+    async def scenario() -> None:
+        async with Server(handler, rcvbuf=64 * 1024) as server:
+            pool = make_pool(read_timeout=0.5)
+            body = chunks(*[b"x" * 65536] * (size // 65536))
+            response, answer = await fetch(pool, server.origin, "POST", "/", body, size)
+            assert (response.status, answer) == (200, b"ok")
+            await pool.close()
+        async with Server(echo) as server:
+            pool = make_pool(read_timeout=0.3)
+            response, answer = await fetch(pool, server.origin, "POST", "/", slow_visitor())
+            assert (response.status, answer) == (200, b"6000")
+            await pool.close()
+
+    run(scenario)
+
+
 def test_server_closing_mid_upload_is_an_upstream_error(run: Run) -> None:
     async def handler(peer: Peer) -> None:
         await peer.head()
