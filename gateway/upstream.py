@@ -198,7 +198,7 @@ class _Exchange:
         if self.head.done():
             return  # a trailer, or a header of an unsolicited response
         self.head_size += len(name) + len(value)
-        self.raw_headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+        self.raw_headers.append((name.decode("latin-1"), _header_text(value)))
 
     def on_headers_complete(self) -> None:
         if self.head.done():
@@ -612,6 +612,17 @@ async def _send_body(
         exchange.arm(timeout)  # the upstream is still reading
     if chunked:
         conn.write(b"0\r\n\r\n")
+
+
+def _header_text(value: bytes) -> str:
+    """A response header value as text. UTF-8 as such; anything else is read as ISO-8859-1
+    (what legacy servers mean by it, and what RFC 9110 §5.5 leaves it as). aiohttp writes
+    header text back as UTF-8 and silently drops what it cannot encode, so a surrogate escape
+    would lose the bytes: this way a Latin-1 "café" reaches the visitor as UTF-8 "café"."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _request_head(

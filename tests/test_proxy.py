@@ -548,3 +548,28 @@ async def test_expect_100_continue_is_answered_and_the_body_forwarded(
     seen = json.loads(data.split(b"\r\n\r\n", 1)[1])
     assert seen["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
     assert "expect" not in {k.lower() for k, _ in seen["headers"]}
+
+
+async def test_non_utf8_response_header_bytes_are_not_lost(start_gateway: StartGateway) -> None:
+    """A legacy upstream's Latin-1 header value reaches the visitor (as UTF-8), not emptied."""
+
+    async def legacy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b'HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename="caf\xe9.pdf"\r\n'
+            b"Content-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(legacy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await start_gateway(site_yaml(f"http://127.0.0.1:{port}"))
+        async with gw.request("GET", "/") as resp:
+            assert resp.status == 200
+            raw = dict(resp.raw_headers)[b"Content-Disposition"]
+            assert raw == 'attachment; filename="café.pdf"'.encode()
+            assert await resp.read() == b"ok"
+    finally:
+        server.close()

@@ -1276,9 +1276,8 @@ def test_response_headers_keep_order_repeats_and_raw_bytes(run: Run) -> None:
                 "Content-Length",
             ]
             assert response.headers["X-Utf8"] == "café ☕"
-            # Not UTF-8: kept as surrogate escapes, so the exact bytes can be written back.
-            assert response.headers["X-Latin1"] == "caf\udce9"
-            assert response.headers["X-Latin1"].encode("utf-8", "surrogateescape") == b"caf\xe9"
+            # Not UTF-8: read as Latin-1 (aiohttp would drop a surrogate escape on writing).
+            assert response.headers["X-Latin1"] == "café"
             assert response.headers["X-Empty"] == ""
             await pool.close()
 
