@@ -396,6 +396,17 @@ def _authority(scheme: str, s: str) -> _Origin | None:
     return scheme, host.lower()
 
 
+_MEMO_LIMIT = 4096
+
+
+def _pattern_parts(pattern: str) -> tuple[str, str | None, str | None]:
+    p = pattern.strip().lower()
+    if p.startswith("*."):
+        suffix = _hostname(p[2:])
+        return pattern, None, None if suffix is None else "." + suffix
+    return pattern, _hostname(p), None
+
+
 ParamsFor = Callable[[str, str], Sequence[tuple[str, str]] | None]
 """(matched target pattern, target host) -> the params for a link there, or None for none."""
 
@@ -421,13 +432,9 @@ class LinkDecorator:
         self._own = _hostname(own_host)
         self._page = _web_target(page_url, None)
         self._targets = tuple(targets)
-        # For the quick rejection in _params: exact target hosts and "*." suffixes.
-        self._exact = frozenset(h for t in self._targets if (h := _hostname(t)) is not None)
-        self._suffixes = tuple(
-            "." + h
-            for t in self._targets
-            if t.strip().startswith("*.") and (h := _hostname(t.strip()[2:])) is not None
-        )
+        # Each pattern as (pattern, exact host, ".suffix" of a "*." pattern), in order: the
+        # first that matches decides, as host_matches would.
+        self._patterns = tuple(_pattern_parts(t) for t in self._targets)
         # Relative links resolve to the page's host: they can skip the full parse only when
         # that host is no target (it normally is the site's own).
         page_host = _hostname(self._page[1]) if self._page is not None else None
@@ -440,13 +447,25 @@ class LinkDecorator:
             fixed = tuple(params)
             self._params_for = lambda pattern, host: fixed
         self.targets_hit: collections.Counter[str] = collections.Counter()
+        self._memo: dict[tuple[str, str | None], tuple[str | None, str | None]] = {}
+        self._last_pattern: str | None = None
 
     def decorate(self, url: str, base: str | None) -> str | None:
         """The original ``url`` text with the params added, or None to leave it as it is."""
-        if not url.strip(_C0_OR_SPACE):
-            return None
-        params = self._params(url, base)
-        return None if params is None else decorate_url(url, params)
+        # Pages repeat their links (navigation, footers): decide each distinct one once.
+        key = (url, base)
+        memo = self._memo.get(key)
+        if memo is not None:
+            result, pattern = memo
+            if pattern is not None:
+                self.targets_hit[pattern] += 1
+            return result
+        self._last_pattern = None
+        params = self._params(url, base) if url.strip(_C0_OR_SPACE) else None
+        result = None if params is None else decorate_url(url, params)
+        if len(self._memo) < _MEMO_LIMIT:
+            self._memo[key] = (result, self._last_pattern if result is not None else None)
+        return result
 
     def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
         """Hidden inputs for a GET form submitting to a target (its query is replaced by them)."""
@@ -455,58 +474,63 @@ class LinkDecorator:
         return self._params(action, base)
 
     def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
-        if base is None and _surely_not(self, url):
+        host = _quick_host(self, url) if base is None else _UNKNOWN
+        if host is _UNKNOWN:
+            try:
+                page = self._page
+                base_origin = page if base is None else (_web_target(base, page) or page)
+                target = _web_target(url, base_origin)
+            except (UnicodeError, ValueError):
+                return None
+            host = None if target is None else _hostname(target[1])
+        if not isinstance(host, str) or host == self._own:
             return None
-        try:
-            page = self._page
-            base_origin = page if base is None else (_web_target(base, page) or page)
-            target = _web_target(url, base_origin)
-        except (UnicodeError, ValueError):
-            return None
-        if target is None:
-            return None
-        host = _hostname(target[1])
-        if host is None or host == self._own:
-            return None
-        for pattern in self._targets:
-            if host_matches(host, pattern):
+        for pattern, exact, suffix in self._patterns:
+            if host == exact or (suffix is not None and host.endswith(suffix)):
                 params = self._params_for(pattern, host)
                 if not params:
                     return None
                 self.targets_hit[pattern] += 1
+                self._last_pattern = pattern
                 return params
         return None
 
 
+_UNKNOWN = object()
 _QUICK_ABSOLUTE = re.compile(r"(?i)(?:https?:)?//([^/?#]*)")
 _QUICK_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
-# Authority characters the quick path reads as the browser would; anything else (%, non-ASCII,
-# brackets, whitespace) goes to the full parser.
-_QUICK_AUTHORITY = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]*")
+# Authorities the quick path reads exactly as the WHATWG URL parser does: optional userinfo of
+# plain characters, an ASCII domain whose last label is not numeric (no IPv4 number forms),
+# an optional decimal port. Anything else (%, non-ASCII, brackets, odd ports) is parsed fully.
+_QUICK_AUTHORITY = re.compile(
+    r"(?:[A-Za-z0-9._~!$&'()*+,;=:-]*@)?"
+    r"((?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]*[A-Za-z-][A-Za-z0-9-]*)\.?(?::([0-9]{0,5}))?"
+)
 
 
-def _surely_not(decorator: LinkDecorator, url: str) -> bool:
-    """True when ``url`` (with no <base>) certainly does not lead to a target: most links on a
-    page are relative, other schemes, or plain absolute URLs to other hosts, and the full URL
-    parse costs several times the rewriting of the tag. Anything unusual returns False and
-    takes the full parse."""
+def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
+    """The host ``url`` (with no <base>) leads to, None when it is no target's for sure, or
+    _UNKNOWN when only the full parse can tell. Most links on a page are relative, other
+    schemes, or plain absolute URLs, and the full URL parse costs several times the rewriting
+    of the tag."""
     u = url.strip(_C0_OR_SPACE)
     if "\\" in u or "\t" in u or "\n" in u or "\r" in u:
-        return False
+        return _UNKNOWN
     m = _QUICK_ABSOLUTE.match(u)
     if m is None:
         scheme = _QUICK_SCHEME.match(u)
         if u.startswith("/") or scheme is None:
-            return decorator._relative_is_safe  # relative: the page's host
+            # Relative: the page's own host.
+            return None if decorator._relative_is_safe else _UNKNOWN
         # Other schemes are never decorated; "http:x" forms depend on the page's scheme.
-        return scheme.group(1).lower() not in ("http", "https")
-    authority = m.group(1)
-    if not authority or not _QUICK_AUTHORITY.fullmatch(authority):
-        return False
-    host = authority.rpartition("@")[2].partition(":")[0].lower().rstrip(".")
-    if host in decorator._exact:
-        return False
-    return not any(host.endswith(suffix) for suffix in decorator._suffixes)
+        return None if scheme.group(1).lower() not in ("http", "https") else _UNKNOWN
+    authority = _QUICK_AUTHORITY.fullmatch(m.group(1))
+    if authority is None:
+        return _UNKNOWN
+    port = authority.group(2)
+    if port and int(port) > 65535:
+        return None  # the browser cannot follow it either
+    return authority.group(1).lower()
 
 
 def decorate_location(

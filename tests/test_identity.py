@@ -702,3 +702,32 @@ def test_redirect_locations_stay_on_origin_for_whatwg_url_parser() -> None:
         check=True,
     )
     assert {tuple(r) for r in json.loads(proc.stdout)} == {("https", "www.shop.test")}
+
+
+_LABEL = st.text(alphabet="abcXYZ019-", min_size=1, max_size=6)
+
+
+@st.composite
+def _simple_links(draw: st.DrawFn) -> str:
+    """Links of the shapes the quick path reads itself: schemes, userinfo, ports, dots."""
+    scheme = draw(st.sampled_from(["http:", "https:", "HTTPS:", "", "ftp:", "javascript:"]))
+    slashes = draw(st.sampled_from(["//", "/", "", "///"]))
+    user = draw(st.sampled_from(["", "u@", "u:p@", "@"]))
+    labels = draw(st.lists(_LABEL, min_size=1, max_size=4))
+    host = ".".join(labels) + draw(st.sampled_from(["", ".", ".checkout.test", ".test"]))
+    port = draw(st.sampled_from(["", ":", ":80", ":65535", ":65536", ":99999", ":8x"]))
+    rest = draw(st.sampled_from(["", "/", "/p?q=1", "?x", "#f", "/a b"]))
+    lead = draw(st.sampled_from(["", " ", "\t"]))
+    return f"{lead}{scheme}{slashes}{user}{host}{port}{rest}"
+
+
+@settings(max_examples=600, deadline=None)
+@given(_simple_links())
+def test_quick_host_path_agrees_with_the_full_parse(url: str) -> None:
+    """LinkDecorator reads simple links without the full URL parser; with a <base> equal to
+    the page it always takes the full parse. Both must decide the same."""
+    page = "https://www.shop.test/dir/page"
+    targets = ["checkout.test", "*.checkout.test", "x.test"]
+    quick = LinkDecorator("www.shop.test", page, targets, [("ajs_aid", "id")])
+    full = LinkDecorator("www.shop.test", page, targets, [("ajs_aid", "id")])
+    assert quick.decorate(url, None) == full.decorate(url, page)
