@@ -313,6 +313,14 @@ def same_origin_location(raw_path: str, raw_query: str) -> str:
 # --- Link decoration -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
+def _encoded(params: tuple[tuple[str, str], ...]) -> tuple[frozenset[str], str]:
+    """The names and the query text of a set of params (the same ones decorate every link of a
+    page, so they are encoded once)."""
+    names = frozenset(name for name, _value in params)
+    return names, "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in params)
+
+
 def decorate_url(url: str, params: Sequence[tuple[str, str]]) -> str:
     """Add ``params`` to ``url``'s query, replacing every existing parameter of the same name.
 
@@ -327,8 +335,11 @@ def decorate_url(url: str, params: Sequence[tuple[str, str]]) -> str:
     lead, tail = url[:start], url[start + len(body) :]
     before_fragment, hash_, fragment = body.partition("#")
     path, _, query = before_fragment.partition("?")
-    query, _ = split_identity_params(query, {name for name, _value in params})
-    added = "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in params)
+    names, added = _encoded(tuple(params))
+    # An existing parameter of the same name can only hide in a query that spells part of one
+    # of them, or encodes characters.
+    if "%" in query or any(name in query for name in names):
+        query, _ = split_identity_params(query, names)
     if not query.strip("&"):
         # Only empty segments ("?&"): nothing to keep, and keeping them would make a second
         # decoration differ from the first.
