@@ -14,7 +14,7 @@ from .proxy import ProxyState
 STATE_KEY = web.AppKey("state", ProxyState)
 # A coroutine returning the token store's health, e.g. {"state": "up"}; set by app.py.
 StoreCheck = Callable[[], Awaitable[dict[str, Any]]]
-STORE_CHECK_KEY = web.AppKey("store_check", StoreCheck)
+STORE_CHECK_KEY = web.AppKey[StoreCheck]("store_check")
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
+from .logs import write_event
 from .metrics import Metrics
 from .proxy import ProxyHandler, ProxyState, make_session, make_upstreams
 from .store import open_store
@@ -37,29 +37,25 @@ class Overrides:
     workers: int | None = None
 
     def apply(self, config: Config) -> Config:
+        s, a = config.server, config.admin
         server = dataclasses.replace(
-            config.server,
-            **{
-                k: v
-                for k, v in (("host", self.host), ("port", self.port), ("workers", self.workers))
-                if v is not None
-            },
+            s,
+            host=s.host if self.host is None else self.host,
+            port=s.port if self.port is None else self.port,
+            workers=s.workers if self.workers is None else self.workers,
         )
         admin = dataclasses.replace(
-            config.admin,
-            **{
-                k: v
-                for k, v in (("host", self.admin_host), ("port", self.admin_port))
-                if v is not None
-            },
+            a,
+            host=a.host if self.admin_host is None else self.admin_host,
+            port=a.port if self.admin_port is None else self.admin_port,
         )
         return dataclasses.replace(config, server=server, admin=admin)
 
 
 def log_line(event: str, **fields: Any) -> None:
-    line = {"time": time.time(), "event": event, **fields}
+    """A lifecycle event (start, reload, drain), flushed at once: operators watch for these."""
+    write_event(sys.stdout, event, **fields)
     with contextlib.suppress(OSError, ValueError):
-        sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
         sys.stdout.flush()
 
 

@@ -73,7 +73,7 @@ def forwarded_headers(request: web.BaseRequest, site: Site, config: Config) -> C
     proto = request.headers.get("X-Forwarded-Proto") if trusted else None
     headers["X-Forwarded-Proto"] = proto or request.scheme
     fwd_host = request.headers.get("X-Forwarded-Host") if trusted else None
-    headers["X-Forwarded-Host"] = fwd_host or request.headers.get("Host", "")
+    headers["X-Forwarded-Host"] = fwd_host or request.headers.get("Host") or ""
     if not site.preserve_host:
         headers["Host"] = URL(site.upstream).raw_authority
     return headers

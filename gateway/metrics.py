@@ -161,6 +161,6 @@ class Metrics:
             # The values live in files shared by the workers (prometheus_client picks that
             # storage at import time from the environment); expose their sum instead.
             exposition = CollectorRegistry()
-            MultiProcessCollector(exposition)
+            MultiProcessCollector(exposition)  # type: ignore[no-untyped-call]
             metrics.registry = exposition
         return metrics

@@ -19,7 +19,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -411,7 +411,7 @@ class UpstreamPool:
         origin: Origin,
         method: str,
         target: str,
-        headers: Sequence[tuple[str, str]],
+        headers: Iterable[tuple[str, str]],
         body: AsyncIterator[bytes] | None,
         content_length: int | None,
     ) -> UpstreamResponse:
@@ -626,7 +626,7 @@ def _header_text(value: bytes) -> str:
 
 
 def _request_head(
-    method: str, target: str, headers: Sequence[tuple[str, str]], chunked: bool
+    method: str, target: str, headers: Iterable[tuple[str, str]], chunked: bool
 ) -> bytes:
     lines = [f"{method} {target} HTTP/1.1"]
     lines.extend(f"{name}: {value}" for name, value in headers)

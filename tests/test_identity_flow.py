@@ -1212,7 +1212,7 @@ def fail_rewriter(monkeypatch: pytest.MonkeyPatch, after: int) -> list[int]:
                 raise RuntimeError("injected rewriter fault")
             return super().feed(data)
 
-    monkeypatch.setattr("gateway.proxy.HtmlRewriter", Failing)
+    monkeypatch.setattr("gateway.exchange.HtmlRewriter", Failing)
     return fed
 
 

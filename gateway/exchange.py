@@ -1,0 +1,398 @@
+"""The identity side of one exchange, between the transport (proxy.py) and the pure pieces.
+
+On the way in: the visitor's identity from the URL (checked, token exchanged in the store) and
+the cookies, the clean-up redirect, and the freshness endpoint. On the way out: decorated
+redirects, identity cookies, cache safety and the HTML body pipeline (decoding, rewriting with
+the link policy and the bootstrap, re-encoding). Metrics are counted here; bytes are moved by
+proxy.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .body import HtmlBody
+from .bootstrap import RefreshPlan, render_bootstrap
+from .config import Config, Site, Strategy, normalize_host
+from .headers import visitor_scheme
+from .identity import IdRules, LinkDecorator, cookie_domain, identity_cookies
+from .inbound import (
+    Arrival,
+    identity_rules,
+    read_url_identity,
+    referring_cross_domain,
+    settle,
+    split_target,
+)
+from .links import LINK_PATH, TargetParams, protected_target
+from .logs import write_event
+from .outbound import (
+    HTML_TYPES,
+    accepts_coding,
+    add_vary,
+    content_coding,
+    is_rewritable_html,
+    make_private,
+    media_type,
+    script_policy,
+    weaken_etag,
+)
+from .rewriter import HtmlRewriter
+from .store import StoreError
+from .strategies import SigningKeys, TokenRecord, new_token
+
+if TYPE_CHECKING:
+    from .proxy import ProxyState
+
+
+def plain_response(status: int, text: str) -> web.Response:
+    """A short plain-text answer from the gateway itself (never cached when it is an error)."""
+    return web.Response(
+        status=status,
+        text=text + "\n",
+        headers={"Cache-Control": "no-store", "Connection": "close"} if status >= 500 else None,
+    )
+
+
+@dataclass
+class Derived:
+    """Values computed once per config rather than once per request."""
+
+    rules: IdRules
+    # Every cross-domain pattern, and those whose links carry the raw id (strategy "query").
+    targets: tuple[str, ...]
+    query_targets: tuple[str, ...]
+    # Targets that must not see raw ids: their links need a fresh token or signature.
+    protected_targets: tuple[str, ...]
+    has_token_targets: bool
+    strategies: dict[str, Strategy]
+    signing_keys: SigningKeys | None
+    # Public Suffix List lookups are slow next to a dict hit; a wildcard site can bring any
+    # number of hosts, so the memo is bounded.
+    _cookie_domains: dict[tuple[str, str | None], str | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: Config) -> Derived:
+        cross = config.cross_domains
+        return cls(
+            rules=identity_rules(config),
+            targets=tuple(c.host for c in cross),
+            query_targets=tuple(c.host for c in cross if c.strategy == "query"),
+            protected_targets=tuple(c.host for c in cross if c.strategy != "query"),
+            has_token_targets=any(c.strategy == "token" for c in cross),
+            strategies={c.host: c.strategy for c in cross},
+            signing_keys=SigningKeys.parse(config.signing.keys) if config.signing.keys else None,
+        )
+
+    def cookie_domain(self, host: str, configured: str | None) -> str | None:
+        key = (host, configured)
+        try:
+            return self._cookie_domains[key]
+        except KeyError:
+            pass
+        if len(self._cookie_domains) >= 4096:
+            self._cookie_domains.clear()
+        domain = self._cookie_domains[key] = cookie_domain(host, configured)
+        return domain
+
+
+class IdentityFlow:
+    """Identity for the requests of one gateway process (its config may be reloaded)."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    def count_unidentified(self, request: web.BaseRequest, site: Site, arrival: Arrival) -> None:
+        """Count an arrival from another configured domain that came with no identity.
+
+        Only a visitor with no id at all counts: right after a successful hand-off the browser
+        follows the clean-up 302 with the other domain still in Referer, but by then it carries
+        the id in its cookie.
+        """
+        if arrival.source not in ("minted", "none"):
+            return
+        referrer = referring_cross_domain(
+            request.headers.get("Referer"), normalize_host(request.host), self.state.config
+        )
+        if referrer is not None:
+            self.state.metrics.unidentified_arrivals.labels(site.host, referrer).inc()
+
+    async def arrival(self, request: web.BaseRequest, site: Site, target: str) -> Arrival:
+        """The request's identity: URL parameters checked (token exchanged), then cookies."""
+        state = self.state
+        config = state.config
+        derived = state.derived
+        path, cleaned, params, had_params = split_target(target)
+        url = read_url_identity(
+            params,
+            site=site,
+            rules=derived.rules,
+            host=normalize_host(request.host),
+            user_agent=request.headers.get("User-Agent"),
+            now=time.time(),
+            keys=derived.signing_keys,
+            bind_user_agent=config.signing.bind_user_agent,
+            max_lifetime=config.signing.lifetime,
+        )
+        if url.token is not None:
+            try:
+                record = await state.store.take(url.token, single_use=config.tokens.single_use)
+                url = url.exchanged(record, derived.rules, "unknown_or_expired")
+            except StoreError:
+                state.metrics.store_errors.labels("take").inc()
+                url = url.exchanged(None, derived.rules, "store_unavailable")
+        if url.refused is not None and url.form is not None:
+            state.metrics.identity_refused.labels(url.form, url.refused).inc()
+        arrival = settle(
+            method=request.method,
+            target=target,
+            path=path,
+            cleaned_query=cleaned,
+            had_params=had_params,
+            url=url,
+            cookie_headers=request.headers.getall("Cookie", ()),
+            site=site,
+            rules=derived.rules,
+            mint=config.identity.mint,
+        )
+        if arrival.source != "none":
+            state.metrics.id_source.labels(arrival.source).inc()
+        return arrival
+
+    async def fresh_link(self, request: web.BaseRequest, site: Site, target: str) -> web.Response:
+        """The freshness endpoint: mint a token or signature now and redirect to the target.
+
+        Pages link token and signed targets with credentials minted when the page was served;
+        a click after they expired is sent here by the bootstrap. It only ever redirects to a
+        configured protected cross-domain (never the gateway's own host): anything else is a
+        400, so it cannot serve as an open redirect.
+        """
+        state = self.state
+        derived = state.derived
+        own_host = normalize_host(request.host)
+        to = parse_qs(target.partition("?")[2]).get("to", [""])[0]
+        pattern = protected_target(to, own_host, derived.protected_targets)
+        if request.method not in ("GET", "HEAD") or pattern is None:
+            response = plain_response(400, "400 Bad Request: not a link to a configured domain")
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        arrival = await self.arrival(request, site, target.partition("?")[0])
+        location = to
+        if arrival.aid is not None and not arrival.minted:
+            params = await self.target_params(
+                request, arrival, mint=derived.strategies[pattern] == "token"
+            )
+            decorated = LinkDecorator(own_host, to, derived.protected_targets, params).decorate(
+                to, None
+            )
+            location = decorated or to
+        response = web.Response(status=302)
+        response.headers["Location"] = location
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+        return response
+
+    async def mint_token(self, request: web.BaseRequest, arrival: Arrival) -> str | None:
+        """One token for this page view (one store round trip), or None if the store failed."""
+        state = self.state
+        assert arrival.aid is not None
+        token = new_token()
+        record = TokenRecord(
+            anonymous_id=arrival.aid,
+            user_id=arrival.uid,
+            issued_at=time.time(),
+            source_host=normalize_host(request.host),
+        )
+        try:
+            await state.store.put(token, record, state.config.tokens.ttl)
+        except StoreError:
+            state.metrics.store_errors.labels("put").inc()
+            return None
+        return token
+
+    async def target_params(
+        self, request: web.BaseRequest, arrival: Arrival, *, mint: bool
+    ) -> TargetParams:
+        """The link parameters for this response; ``mint``: whether it may link a token
+        target (a token costs a store write, so only then is one minted)."""
+        config = self.state.config
+        derived = self.state.derived
+        assert arrival.aid is not None
+        token = await self.mint_token(request, arrival) if mint else None
+        bind = config.signing.bind_user_agent
+        return TargetParams(
+            config.cross_domains,
+            aid=arrival.aid,
+            uid=arrival.uid,
+            token=token,
+            keys=derived.signing_keys,
+            expires=int(time.time()) + config.signing.lifetime,
+            user_agent=request.headers.get("User-Agent") if bind else None,
+        )
+
+    def cleanup_redirect(
+        self, request: web.BaseRequest, site: Site, arrival: Arrival
+    ) -> web.Response:
+        """302 to the same URL without identity parameters, keeping the id in a cookie."""
+        assert arrival.redirect is not None
+        response = web.Response(status=302)
+        headers = response.headers
+        headers["Location"] = arrival.redirect
+        headers["Cache-Control"] = "no-store"
+        headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+        for cookie in self.cookies(request, site, arrival.store_aid, arrival.store_uid):
+            headers.add("Set-Cookie", cookie)
+        return response
+
+    def cookies(
+        self, request: web.BaseRequest, site: Site, aid: str | None, uid: str | None
+    ) -> list[str]:
+        if aid is None and uid is None:
+            return []
+        config = self.state.config
+        return identity_cookies(
+            aid,
+            uid,
+            domain=self.state.derived.cookie_domain(
+                normalize_host(request.host), site.cookie_domain
+            ),
+            max_age=config.identity.cookie_max_age,
+            secure=visitor_scheme(request, config) == "https",
+            now=time.time(),
+        )
+
+    def page_url(self, request: web.BaseRequest, arrival: Arrival) -> str:
+        scheme = visitor_scheme(request, self.state.config)
+        return f"{scheme}://{request.host}{arrival.target}"
+
+    async def outbound(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        arrival: Arrival,
+        status: int,
+        headers: CIMultiDict[str],
+    ) -> HtmlBody | None:
+        """Edit the response headers for identity; return the body pipeline if the HTML body
+        is to be rewritten."""
+        state = self.state
+        config = state.config
+        derived = state.derived
+        own_host = normalize_host(request.host)
+        mtype, charset = media_type(headers.get("Content-Type"))
+        html = mtype in HTML_TYPES
+        personal = redirected = False
+        targets = derived.targets
+        if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
+            page_url = self.page_url(request, arrival)
+            location = headers["Location"]
+            hits: list[str] = []
+
+            def probe(pattern: str, host: str) -> None:
+                hits.append(pattern)
+
+            # Find the target first, so a token is minted only for a redirect that needs one.
+            LinkDecorator(own_host, page_url, targets, probe).decorate(location, None)
+            if hits:
+                params = await self.target_params(
+                    request, arrival, mint=derived.strategies[hits[0]] == "token"
+                )
+                new = LinkDecorator(own_host, page_url, targets, params).decorate(location, None)
+                if new is not None:
+                    headers["Location"] = new
+                    personal = True
+                    redirected = True
+                    state.metrics.links_decorated.labels(site.host, "redirect").inc()
+        # Ids from the URL are always stored; on HTML responses the visitor's id is (re)written
+        # so that a minted id sticks and a server-set cookie outlives Safari's script cap. An id
+        # just handed to another domain in a redirect is stored here too, or the two would part.
+        aid, uid = arrival.store_aid, arrival.store_uid
+        if config.identity.mint and (html or (redirected and arrival.minted)):
+            aid = aid or arrival.aid
+            uid = uid or arrival.uid
+        for cookie in self.cookies(request, site, aid, uid):
+            headers.add("Set-Cookie", cookie)
+            personal = True
+        body = None
+        if arrival.aid and is_rewritable_html(request.method, status, headers):
+            inject = None
+            if config.analytics.write_key and site.bootstrap:
+                allowed, nonce = script_policy(headers)
+                if allowed:
+                    inject = render_bootstrap(
+                        write_key=config.analytics.write_key,
+                        cdn_url=config.analytics.cdn_url,
+                        anonymous_id=arrival.aid,
+                        user_id=arrival.uid,
+                        targets=derived.query_targets,
+                        own_host=own_host,
+                        nonce=nonce,
+                        refresh=self.refresh_plan(),
+                    )
+            policy = None
+            if targets:
+                # The body streams, so whether it links a token target is not known yet.
+                params = await self.target_params(request, arrival, mint=derived.has_token_targets)
+                policy = LinkDecorator(own_host, self.page_url(request, arrival), targets, params)
+            if inject is not None or policy is not None:
+                rewriter = HtmlRewriter(policy, inject=inject, charset=charset)
+                coding = content_coding(headers)
+                # Re-encode as the upstream did, unless the visitor never accepted that coding
+                # (an upstream that ignores Accept-Encoding): then send it plain.
+                accepted = accepts_coding(request.headers.get("Accept-Encoding"), coding)
+                body = HtmlBody(
+                    rewriter,
+                    coding,
+                    self.rewrite_failed(site),
+                    policy,
+                    output_coding=coding if accepted else "",
+                )
+                headers.popall("Content-Length", None)
+                weaken_etag(headers)
+                if coding:
+                    add_vary(headers, "Accept-Encoding")
+                    if not accepted:
+                        headers.popall("Content-Encoding", None)
+                personal = True
+        if personal:
+            make_private(headers)
+        return body
+
+    def refresh_plan(self) -> RefreshPlan | None:
+        """How the bootstrap keeps token and signed links fresh (None: no such targets)."""
+        derived = self.state.derived
+        if not derived.protected_targets:
+            return None
+        config = self.state.config
+        # Refresh a little before the earliest credential on the page can expire.
+        lifetimes = []
+        if derived.has_token_targets:
+            lifetimes.append(config.tokens.ttl)
+        if derived.signing_keys is not None:
+            lifetimes.append(config.signing.lifetime)
+        fresh_for = max(1, min(lifetimes, default=config.tokens.ttl) - 30)
+        return RefreshPlan(
+            endpoint=LINK_PATH, targets=derived.protected_targets, fresh_for=fresh_for
+        )
+
+    def rewrite_failed(self, site: Site) -> Callable[[BaseException], None]:
+        def report(exc: BaseException) -> None:
+            self.state.metrics.rewrite_failures.labels(site.host).inc()
+            write_event(self.state.log, "rewrite_failed", site=site.host, error=repr(exc)[:200])
+
+        return report
+
+    def rewrite_done(self, site: Site, body: HtmlBody) -> None:
+        metrics = self.state.metrics
+        if not body.failed:
+            metrics.html_rewritten.labels(site.host).inc()
+        metrics.rewrite_seconds.observe(body.rewrite_seconds)
+        for target, count in body.targets_hit.items():
+            metrics.links_decorated.labels(site.host, target).inc(count)
