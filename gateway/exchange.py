@@ -385,7 +385,8 @@ class IdentityFlow:
     def rewrite_failed(self, site: Site) -> Callable[[BaseException], None]:
         def report(exc: BaseException) -> None:
             self.state.metrics.rewrite_failures.labels(site.host).inc()
-            write_event(self.state.log, "rewrite_failed", site=site.host, error=repr(exc)[:200])
+            # The type only: a message could quote page content, ids included.
+            write_event(self.state.log, "rewrite_failed", site=site.host, error=type(exc).__name__)
 
         return report
 

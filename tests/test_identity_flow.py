@@ -1267,7 +1267,8 @@ async def test_failing_rewriter_sends_the_small_page_unchanged(
     assert sample(found, "gateway_links_decorated_total", site=WWW, target=PAY) == 0
     [event] = [line for line in gw.log if line["event"] == "rewrite_failed"]
     assert event["site"] == WWW
-    assert "injected rewriter fault" in event["error"]
+    # The exception type only: a message could quote page content.
+    assert event["error"] == "RuntimeError"
     # The gateway carries on.
     monkeypatch.undo()
     reply = await fetch(gw, "/", headers=[("Cookie", "ajs_anonymous_id=abc")])
