@@ -20,6 +20,7 @@ reading of the same bytes (e.g. re-reading ``href="x>`` as an attribute named
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from html.entities import html5 as _NAMED_REFERENCES
 
 # Pattern pieces are ``str`` so they can be composed with f-strings; ``_bytes_re``
@@ -140,7 +141,30 @@ INTERESTING_TAGS = sorted(
     | RCDATA_ELEMENTS
     | RAWTEXT_ELEMENTS
 )
-_INTERESTING_NAME = rf"(?i:{'|'.join(name.decode() for name in INTERESTING_TAGS)})"
+
+
+def _alternation(names: Iterable[bytes]) -> str:
+    """A pattern for exactly one of ``names`` (lower-case ASCII), any ASCII case, with
+    shared prefixes factored out ("a(?:rea)?", "s(?:cript|tyle|vg)"). It runs at every
+    "<" of the document, and re tries the branches of a plain "a|area|base|..." one
+    by one; the factored form rejects most tag names after one or two bytes."""
+
+    def branches(suffixes: list[str]) -> str:
+        by_first: dict[str, list[str]] = {}
+        for suffix in suffixes:
+            if suffix:
+                by_first.setdefault(suffix[0], []).append(suffix[1:])
+        if not by_first:
+            return ""
+        parts = [re.escape(first) + branches(rest) for first, rest in by_first.items()]
+        pattern = parts[0] if len(parts) == 1 else f"(?:{'|'.join(parts)})"
+        # The longer names first (greedy "?"); the caller's delimiter test backtracks.
+        return f"(?:{pattern})?" if "" in suffixes else pattern
+
+    return f"(?i:{branches(sorted(name.decode('ascii') for name in names))})"
+
+
+_INTERESTING_NAME = _alternation(INTERESTING_TAGS)
 
 # The cheap scanner: the longest run of complete tokens that need no work (text,
 # uninteresting start tags, all end tags, comments, doctype and bogus comments),
