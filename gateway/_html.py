@@ -83,13 +83,16 @@ def _uncaptured(pattern: str) -> str:
 # Run over a complete tag, its ">" included, so the "(?=>)" lookahead sees it.
 ATTRIBUTE_PARTS = _bytes_re(rf"{_ATTR_GAP}(?P<name>{ATTR_NAME}){_ATTR_VALUE_PART}")
 ATTRIBUTES = rf"(?:{_ATTR_GAP}{ATTR_NAME}{_uncaptured(_ATTR_VALUE_PART)})*+{_ATTR_GAP}"
-# The first href attribute of a tag in one call (the hot path: every <a>): skip
-# attributes with other names, then capture like ATTRIBUTE_PARTS.
+# The first href attribute of a tag: skip attributes with other names, then capture
+# the href like ATTRIBUTE_PARTS, its groups named "href" (the name), "href_value"
+# (all after the name) and href_eq, href_dq, href_sq, href_uq.
 _HREF = r"(?i:href)(?=[\t\n\f\r />=])"
-FIRST_HREF = _bytes_re(
+_FIRST_HREF = (
     rf"(?:{_ATTR_GAP}(?!{_HREF}){ATTR_NAME}{_uncaptured(_ATTR_VALUE_PART)})*+"
-    rf"{_ATTR_GAP}(?P<name>{_HREF}){_ATTR_VALUE_PART}"
+    rf"{_ATTR_GAP}(?P<href>{_HREF})"
+    rf"(?P<href_value>{re.sub(r'[(][?]P<', '(?P<href_', _ATTR_VALUE_PART)})"
 )
+FIRST_HREF = _bytes_re(_FIRST_HREF)
 
 # A complete start or end tag (tag open -> ... -> data state on ">"). End tags are
 # tokenized exactly like start tags: their attributes are parse errors but a ">"
@@ -165,15 +168,22 @@ def _alternation(names: Iterable[bytes]) -> str:
 
 
 _INTERESTING_NAME = _alternation(INTERESTING_TAGS)
+# The links we decorate, by far the most frequent interesting tags.
+LINK_TAGS = frozenset({b"a", b"area"})
 
 # The cheap scanner: the longest run of complete tokens that need no work (text,
 # uninteresting start tags, all end tags, comments, doctype and bogus comments),
 # then, if it is complete, the interesting start tag it stopped at, captured like
-# START_TAG. One regex call per interesting tag, the skipping all done in C.
+# START_TAG. One regex call per interesting tag, the skipping all done in C. For
+# a link (group "link" instead of "name") it also captures the first href like
+# FIRST_HREF, if there is one, so the hot path needs no second pass over the tag
+# (and "attrs" then holds only the attributes after that href).
 SKIP_HTML = _bytes_re(
     rf"(?:{_TEXT}|<(?!{_INTERESTING_NAME}{_TAG_NAME_END}){TAG_NAME}{ATTRIBUTES}>"
     rf"|</{TAG_NAME}{ATTRIBUTES}>|{COMMENT}|{_BOGUS_COMMENT})*+"
-    rf"(?P<tag><(?P<name>{_INTERESTING_NAME})(?={_TAG_NAME_END})(?P<attrs>{ATTRIBUTES})>)?"
+    rf"(?P<tag><(?:(?P<link>{_alternation(LINK_TAGS)})(?={_TAG_NAME_END})(?:{_FIRST_HREF})?+"
+    rf"|(?P<name>{_alternation(set(INTERESTING_TAGS) - LINK_TAGS)})(?={_TAG_NAME_END}))"
+    rf"(?P<attrs>{ATTRIBUTES})>)?"
 )
 # In foreign content (and inside integration points) every tag may change the
 # namespace stack and "<![CDATA[" may open a CDATA section, so only text, comments

@@ -213,7 +213,13 @@ class HtmlRewriter:
                 pos = skipped.end()
                 if skipped.lastgroup == "tag":
                     # SKIP_HTML stopped at, and matched, an interesting start tag.
-                    edits = self._start_tag(buf, skipped)
+                    if skipped.start("link") < 0:
+                        edits = self._start_tag(buf, skipped)
+                    elif skipped.start("href") < 0 or self._policy is None:
+                        continue  # a link with nothing to decorate: the hot path
+                    else:
+                        edits = []
+                        self._decorate_href(buf, skipped, edits)
                 else:
                     if pos >= size:
                         break
@@ -401,10 +407,6 @@ class HtmlRewriter:
     def _start_tag(self, buf: bytes, tag: re.Match[bytes]) -> list[tuple[int, int, bytes]]:
         name = tag.group("name").lower()
         edits: list[tuple[int, int, bytes]] = []
-        if (name == b"a" or name == b"area") and not (self._foreign or self._awaiting_injection):
-            # The hot path: most interesting tags are plain HTML links.
-            self._decorate_href(buf, tag, edits)
-            return edits
         if self._awaiting_injection:
             if name == b"head":
                 edits.append((tag.end(), tag.end(), self._inject))
@@ -422,8 +424,8 @@ class HtmlRewriter:
         if name in _FOREIGN_ROOTS:
             if not _self_closing(buf, tag):
                 self._foreign.append(name)
-        elif name in (b"a", b"area"):
-            self._decorate_href(buf, tag, edits)
+        elif name in _html.LINK_TAGS:
+            self._decorate_first_href(buf, tag, edits)
         elif name == b"form":
             self._form(buf, tag, edits)
         elif name == b"base":
@@ -453,7 +455,7 @@ class HtmlRewriter:
         and decorate SVG <a href> (an SVG 2 hyperlink like the HTML one)."""
         root = self._foreign[-1]
         if root == b"svg" and name == b"a":
-            self._decorate_href(buf, tag, edits)
+            self._decorate_first_href(buf, tag, edits)
         if _self_closing(buf, tag):
             return
         if name in _FOREIGN_ROOTS:
@@ -485,33 +487,33 @@ class HtmlRewriter:
 
     # -- Edits --------------------------------------------------------------------
 
-    def _decorate_href(
+    def _decorate_first_href(
         self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]
     ) -> None:
         if self._policy is None:
             return
         found = _html.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
-        if found is None:
-            return
-        kind = found.lastgroup
-        if kind in _QUOTE_OF_GROUP:
-            # Inlined _attribute() and decode_value() for the common case.
-            raw = found.group(kind)
-            if not _html.PLAIN_ASCII.fullmatch(raw):
-                raw = None
-        else:
-            raw = None
+        if found is not None:
+            self._decorate_href(buf, found, edits)
+
+    def _decorate_href(
+        self, buf: bytes, found: re.Match[bytes], edits: list[tuple[int, int, bytes]]
+    ) -> None:
+        """Decorate the href captured in ``found`` (the href_* groups of FIRST_HREF)."""
+        assert self._policy is not None
+        # The common case first: a double-quoted value that needs no decoding.
+        raw = found.group("href_dq")
         attribute: _Attribute | None = None
-        if raw is not None:
+        if raw is not None and _html.PLAIN_ASCII.fullmatch(raw):
             url: str | None = raw.decode("ascii")
         else:
-            attribute = _attribute(found)
+            attribute = _href_attribute(found)
             url = self._value(buf, attribute)
         if url is None:
             return
         new = self._policy.decorate(url, self._base)
         if new is not None:
-            self._edit(buf, attribute or _attribute(found), url, new, edits)
+            self._edit(buf, attribute or _href_attribute(found), url, new, edits)
 
     def _form(self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]) -> None:
         """<form method=post>: decorate the action. GET (the missing and invalid value
@@ -641,6 +643,19 @@ def _attribute(part: re.Match[bytes]) -> _Attribute:
         return _Attribute(part.end(), part.end(), None)
     assert kind is not None
     return _Attribute(part.start(kind), part.end(kind), _QUOTE_OF_GROUP[kind])
+
+
+def _href_attribute(found: re.Match[bytes]) -> _Attribute:
+    """Where the value of an href captured by FIRST_HREF is (see _attribute)."""
+    for group, quote in _HREF_VALUE_GROUPS:
+        start = found.start(group)
+        if start >= 0:
+            return _Attribute(start, found.end(group), quote)
+    end = found.end("href_value")
+    return _Attribute(end, end, b"" if found.start("href_eq") >= 0 else None)
+
+
+_HREF_VALUE_GROUPS: Final = (("href_dq", b'"'), ("href_sq", b"'"), ("href_uq", b""))
 
 
 def _self_closing(buf: bytes, tag: re.Match[bytes]) -> bool:
