@@ -102,11 +102,14 @@ END_TAG = _bytes_re(rf"</(?P<name>{TAG_NAME}){ATTRIBUTES}>")
 
 # -- Comments and other markup declarations --------------------------------------
 
+# These and the other tokens the scanners skip are written without their leading
+# "<" (see _skip).
+
 # Markup declaration open state, "<!--" -> comment start state. "<!-->" and
 # "<!--->" end the comment at once (abrupt-closing-of-empty-comment); otherwise the
 # comment ends at the first "-->" or "--!>" (comment end / comment end bang states).
 # Nested "<!--" only raise parse errors, so they do not change where it ends.
-COMMENT = r"<!--(?:-?>|(?:[^-]++|-(?!-!?>))*+--!?>)"
+_COMMENT = r"!--(?:-?>|(?:[^-]++|-(?!-!?>))*+--!?>)"
 COMMENT_END = _bytes_re(r"--!?>")
 
 # Bogus comment state, reached from: markup declaration open state when "<!" is not
@@ -114,17 +117,32 @@ COMMENT_END = _bytes_re(r"--!?>")
 # which also end at the first ">" whatever the quoting (a quoted public id with ">"
 # is "abrupt-doctype-public-identifier"); tag open state on "?"; end tag open state
 # on anything but an ASCII alpha or ">". "</>" is dropped (missing-end-tag-name).
-_BOGUS_COMMENT = r"<(?:!(?!--)|\?|/[^A-Za-z>])[^>]*+>|</>"
+_BOGUS_COMMENT = r"(?:!(?!--)|\?|/[^A-Za-z>])[^>]*+>|/>"
 # In foreign content "<![CDATA[" opens a CDATA section (CDATA section state), so
 # the bogus-comment reading must not swallow it there.
-_BOGUS_COMMENT_FOREIGN = r"<(?:!(?!--|\[CDATA\[)|\?|/[^A-Za-z>])[^>]*+>|</>"
+_BOGUS_COMMENT_FOREIGN = r"(?:!(?!--|\[CDATA\[)|\?|/[^A-Za-z>])[^>]*+>|/>"
 CDATA_END = _bytes_re(r"\]\]>")
 
 # Data state: text up to the next "<". A "<" followed by anything that is not an
 # ASCII alpha, "!", "/" or "?" is text too (tag open state, "invalid-first-character-
 # of-tag-name"). A "<" at the very end of the buffer is not matched: we need the
 # next byte to know.
-_TEXT = r"[^<]++|<(?=[^A-Za-z!/?])"
+_TEXT_LT = r"(?=[^A-Za-z!/?])"
+# An end tag (all of them are skipped: only the foreign-content stack needs them).
+_END_TAG = rf"/{TAG_NAME}{ATTRIBUTES}>"
+
+
+def _skip(*after_lt: str) -> str:
+    """A run of data-state text and tokens that start with "<": each token is some
+    text, "<", then one of ``after_lt``; the run ends with the text up to the next
+    "<" it cannot skip.
+
+    Shaped for re's speed rather than as "(?:text|<tag|<!--...)*+": the text and
+    the "<" are matched once per token, and re's branch test rejects most
+    alternatives from the byte after "<" without entering them (about a quarter
+    fewer instructions for SKIP_HTML over the corpus)."""
+    return rf"(?:[^<]*+<(?:{'|'.join(after_lt)}))*+[^<]*+"
+
 
 # -- Elements whose start tag changes the tokenizer state -------------------------
 
@@ -179,21 +197,26 @@ LINK_TAGS = frozenset({b"a", b"area"})
 # FIRST_HREF, if there is one, so the hot path needs no second pass over the tag
 # (and "attrs" then holds only the attributes after that href).
 SKIP_HTML = _bytes_re(
-    rf"(?:{_TEXT}|<(?!{_INTERESTING_NAME}{_TAG_NAME_END}){TAG_NAME}{ATTRIBUTES}>"
-    rf"|</{TAG_NAME}{ATTRIBUTES}>|{COMMENT}|{_BOGUS_COMMENT})*+"
-    rf"(?P<tag><(?:(?P<link>{_alternation(LINK_TAGS)})(?={_TAG_NAME_END})(?:{_FIRST_HREF})?+"
+    _skip(
+        _END_TAG,
+        rf"(?!{_INTERESTING_NAME}{_TAG_NAME_END}){TAG_NAME}{ATTRIBUTES}>",
+        _TEXT_LT,
+        _COMMENT,
+        _BOGUS_COMMENT,
+    )
+    + rf"(?P<tag><(?:(?P<link>{_alternation(LINK_TAGS)})(?={_TAG_NAME_END})(?:{_FIRST_HREF})?+"
     rf"|(?P<name>{_alternation(set(INTERESTING_TAGS) - LINK_TAGS)})(?={_TAG_NAME_END}))"
     rf"(?P<attrs>{ATTRIBUTES})>)?"
 )
 # In foreign content (and inside integration points) every tag may change the
 # namespace stack and "<![CDATA[" may open a CDATA section, so only text, comments
 # and the other bogus comments are skipped.
-SKIP_FOREIGN = _bytes_re(rf"(?:{_TEXT}|{COMMENT}|{_BOGUS_COMMENT_FOREIGN})*+")
+SKIP_FOREIGN = _bytes_re(_skip(_TEXT_LT, _COMMENT, _BOGUS_COMMENT_FOREIGN))
 # Before the snippet is injected: whitespace, comments, doctype, end tags and the
 # <html> start tag do not open <head> or <body>; anything else does.
 SKIP_BEFORE_HEAD = _bytes_re(
-    rf"(?:{WS}++|</{TAG_NAME}{ATTRIBUTES}>|<(?=(?i:html){_TAG_NAME_END}){TAG_NAME}{ATTRIBUTES}>"
-    rf"|{COMMENT}|{_BOGUS_COMMENT})*+"
+    rf"(?:{WS}++|<(?:{_END_TAG}|(?=(?i:html){_TAG_NAME_END}){TAG_NAME}{ATTRIBUTES}>"
+    rf"|{_COMMENT}|{_BOGUS_COMMENT}))*+"
 )
 
 # -- Text states that end only at a matching end tag ----------------------------
