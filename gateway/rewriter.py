@@ -205,21 +205,28 @@ class HtmlRewriter:
         size = len(buf)
         pos, self._start = self._start, 0
         emitted = 0
+        out = self._out
+        # The scanner depends on state only _start_tag() and _markup() change.
+        scanner = self._scanner()
         while pos < size:
             mode = self._mode
             if mode == _DATA:
-                skipped = self._scanner().match(buf, pos)
+                skipped = scanner.match(buf, pos)
                 assert skipped is not None  # the scanner also matches the empty string
                 pos = skipped.end()
                 if skipped.lastgroup == "tag":
                     # SKIP_HTML stopped at, and matched, an interesting start tag.
-                    if skipped.start("link") < 0:
-                        edits = self._start_tag(buf, skipped)
-                    elif skipped.start("href") < 0 or self._policy is None:
-                        continue  # a link with nothing to decorate: the hot path
-                    else:
-                        edits = []
-                        self._decorate_href(buf, skipped, edits)
+                    if skipped.start("link") >= 0:
+                        # The hot path: a link in HTML content, its href captured.
+                        if skipped.start("href") < 0 or self._policy is None:
+                            continue
+                        edit = self._decorate_href(buf, skipped)
+                        if edit is not None:
+                            out.append(buf[emitted : edit[0]])
+                            out.append(edit[2])
+                            emitted = edit[1]
+                        continue
+                    edits = self._start_tag(buf, skipped)
                 else:
                     if pos >= size:
                         break
@@ -227,9 +234,10 @@ class HtmlRewriter:
                     if step is None:
                         break
                     pos, edits = step
+                scanner = self._scanner()
                 for start, end, replacement in edits:
-                    self._out.append(buf[emitted:start])
-                    self._out.append(replacement)
+                    out.append(buf[emitted:start])
+                    out.append(replacement)
                     emitted = end
             elif mode == _PASSTHROUGH:
                 pos = size
@@ -494,12 +502,13 @@ class HtmlRewriter:
             return
         found = _html.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
         if found is not None:
-            self._decorate_href(buf, found, edits)
+            edit = self._decorate_href(buf, found)
+            if edit is not None:
+                edits.append(edit)
 
-    def _decorate_href(
-        self, buf: bytes, found: re.Match[bytes], edits: list[tuple[int, int, bytes]]
-    ) -> None:
-        """Decorate the href captured in ``found`` (the href_* groups of FIRST_HREF)."""
+    def _decorate_href(self, buf: bytes, found: re.Match[bytes]) -> tuple[int, int, bytes] | None:
+        """The edit for the href captured in ``found`` (the href_* groups of
+        FIRST_HREF), if the policy changes it."""
         assert self._policy is not None
         # The common case first: a double-quoted value that needs no decoding.
         raw = found.group("href_dq")
@@ -510,10 +519,11 @@ class HtmlRewriter:
             attribute = _href_attribute(found)
             url = self._value(buf, attribute)
         if url is None:
-            return
+            return None
         new = self._policy.decorate(url, self._base)
-        if new is not None:
-            self._edit(buf, attribute or _href_attribute(found), url, new, edits)
+        if new is None:
+            return None
+        return self._edit(buf, attribute or _href_attribute(found), url, new)
 
     def _form(self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]) -> None:
         """<form method=post>: decorate the action. GET (the missing and invalid value
@@ -535,7 +545,9 @@ class HtmlRewriter:
                 return
             new = self._policy.decorate(action, self._base)
             if new is not None:
-                self._edit(buf, action_attribute, action, new, edits)
+                edit = self._edit(buf, action_attribute, action, new)
+                if edit is not None:
+                    edits.append(edit)
             return
         fields = self._policy.form_fields(action, self._base)
         if not fields:
@@ -580,9 +592,9 @@ class HtmlRewriter:
         attribute: _Attribute,
         old: str,
         new: str,
-        edits: list[tuple[int, int, bytes]],
-    ) -> None:
-        """Replace a value, keeping the raw bytes of its unchanged prefix and suffix.
+    ) -> tuple[int, int, bytes] | None:
+        """The edit that replaces a value (None to leave it alone), keeping the raw
+        bytes of its unchanged prefix and suffix.
 
         The decoded old and new values are compared; the longest common prefix and
         suffix are mapped back to raw bytes (at character-reference boundaries, or
@@ -592,20 +604,20 @@ class HtmlRewriter:
         value is re-encoded instead; if that fails too, the value is left alone.
         """
         if new == old:
-            return
+            return None
         assert self._encoding is not None
         raw = buf[attribute.start : attribute.end]
         quote = attribute.quote
         if quote == b"" and _html.UNQUOTED_UNSAFE.search(raw):
-            return  # ambiguous markup: refuse to guess
+            return None  # ambiguous markup: refuse to guess
         try:
             replacement = _rewrite_value(raw, old, new, quote, self._encoding)
         except (UnicodeDecodeError, UnicodeEncodeError):
-            return
+            return None
         if replacement is None:
-            return
-        edits.append((attribute.start, attribute.end, replacement))
+            return None
         self.decorated += 1
+        return attribute.start, attribute.end, replacement
 
 
 # -- Helpers ----------------------------------------------------------------------
