@@ -85,12 +85,20 @@ ATTRIBUTE_PARTS = _bytes_re(rf"{_ATTR_GAP}(?P<name>{ATTR_NAME}){_ATTR_VALUE_PART
 ATTRIBUTES = rf"(?:{_ATTR_GAP}{ATTR_NAME}{_uncaptured(_ATTR_VALUE_PART)})*+{_ATTR_GAP}"
 # The first href attribute of a tag: skip attributes with other names, then capture
 # the href like ATTRIBUTE_PARTS, its groups named "href" (the name), "href_value"
-# (all after the name) and href_eq, href_dq, href_sq, href_uq.
+# (all after the name) and href_eq, href_dq, href_sq, href_uq, plus href_plain: a
+# double-quoted value of PLAIN_ASCII bytes (the usual link, which then needs no
+# decoding; testing it here costs far less than a PLAIN_ASCII call afterwards).
 _HREF = r"(?i:href)(?=[\t\n\f\r />=])"
+_PLAIN_DQ_VALUE = r'"(?P<plain>[^"&\r\0\x80-\xff]*+)"'
 _FIRST_HREF = (
     rf"(?:{_ATTR_GAP}(?!{_HREF}){ATTR_NAME}{_uncaptured(_ATTR_VALUE_PART)})*+"
-    rf"{_ATTR_GAP}(?P<href>{_HREF})"
-    rf"(?P<href_value>{re.sub(r'[(][?]P<', '(?P<href_', _ATTR_VALUE_PART)})"
+    rf"{_ATTR_GAP}(?P<href>{_HREF})(?P<href_value>"
+    + re.sub(
+        r"[(][?]P<",
+        "(?P<href_",
+        _ATTR_VALUE_PART.replace(_DQ_VALUE, f"{_PLAIN_DQ_VALUE}|{_DQ_VALUE}"),
+    )
+    + ")"
 )
 FIRST_HREF = _bytes_re(_FIRST_HREF)
 

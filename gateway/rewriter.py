@@ -511,9 +511,9 @@ class HtmlRewriter:
         FIRST_HREF), if the policy changes it."""
         assert self._policy is not None
         # The common case first: a double-quoted value that needs no decoding.
-        raw = found.group("href_dq")
+        raw = found.group("href_plain")
         attribute: _Attribute | None = None
-        if raw is not None and _html.PLAIN_ASCII.fullmatch(raw):
+        if raw is not None:
             url: str | None = raw.decode("ascii")
         else:
             attribute = _href_attribute(found)
@@ -667,7 +667,12 @@ def _href_attribute(found: re.Match[bytes]) -> _Attribute:
     return _Attribute(end, end, b"" if found.start("href_eq") >= 0 else None)
 
 
-_HREF_VALUE_GROUPS: Final = (("href_dq", b'"'), ("href_sq", b"'"), ("href_uq", b""))
+_HREF_VALUE_GROUPS: Final = (
+    ("href_plain", b'"'),
+    ("href_dq", b'"'),
+    ("href_sq", b"'"),
+    ("href_uq", b""),
+)
 
 
 def _self_closing(buf: bytes, tag: re.Match[bytes]) -> bool:
