@@ -201,6 +201,10 @@ def _meta_encoding(data: bytes, pos: int) -> tuple[str | None, int]:
 def prescan(data: bytes) -> str | None:
     """The encoding declared by a <meta> in the first 1024 bytes, or None."""
     data = data[:PRESCAN_LIMIT]
+    # Only a <meta> tag can declare an encoding: without one (most pages declare theirs in the
+    # Content-Type instead) the walk over every tag's attributes below is skipped.
+    if b"<meta" not in data.lower():
+        return None
     pos = 0
     while (pos := data.find(b"<", pos)) >= 0:
         if data.startswith(b"<!--", pos):
