@@ -32,6 +32,7 @@ escaped, so nothing a site owner or visitor controls can end the script element 
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 from collections.abc import Sequence
@@ -146,8 +147,11 @@ class RefreshPlan:
     """
 
     endpoint: str
-    targets: Sequence[str]
+    targets: tuple[str, ...]
     fresh_for: int
+
+
+_JS_BYTES = _JS.encode("ascii")
 
 
 def _js_value(value: object) -> str:
@@ -180,14 +184,33 @@ def render_bootstrap(
     ``cdn_url`` is used as given (also over plain HTTP) for both the library and ``_cdn``;
     ``nonce``, when given, goes on the element and on the script it inserts.
     """
+    # The per-visitor values are encoded per page; the rest is the same for every page of a
+    # site under one config, so it is encoded once.
+    visitor = _js_value({"a": anonymous_id, "u": user_id})[:-1]
+    nonce_json = _js_value(nonce)
+    static = _static_config(write_key, cdn_url, tuple(targets), own_host, refresh)
+    attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
+    # ASCII only, so the element means the same whatever charset the legacy page declares:
+    # the script is ASCII by construction, the attribute gets character references.
+    open_tag = f"<script{attrs}>".encode("ascii", "xmlcharrefreplace")
+    tail = f',"n":{nonce_json}}})</script>'.encode("ascii")
+    return b"%b%b%b,%b%b" % (open_tag, _JS_BYTES, visitor.encode("ascii"), static, tail)
+
+
+@functools.lru_cache(maxsize=256)
+def _static_config(
+    write_key: str,
+    cdn_url: str,
+    targets: tuple[str, ...],
+    own_host: str,
+    refresh: RefreshPlan | None,
+) -> bytes:
+    """The config members that do not depend on the visitor, as the middle of a JSON object."""
     config = {
-        "a": anonymous_id,
-        "u": user_id,
         "k": write_key,
         "c": cdn_url.rstrip("/"),
         "t": [_host_key(t) for t in targets],
         "o": _host_key(own_host),
-        "n": nonce,
         "p": [AID_PARAM, UID_PARAM],
         "m": _METHODS,
         "r": None
@@ -200,8 +223,4 @@ def render_bootstrap(
             "c": [TOKEN_PARAM, SIG_PARAM],
         },
     }
-    attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
-    # ASCII only, so the element means the same whatever charset the legacy page declares:
-    # the script is ASCII by construction, the attribute gets character references.
-    open_tag = f"<script{attrs}>".encode("ascii", "xmlcharrefreplace")
-    return open_tag + f"{_JS}{_js_value(config)})</script>".encode("ascii")
+    return _js_value(config)[1:-1].encode("ascii")

@@ -410,6 +410,25 @@ def _authority(scheme: str, s: str) -> _Origin | None:
 _MEMO_LIMIT = 4096
 
 
+@functools.lru_cache(maxsize=64)
+def _patterns_of(targets: tuple[str, ...]) -> tuple[tuple[str, str | None, str | None], ...]:
+    return tuple(_pattern_parts(t) for t in targets)
+
+
+@functools.lru_cache(maxsize=1024)
+def _no_target(host: str, own: str | None, targets: tuple[str, ...]) -> bool:
+    return host == own or not any(host_matches(host, t) for t in targets)
+
+
+def _quick_page_host(page_url: str) -> str | None:
+    """The host of a plain absolute page URL without the full parse (None: parse it)."""
+    m = _QUICK_ABSOLUTE.match(page_url)
+    if m is None or not page_url[: m.start(1)].lower().startswith(("http:", "https:")):
+        return None
+    authority = _QUICK_AUTHORITY.fullmatch(m.group(1))
+    return None if authority is None else authority.group(1).lower()
+
+
 def _pattern_parts(pattern: str) -> tuple[str, str | None, str | None]:
     p = pattern.strip().lower()
     if p.startswith("*."):
@@ -441,16 +460,20 @@ class LinkDecorator:
         params: Sequence[tuple[str, str]] | ParamsFor,
     ) -> None:
         self._own = _hostname(own_host)
-        self._page = _web_target(page_url, None)
+        self._page_url = page_url
+        self._page_parsed: _Origin | object | None = _UNKNOWN
         self._targets = tuple(targets)
         # Each pattern as (pattern, exact host, ".suffix" of a "*." pattern), in order: the
         # first that matches decides, as host_matches would.
-        self._patterns = tuple(_pattern_parts(t) for t in self._targets)
+        self._patterns = _patterns_of(self._targets)
         # Relative links resolve to the page's host: they can skip the full parse only when
         # that host is no target (it normally is the site's own).
-        page_host = _hostname(self._page[1]) if self._page is not None else None
-        self._relative_is_safe = page_host is not None and (
-            page_host == self._own or not any(host_matches(page_host, t) for t in self._targets)
+        page_host = _quick_page_host(page_url)
+        if page_host is None:
+            page = self._page
+            page_host = _hostname(page[1]) if page is not None else None
+        self._relative_is_safe = page_host is not None and _no_target(
+            page_host, self._own, self._targets
         )
         if callable(params):
             self._params_for: ParamsFor = params
@@ -460,6 +483,16 @@ class LinkDecorator:
         self.targets_hit: collections.Counter[str] = collections.Counter()
         self._memo: dict[tuple[str, str | None], tuple[str | None, str | None]] = {}
         self._last_pattern: str | None = None
+
+    @property
+    def _page(self) -> _Origin | None:
+        """The page URL parsed in full, only when a link needs the full parse."""
+        if self._page_parsed is _UNKNOWN:
+            try:
+                self._page_parsed = _web_target(self._page_url, None)
+            except (UnicodeError, ValueError):
+                self._page_parsed = None
+        return self._page_parsed  # type: ignore[return-value]
 
     def decorate(self, url: str, base: str | None) -> str | None:
         """The original ``url`` text with the params added, or None to leave it as it is."""
