@@ -464,7 +464,11 @@ async def test_client_disconnect_mid_download_does_not_wedge(
 
     app = web.Application()
     app.router.add_get("/", endless)
-    app.router.add_get("/ok", lambda r: web.Response(text="ok"))  # type: ignore[arg-type, return-value]
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/ok", ok)
     up = await start_upstream(app)
     gw = await start_gateway(site_yaml(up))
     for _ in range(3):
