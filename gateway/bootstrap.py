@@ -90,7 +90,8 @@ _JS = (
     'if(id)r.push([P[0],""+id]);if(u)r.push([P[1],""+u]);return r}'
     'function nm(s){s=s.split("=")[0].replace(/[\\t\\n\\r]/g,"").replace(/\\+/g," ");'
     "try{return decodeURIComponent(s)}catch(e){return s}}"
-    'function dec(u,p){var i=u.indexOf("#"),f="",q="",n=[],o=[],k=[];'
+    # every identity parameter already in the link goes (a stale ajs_uid must not ride along)
+    'function dec(u,p){var i=u.indexOf("#"),f="",q="",n=c.s.slice(),o=[],k=[];'
     "if(i>=0){f=u.slice(i);u=u.slice(0,i)}"
     'i=u.indexOf("?");if(i>=0){q=u.slice(i+1);u=u.slice(0,i)}'
     "for(i=0;i<p.length;i++){n.push(p[i][0]);"
@@ -212,6 +213,7 @@ def _static_config(
         "t": [_host_key(t) for t in targets],
         "o": _host_key(own_host),
         "p": [AID_PARAM, UID_PARAM],
+        "s": list(_IDENTITY_PARAMS),
         "m": _METHODS,
         "r": None
         if refresh is None

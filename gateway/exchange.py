@@ -24,6 +24,7 @@ from .config import Config, Site, Strategy, normalize_host
 from .headers import visitor_scheme
 from .identity import IdRules, LinkDecorator, cookie_domain, identity_cookies
 from .inbound import (
+    IDENTITY_PARAMS,
     Arrival,
     identity_rules,
     read_url_identity,
@@ -189,9 +190,9 @@ class IdentityFlow:
             params = await self.target_params(
                 request, arrival, mint=derived.strategies[pattern] == "token"
             )
-            decorated = LinkDecorator(own_host, to, derived.protected_targets, params).decorate(
-                to, None
-            )
+            decorated = LinkDecorator(
+                own_host, to, derived.protected_targets, params, replace=IDENTITY_PARAMS
+            ).decorate(to, None)
             location = decorated or to
         response = web.Response(status=302)
         response.headers["Location"] = location
@@ -304,7 +305,9 @@ class IdentityFlow:
                 params = await self.target_params(
                     request, arrival, mint=derived.strategies[hits[0]] == "token"
                 )
-                new = LinkDecorator(own_host, page_url, targets, params).decorate(location, None)
+                new = LinkDecorator(
+                    own_host, page_url, targets, params, replace=IDENTITY_PARAMS
+                ).decorate(location, None)
                 if new is not None:
                     headers["Location"] = new
                     personal = True
@@ -340,7 +343,13 @@ class IdentityFlow:
             if targets:
                 # The body streams, so whether it links a token target is not known yet.
                 params = await self.target_params(request, arrival, mint=derived.has_token_targets)
-                policy = LinkDecorator(own_host, self.page_url(request, arrival), targets, params)
+                policy = LinkDecorator(
+                    own_host,
+                    self.page_url(request, arrival),
+                    targets,
+                    params,
+                    replace=IDENTITY_PARAMS,
+                )
             if inject is not None or policy is not None:
                 rewriter = HtmlRewriter(policy, inject=inject, charset=charset)
                 coding = content_coding(headers)

@@ -314,15 +314,19 @@ def same_origin_location(raw_path: str, raw_query: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _encoded(params: tuple[tuple[str, str], ...]) -> tuple[frozenset[str], str]:
-    """The names and the query text of a set of params (the same ones decorate every link of a
-    page, so they are encoded once)."""
-    names = frozenset(name for name, _value in params)
+def _encoded(
+    params: tuple[tuple[str, str], ...], replace: frozenset[str]
+) -> tuple[frozenset[str], str]:
+    """The names to remove and the query text of a set of params (the same ones decorate every
+    link of a page, so they are encoded once)."""
+    names = frozenset(name for name, _value in params) | replace
     return names, "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in params)
 
 
-def decorate_url(url: str, params: Sequence[tuple[str, str]]) -> str:
-    """Add ``params`` to ``url``'s query, replacing every existing parameter of the same name.
+def decorate_url(url: str, params: Sequence[tuple[str, str]], replace: Collection[str] = ()) -> str:
+    """Add ``params`` to ``url``'s query, replacing every existing parameter of the same name
+    (and removing any named in ``replace``: identity the page itself wrote into a link must not
+    ride along with ours, e.g. a stale ``ajs_uid`` next to the visitor's ``ajs_aid``).
 
     The parameters go at the end of the query, before any ``#fragment``; the rest of the URL is
     kept as written (no re-quoting). Names and values are percent-encoded. Surrounding
@@ -335,7 +339,7 @@ def decorate_url(url: str, params: Sequence[tuple[str, str]]) -> str:
     lead, tail = url[:start], url[start + len(body) :]
     before_fragment, hash_, fragment = body.partition("#")
     path, _, query = before_fragment.partition("?")
-    names, added = _encoded(tuple(params))
+    names, added = _encoded(tuple(params), frozenset(replace))
     # An existing parameter of the same name can only hide in a query that spells part of one
     # of them, or encodes characters.
     if "%" in query or any(name in query for name in names):
@@ -458,8 +462,11 @@ class LinkDecorator:
         page_url: str,
         targets: Sequence[str],
         params: Sequence[tuple[str, str]] | ParamsFor,
+        *,
+        replace: Collection[str] = (),
     ) -> None:
         self._own = _hostname(own_host)
+        self._replace = replace
         self._page_url = page_url
         self._page_parsed: _Origin | object | None = _UNKNOWN
         self._targets = tuple(targets)
@@ -506,7 +513,7 @@ class LinkDecorator:
             return result
         self._last_pattern = None
         params = self._params(url, base) if url.strip(_C0_OR_SPACE) else None
-        result = None if params is None else decorate_url(url, params)
+        result = None if params is None else decorate_url(url, params, self._replace)
         if len(self._memo) < _MEMO_LIMIT:
             self._memo[key] = (result, self._last_pattern if result is not None else None)
         return result

@@ -252,6 +252,11 @@ CLICKS: list[tuple[dict[str, Any], str | None]] = [
         f"https://checkout.test/?a=%7e+b&c&ajs_aid={AID}",
     ),
     ({"href": "  //checkout.test/x \n"}, f"//checkout.test/x?ajs_aid={AID}"),
+    # Identity the page wrote into the link goes: this visitor has no user id.
+    (
+        {"href": "https://checkout.test/?ajs_uid=stale&x=1&ajs_token=t"},
+        f"https://checkout.test/?x=1&ajs_aid={AID}",
+    ),
     ({"href": "https://checkout.test/", "nested": True}, f"https://checkout.test/?ajs_aid={AID}"),
     ({"href": "https://checkout.test/", "tag": "area"}, f"https://checkout.test/?ajs_aid={AID}"),
     (
