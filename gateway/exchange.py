@@ -324,7 +324,9 @@ class IdentityFlow:
             headers.add("Set-Cookie", cookie)
             personal = True
         body = None
-        if arrival.aid and is_rewritable_html(request.method, status, headers):
+        # A HEAD gets the headers its GET would get (the body it does not have is not built).
+        head = request.method == "HEAD"
+        if arrival.aid and is_rewritable_html("GET" if head else request.method, status, headers):
             inject = None
             if config.analytics.write_key and site.bootstrap:
                 allowed, nonce = script_policy(headers)
@@ -342,7 +344,9 @@ class IdentityFlow:
             policy = None
             if targets:
                 # The body streams, so whether it links a token target is not known yet.
-                params = await self.target_params(request, arrival, mint=derived.has_token_targets)
+                params = await self.target_params(
+                    request, arrival, mint=derived.has_token_targets and not head
+                )
                 policy = LinkDecorator(
                     own_host,
                     self.page_url(request, arrival),
@@ -351,18 +355,18 @@ class IdentityFlow:
                     replace=IDENTITY_PARAMS,
                 )
             if inject is not None or policy is not None:
-                rewriter = HtmlRewriter(policy, inject=inject, charset=charset)
                 coding = content_coding(headers)
                 # Re-encode as the upstream did, unless the visitor never accepted that coding
                 # (an upstream that ignores Accept-Encoding): then send it plain.
                 accepted = accepts_coding(request.headers.get("Accept-Encoding"), coding)
-                body = HtmlBody(
-                    rewriter,
-                    coding,
-                    self.rewrite_failed(site),
-                    policy,
-                    output_coding=coding if accepted else "",
-                )
+                if not head:
+                    body = HtmlBody(
+                        HtmlRewriter(policy, inject=inject, charset=charset),
+                        coding,
+                        self.rewrite_failed(site),
+                        policy,
+                        output_coding=coding if accepted else "",
+                    )
                 headers.popall("Content-Length", None)
                 weaken_etag(headers)
                 if coding:

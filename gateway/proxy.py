@@ -179,8 +179,9 @@ class ProxyHandler:
         length = upstream.content_length
         if no_body:
             response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
-            if length is not None:
-                # Keep a HEAD's advertised length (aiohttp would otherwise rewrite it).
+            if length is not None and "Content-Length" in headers:
+                # Keep a HEAD's advertised length (aiohttp would otherwise rewrite it), unless
+                # the GET's body would be rewritten and so have another length.
                 response.content_length = length
             await response.prepare(request)
             await response.write_eof()
