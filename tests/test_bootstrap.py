@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.bootstrap import render_bootstrap
 
-HARNESS = Path(__file__).parent / "js" / "harness.js"
-NODE = shutil.which("node") or "/usr/bin/node"
+from .js_harness import needs_node, run_harness
+
 AID = "0b6e6f5a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
 PAGE = "https://www.shop.test/dir/page"
 
@@ -102,22 +99,9 @@ def test_embedded_values_round_trip_as_json() -> None:
 
 # --- node: behaviour ------------------------------------------------------------------------------
 
-needs_node = pytest.mark.skipif(not Path(NODE).exists(), reason="node is not installed")
-
 
 def run_js(steps: list[dict[str, Any]], script: bytes | None = None) -> dict[str, Any]:
-    spec = {"script": body(script or render()), "pageUrl": PAGE, "steps": steps}
-    proc = subprocess.run(
-        [NODE, str(HARNESS)],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
+    return run_harness(body(script or render()), PAGE, steps)
 
 
 SET_AID = ["setAnonymousId", AID]

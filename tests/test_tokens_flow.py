@@ -15,12 +15,9 @@ import asyncio
 import html
 import json
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -36,6 +33,7 @@ from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server
 
 from .conftest import RunningGateway, StartGateway, StartUpstream
+from .js_harness import needs_node, run_harness
 
 WWW = "www.example.com"
 PAY = "pay.example-pay.com"
@@ -51,8 +49,6 @@ KEYS_ENV = {"GATEWAY_SIGNING_KEYS": f"{KEY_NEW},{KEY_OLD}"}
 PREFIX = "flow:"
 TTL = 120
 LINK = "/_ajs_gateway/link"
-HARNESS = Path(__file__).parent / "js" / "harness.js"
-NODE = shutil.which("node")
 
 PAGE = f"""<!doctype html><html><head><title>A</title></head><body>
 <a id="pay1" href="https://{PAY}/checkout?cart=1">pay</a>
@@ -895,23 +891,11 @@ async def test_bootstrap_refresh_plan_and_raw_id_targets(launch: Launch) -> None
 
 
 def run_bootstrap(script: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    assert NODE is not None
-    spec = {"script": script, "pageUrl": f"https://{WWW}/", "steps": steps}
-    proc = subprocess.run(
-        [NODE, str(HARNESS)],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout)
+    result = run_harness(script, f"https://{WWW}/", steps)
     assert result["errors"] == []
     return result
 
 
-needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
 LATER = "Date.prototype.getTime=function(){return 4e12}"
 
 
