@@ -335,6 +335,7 @@ def make_upstreams(config: Config) -> UpstreamPool:
         read_timeout=p.read_timeout,
         pool_size=p.pool_size,
         keepalive_timeout=p.keepalive_timeout,
+        per_origin=p.pool_size_per_host,
     )
 
 

@@ -386,7 +386,9 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    """Keep-alive connections per upstream origin, bounded in total."""
+    """Keep-alive connections per upstream origin, bounded in total and, optionally, per origin
+    (``per_origin``: 0 for no separate bound), so one slow legacy upstream cannot take every
+    connection, nor be sent more concurrent requests than it can serve."""
 
     def __init__(
         self,
@@ -395,13 +397,16 @@ class UpstreamPool:
         read_timeout: float,
         pool_size: int,
         keepalive_timeout: float,
+        per_origin: int = 0,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._keepalive = keepalive_timeout
         self._pool_size = pool_size
+        self._per_origin = per_origin
         self._busy = 0
-        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._busy_by: collections.Counter[Origin] = collections.Counter()
+        self._waiting: collections.deque[tuple[Origin, asyncio.Future[None]]] = collections.deque()
         self._idle: dict[Origin, list[_Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
@@ -418,7 +423,7 @@ class UpstreamPool:
         """Send a request and wait for the response head. ``headers`` are sent as given (the
         caller includes Host); with a ``body`` of unknown length it is sent chunked."""
         head = _request_head(method, target, headers, body is not None and content_length is None)
-        await self._acquire_slot()
+        await self._acquire_slot(origin)
         try:
             # A pooled connection may have been closed by the upstream just as we reuse it;
             # a request that sent no body can safely be tried once more on a new connection.
@@ -451,7 +456,7 @@ class UpstreamPool:
                     conn.used = True
             raise AssertionError("unreachable")
         except BaseException:
-            self._release_slot()
+            self._release_slot(origin)
             raise
 
     async def _exchange(
@@ -534,32 +539,56 @@ class UpstreamPool:
             ) from exc
         return protocol
 
-    async def _acquire_slot(self) -> None:
-        """At most ``pool_size`` exchanges at once; the rest wait their turn in order."""
-        if self._busy < self._pool_size and not self._waiting:
+    def _fits(self, origin: Origin) -> bool:
+        return self._per_origin == 0 or self._busy_by[origin] < self._per_origin
+
+    async def _acquire_slot(self, origin: Origin) -> None:
+        """At most ``pool_size`` exchanges at once (and ``per_origin`` per origin); the rest
+        wait their turn in order."""
+        # Free capacity goes to a newcomer unless someone for the same origin waits before it
+        # (anyone else waiting waits on their own origin's bound, not on this capacity).
+        if (
+            self._busy < self._pool_size
+            and self._fits(origin)
+            and not any(o == origin for o, _ in self._waiting)
+        ):
             self._busy += 1
+            self._busy_by[origin] += 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
+        entry = (origin, waiter)
+        self._waiting.append(entry)
         try:
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
-                self._release_slot()  # the slot was handed to us as we were cancelled
+                self._release_slot(origin)  # the slot was handed to us as we were cancelled
             else:
-                self._waiting.remove(waiter)
+                self._waiting.remove(entry)
             raise
 
-    def _release_slot(self) -> None:
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes straight to the next in line
-                return
+    def _release_slot(self, origin: Origin) -> None:
         self._busy -= 1
+        self._busy_by[origin] -= 1
+        if not self._busy_by[origin]:
+            del self._busy_by[origin]
+        # Hand the freed slot to the first waiter it fits (in order; a waiter for an origin at
+        # its own bound lets the others pass).
+        for entry in self._waiting:
+            waiting_origin, waiter = entry
+            if waiter.done():
+                continue
+            if self._busy < self._pool_size and self._fits(waiting_origin):
+                self._waiting.remove(entry)
+                self._busy += 1
+                self._busy_by[waiting_origin] += 1
+                waiter.set_result(None)
+                return
+        while self._waiting and self._waiting[0][1].done():
+            self._waiting.popleft()
 
     def _done(self, conn: _Connection, reuse: bool) -> None:
-        self._release_slot()
+        self._release_slot(conn.origin)
         conn._exchange = None
         if reuse and not conn.closed and not self._closed:
             conn.idle_since = time.monotonic()

@@ -379,6 +379,40 @@ def test_pool_size_bounds_concurrent_connections(run: Run) -> None:
     run(scenario)
 
 
+def test_per_origin_bound_holds_without_starving_other_origins(run: Run) -> None:
+    async def handler(peer: Peer) -> None:
+        while True:
+            await peer.request()
+            await asyncio.sleep(0.15)
+            await peer.send(OK)
+
+    async def scenario() -> None:
+        async with Server(handler) as slow, Server(handler) as other:
+            pool = make_pool(pool_size=8, per_origin=1)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            done: dict[str, float] = {}
+
+            async def one(name: str, origin: Origin) -> None:
+                _, body = await fetch(pool, origin, target=f"/{name}")
+                assert body == b"ok"
+                done[name] = loop.time() - start
+
+            await asyncio.gather(
+                *(one(f"a{i}", slow.origin) for i in range(3)), one("b", other.origin)
+            )
+            # One connection at a time to the bounded origin, served in order...
+            assert slow.max_open == 1 and slow.accepted == 1
+            assert done["a0"] < done["a1"] < done["a2"]
+            assert done["a2"] >= 0.4
+            # ...while the other origin is not queued behind it.
+            assert done["b"] < done["a1"]
+            assert pool._busy == 0 and not pool._busy_by and not pool._waiting
+            await pool.close()
+
+    run(scenario)
+
+
 def test_pool_close_closes_idle_connections(run: Run) -> None:
     async def scenario() -> None:
         async with Server(keep_alive(OK)) as server:
