@@ -91,6 +91,7 @@ _FONT_BREAKOUT_ATTRIBUTES: Final = (b"color", b"face", b"size")
 _HTML_ANNOTATION_ENCODINGS: Final = ("text/html", "application/xhtml+xml")
 _HOLD_CDATA: Final = 2
 _HOLD_COMMENT: Final = 3
+_APPENDED_MEMO_LIMIT: Final = 64
 
 
 class _Attribute:
@@ -140,6 +141,8 @@ class HtmlRewriter:
         """Attributes edited plus GET forms given hidden inputs (for metrics)."""
         self.injected = False
         self._awaiting_injection = inject is not None
+        # Escaped text appended to plain links, by the text (see _decorate_href).
+        self._appended: dict[str, bytes] = {}
 
     # -- Public interface ---------------------------------------------------------
 
@@ -512,18 +515,36 @@ class HtmlRewriter:
         assert self._policy is not None
         # The common case first: a double-quoted value that needs no decoding.
         raw = found.group("href_plain")
-        attribute: _Attribute | None = None
-        if raw is not None:
-            url: str | None = raw.decode("ascii")
-        else:
+        if raw is None:
             attribute = _href_attribute(found)
             url = self._value(buf, attribute)
-        if url is None:
+            if url is None:
+                return None
+            new = self._policy.decorate(url, self._base)
+            return None if new is None else self._edit(buf, attribute, url, new)
+        plain = raw.decode("ascii")
+        new = self._policy.decorate(plain, self._base)
+        if new is None or new == plain:
             return None
-        new = self._policy.decorate(url, self._base)
-        if new is None:
-            return None
-        return self._edit(buf, attribute or _href_attribute(found), url, new)
+        if new.startswith(plain):
+            # Appending to a plain value (no "&", so no character reference to extend):
+            # insert the escaped addition before the closing quote, as _rewrite_value
+            # would, without copying the value. Pages append the same text to many
+            # links, so its encoding is remembered.
+            addition = new[len(plain) :]
+            appended = self._appended.get(addition)
+            if appended is None:
+                assert self._encoding is not None
+                try:
+                    appended = _html.escape_value(addition, b'"', self._encoding)
+                except UnicodeEncodeError:
+                    return None
+                if len(self._appended) < _APPENDED_MEMO_LIMIT:
+                    self._appended[addition] = appended
+            end = found.end("href_plain")
+            self.decorated += 1
+            return end, end, appended
+        return self._edit(buf, _href_attribute(found), plain, new)
 
     def _form(self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]) -> None:
         """<form method=post>: decorate the action. GET (the missing and invalid value
