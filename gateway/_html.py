@@ -83,6 +83,12 @@ def _uncaptured(pattern: str) -> str:
 # Run over a complete tag, its ">" included, so the "(?=>)" lookahead sees it.
 ATTRIBUTE_PARTS = _bytes_re(rf"{_ATTR_GAP}(?P<name>{ATTR_NAME}){_ATTR_VALUE_PART}")
 ATTRIBUTES = rf"(?:{_ATTR_GAP}{ATTR_NAME}{_uncaptured(_ATTR_VALUE_PART)})*+{_ATTR_GAP}"
+# The same, its last gap captured as "last_gap": a start tag is self-closing (self-
+# closing start tag state) exactly when that gap ends with the "/" before ">". A
+# "/" anywhere else before ">" ends an unquoted value and is part of it.
+_ATTRIBUTES_LAST_GAP = (
+    rf"(?:{_ATTR_GAP}{ATTR_NAME}{_uncaptured(_ATTR_VALUE_PART)})*+(?P<last_gap>{_ATTR_GAP})"
+)
 # The first href attribute of a tag: skip attributes with other names, then capture
 # the href like ATTRIBUTE_PARTS, its groups named "href" (the name), "href_value"
 # (all after the name) and href_eq, href_dq, href_sq, href_uq, plus href_plain: a
@@ -105,7 +111,7 @@ FIRST_HREF = _bytes_re(_FIRST_HREF)
 # A complete start or end tag (tag open -> ... -> data state on ">"). End tags are
 # tokenized exactly like start tags: their attributes are parse errors but a ">"
 # inside a quoted value still does not end them.
-START_TAG = _bytes_re(rf"(?P<tag><(?P<name>{TAG_NAME})(?P<attrs>{ATTRIBUTES})>)")
+START_TAG = _bytes_re(rf"(?P<tag><(?P<name>{TAG_NAME})(?P<attrs>{_ATTRIBUTES_LAST_GAP})>)")
 END_TAG = _bytes_re(rf"</(?P<name>{TAG_NAME}){ATTRIBUTES}>")
 
 # -- Comments and other markup declarations --------------------------------------
@@ -214,7 +220,7 @@ SKIP_HTML = _bytes_re(
     )
     + rf"(?P<tag><(?:(?P<link>{_alternation(LINK_TAGS)})(?={_TAG_NAME_END})(?:{_FIRST_HREF})?+"
     rf"|(?P<name>{_alternation(set(INTERESTING_TAGS) - LINK_TAGS)})(?={_TAG_NAME_END}))"
-    rf"(?P<attrs>{ATTRIBUTES})>)?"
+    rf"(?P<attrs>{_ATTRIBUTES_LAST_GAP})>)?"
 )
 # In foreign content (and inside integration points) every tag may change the
 # namespace stack and "<![CDATA[" may open a CDATA section, so only text, comments

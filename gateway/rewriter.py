@@ -697,14 +697,9 @@ _HREF_VALUE_GROUPS: Final = (
 
 
 def _self_closing(buf: bytes, tag: re.Match[bytes]) -> bool:
-    """Self-closing start tag state: "/" directly before ">", outside any value."""
-    if buf[tag.end() - 2] != 0x2F:
-        return False
-    attributes_end = max(
-        (part.end() for part in _html.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end())),
-        default=0,
-    )
-    return attributes_end < tag.end() - 1
+    """Self-closing start tag state: "/" directly before ">", in the gap after the
+    last attribute (START_TAG and SKIP_HTML capture that gap as "last_gap")."""
+    return buf[tag.end() - 2] == 0x2F and tag.start("last_gap") < tag.end() - 1
 
 
 def _rewrite_value(
