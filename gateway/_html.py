@@ -199,7 +199,42 @@ def _alternation(names: Iterable[bytes]) -> str:
     return f"(?i:{branches(sorted(name.decode('ascii') for name in names))})"
 
 
-_INTERESTING_NAME = _alternation(INTERESTING_TAGS)
+def _other_name(names: Iterable[bytes]) -> str:
+    """A pattern for a whole tag name (as TAG_NAME, any ASCII case) that is none of
+    ``names`` (lower-case ASCII). It walks the same prefix tree as _alternation, but
+    where a name leaves the tree it takes the rest of the tag name at once:
+
+        <letter that starts no name> rest | a (<not r> rest | r (...) | <name ends>) | ...
+
+    The scanner runs it at every "<"; a negative lookahead for the interesting names
+    followed by TAG_NAME costs more (re enters the lookahead's branches and then
+    reads the name a second time)."""
+    any_case = {letter: letter.upper() + letter for letter in "abcdefghijklmnopqrstuvwxyz"}
+    rest = r"[^\t\n\f\r />]*+"  # tag name state, up to _TAG_NAME_END
+
+    def node(suffixes: list[str], first: bool) -> str:
+        children: dict[str, list[str]] = {}
+        for suffix in suffixes:
+            if suffix:
+                children.setdefault(suffix[0], []).append(suffix[1:])
+        excluded = "".join(any_case[letter] for letter in sorted(children))
+        if first:
+            # Tag open state: the name starts with an ASCII alpha.
+            leaves = f"[{''.join(v for k, v in any_case.items() if k not in children)}]"
+        else:
+            leaves = rf"[^{excluded}\t\n\f\r />]"
+        branches = [leaves + rest]
+        for letter, after in sorted(children.items()):
+            branches.append(f"[{any_case[letter]}]{node(after, False)}")
+        if not first and "" not in suffixes:
+            # The name may end here: a proper prefix of an interesting name.
+            branches.append(f"(?={_TAG_NAME_END})")
+        return f"(?:{'|'.join(branches)})"
+
+    return node(sorted(name.decode("ascii") for name in names), True)
+
+
+_UNINTERESTING_NAME = _other_name(INTERESTING_TAGS)
 # The links we decorate, by far the most frequent interesting tags.
 LINK_TAGS = frozenset({b"a", b"area"})
 
@@ -213,7 +248,7 @@ LINK_TAGS = frozenset({b"a", b"area"})
 SKIP_HTML = _bytes_re(
     _skip(
         _END_TAG,
-        rf"(?!{_INTERESTING_NAME}{_TAG_NAME_END}){TAG_NAME}{ATTRIBUTES}>",
+        rf"{_UNINTERESTING_NAME}{ATTRIBUTES}>",
         _TEXT_LT,
         _COMMENT,
         _BOGUS_COMMENT,
