@@ -271,15 +271,39 @@ SKIP_BEFORE_HEAD = _bytes_re(
 # -- Text states that end only at a matching end tag ----------------------------
 
 
-def end_tag_pattern(name: bytes) -> re.Pattern[bytes]:
-    """RCDATA/RAWTEXT end tag open -> end tag name states: "</name" is an
-    "appropriate end tag" only when followed by whitespace, "/" or ">"."""
-    return _bytes_re(rf"</(?i:{name.decode('ascii')}){_TAG_NAME_END}")
+# What may follow an appropriate end tag's name (as _TAG_NAME_END).
+_TAG_NAME_END_BYTES = b"\t\n\f\r />"
 
 
-# Script data state: "</script" + delimiter ends the element; "<!--" enters the
-# script data escaped states (via escape start / escape start dash).
-SCRIPT_DATA = _bytes_re(rf"<(?:/(?i:script){_TAG_NAME_END}|!--)")
+def find_end_tag(buf: bytes, pos: int, name: bytes) -> int:
+    """Where the first appropriate end tag for ``name`` (lower-case) starts at or
+    after ``pos``, or -1 (also when one may start but its delimiter has not arrived).
+
+    RCDATA/RAWTEXT/script data end tag open -> end tag name states: "</name" ends
+    the text only when followed by whitespace, "/" or ">", in any ASCII case. Text
+    is most of a page's bytes and rarely holds "</", so bytes.find (memchr-fast)
+    for "</" and a check of the name beat re's search byte by byte."""
+    end = len(buf) - len(name) - 2
+    lt = buf.find(b"</", pos)
+    while 0 <= lt < end:
+        after = lt + 2 + len(name)
+        if buf[after] in _TAG_NAME_END_BYTES and buf[lt + 2 : after].lower() == name:
+            return lt
+        lt = buf.find(b"</", lt + 2)
+    return -1
+
+
+def find_script_data_end(buf: bytes, pos: int) -> int:
+    """Script data state: where the first "</script" + delimiter (the element ends)
+    or "<!--" (script data escape start / escape start dash states) starts at or
+    after ``pos``, or -1."""
+    end_tag = find_end_tag(buf, pos, b"script")
+    if end_tag < 0:
+        return buf.find(b"<!--", pos)
+    comment = buf.find(b"<!--", pos, end_tag)
+    return end_tag if comment < 0 else comment
+
+
 # Script data escaped (dash / dash dash) states: "-->" returns to script data;
 # "</script"+delim ends the element; "<script"+delim enters the double escaped state
 # (script data double escape start state).

@@ -84,9 +84,7 @@ _SCRIPT_DOUBLE: Final = 7  # script data double escaped ("<!--" then "<script")
 _PASSTHROUGH: Final = 8  # PLAINTEXT, undecodable page, or lost sync: copy the rest
 
 _FOREIGN_ROOTS: Final = (b"svg", b"math")
-_END_TAGS: Final = {
-    name: _html.end_tag_pattern(name) for name in _html.RCDATA_ELEMENTS | _html.RAWTEXT_ELEMENTS
-}
+_TEXT_ELEMENTS: Final = _html.RCDATA_ELEMENTS | _html.RAWTEXT_ELEMENTS
 _FONT_BREAKOUT_ATTRIBUTES: Final = (b"color", b"face", b"size")
 _HTML_ANNOTATION_ENCODINGS: Final = ("text/html", "application/xhtml+xml")
 _HOLD_CDATA: Final = 2
@@ -127,7 +125,7 @@ class HtmlRewriter:
         self._buf = b""
         self._out: list[bytes] = []
         self._mode: int = _DATA
-        self._end_tag: re.Pattern[bytes] | None = None
+        self._end_tag = b""  # the element whose end tag ends RCDATA / RAWTEXT
         # svg/math roots and the integration points opened inside them.
         self._foreign: list[bytes] = []
         # True while the current node is certainly the integration point on top of
@@ -302,20 +300,19 @@ class HtmlRewriter:
                 return found.end()
             hold = _HOLD_CDATA
         elif mode == _RAW:
-            assert self._end_tag is not None
-            found = self._end_tag.search(buf, pos)
-            if found is not None:
+            found_at = _html.find_end_tag(buf, pos, self._end_tag)
+            if found_at >= 0:
                 self._mode = _DATA
-                return found.start()
+                return found_at
         elif mode == _SCRIPT:
-            found = _html.SCRIPT_DATA.search(buf, pos)
-            if found is not None:
-                if buf[found.start() + 1] == 0x21:  # "<!--"
+            found_at = _html.find_script_data_end(buf, pos)
+            if found_at >= 0:
+                if buf[found_at + 1] == 0x21:  # "<!--"
                     self._mode = _SCRIPT_ESCAPED
                     # The dashes of "<!--" count towards "-->": "<!-->" ends it.
-                    return found.start() + 2
+                    return found_at + 2
                 self._mode = _DATA
-                return found.start()
+                return found_at
         elif mode == _SCRIPT_ESCAPED:
             found = _html.SCRIPT_ESCAPED.search(buf, pos)
             if found is not None:
@@ -445,9 +442,9 @@ class HtmlRewriter:
             self._mode = _SCRIPT
         elif name == b"plaintext":
             self._mode = _PASSTHROUGH
-        elif name in _END_TAGS:
+        elif name in _TEXT_ELEMENTS:
             self._mode = _RAW
-            self._end_tag = _END_TAGS[name]
+            self._end_tag = name
         return edits
 
     def _breaks_out(self, buf: bytes, tag: re.Match[bytes], name: bytes) -> bool:
