@@ -193,6 +193,18 @@ def keep_alive(response: bytes | Callable[[bytes], bytes]) -> Handler:
     return handler
 
 
+def slow_ok(delay: float) -> Handler:
+    """A keep-alive server that takes ``delay`` seconds over each answer."""
+
+    async def handler(peer: Peer) -> None:
+        while True:
+            await peer.request()
+            await asyncio.sleep(delay)
+            await peer.send(OK)
+
+    return handler
+
+
 def once(response: bytes, then: str = "close") -> Handler:
     """Reads one request, sends ``response``, then closes (or ``then="hold"``s the line)."""
 
@@ -348,11 +360,7 @@ def test_release_of_unread_body_does_not_reuse(run: Run) -> None:
 
 
 def test_pool_size_bounds_concurrent_connections(run: Run) -> None:
-    async def handler(peer: Peer) -> None:
-        while True:
-            await peer.request()
-            await asyncio.sleep(0.1)
-            await peer.send(OK)
+    handler = slow_ok(0.1)
 
     async def scenario() -> None:
         async with Server(handler) as server:
@@ -380,11 +388,7 @@ def test_pool_size_bounds_concurrent_connections(run: Run) -> None:
 
 
 def test_per_origin_bound_holds_without_starving_other_origins(run: Run) -> None:
-    async def handler(peer: Peer) -> None:
-        while True:
-            await peer.request()
-            await asyncio.sleep(0.15)
-            await peer.send(OK)
+    handler = slow_ok(0.15)
 
     async def scenario() -> None:
         async with Server(handler) as slow, Server(handler) as other:
@@ -1448,11 +1452,7 @@ def test_cancelled_upload_stops_sending(run: Run) -> None:
 
 
 def test_cancelled_slot_waiter_leaves_the_pool_consistent(run: Run) -> None:
-    async def handler(peer: Peer) -> None:
-        while True:
-            await peer.request()
-            await asyncio.sleep(0.2)
-            await peer.send(OK)
+    handler = slow_ok(0.2)
 
     async def scenario() -> None:
         async with Server(handler) as server:
