@@ -95,6 +95,9 @@ class Gateway:
             ProxyHandler(self.state),
             access_log=None,
             max_field_size=config.proxy.max_header_size,
+            # aiohttp closes a connection whose next request has not fully arrived by then:
+            # idle keep-alive connections, and request heads dribbled in (slowloris).
+            keepalive_timeout=config.proxy.client_idle_timeout,
             handler_cancellation=False,
         )
         runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)

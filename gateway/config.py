@@ -167,6 +167,7 @@ class Proxy:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     drain_timeout: float = 25.0
     max_header_size: int = 16384
+    client_idle_timeout: float = 75.0
 
 
 @dataclass(frozen=True)
@@ -732,6 +733,7 @@ class _Reader:
                 "trusted_proxies",
                 "drain_timeout",
                 "max_header_size",
+                "client_idle_timeout",
             ),
         )
         trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
@@ -756,6 +758,9 @@ class _Reader:
             trusted_proxies=tuple(trusted),
             drain_timeout=self.number(fields, "drain_timeout", "proxy", 25.0, 0, 3600),
             max_header_size=self.integer(fields, "max_header_size", "proxy", 16384, 1024, 1 << 20),
+            client_idle_timeout=self.number(
+                fields, "client_idle_timeout", "proxy", 75.0, 0.1, 86400
+            ),
         )
 
 

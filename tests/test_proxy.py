@@ -577,3 +577,26 @@ async def test_non_utf8_response_header_bytes_are_not_lost(start_gateway: StartG
             assert await resp.read() == b"ok"
     finally:
         server.close()
+
+
+async def test_idle_and_dribbling_client_connections_are_closed(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    """A connection that never completes its request head (slowloris) or sits idle is closed
+    after proxy.client_idle_timeout, so it cannot hold a connection slot for ever."""
+    up = await start_upstream(echo_app())
+    gw = await start_gateway(site_yaml(up, extra="proxy: {client_idle_timeout: 0.5}"))
+    port = gw.gateway.bound_port
+    assert port is not None
+    loop = asyncio.get_running_loop()
+    for opening in (b"", b"GET / HTTP/1.1\r\nHost: www.exa"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(opening)
+        start = loop.time()
+        data = await asyncio.wait_for(reader.read(), 5)  # returns at EOF
+        assert loop.time() - start < 3
+        assert not data.startswith(b"HTTP/1.1 200")
+        writer.close()
+    # A request sent in time is served as usual.
+    async with gw.request("GET", "/ok") as resp:
+        assert resp.status == 200
