@@ -22,7 +22,7 @@ from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site, Strategy, normalize_host
 from .headers import visitor_scheme
-from .identity import IdRules, LinkDecorator, cookie_domain, identity_cookies
+from .identity import IdRules, LinkDecorator, cookie_domain, decorate_location, identity_cookies
 from .inbound import (
     IDENTITY_PARAMS,
     Arrival,
@@ -300,14 +300,19 @@ class IdentityFlow:
                 hits.append(pattern)
 
             # Find the target first, so a token is minted only for a redirect that needs one.
-            LinkDecorator(own_host, page_url, targets, probe).decorate(location, None)
+            decorate_location(location, page_url, own_host=own_host, targets=targets, params=probe)
             if hits:
                 params = await self.target_params(
                     request, arrival, mint=derived.strategies[hits[0]] == "token"
                 )
-                new = LinkDecorator(
-                    own_host, page_url, targets, params, replace=IDENTITY_PARAMS
-                ).decorate(location, None)
+                new = decorate_location(
+                    location,
+                    page_url,
+                    own_host=own_host,
+                    targets=targets,
+                    params=params,
+                    replace=IDENTITY_PARAMS,
+                )
                 if new is not None:
                     headers["Location"] = new
                     personal = True

@@ -591,13 +591,15 @@ def decorate_location(
     own_host: str,
     targets: Sequence[str],
     params: Sequence[tuple[str, str]] | ParamsFor,
+    replace: Collection[str] = (),
 ) -> str | None:
     """Decorate an upstream redirect's ``Location`` the way a link on that page would be.
 
     A relative ``Location`` resolves against the request URL. Returns the new header value, or
     None to leave the header unchanged.
     """
-    return LinkDecorator(own_host, request_url, targets, params).decorate(location, None)
+    decorator = LinkDecorator(own_host, request_url, targets, params, replace=replace)
+    return decorator.decorate(location, None)
 
 
 __all__ = [
