@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .proxy import ProxyState
+from .responses import drop_server_header
 
 STATE_KEY = web.AppKey("state", ProxyState)
 # A coroutine returning the token store's health, e.g. {"state": "up"}; set by app.py.
@@ -49,6 +50,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_admin_app(state: ProxyState, store_check: StoreCheck) -> web.Application:
     app = web.Application()
+    app.on_response_prepare.append(drop_server_header)
     app[STATE_KEY] = state
     app[STORE_CHECK_KEY] = store_check
     app.router.add_get("/healthz", healthz)

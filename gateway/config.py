@@ -162,12 +162,24 @@ class Proxy:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     pool_size: int = 512
-    pool_size_per_host: int = 0
+    # None: half of pool_size, so that one slow or flooded upstream cannot take every
+    # connection (0: no separate bound).
+    pool_size_per_host: int | None = None
+    pool_wait_timeout: float = 10.0
+    send_timeout: float = 60.0
+    websocket_max_message: int = 4 * 1024 * 1024
     keepalive_timeout: float = 30.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     drain_timeout: float = 25.0
     max_header_size: int = 16384
     client_idle_timeout: float = 75.0
+
+    @property
+    def per_host_limit(self) -> int:
+        """Concurrent requests per upstream origin (0: only the pool's own bound)."""
+        if self.pool_size_per_host is None:
+            return max(1, self.pool_size // 2)
+        return self.pool_size_per_host
 
 
 @dataclass(frozen=True)
@@ -729,6 +741,9 @@ class _Reader:
                 "read_timeout",
                 "pool_size",
                 "pool_size_per_host",
+                "pool_wait_timeout",
+                "send_timeout",
+                "websocket_max_message",
                 "keepalive_timeout",
                 "trusted_proxies",
                 "drain_timeout",
@@ -753,7 +768,25 @@ class _Reader:
             connect_timeout=self.number(fields, "connect_timeout", "proxy", 5.0, 0.01, 300),
             read_timeout=self.number(fields, "read_timeout", "proxy", 60.0, 0.01, 3600),
             pool_size=self.integer(fields, "pool_size", "proxy", 512, 1, 100000),
-            pool_size_per_host=self.integer(fields, "pool_size_per_host", "proxy", 0, 0, 100000),
+            pool_size_per_host=(
+                self.integer(fields, "pool_size_per_host", "proxy", 0, 0, 100000)
+                if "pool_size_per_host" in fields
+                else None
+            ),
+            pool_wait_timeout=self.number(
+                fields, "pool_wait_timeout", "proxy", Proxy.pool_wait_timeout, 0.01, 3600
+            ),
+            send_timeout=self.number(
+                fields, "send_timeout", "proxy", Proxy.send_timeout, 0.1, 3600
+            ),
+            websocket_max_message=self.integer(
+                fields,
+                "websocket_max_message",
+                "proxy",
+                Proxy.websocket_max_message,
+                1024,
+                1 << 30,
+            ),
             keepalive_timeout=self.number(fields, "keepalive_timeout", "proxy", 30.0, 0, 3600),
             trusted_proxies=tuple(trusted),
             drain_timeout=self.number(fields, "drain_timeout", "proxy", 25.0, 0, 3600),

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 from multidict import CIMultiDict
 
+from . import responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site, Strategy, normalize_host
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 
 def plain_response(status: int, text: str) -> web.Response:
     """A short plain-text answer from the gateway itself (never cached when it is an error)."""
-    return web.Response(
+    return responses.Response(
         status=status,
         text=text + "\n",
         headers={"Cache-Control": "no-store", "Connection": "close"} if status >= 500 else None,
@@ -194,7 +195,7 @@ class IdentityFlow:
                 own_host, to, derived.protected_targets, params, replace=IDENTITY_PARAMS
             ).decorate(to, None)
             location = decorated or to
-        response = web.Response(status=302)
+        response = responses.Response(status=302)
         response.headers["Location"] = location
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
@@ -243,7 +244,7 @@ class IdentityFlow:
     ) -> web.Response:
         """302 to the same URL without identity parameters, keeping the id in a cookie."""
         assert arrival.redirect is not None
-        response = web.Response(status=302)
+        response = responses.Response(status=302)
         headers = response.headers
         headers["Location"] = arrival.redirect
         headers["Cache-Control"] = "no-store"

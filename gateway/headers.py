@@ -10,6 +10,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Config, Site
+from .hosts import Authority, parse_authority
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
@@ -39,9 +40,42 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
+# Connection may name any header as hop-by-hop (RFC 9110 §7.6.1), but never one that frames or
+# routes the message: a visitor who lists Content-Length there would otherwise have the gateway
+# drop the length and send the body unframed, where the upstream reads it as the next request
+# (request smuggling). Framing is always generated anew, and Host from the routed host.
+_NEVER_HOP = frozenset({"content-length", "transfer-encoding", "host"})
+
+# Headers through which a client names its own address (or the host and scheme it used). From a
+# peer that is not a trusted proxy they are claims anybody can forge: removed, and the
+# X-Forwarded-* set replaced by the gateway's own.
+CLIENT_ADDRESS = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-forwarded-server",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-original-forwarded-for",
+        "x-real-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-appengine-user-ip",
+        "x-azure-clientip",
+        "x-azure-socketip",
+    }
+)
+
+
 def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Copy headers minus hop-by-hop ones, keeping order and repetitions (Set-Cookie)."""
-    extra = connection_tokens(headers)
+    extra = connection_tokens(headers) - _NEVER_HOP
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lname = name.lower()
@@ -61,22 +95,60 @@ def is_trusted(peer: str | None, trusted: Networks) -> bool:
     return any(addr in net for net in trusted)
 
 
-def forwarded_headers(request: web.BaseRequest, site: Site, config: Config) -> CIMultiDict[str]:
-    """The request headers as the upstream should see them."""
+def forwarded_headers(
+    request: web.BaseRequest, site: Site, config: Config, routed: Authority
+) -> CIMultiDict[str]:
+    """The request headers as the upstream should see them, for a request routed on
+    ``routed``. Never a framing header: the upstream client writes the framing of the body it
+    actually sends."""
     headers = end_to_end(request.headers)
+    headers.popall("Content-Length", None)
     # We answer Expect ourselves (see _expect_continue); the upstream gets the body anyway.
     headers.popall("Expect", None)
     peer = request.remote
     trusted = is_trusted(peer, config.proxy.trusted_proxies)
     xff = request.headers.get("X-Forwarded-For") if trusted else None
-    headers["X-Forwarded-For"] = f"{xff}, {peer}" if xff else (peer or "")
     proto = request.headers.get("X-Forwarded-Proto") if trusted else None
+    if not trusted:
+        for name in [n for n in headers if n.lower() in CLIENT_ADDRESS]:
+            headers.popall(name, None)
+    headers["X-Forwarded-For"] = f"{xff}, {peer}" if xff else (peer or "")
     headers["X-Forwarded-Proto"] = proto or request.scheme
-    fwd_host = request.headers.get("X-Forwarded-Host") if trusted else None
-    headers["X-Forwarded-Host"] = fwd_host or request.headers.get("Host") or ""
-    if not site.preserve_host:
-        headers["Host"] = URL(site.upstream).raw_authority
+    # Host and X-Forwarded-Host name the host the request was routed on, checked and
+    # normalised (hosts.parse_authority), never the raw value the visitor sent.
+    headers["X-Forwarded-Host"] = str(routed)
+    headers["Host"] = str(routed) if site.preserve_host else URL(site.upstream).raw_authority
     return headers
+
+
+def routed_authority(request: web.BaseRequest) -> Authority | str | None:
+    """The authority to route ``request`` on: its Host, checked (None when it has none).
+
+    A string is the reason the request must be refused with 400: a Host that is not a host,
+    or an absolute-form request-target naming another authority than Host. RFC 9112 §3.2.2
+    lets a server replace Host with the target's authority; the gateway refuses the
+    disagreement instead, since no browser sends it and a proxy in front that routed on the
+    other value would be bypassed.
+    """
+    raw = request.headers.get("Host")
+    if raw is None or raw == "":
+        return None
+    routed = parse_authority(raw)
+    if routed is None:
+        return "the Host header is not a valid host[:port]"
+    target = request.raw_path
+    if not target.startswith("/") and target != "*":
+        scheme, sep, rest = target.partition("://")
+        named = parse_authority(rest.split("/", 1)[0].split("?", 1)[0]) if sep else None
+        scheme = scheme.lower()
+        if (
+            named is None
+            or scheme not in ("http", "https")
+            or named.host != routed.host
+            or named.effective_port(scheme) != routed.effective_port(scheme)
+        ):
+            return "the request-target names another host than the Host header"
+    return routed
 
 
 def visitor_scheme(request: web.BaseRequest, config: Config) -> str:

@@ -22,11 +22,13 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from . import responses
 from .body import HtmlBody
 from .codecs import DecodeError
 from .config import Config, Site
 from .exchange import Derived, IdentityFlow, plain_response
-from .headers import end_to_end, forwarded_headers, upstream_target
+from .headers import end_to_end, forwarded_headers, routed_authority, upstream_target
+from .hosts import Authority
 from .inbound import Arrival
 from .links import LINK_PATH
 from .logs import write_event
@@ -47,6 +49,17 @@ _NO_BODY_STATUS = frozenset({204, 304})
 # small pages that is markedly cheaper than a streamed response and costs little memory.
 SMALL_BODY = 256 * 1024
 _CHUNK = 64 * 1024
+
+
+# What the visitor is told for each kind of upstream fault (UpstreamError.kind).
+FAULTS: dict[str, tuple[int, str]] = {
+    "connect": (502, "502 Bad Gateway: the upstream could not be reached"),
+    "reset": (502, "502 Bad Gateway: the upstream did not give a valid response"),
+    "aborted_body": (502, "502 Bad Gateway: the upstream's response ended early"),
+    "ws_handshake": (502, "502 Bad Gateway: the upstream refused the WebSocket upgrade"),
+    "timeout": (504, "504 Gateway Timeout: the upstream did not answer in time"),
+    "overloaded": (503, "503 Service Unavailable: too many requests wait for this upstream"),
+}
 
 
 class ProxyState:
@@ -111,25 +124,45 @@ class ProxyHandler:
         state = self.state
         config = state.config
         start = time.monotonic()
-        site = config.site_for(request.host if "Host" in request.headers else None)
         outcome = Outcome()
+        site = None
         state.in_flight += 1
         state.metrics.in_flight.inc()
         try:
-            if site is None:
+            if request.method == "CONNECT":
+                # A reverse proxy is never a tunnel: RFC 9110 §9.3.6 lets a server refuse it.
+                outcome.status = 405
+                response = plain_response(
+                    405, "405 Method Not Allowed: this is not a forward proxy"
+                )
+                response.force_close()
+                return response
+            routed = routed_authority(request)
+            if isinstance(routed, str):
+                outcome.status = 400
+                response = plain_response(400, f"400 Bad Request: {routed}")
+                response.force_close()
+                return response
+            site = config.site_for(routed.host) if routed is not None else None
+            if site is None or routed is None:
                 outcome.status = 421
                 return plain_response(421, "421 Misdirected Request: this host is not served here")
-            return await self.forward(request, site, config, outcome)
+            return await self.forward(request, site, routed, config, outcome)
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.dec()
             self.record(request, site, outcome, start)
 
     async def forward(
-        self, request: web.BaseRequest, site: Site, config: Config, outcome: Outcome
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        routed: Authority,
+        config: Config,
+        outcome: Outcome,
     ) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await relay_websocket(self, request, site, outcome)
+            return await relay_websocket(self, request, site, routed, outcome)
         state = self.state
         target = upstream_target(request)
         identity = self.identity
@@ -142,7 +175,7 @@ class ProxyHandler:
             outcome.status = 302
             return identity.cleanup_redirect(request, site, arrival)
         identity.count_unidentified(request, site, arrival)
-        headers = forwarded_headers(request, site, config)
+        headers = forwarded_headers(request, site, config, routed)
         body = None
         length = None
         if request.body_exists:
@@ -155,7 +188,7 @@ class ProxyHandler:
                 site_origin(site), request.method, arrival.target, headers.items(), body, length
             )
         except UpstreamError as exc:
-            return self.fault(site, outcome, 504 if exc.kind == "timeout" else 502, exc.kind, exc)
+            return self.fault(site, outcome, exc)
         state.metrics.upstream_latency.labels(site.host).observe(time.monotonic() - sent_at)
         outcome.upstream_status = upstream.status
         try:
@@ -178,7 +211,9 @@ class ProxyHandler:
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         length = upstream.content_length
         if no_body:
-            response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            response = responses.StreamResponse(
+                status=status, reason=upstream.reason, headers=headers
+            )
             if length is not None and "Content-Length" in headers:
                 # Keep a HEAD's advertised length (aiohttp would otherwise rewrite it), unless
                 # the GET's body would be rewritten and so have another length.
@@ -213,7 +248,9 @@ class ProxyHandler:
             except DecodeError as exc:
                 return self._abort_before_headers(request, site, outcome, exc)
             self.identity.rewrite_done(site, body)
-        response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+        response = responses.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
         response.body = data
         outcome.sent = len(data)
         return response
@@ -228,7 +265,7 @@ class ProxyHandler:
         body: HtmlBody | None,
         outcome: Outcome,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
+        response = responses.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
         if length is not None and body is None:
@@ -274,10 +311,9 @@ class ProxyHandler:
     def _abort_before_headers(
         self, request: web.BaseRequest, site: Site, outcome: Outcome, exc: BaseException
     ) -> web.StreamResponse:
-        # Nothing was sent yet, but the status line would promise a body we do not have:
-        # a 502 tells the truth.
-        kind = "timeout" if isinstance(exc, TimeoutError) else "aborted_body"
-        return self.fault(site, outcome, 502, kind, exc)
+        # Nothing was sent yet, but the status line would promise a body we do not have: the
+        # fault's own status (a stall is a 504, anything else a 502) tells the truth.
+        return self.fault(site, outcome, exc, kind=getattr(exc, "kind", "aborted_body"))
 
     def _abort(
         self, request: web.BaseRequest, site: Site, outcome: Outcome, exc: BaseException
@@ -291,15 +327,16 @@ class ProxyHandler:
             transport.abort()
 
     def fault(
-        self, site: Site, outcome: Outcome, status: int, kind: str, exc: BaseException
+        self, site: Site, outcome: Outcome, exc: BaseException, kind: str | None = None
     ) -> web.Response:
+        """The gateway's answer for an upstream fault. One taxonomy: the fault's ``kind``
+        (UpstreamError.kind unless given) is the metric label, the log field and, through
+        FAULTS, the visitor's status and text."""
+        kind = kind or str(getattr(exc, "kind", "reset"))
         self.state.metrics.upstream_errors.labels(site.host, kind).inc()
         self.log_event("upstream_error", site=site.host, kind=kind, error=repr(exc)[:200])
+        status, text = FAULTS.get(kind, FAULTS["reset"])
         outcome.status = status
-        text = {
-            502: "502 Bad Gateway: the upstream could not be reached",
-            504: "504 Gateway Timeout: the upstream did not answer in time",
-        }[status]
         return plain_response(status, text)
 
     def record(
@@ -316,7 +353,7 @@ class ProxyHandler:
         line = (
             f'{{"time":{time.time():.6f},"event":"request","site":{_json_str(label)},'
             f'"method":{_json_str(request.method)},'
-            f'"path":{_json_str(request.raw_path.split("?", 1)[0])},'
+            f'"path":{_json_str(_log_path(request))},'
             f'"status":{outcome.status},"bytes":{outcome.sent},'
             f'"duration_ms":{duration * 1000:.3f},"upstream_status":{upstream}}}\n'
         )
@@ -327,6 +364,17 @@ class ProxyHandler:
         write_event(self.state.log, event, **fields)
 
 
+def _log_path(request: web.BaseRequest) -> str:
+    """The path to log: never the query (identities) nor an absolute-form target's userinfo
+    (credentials); an authority-form target (CONNECT) is not logged at all."""
+    raw = request.raw_path
+    if not raw.startswith("/"):
+        if request.method == "CONNECT":
+            return "-"
+        raw = upstream_target(request)
+    return raw.split("?", 1)[0]
+
+
 def make_upstreams(config: Config) -> UpstreamPool:
     """The upstream client for HTTP: pooled keep-alive connections, no total-time limit."""
     p = config.proxy
@@ -335,7 +383,8 @@ def make_upstreams(config: Config) -> UpstreamPool:
         read_timeout=p.read_timeout,
         pool_size=p.pool_size,
         keepalive_timeout=p.keepalive_timeout,
-        per_origin=p.pool_size_per_host,
+        per_origin=p.per_host_limit,
+        pool_wait_timeout=p.pool_wait_timeout,
     )
 
 
@@ -354,7 +403,7 @@ def make_session(config: Config) -> aiohttp.ClientSession:
     p = config.proxy
     connector = aiohttp.TCPConnector(
         limit=p.pool_size,
-        limit_per_host=p.pool_size_per_host,
+        limit_per_host=p.per_host_limit,
         keepalive_timeout=p.keepalive_timeout,
         ttl_dns_cache=10,
     )

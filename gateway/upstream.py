@@ -47,6 +47,19 @@ class UpstreamTimeout(UpstreamError):
     kind = "timeout"
 
 
+class UpstreamOverloaded(UpstreamError):
+    """No connection slot came free within ``pool_wait_timeout``."""
+
+    kind = "overloaded"
+
+
+class RequestBodyError(UpstreamError):
+    """The visitor's body did not match its own framing (cut short, or longer than its
+    Content-Length): the upstream connection is mid-request and is closed."""
+
+    kind = "aborted_body"
+
+
 class UpstreamBodyError(UpstreamError):
     """The upstream's body ended early or failed after the response started."""
 
@@ -398,12 +411,14 @@ class UpstreamPool:
         pool_size: int,
         keepalive_timeout: float,
         per_origin: int = 0,
+        pool_wait_timeout: float | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._keepalive = keepalive_timeout
         self._pool_size = pool_size
         self._per_origin = per_origin
+        self._pool_wait = pool_wait_timeout
         self._busy = 0
         self._busy_by: collections.Counter[Origin] = collections.Counter()
         self._waiting: collections.deque[tuple[Origin, asyncio.Future[None]]] = collections.deque()
@@ -421,8 +436,10 @@ class UpstreamPool:
         content_length: int | None,
     ) -> UpstreamResponse:
         """Send a request and wait for the response head. ``headers`` are sent as given (the
-        caller includes Host); with a ``body`` of unknown length it is sent chunked."""
-        head = _request_head(method, target, headers, body is not None and content_length is None)
+        caller includes Host) except framing: Content-Length and Transfer-Encoding are always
+        written here from the body actually sent (``content_length`` bytes, or chunked when it
+        is None), never copied, so a request can carry nothing past its own end."""
+        head = _request_head(method, target, headers, _framing(method, body, content_length))
         await self._acquire_slot(origin)
         try:
             # A pooled connection may have been closed by the upstream just as we reuse it;
@@ -479,7 +496,7 @@ class UpstreamPool:
         exchange.arm(self._read_timeout)
         if body is not None:
             sender = asyncio.ensure_future(
-                _send_body(conn, exchange, body, self._read_timeout, chunked=content_length is None)
+                _send_body(conn, exchange, body, self._read_timeout, content_length)
             )
             exchange.sender = sender
         try:
@@ -559,7 +576,16 @@ class UpstreamPool:
         entry = (origin, waiter)
         self._waiting.append(entry)
         try:
-            await waiter
+            if self._pool_wait is None:
+                await waiter
+            else:
+                try:
+                    async with asyncio.timeout(self._pool_wait):
+                        await waiter
+                except TimeoutError:
+                    raise UpstreamOverloaded(
+                        f"no connection to {origin.host}:{origin.port} came free in time"
+                    ) from None
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self._release_slot(origin)  # the slot was handed to us as we were cancelled
@@ -630,17 +656,26 @@ async def _send_body(
     exchange: _Exchange,
     body: AsyncIterator[bytes],
     timeout: float,
-    chunked: bool,
+    length: int | None,
 ) -> None:
+    """Send ``body``: exactly ``length`` bytes, or chunked when the length is unknown. A body
+    that does not keep to its length raises RequestBodyError before a byte too many is
+    written, and the connection, left mid-request, is not reused."""
+    sent = 0
     async for chunk in body:
         if not chunk:
             continue
+        sent += len(chunk)
+        if length is not None and sent > length:
+            raise RequestBodyError(f"request body longer than its Content-Length {length}")
         exchange.arm(timeout)  # the visitor is still sending
-        conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if length is None else chunk)
         await conn.drain()
         exchange.arm(timeout)  # the upstream is still reading
-    if chunked:
+    if length is None:
         conn.write(b"0\r\n\r\n")
+    elif sent != length:
+        raise RequestBodyError(f"request body ended after {sent} of {length} bytes")
 
 
 def _header_text(value: bytes) -> str:
@@ -654,12 +689,29 @@ def _header_text(value: bytes) -> str:
         return value.decode("latin-1")
 
 
+# Methods whose requests carry content by definition: without a body they still say so
+# (RFC 9110 §8.6: a user agent SHOULD send Content-Length for them, 0 when empty).
+_CONTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
+def _framing(method: str, body: object | None, content_length: int | None) -> str | None:
+    """The one framing header line of a request, from the body that will be sent."""
+    if body is None:
+        return "Content-Length: 0" if method in _CONTENT_METHODS else None
+    if content_length is None:
+        return "Transfer-Encoding: chunked"
+    return f"Content-Length: {content_length}"
+
+
 def _request_head(
-    method: str, target: str, headers: Iterable[tuple[str, str]], chunked: bool
+    method: str, target: str, headers: Iterable[tuple[str, str]], framing: str | None
 ) -> bytes:
     lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    if chunked:
-        lines.append("Transfer-Encoding: chunked")
+    lines.extend(
+        f"{name}: {value}" for name, value in headers if name.lower() not in _FRAMING_HEADERS
+    )
+    if framing is not None:
+        lines.append(framing)
     lines.append("\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")

@@ -11,8 +11,10 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
+from . import responses
 from .config import Site
 from .headers import forwarded_headers, upstream_target
+from .hosts import Authority
 
 if TYPE_CHECKING:
     from .proxy import Outcome, ProxyHandler
@@ -30,10 +32,15 @@ _HANDSHAKE = frozenset(
 
 
 async def relay_websocket(
-    handler: ProxyHandler, request: web.BaseRequest, site: Site, outcome: Outcome
+    handler: ProxyHandler,
+    request: web.BaseRequest,
+    site: Site,
+    routed: Authority,
+    outcome: Outcome,
 ) -> web.StreamResponse:
     state = handler.state
-    headers = forwarded_headers(request, site, state.config)
+    max_message = state.config.proxy.websocket_max_message
+    headers = forwarded_headers(request, site, state.config, routed)
     for name in list(headers):
         if name.lower() in _HANDSHAKE:
             headers.popall(name, None)
@@ -48,20 +55,20 @@ async def relay_websocket(
     url = URL(f"{scheme}://{base.raw_authority}{upstream_target(request)}", encoded=True)
     try:
         upstream = await state.session.ws_connect(
-            url, headers=headers, protocols=protocols, autoping=False, max_msg_size=0
+            url, headers=headers, protocols=protocols, autoping=False, max_msg_size=max_message
         )
     except aiohttp.WSServerHandshakeError as exc:
         outcome.upstream_status = exc.status
-        return handler.fault(site, outcome, 502, "ws_handshake", exc)
+        return handler.fault(site, outcome, exc, kind="ws_handshake")
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        return handler.fault(site, outcome, 504, "timeout", exc)
+        return handler.fault(site, outcome, exc, kind="timeout")
     except (aiohttp.ClientError, OSError) as exc:
-        return handler.fault(site, outcome, 502, "connect", exc)
+        return handler.fault(site, outcome, exc, kind="connect")
     outcome.upstream_status = 101
-    client = web.WebSocketResponse(
+    client = responses.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),
         autoping=False,
-        max_msg_size=0,
+        max_msg_size=max_message,
     )
     await client.prepare(request)
     outcome.status = 101
