@@ -9,6 +9,7 @@ cut short, so that a truncated page never looks complete.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import sys
@@ -285,7 +286,7 @@ class ProxyHandler:
                     chunk = body.feed(chunk)
                     if not chunk:
                         continue
-                await response.write(chunk)
+                await self._send(response, chunk)
                 outcome.sent += len(chunk)
             if length is not None and received != length:
                 raise UpstreamBodyError(f"upstream sent {received} of {length} bytes")
@@ -295,7 +296,7 @@ class ProxyHandler:
                 tail = body.close()
                 self.identity.rewrite_done(site, body)
                 if tail:
-                    await response.write(tail)
+                    await self._send(response, tail)
                     outcome.sent += len(tail)
         except (UpstreamError, DecodeError) as exc:
             self._abort(request, site, outcome, exc)
@@ -305,8 +306,27 @@ class ProxyHandler:
             upstream.close()
             outcome.status = 499
             return response
-        await response.write_eof()
+        except TimeoutError:
+            # The visitor stopped reading (report F5): cut it off, so that it cannot hold an
+            # upstream connection and a pool slot for as long as it likes.
+            upstream.close()
+            self.log_event("client_send_timeout", site=site.host)
+            outcome.status = 499
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return response
+        await self._send(response, b"", eof=True)
         return response
+
+    async def _send(self, response: web.StreamResponse, data: bytes, eof: bool = False) -> None:
+        """Write to the visitor; raises TimeoutError if it takes no bytes for ``send_timeout``
+        (a write only waits while the visitor's socket buffer is full)."""
+        async with asyncio.timeout(self.state.config.proxy.send_timeout):
+            if eof:
+                await response.write_eof()
+            else:
+                await response.write(data)
 
     def _abort_before_headers(
         self, request: web.BaseRequest, site: Site, outcome: Outcome, exc: BaseException
