@@ -41,7 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = Path("/work/shared/corpus/pages")
+# The corpus vendored with the tests (tests/corpus/README.md); GATEWAY_CORPUS points at another.
+CORPUS = Path(
+    os.environ.get("GATEWAY_CORPUS")
+    or Path(__file__).resolve().parent.parent / "tests" / "corpus" / "pages"
+)
 HOST = "bench.test"
 CROSS_HOST = "other.test"
 ANON_ID = "1b671a64-40d5-491e-99b0-da01ff1f3341"

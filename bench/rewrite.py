@@ -13,6 +13,7 @@ shows MB/s of input and the rewriter's speed-up.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import time
 from collections import Counter
@@ -24,7 +25,11 @@ from bs4 import BeautifulSoup
 
 from gateway.rewriter import HtmlRewriter
 
-CORPUS = Path("/work/shared/corpus/pages")
+# The corpus vendored with the tests (tests/corpus/README.md); GATEWAY_CORPUS points at another.
+CORPUS = Path(
+    os.environ.get("GATEWAY_CORPUS")
+    or Path(__file__).resolve().parent.parent / "tests" / "corpus" / "pages"
+)
 AID = "ajs_aid=4a6f-bench"
 _HOST = re.compile(rb"https?://([A-Za-z0-9.-]+)")
 CHUNK = 64 * 1024

@@ -168,7 +168,6 @@ class _Exchange:
         self.status = 0
         self.reason = ""
         self.raw_headers: list[tuple[str, str]] = []
-        self._name = b""
         self.head_size = 0
         self.head_bytes = 0
         self.chunks: collections.deque[bytes] = collections.deque()

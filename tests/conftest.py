@@ -23,7 +23,8 @@ from gateway.app import Gateway, Overrides
 from gateway.config import parse_config
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus" / "pages"
+# The vendored corpus (tests/corpus/README.md); GATEWAY_CORPUS points at a larger one.
+CORPUS = Path(os.environ.get("GATEWAY_CORPUS") or REPO / "tests" / "corpus" / "pages")
 
 StartUpstream = Callable[[web.Application], Awaitable[str]]
 
