@@ -1,7 +1,19 @@
 """The analytics.js bootstrap the gateway injects into HTML pages (pure: values in, bytes out).
 
-The script does four things, written from scratch for this gateway:
+The script does the following, written from scratch for this gateway:
 
+0. Before anything else it takes every ``ajs_`` parameter out of the address bar with
+   ``history.replaceState``: analytics.js' query-string feature turns ``ajs_aid`` into
+   ``setAnonymousId``, ``ajs_uid`` (+ ``ajs_trait_*``) into ``identify`` and ``ajs_event``
+   (+ ``ajs_prop_*``) into ``track``, from the query or, when there is none, from the query-like
+   tail of the fragment (after its last ``?``). The gateway handles identity in URLs itself,
+   under the site's ``accept`` rules, and redirects it away on GET and HEAD; but a page answered
+   to a POST (an attacker's cross-site form), events (which the gateway does not take) and a
+   fragment (which it never sees) would otherwise reach the library and plant an id, a user id
+   or an event. Everything else in the URL keeps its text and order, the fragment included, and
+   ``history.state`` is kept; a URL without such parameters is left alone. The library it loads
+   itself also gets ``useQueryString: false``; a page's own snippet keeps its options, so for it
+   the clean address bar is the protection.
 1. It makes sure ``window.analytics`` exists as a queue: an array whose methods (``track``,
    ``page``, ``setAnonymousId``, ...) push ``[method, ...args]`` onto it, with ``methods`` and
    ``factory`` as the standalone analytics.js build expects. The library replays that array
@@ -42,6 +54,10 @@ from gateway.identity import AID_PARAM, UID_PARAM
 from gateway.strategies import EXP_PARAM, SIG_PARAM, TOKEN_PARAM
 
 _IDENTITY_PARAMS = (AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM)
+# Every parameter analytics.js' query-string feature reads (ajs_aid, ajs_uid, ajs_event,
+# ajs_prop_*, ajs_trait_*) and every identity parameter of ours starts with this; the bootstrap
+# takes all of them out of the address bar (compared by decoded name, as the gateway does).
+_ADDRESS_BAR_PREFIX = "ajs_"
 
 # The queue methods analytics.js replays from its snippet buffer (its public API names).
 _METHODS = (
@@ -52,10 +68,20 @@ _METHODS = (
 
 # Hand-minified. Names: w window, d document, c config, q our queue, T trim regex,
 # hit(host, list) target test, ids() current params, dec(url, params) decorate text,
-# web(url, list) target URL or false, strip(url) without identity params, fresh(a) reroute.
+# web(url, list) target URL or false, strip(url) without identity params, fresh(a) reroute,
+# bare(query) without ajs_ params, own(url) the address bar cleaned.
 # ES5 only, so it runs wherever analytics.js does. Must never contain "</" or "<!--".
 _JS = (
     "(function(w,d,c){"
+    # 0. ajs_ parameters leave the address bar before any analytics.js can read them
+    'function bare(s){var a=s.split("&"),k=[],i;'
+    'for(i=0;i<a.length;i++)if(nm(a[i]).indexOf(c.b)!=0)k.push(a[i]);return k.join("&")}'
+    'function own(u){var i=u.indexOf("#"),f="",s,b;if(i>=0){f=u.slice(i);u=u.slice(0,i)}'
+    'i=u.indexOf("?");if(i>=0){s=u.slice(i+1);b=bare(s);if(b!=s)u=u.slice(0,i)+(b?"?"+b:"")}'
+    'i=f.lastIndexOf("?");if(i>=0){s=f.slice(i+1);b=bare(s);if(b!=s)f=f.slice(0,i)+(b?"?"+b:"")}'
+    "return u+f}"
+    "try{var h=w.location.href,v=own(h);"
+    'if(v!=h)w.history.replaceState(w.history.state,"",v)}catch(e){}'
     "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g;"
     # 1. the queue
     "if(!q){q=w.analytics=[];q.methods=c.m;"
@@ -71,7 +97,9 @@ _JS = (
     # 3. load, unless the page's own snippet or library took over by DOMContentLoaded
     "function go(){var a=w.analytics;if(!a||!a.push||a.initialize||a.invoked)return;"
     "if(a!==q){seed(a);a._writeKey=a._writeKey||c.k;a._cdn=a._cdn||c.c}"
-    'a.invoked=!0;a.push(["page"]);'
+    # the gateway reads identity in URLs itself; the library must not (see 0.)
+    "a.invoked=!0;a._loadOptions=a._loadOptions||{};a._loadOptions.useQueryString=!1;"
+    'a.push(["page"]);'
     'var s=d.createElement("script"),f=d.getElementsByTagName("script")[0];'
     "s.async=!0;if(c.n)s.nonce=c.n;"
     's.src=c.c+"/analytics.js/v1/"+encodeURIComponent(c.k)+"/analytics.min.js";'
@@ -214,6 +242,7 @@ def _static_config(
         "o": _host_key(own_host),
         "p": [AID_PARAM, UID_PARAM],
         "s": list(_IDENTITY_PARAMS),
+        "b": _ADDRESS_BAR_PREFIX,
         "m": _METHODS,
         "r": None
         if refresh is None

@@ -27,6 +27,7 @@ from .identity import IdRules, LinkDecorator, cookie_domain, decorate_location, 
 from .inbound import (
     IDENTITY_PARAMS,
     Arrival,
+    cookies_may_be_withheld,
     identity_rules,
     read_url_identity,
     referring_cross_domain,
@@ -163,6 +164,9 @@ class IdentityFlow:
             site=site,
             rules=derived.rules,
             mint=config.identity.mint,
+            cookies_withheld=cookies_may_be_withheld(
+                request.method, request.headers.get("Sec-Fetch-Site")
+            ),
         )
         if arrival.source != "none":
             state.metrics.id_source.labels(arrival.source).inc()
@@ -332,7 +336,15 @@ class IdentityFlow:
         body = None
         # A HEAD gets the headers its GET would get (the body it does not have is not built).
         head = request.method == "HEAD"
-        if arrival.aid and is_rewritable_html("GET" if head else request.method, status, headers):
+        # Where the browser may have withheld the cookies, nothing was minted and the id is
+        # unknown unless the URL brought one. The page still gets the bootstrap, without ids:
+        # it cleans the address bar, and analytics.js keeps the id in its own cookie and
+        # storage, which the browser does give the page. Links carry that id from click time
+        # (token and signed ones via the freshness endpoint, a GET that has the cookies).
+        idless = arrival.aid is None and arrival.cookies_withheld
+        if (arrival.aid or idless) and is_rewritable_html(
+            "GET" if head else request.method, status, headers
+        ):
             inject = None
             if config.analytics.write_key and site.bootstrap:
                 allowed, nonce = script_policy(headers)
@@ -341,14 +353,14 @@ class IdentityFlow:
                         write_key=config.analytics.write_key,
                         cdn_url=config.analytics.cdn_url,
                         anonymous_id=arrival.aid,
-                        user_id=arrival.uid,
+                        user_id=None if idless else arrival.uid,
                         targets=derived.query_targets,
                         own_host=own_host,
                         nonce=nonce,
                         refresh=self.refresh_plan(),
                     )
             policy = None
-            if targets:
+            if targets and not idless:
                 # The body streams, so whether it links a token target is not known yet.
                 params = await self.target_params(
                     request, arrival, mint=derived.has_token_targets and not head

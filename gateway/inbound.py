@@ -1,8 +1,8 @@
 """Pure: what a request's identity is, and what the gateway does about it before proxying.
 
-Inputs are plain values taken from the request (method, raw target, Cookie headers, Referer);
-the output says whether to answer with the clean-up redirect, what target to forward, which id
-the visitor has for this response, and which cookies to (re)write.
+Inputs are plain values taken from the request (method, raw target, Cookie headers, Referer,
+Sec-Fetch-Site); the output says whether to answer with the clean-up redirect, what target to
+forward, which id the visitor has for this response, and which cookies to (re)write.
 
 Three forms of identity can arrive in the URL, and a site trusts only those in its ``accept``:
 
@@ -49,6 +49,27 @@ Source = Literal["url", "cookie", "minted", "rejected", "none"]
 _REDIRECT_METHODS = frozenset({"GET", "HEAD"})
 
 
+def cookies_may_be_withheld(method: str, sec_fetch_site: str | None) -> bool:
+    """Whether the browser may have sent this request without the visitor's cookies.
+
+    Identity cookies are ``SameSite=Lax``: a browser withholds them from a cross-site request
+    unless it is a top-level GET navigation, yet it accepts a ``Set-Cookie`` on a top-level
+    cross-site POST navigation (a payment provider's POST-back, an OIDC ``form_post``, an
+    attacker's auto-submitted form). An id minted for such a request would overwrite the
+    visitor's own. Without ``Sec-Fetch-Site`` (older browsers, and every plain-HTTP origin:
+    Chromium sends it to secure origins only) a cross-site request looks like a same-site one,
+    so every method but GET and HEAD counts; a HEAD only when it says it is cross-site.
+
+    A GET is always trusted: a top-level GET navigation carries Lax cookies, and a cross-site
+    subresource GET that does not is also refused the ``Set-Cookie`` by the browser.
+    """
+    if method == "GET":
+        return False
+    if method == "HEAD":
+        return (sec_fetch_site or "").strip().lower() == "cross-site"
+    return True
+
+
 @dataclass(frozen=True)
 class UrlIdentity:
     """What the URL claimed, once checked: the ids it proved, or why it proved none."""
@@ -90,6 +111,9 @@ class Arrival:
     # The id exists only because we minted it: write it only if the response is HTML.
     minted: bool
     source: Source
+    # The browser may have withheld the visitor's cookies (see cookies_may_be_withheld): no id
+    # was minted, and ``aid`` is None unless the URL proved one or the cookies came after all.
+    cookies_withheld: bool
 
 
 def identity_rules(config: Config) -> IdRules:
@@ -177,8 +201,13 @@ def settle(
     site: Site,
     rules: IdRules,
     mint: bool,
+    cookies_withheld: bool,
 ) -> Arrival:
-    """Combine the URL's checked identity with the visitor's cookies."""
+    """Combine the URL's checked identity with the visitor's cookies.
+
+    ``cookies_withheld`` (see :func:`cookies_may_be_withheld`): no cookie here does not mean a
+    new visitor, so no id is minted; identity in the URL is taken as on any other request.
+    """
     cookie_aid = rules.valid_aid(read_cookie(cookie_headers, ANON_COOKIE))
     cookie_uid = rules.valid_uid(read_cookie(cookie_headers, USER_COOKIE))
     keep_cookie = site.on_id_conflict == "cookie"
@@ -197,7 +226,7 @@ def settle(
     else:
         source = "none"
     minted = False
-    if aid is None and mint:
+    if aid is None and mint and not cookies_withheld:
         aid = mint_id()
         minted = True
         if source == "none":
@@ -218,6 +247,7 @@ def settle(
         store_uid=store_uid,
         minted=minted,
         source=source,
+        cookies_withheld=cookies_withheld,
     )
 
 

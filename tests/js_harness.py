@@ -15,10 +15,25 @@ NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 
-def run_harness(script: str, page_url: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run ``script`` (the script element's text) on a page at ``page_url``, then ``steps``."""
+def run_harness(
+    script: str,
+    page_url: str,
+    steps: list[dict[str, Any]],
+    *,
+    history_state: Any = None,
+    history_throws: bool = False,
+) -> dict[str, Any]:
+    """Run ``script`` (the script element's text) on a page at ``page_url``, then ``steps``;
+    ``history_state`` is ``history.state`` to start with, ``history_throws`` makes
+    ``history.replaceState`` throw (as in a sandboxed frame)."""
     assert NODE is not None
-    spec = {"script": script, "pageUrl": page_url, "steps": steps}
+    spec = {
+        "script": script,
+        "pageUrl": page_url,
+        "steps": steps,
+        "historyState": history_state,
+        "historyThrows": history_throws,
+    }
     proc = subprocess.run(
         [NODE, str(HARNESS)],
         input=json.dumps(spec),

@@ -319,3 +319,123 @@ def test_form_submissions() -> None:
     assert empty == {"action": "", "inputs": []}
     assert missing == {"action": None, "inputs": []}
     assert evil["action"] == "https://evil.net/"
+
+
+# --- node: the address bar ------------------------------------------------------------------------
+
+SITE = "https://www.shop.test"
+# (the page's URL, the URL the bootstrap leaves in the address bar, or None: left alone)
+ADDRESS_BAR: list[tuple[str, str | None]] = [
+    # Everything analytics.js' query-string feature acts on goes; the rest keeps its text,
+    # order and encoding, and the fragment stays.
+    (
+        "/p?q=x&ajs_aid=F&ajs_uid=u%40x&ajs_event=Order%20Completed&ajs_prop_revenue=9"
+        "&ajs_trait_email=e&z=%7E+1#frag",
+        "/p?q=x&z=%7E+1#frag",
+    ),
+    ("/p?ajs_aid=F", "/p"),
+    ("/p?ajs_aid=F#top", "/p#top"),
+    # The gateway's own identity parameters, and any future ajs_ name.
+    ("/p?ajs_token=t&ajs_sig=s&ajs_exp=1&a=1", "/p?a=1"),
+    ("/p?ajs_whatever=1&x", "/p?x"),
+    # Names compare decoded, as the gateway and URLSearchParams read them.
+    ("/p?ajs%5Faid=F&a+b=c%20d", "/p?a+b=c%20d"),
+    ("/p?ajs_prop_a+b=1&k", "/p?k"),
+    ("/p?ajs_aid%=1&x", "/p?x"),
+    ("/p?a=1&&ajs_aid=F&b=&c", "/p?a=1&&b=&c"),
+    # A fragment's query-like tail (after its last "?") is what analytics.js reads when the
+    # URL has no query; the fragment's route stays.
+    ("/p#/deals?ajs_aid=F&ajs_event=E", "/p#/deals"),
+    ("/p?x=1#/r?a=1&ajs_uid=u", "/p?x=1#/r?a=1"),
+    ("/p#/r?a=1?ajs_aid=F&b=2", "/p#/r?a=1?b=2"),
+    # Nothing analytics.js would read: left alone (no replaceState at all).
+    ("/p?majs_aid=1&ajs=2&AJS_AID=3&x_ajs_aid=4", None),
+    ("/p#ajs_aid=F", None),
+    ("/ajs_aid=F/p?", None),
+    ("/p", None),
+]
+
+
+@needs_node
+@pytest.mark.parametrize(("path", "cleaned"), ADDRESS_BAR)
+def test_address_bar_loses_every_ajs_parameter(path: str, cleaned: str | None) -> None:
+    out = run_harness(
+        body(render()),
+        SITE + path,
+        [{"do": "location"}, {"do": "bootstrap"}, {"do": "location"}],
+    )
+    before, after = out["results"]
+    assert before["href"] == SITE + path
+    if cleaned is None:
+        assert out["replaced"] == []
+        assert after["href"] == SITE + path
+    else:
+        assert out["replaced"] == [SITE + cleaned]
+        assert after["href"] == SITE + cleaned
+    assert out["errors"] == []
+
+
+@needs_node
+def test_address_bar_is_cleaned_before_the_page_and_keeps_history_state() -> None:
+    # The page's own snippet and library run after the bootstrap: they only ever see the
+    # clean URL. history.state (a router's) survives.
+    out = run_harness(
+        body(render()),
+        SITE + "/p?ajs_aid=F&x=1",
+        [
+            {"do": "bootstrap"},
+            {"do": "exec", "code": "window.seen = location.href"},
+            {"do": "snippet", "key": "PAGEKEY"},
+            {"do": "location"},
+            {"do": "exec", "code": "window.analytics.push(['track', window.seen])"},
+            {"do": "state"},
+        ],
+        history_state={"route": 3},
+    )
+    location, state = out["results"]
+    assert location == {"href": SITE + "/p?x=1", "state": {"route": 3}}
+    assert state["queue"][-1] == ["track", SITE + "/p?x=1"]
+
+
+@needs_node
+def test_refused_replace_state_does_not_stop_the_bootstrap() -> None:
+    out = run_harness(
+        body(render()),
+        SITE + "/p?ajs_aid=F",
+        [{"do": "bootstrap"}, {"do": "dcl"}, {"do": "state"}],
+        history_throws=True,
+    )
+    assert out["replaced"] == [SITE + "/p"]
+    assert out["results"][0]["queue"] == [SET_AID, ["page"]]
+    assert out["scripts"] == [{"src": OWN_SCRIPT, "async": True, "nonce": None}]
+
+
+@needs_node
+def test_library_we_load_does_not_read_the_query_string() -> None:
+    out = run_js([{"do": "bootstrap"}, {"do": "dcl"}, {"do": "state"}])
+    assert out["results"][0]["loadOptions"] == {"useQueryString": False}
+    # Options already on the queue are kept; only the query string is turned off.
+    out = run_js(
+        [
+            {"do": "bootstrap"},
+            {"do": "exec", "code": "analytics._loadOptions = {useQueryString: true, x: 1}"},
+            {"do": "dcl"},
+            {"do": "state"},
+        ]
+    )
+    assert out["results"][0]["loadOptions"] == {"useQueryString": False, "x": 1}
+
+
+@needs_node
+def test_page_snippet_keeps_its_own_load_options() -> None:
+    # The page is in charge of its own library; for it, the clean address bar is what counts.
+    out = run_js(
+        [
+            {"do": "bootstrap"},
+            {"do": "snippet", "key": "PAGEKEY"},
+            {"do": "exec", "code": "analytics._loadOptions = {integrations: {}}"},
+            {"do": "dcl"},
+            {"do": "state"},
+        ]
+    )
+    assert out["results"][0]["loadOptions"] == {"integrations": {}}

@@ -259,7 +259,7 @@ def sample(
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
-def bootstrap(aid: str, uid: str | None = None, nonce: str | None = None) -> bytes:
+def bootstrap(aid: str | None, uid: str | None = None, nonce: str | None = None) -> bytes:
     """The script the gateway injects for www.example.com under ANALYTICS."""
     return render_bootstrap(
         write_key="wk_test",
@@ -679,6 +679,101 @@ async def test_no_minting_when_disabled(launch: Launch) -> None:
     assert "Cache-Control" not in reply.headers
     found = await metrics(gw)
     assert sample(found, "gateway_identity_source_total", source="minted") == 0
+
+
+# --- Requests that may lack the visitor's cookies --------------------------------------------
+#
+# A browser withholds SameSite=Lax cookies from a cross-site POST navigation (a payment
+# provider's POST-back, an OIDC form_post, an attacker's form) but takes a Set-Cookie from its
+# response: an id minted there would replace the visitor's. Without Sec-Fetch-Site (plain HTTP,
+# older browsers) such a POST looks like any other, so no unsafe method ever mints.
+
+
+@pytest.mark.parametrize(
+    ("method", "fetch_site"),
+    [("POST", None), ("POST", "cross-site"), ("PUT", None), ("DELETE", "same-origin")],
+)
+async def test_no_id_is_minted_where_cookies_may_be_withheld(
+    launch: Launch, method: str, fetch_site: str | None
+) -> None:
+    origin = Origin()
+    origin.page("/return", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS])
+    headers = [("Sec-Fetch-Site", fetch_site)] if fetch_site else []
+    reply = await fetch(gw, "/return", method=method, headers=headers, data=b"status=paid")
+    assert reply.status == 200
+    assert reply.cookies() == []
+    # The bootstrap without ids: it cleans the address bar and loads analytics.js, which keeps
+    # the id in its own cookie; links are not decorated with an id nobody knows.
+    assert reply.body == edited(PAGE, (b"<head>", b"<head>" + bootstrap(None)))
+    assert b'"a":null,"u":null' in reply.body
+    assert reply.headers["Cache-Control"] == "private"
+    found = await metrics(gw)
+    assert sample(found, "gateway_identity_source_total", source="minted") == 0
+
+
+@pytest.mark.parametrize(("method", "minted"), [("GET", True), ("HEAD", True), ("HEAD", False)])
+async def test_get_and_head_still_mint(launch: Launch, method: str, minted: bool) -> None:
+    # A cross-site GET navigation carries Lax cookies; a HEAD only when it is not cross-site.
+    origin = Origin()
+    origin.page("/", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS])
+    fetch_site = "cross-site" if method == "GET" or not minted else "same-origin"
+    reply = await fetch(gw, "/", method=method, headers=[("Sec-Fetch-Site", fetch_site)])
+    cookie = reply.cookie("ajs_anonymous_id")
+    assert (cookie is not None) is minted
+    if cookie is not None:
+        assert UUID4.fullmatch(cookie.value), cookie.value
+
+
+async def test_post_with_the_visitors_cookie_keeps_it(launch: Launch) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS])
+    reply = await fetch(gw, "/", method="POST", headers=[("Cookie", "ajs_anonymous_id=abc")])
+    cookie = reply.cookie("ajs_anonymous_id")
+    assert cookie is not None
+    cookie.check("abc")
+    assert reply.body == edited(
+        PAGE, (b"<head>", b"<head>" + bootstrap("abc")), (b"/pay", b"/pay?ajs_aid=abc")
+    )
+
+
+async def test_post_to_a_strict_site_with_a_forged_id_gets_no_id(launch: Launch) -> None:
+    # The cross-site POST of finding F7: a plain ajs_aid the site does not accept, and no
+    # cookie. Nothing is stored, nothing minted, and the page's bootstrap carries no id.
+    origin = Origin()
+    origin.page("/search", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS], site_opts=", accept: [signed, token]")
+    reply = await fetch(
+        gw, "/search?q=x&ajs_aid=FORGED&ajs_uid=ceo&ajs_event=Order", method="POST", data=b"a=b"
+    )
+    assert reply.status == 200
+    assert reply.cookies() == []
+    assert reply.body == edited(PAGE, (b"<head>", b"<head>" + bootstrap(None)))
+    assert b"FORGED" not in reply.body
+    assert origin.seen == ["/search?q=x&ajs_event=Order"]
+    found = await metrics(gw)
+    assert sample(found, "gateway_identity_refused_total", form="query", reason="not_accepted")
+
+
+async def test_post_answered_with_a_redirect_hands_no_new_id_on(launch: Launch) -> None:
+    # An OIDC form_post callback whose upstream redirects to another configured domain: with
+    # the cookies withheld there is no id to hand on, and none is made up for it.
+    origin = Origin()
+    origin.page(
+        "/callback", b"", status=302, content_type="", headers=[("Location", f"https://{PAY}/")]
+    )
+    gw = await launch(origin)
+    reply = await fetch(gw, "/callback", method="POST", data=b"code=c&state=s")
+    assert reply.status == 302
+    assert reply.headers["Location"] == f"https://{PAY}/"
+    assert reply.cookies() == []
+    # With the cookie, the redirect carries the visitor's id as before.
+    reply = await fetch(
+        gw, "/callback", method="POST", headers=[("Cookie", "ajs_anonymous_id=abc")]
+    )
+    assert reply.headers["Location"] == f"https://{PAY}/?ajs_aid=abc"
 
 
 # --- Outbound: links and forms ---------------------------------------------------------------

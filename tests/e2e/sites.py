@@ -5,14 +5,18 @@ the gateway (decorated links, forms and redirects, the injected bootstrap) and t
 analytics.js it loads.
 
 - ``www.shop-a.test`` (A): a shop with links to B, a checkout that hands over to the payment
-  processor, a sign-in link to C, a page whose JavaScript adds a link after load, and forms.
+  processor, a confirmation page that also takes the processor's POST-back, a sign-in link to
+  C, a page whose JavaScript adds a link after load, and forms.
 - ``checkout.pay-b.test`` (B): landing pages, a GET search form target and a POST form target
   that answers Post/Redirect/Get (303), as legacy sites do.
 - ``auth.id-c.test`` (C): a sign-in form whose POST is answered with ``302`` to the
   cross-domain ``return_to`` URL.
 - ``thirdparty.psp-d.test`` (PSP): NOT behind the gateway. Like payment processors that pass
   merchant parameters through, it sends the visitor back to the ``return`` URL with the
-  ``ajs_aid`` it was given (the gateway decorated A's link to it).
+  ``ajs_aid`` it was given (the gateway decorated A's link to it). Like a 3-D Secure page or an
+  OIDC ``form_post`` response, it can also send the visitor back with an auto-submitted POST
+  form (``/post-back``), a cross-site POST navigation on which the browser withholds A's
+  ``SameSite=Lax`` cookies.
 
 Each site records the requests it receives, so tests can check what reached the upstream.
 """
@@ -183,6 +187,7 @@ def shop_a(origins: Origins, recorder: Recorder) -> web.Application:
     app.router.add_get("/", _a_home)
     app.router.add_get("/checkout", _a_checkout)
     app.router.add_get("/confirmation", _a_confirmation)
+    app.router.add_post("/confirmation", _a_confirmation)
     app.router.add_get("/dynamic", _a_dynamic)
     app.router.add_get("/forms", _a_forms)
     app.router.add_get("/promo", _a_promo)
@@ -278,8 +283,20 @@ async def _psp_pay(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(urlunsplit(back._replace(query=urlencode(query))))
 
 
+async def _psp_post_back(request: web.Request) -> web.Response:
+    # The form submits itself as soon as it is parsed, as 3-D Secure and form_post pages do.
+    back = request.query.get("return", "")
+    return page(
+        "Returning to the shop",
+        f'<form id="back" method="post" action="{_attr(back)}">\n'
+        '<input type="hidden" name="status" value="paid">\n</form>\n'
+        "<script>document.getElementById('back').submit()</script>",
+    )
+
+
 def psp_d(origins: Origins, recorder: Recorder) -> web.Application:
     app = _app(origins, recorder)
     app.router.add_get("/pay", _psp_pay_page)
     app.router.add_post("/pay", _psp_pay)
+    app.router.add_get("/post-back", _psp_post_back)
     return app

@@ -2,7 +2,10 @@
 //
 // Reads {"script": "<bootstrap body>", "pageUrl": "...", "steps": [...]} as JSON on stdin, runs
 // the steps in order in one fresh VM context and prints {"results": [...], "scripts": [...],
-// "errors": [...]} as JSON. Assertions live in tests/test_bootstrap.py; this file only drives.
+// "errors": [...], "replaced": [...]} as JSON. Assertions live in tests/test_bootstrap.py; this
+// file only drives. Optional: "historyState" (history.state to start with), "historyThrows"
+// (replaceState throws, as in a sandboxed frame). "replaced" lists the URL arguments of every
+// history.replaceState call, as given.
 //
 // Steps:
 //   {"do": "bootstrap"}                   run the bootstrap script
@@ -10,6 +13,7 @@
 //   {"do": "dcl"}                         fire DOMContentLoaded
 //   {"do": "library", "aid": "..", "uid": ".."}  "load" analytics.js: replay the queue
 //   {"do": "state"}                       record the queue and flags
+//   {"do": "location"}                    record location.href and history.state
 //   {"do": "exec", "code": "..."}          run arbitrary page code
 //   {"do": "click", "href": "..", "tag": "a", "nested": false, "type": "click"}
 //   {"do": "submit", "action": "..", "method": "get", "inputs": [["name", "value"]]}
@@ -18,7 +22,7 @@
 const vm = require("vm");
 
 function run(spec) {
-  const log = { scripts: [], errors: [], results: [] };
+  const log = { scripts: [], errors: [], results: [], replaced: [] };
   const listeners = {};
   let doc;
 
@@ -104,8 +108,23 @@ function run(spec) {
     for (const fn of listeners[type] || []) fn({ type, target });
   };
 
+  const location = { href: new URL(spec.pageUrl).href };
+  const history = {
+    state: spec.historyState === undefined ? null : spec.historyState,
+    replaceState(state, title, url) {
+      log.replaced.push(url);
+      if (spec.historyThrows) throw new Error("SecurityError: replaceState refused");
+      // As in a browser: the URL resolves against the current one, same origin only.
+      const next = new URL(url, location.href);
+      if (next.origin !== new URL(location.href).origin) throw new Error("SecurityError");
+      this.state = state;
+      location.href = next.href;
+    },
+  };
   const window = {
     document: doc,
+    location,
+    history,
     URL,
     console: { error: (...a) => log.errors.push(a.join(" ")), log: () => {} },
   };
@@ -136,6 +155,7 @@ function run(spec) {
       cdn: a ? a._cdn || null : null,
       hasMethods: !!(a && a.methods && typeof a.factory === "function"),
       stubPage: !!(a && typeof a.page === "function"),
+      loadOptions: a && a._loadOptions ? JSON.parse(JSON.stringify(a._loadOptions)) : null,
     };
   };
 
@@ -179,6 +199,9 @@ function run(spec) {
       }
       case "state":
         log.results.push(state());
+        break;
+      case "location":
+        log.results.push({ href: location.href, state: history.state });
         break;
       case "click": {
         const a = body.appendChild(new Element(step.tag || "a"));
