@@ -191,3 +191,23 @@ def test_example_config_documents_every_key() -> None:
     keys -= {"url", "cookie"}  # enum values, not keys
     missing = sorted(k for k in keys if not re.search(rf"\b{k}:", text))
     assert not missing, missing
+
+
+SIGNED = """\
+sites:
+  - {host: www.example.com, upstream: 'http://x:1'}
+cross_domains:
+  - {host: login.example-id.com, strategy: signed}
+signing:
+  keys: ${GATEWAY_SIGNING_KEYS}
+"""
+
+
+def test_gen_key_prints_a_key_the_config_accepts() -> None:
+    first, second = _cli("gen-key"), _cli("gen-key")
+    assert first.returncode == 0 and first.stderr == ""
+    key = first.stdout.strip()
+    assert first.stdout == key + "\n" and len(key) == 43
+    assert key != second.stdout.strip()
+    env = {"GATEWAY_SIGNING_KEYS": f"{key},{second.stdout.strip()}"}
+    assert parse_config(SIGNED, "f.yaml", env).signing.keys == env["GATEWAY_SIGNING_KEYS"]
