@@ -25,6 +25,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.keys import generate_key
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 K8S_DIR = DEPLOY / "kubernetes"
@@ -43,6 +45,10 @@ PROXY_PORT = 8080
 ADMIN_PORT = 9901
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# Secrets whose committed values are placeholders the gateway refuses: tests that load the
+# shipped configs supply freshly generated keys instead, as an operator would.
+GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS",)
 
 
 # --------------------------------------------------------------------------- helpers ---
@@ -510,6 +516,8 @@ def test_kubernetes_config_loads(manifests: list[dict[str, Any]], tmp_path: Path
             secret_values[env["name"]] = env["value"]
     for name, value in secret_values.items():
         monkeypatch.setenv(name, value)
+    for name in GENERATED_SECRETS:
+        monkeypatch.setenv(name, generate_key())
     path = tmp_path / "domains.yaml"
     path.write_text(_gateway_config_text(manifests), encoding="utf-8")
     assert load_config(path) is not None
@@ -533,12 +541,19 @@ def _compose_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def _compose_default(value: str) -> str:
-    """What compose substitutes for ``${VAR:-default}`` when VAR is unset."""
+    """What compose substitutes for ``${VAR:-default}`` when VAR is unset (``${VAR:?message}``,
+    a required variable, has no default: empty here, an error in compose)."""
 
     def repl(m: re.Match[str]) -> str:
         return m.group(2) or ""
 
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}", repl, value)
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*)|:?\?[^}]*)?\}", repl, value)
+
+
+def _compose_required(value: str) -> str | None:
+    """The message of a required ``${VAR:?message}`` value, or None."""
+    m = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?\?([^}]*)\}", value)
+    return m.group(1) if m else None
 
 
 def _compose_binds(service: dict[str, Any]) -> list[tuple[str, str]]:
@@ -603,8 +618,12 @@ def test_compose_gateway_environment(compose: dict[str, Any]) -> None:
     gateway = compose["services"]["gateway"]
     env = _compose_env(gateway)
     assert env.get("GATEWAY_STORE_URL") == "redis://redis:6379/0"
-    for name in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS"):
-        assert _compose_default(env.get(name, "")), f"{name} should be set"
+    assert _compose_default(env.get("SEGMENT_WRITE_KEY", "")), "SEGMENT_WRITE_KEY should be set"
+    # No default for keys: a value written in this file would be public.
+    for name in GENERATED_SECRETS:
+        message = _compose_required(env.get(name, ""))
+        assert message is not None, f"{name} should be required (${{{name}:?...}})"
+        assert "gen-key" in message, f"{name}: say how to make one"
     config_text = _compose_gateway_config(compose).read_text(encoding="utf-8")
     refs = _env_refs(config_text)
     assert refs, "the compose gateway config should use ${ENV} references for secrets"
@@ -658,6 +677,8 @@ def test_compose_gateway_config_loads(compose: dict[str, Any], monkeypatch) -> N
 
     for name, value in _compose_env(compose["services"]["gateway"]).items():
         monkeypatch.setenv(name, _compose_default(value))
+    for name in GENERATED_SECRETS:
+        monkeypatch.setenv(name, generate_key())
     assert load_config(_compose_gateway_config(compose)) is not None
 
 
