@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import yaml
 from publicsuffixlist import PublicSuffixList
 
+from .keys import GEN_KEY_ADVICE, weakness
+
 __all__ = [
     "Admin",
     "Analytics",
@@ -687,10 +689,23 @@ class _Reader:
             from .strategies import SigningKeys
 
             try:
-                SigningKeys.parse(keys)
+                parsed = SigningKeys.parse(keys)
             except ValueError as exc:
                 self.problem(fields["keys"], "signing.keys", str(exc))
                 keys = None
+            else:
+                # A key copied from an example or typed by hand lets anyone who guesses it
+                # forge signed links, and so merge any two visitors' identities.
+                for i, key in enumerate(parsed.all, 1):
+                    reason = weakness(key.decode())
+                    if reason is not None:
+                        self.problem(
+                            fields["keys"],
+                            "signing.keys",
+                            f"signing key {i} of {len(parsed.all)} {reason}, so anyone could "
+                            f"forge signed links with it ({GEN_KEY_ADVICE})",
+                        )
+                        keys = None
         signed = [c.host for c in cross if c.strategy == "signed"]
         if signed and keys is None and "keys" not in fields:
             self.problem(

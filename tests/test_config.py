@@ -203,6 +203,38 @@ signing:
 """
 
 
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (
+            # deploy/kubernetes/secret.yaml's committed values
+            "REPLACE_ME-new-signing-key-0123456789abcdef,"
+            "REPLACE_ME-old-signing-key-fedcba9876543210",
+            "signing key 1 of 2 contains the placeholder text 'replace'",
+        ),
+        (
+            # deploy/docker-compose.yml's former fallback
+            "local-dev-only-signing-key-CHANGE-ME-0123456789",
+            "signing key 1 of 1 contains the placeholder text 'change'",
+        ),
+        (
+            "kN7qW2xZ9pL4vR8tY6uB3mC5dF1gH0jS,0123456789abcdef0123456789abcdef",
+            "signing key 2 of 2 has a run of 8",
+        ),
+        ("Zq8Wm2Xr7Tn4-Vb6Pc3Ld9Hs5-Zq8Wm2Xr7Tn4", "signing key 1 of 1 repeats a stretch"),
+    ],
+)
+def test_placeholder_and_weak_signing_keys_are_refused(keys: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(SIGNED, "f.yaml", {"GATEWAY_SIGNING_KEYS": keys})
+    text = str(info.value)
+    assert text.startswith(f"f.yaml:6: signing.keys: {message}"), text
+    assert "so anyone could forge signed links" in text
+    assert text.endswith("(generate one with: python -m gateway gen-key)")
+    for key in keys.split(","):
+        assert key not in text
+
+
 def test_gen_key_prints_a_key_the_config_accepts() -> None:
     first, second = _cli("gen-key"), _cli("gen-key")
     assert first.returncode == 0 and first.stderr == ""

@@ -295,6 +295,26 @@ def test_secret_placeholders_are_clearly_marked(manifests: list[dict[str, Any]])
             assert "REPLACE_ME" in data.get(key, ""), f"{key} should be an obvious placeholder"
 
 
+def test_committed_placeholder_secrets_are_refused(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """A forgotten replace fails start-up instead of signing with a publicly known key."""
+    from gateway.config import ConfigError, load_config
+
+    env: dict[str, str] = {}
+    for item in _gateway_container(manifests).get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            env[item["name"]] = _secret_data(_find(manifests, "Secret", ref["name"]))[ref["key"]]
+    path = tmp_path / "domains.yaml"
+    path.write_text(_gateway_config_text(manifests), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    refused = {p.path for p in info.value.problems}
+    assert refused == {"signing.keys"}, info.value
+    assert "placeholder" in str(info.value)
+
+
 def test_config_is_mounted_at_etc_gateway(manifests: list[dict[str, Any]]) -> None:
     container = _gateway_container(manifests)
     mounts = [m for m in container["volumeMounts"] if m["mountPath"] == CONFIG_DIR]
