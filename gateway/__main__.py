@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")
+    check.add_argument(
+        "--workers",
+        type=_workers,
+        help="check as 'serve --workers N' would run it (default: server.workers)",
+    )
     sub.add_parser(
         "gen-key",
         help="print a random key for signing.keys",
@@ -56,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         try:
-            config = load_config(args.path)
+            config = load_config(args.path, workers=args.workers)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
