@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "gen-key",
-        help="print a random key for signing.keys",
+        help="print a random key for signing.keys or admin.token",
         description="Print one random key (43 URL-safe characters, 256 bits) in the form "
-        "signing.keys expects. Join keys with commas: the first signs, every one verifies.",
+        "signing.keys and admin.token expect. For signing.keys, join keys with commas: the "
+        "first signs, every one verifies.",
     )
     demo = sub.add_parser("demo", help="run the offline demo sites behind the gateway")
     demo.add_argument("--config", default="config/demo.yaml")

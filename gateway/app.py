@@ -136,9 +136,11 @@ class Gateway:
             log_line("reload_failed", problems=[str(p) for p in exc.problems])
             return False
         old = self.state.config
-        if (new.server, new.admin) != (old.server, old.admin):
+        if _listeners(new) != _listeners(old):
             log_line("reload_note", message="listener changes need a restart; kept the old ones")
-            new = dataclasses.replace(new, server=old.server, admin=old.admin)
+            # admin.token is not a listener setting: a new one applies at once.
+            admin = dataclasses.replace(old.admin, token=new.admin.token)
+            new = dataclasses.replace(new, server=old.server, admin=admin)
         if new.store != old.store:
             old_store = self.state.store
             self.state.store = open_store(
@@ -186,6 +188,10 @@ class Gateway:
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.store.close()
+
+
+def _listeners(config: Config) -> tuple[object, ...]:
+    return (config.server, config.admin.host, config.admin.port)
 
 
 def _bound_port(runner: web.BaseRunner) -> int | None:

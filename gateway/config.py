@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from publicsuffixlist import PublicSuffixList
 
-from .keys import GEN_KEY_ADVICE, weakness
+from .keys import GEN_KEY_ADVICE, MIN_LENGTH, weakness
 
 __all__ = [
     "Admin",
@@ -55,6 +55,8 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9:_.-]{1,64}")
+# RFC 6750's b64token: what the credentials of "Authorization: Bearer" may hold.
+_BEARER_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,12 @@ class Server:
 
 @dataclass(frozen=True)
 class Admin:
+    """The admin listener. With ``token`` set, ``/metrics`` and the detail of ``/readyz``
+    need ``Authorization: Bearer <token>``; the probes' answers stay open."""
+
     host: str = "127.0.0.1"
     port: int = 9901
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -772,11 +778,37 @@ class _Reader:
         )
 
     def admin(self, node: yaml.Node | None) -> Admin:
-        fields = self.mapping(node, "admin", ("host", "port"))
+        fields = self.mapping(node, "admin", ("host", "port", "token"))
         return Admin(
             host=self.string(fields, "host", "admin", Admin.host),
             port=self.integer(fields, "port", "admin", Admin.port, 0, 65535),
+            token=self._admin_token(fields.get("token")),
         )
+
+    def _admin_token(self, node: yaml.Node | None) -> str | None:
+        """Checked like a signing key, and never echoed: messages end up in logs."""
+        if node is None or _is_null(node):
+            return None
+        before = len(self.problems)
+        raw = self.scalar(node, "admin.token")
+        if len(self.problems) > before:
+            return None  # a missing ${VAR} is reported already
+        right = f"at least {MIN_LENGTH} random characters; {GEN_KEY_ADVICE}"
+        if not isinstance(raw, str) or not raw:
+            problem = f"must be a non-empty string ({right})"
+        elif len(raw) < MIN_LENGTH:
+            problem = f"is {len(raw)} characters long ({right})"
+        elif not _BEARER_RE.fullmatch(raw):
+            problem = (
+                "holds characters an Authorization: Bearer header cannot carry (letters, "
+                f"digits and - . _ ~ + / only; {GEN_KEY_ADVICE})"
+            )
+        elif (reason := weakness(raw)) is not None:
+            problem = f"{reason}, so anyone could guess it ({right})"
+        else:
+            return raw
+        self.problem(node, "admin.token", problem)
+        return None
 
     def proxy(self, node: yaml.Node | None) -> Proxy:
         fields = self.mapping(

@@ -1,5 +1,5 @@
-"""Secrets an operator supplies (``signing.keys``): how to make a good one, and how to tell a
-placeholder or a guessable value from a secret before the gateway runs with it.
+"""Secrets an operator supplies (``signing.keys``, ``admin.token``): how to make a good one, and
+how to tell a placeholder or a guessable value from a secret before the gateway runs with it.
 
 Pure: strings in, strings out; randomness only in :func:`generate_key`.
 
