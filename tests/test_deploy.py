@@ -48,7 +48,7 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Secrets whose committed values are placeholders the gateway refuses: tests that load the
 # shipped configs supply freshly generated keys instead, as an operator would.
-GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS",)
+GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN")
 
 
 # --------------------------------------------------------------------------- helpers ---
@@ -280,7 +280,12 @@ def test_gateway_secrets_come_from_the_secret_not_literals(
     from_secret = {
         e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
     }
-    for name in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS", "GATEWAY_STORE_URL"):
+    for name in (
+        "SEGMENT_WRITE_KEY",
+        "GATEWAY_SIGNING_KEYS",
+        "GATEWAY_STORE_URL",
+        "GATEWAY_ADMIN_TOKEN",
+    ):
         assert name in from_secret, f"{name} should be read from the Secret"
 
 
@@ -291,7 +296,7 @@ def test_secret_placeholders_are_clearly_marked(manifests: list[dict[str, Any]])
     assert "PLACEHOLDER" in text.upper()
     for secret in secrets:
         data = secret.get("stringData", {})
-        for key in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS"):
+        for key in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN"):
             assert "REPLACE_ME" in data.get(key, ""), f"{key} should be an obvious placeholder"
 
 
@@ -311,8 +316,20 @@ def test_committed_placeholder_secrets_are_refused(
     with pytest.raises(ConfigError) as info:
         load_config(path, env=env)
     refused = {p.path for p in info.value.problems}
-    assert refused == {"signing.keys"}, info.value
+    assert refused == {"signing.keys", "admin.token"}, info.value
     assert "placeholder" in str(info.value)
+
+
+def test_admin_port_on_the_pod_ip_needs_the_token(manifests: list[dict[str, Any]]) -> None:
+    """The admin port listens beyond loopback (probes need it), so /metrics is guarded by
+    admin.token from the Secret."""
+    argv = _container_argv(_gateway_container(manifests))
+    assert _arg_value(argv, "--admin-host") == "0.0.0.0"
+    admin = yaml.safe_load(_gateway_config_text(manifests))["admin"]
+    assert admin.get("token") == "${GATEWAY_ADMIN_TOKEN}"
+    env = {e["name"]: e for e in _gateway_container(manifests)["env"]}
+    ref = env["GATEWAY_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in _secret_data(_find(manifests, "Secret", ref["name"]))
 
 
 def test_config_is_mounted_at_etc_gateway(manifests: list[dict[str, Any]]) -> None:
@@ -639,15 +656,16 @@ def test_compose_gateway_environment(compose: dict[str, Any]) -> None:
     env = _compose_env(gateway)
     assert env.get("GATEWAY_STORE_URL") == "redis://redis:6379/0"
     assert _compose_default(env.get("SEGMENT_WRITE_KEY", "")), "SEGMENT_WRITE_KEY should be set"
-    # No default for keys: a value written in this file would be public.
-    for name in GENERATED_SECRETS:
-        message = _compose_required(env.get(name, ""))
-        assert message is not None, f"{name} should be required (${{{name}:?...}})"
-        assert "gen-key" in message, f"{name}: say how to make one"
     config_text = _compose_gateway_config(compose).read_text(encoding="utf-8")
     refs = _env_refs(config_text)
     assert refs, "the compose gateway config should use ${ENV} references for secrets"
     assert refs <= set(env), f"unset env references: {refs - set(env)}"
+    # No default for keys: a value written in this file would be public.
+    assert "GATEWAY_SIGNING_KEYS" in refs
+    for name in refs & set(GENERATED_SECRETS):
+        message = _compose_required(env.get(name, ""))
+        assert message is not None, f"{name} should be required (${{{name}:?...}})"
+        assert "gen-key" in message, f"{name}: say how to make one"
     assert "redis" in gateway.get("depends_on", {})
     drain = _drain_timeout(config_text)
     assert _seconds(gateway["stop_grace_period"]) > drain, "docker would kill the drain"
