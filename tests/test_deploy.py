@@ -560,6 +560,139 @@ def test_kubernetes_config_loads(manifests: list[dict[str, Any]], tmp_path: Path
     assert load_config(path) is not None
 
 
+# ---------------------------------------------------------- kubernetes: network policy ---
+
+
+def _policies(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "NetworkPolicy"]
+
+
+def _policy_for(docs: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, Any]:
+    """The one policy that names this Deployment's pods (the default deny aside)."""
+    labels = _pod_labels(deployment)
+    matches = [
+        p
+        for p in _policies(docs)
+        if _selects(p["spec"]["podSelector"].get("matchLabels", {}), labels)
+    ]
+    assert len(matches) == 1, f"expected one NetworkPolicy for {deployment['metadata']['name']}"
+    return matches[0]
+
+
+def _rule_ports(
+    rule: dict[str, Any], container: dict[str, Any] | None = None
+) -> set[tuple[int, str]]:
+    """(port, protocol) pairs of a rule, named ports resolved on the destination container
+    (without one, ports must be numbers: a name means whatever the peer pods call a port)."""
+    ports = rule.get("ports")
+    assert ports, "every rule should name its ports (a rule without ports admits all of them)"
+    out = set()
+    for p in ports:
+        assert "endPort" not in p, "single ports only"
+        if container is None:
+            assert isinstance(p["port"], int), f"use a port number in {rule}"
+        port = p["port"] if container is None else _container_port(container, p["port"])
+        out.add((port, p.get("protocol", "TCP")))
+    return out
+
+
+def _peers(rule: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    peers = rule.get(key)
+    assert peers, f"every rule should name its peers (a rule without '{key}' admits anyone)"
+    return peers
+
+
+def _peer_labels(peer: dict[str, Any]) -> set[str]:
+    return {
+        value
+        for selector in ("namespaceSelector", "podSelector")
+        for value in peer.get(selector, {}).get("matchLabels", {}).values()
+    }
+
+
+def test_namespace_denies_by_default(manifests: list[dict[str, Any]]) -> None:
+    deny = [p for p in _policies(manifests) if p["spec"]["podSelector"] == {}]
+    assert len(deny) == 1, "one default-deny policy for every pod in the namespace"
+    spec = deny[0]["spec"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    assert not spec.get("ingress") and not spec.get("egress")
+    # Every workload is also covered by a policy of its own, for both directions.
+    for deployment in (d for d in manifests if d["kind"] == "Deployment"):
+        policy = _policy_for(manifests, deployment)
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_gateway_ingress_admits_the_ingress_controller_and_the_scraper_only(
+    manifests: list[dict[str, Any]],
+) -> None:
+    container = _gateway_container(manifests)
+    policy = _policy_for(manifests, _gateway(manifests))
+    admitted: dict[int, set[str]] = {}
+    for rule in policy["spec"]["ingress"]:
+        ports = _rule_ports(rule, container)
+        for peer in _peers(rule, "from"):
+            # Both selectors in one peer: these pods in that namespace (not either one).
+            assert peer.get("namespaceSelector", {}).get("matchLabels"), peer
+            assert peer.get("podSelector", {}).get("matchLabels"), peer
+            assert "ipBlock" not in peer, "no address ranges: they would outlive the pods"
+            for port, protocol in ports:
+                assert protocol == "TCP"
+                admitted.setdefault(port, set()).update(_peer_labels(peer))
+    # Exactly the container's ports, each to its own client.
+    assert set(admitted) == {int(p["containerPort"]) for p in container["ports"]}
+    assert set(admitted) == {PROXY_PORT, ADMIN_PORT}
+    assert any("ingress" in label for label in admitted[PROXY_PORT])
+    assert not any("prometheus" in label for label in admitted[PROXY_PORT])
+    assert any("prometheus" in label for label in admitted[ADMIN_PORT])
+    assert not any("ingress" in label for label in admitted[ADMIN_PORT])
+    # What the Service forwards is what the policy admits.
+    service = _find(manifests, "Service", GATEWAY)
+    targets = {_container_port(container, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert targets <= set(admitted)
+
+
+def test_gateway_egress_reaches_dns_redis_and_the_upstreams(
+    manifests: list[dict[str, Any]],
+) -> None:
+    policy = _policy_for(manifests, _gateway(manifests))
+    redis = _find(manifests, "Deployment", "redis")
+    redis_container = redis["spec"]["template"]["spec"]["containers"][0]
+    allowed: set[tuple[int, str]] = set()
+    to_redis: set[int] = set()
+    for rule in policy["spec"]["egress"]:
+        peers = _peers(rule, "to")
+        ports = _rule_ports(rule)
+        allowed |= ports
+        for peer in peers:
+            selector = peer.get("podSelector", {}).get("matchLabels", {})
+            if "namespaceSelector" not in peer and _selects(selector, _pod_labels(redis)):
+                to_redis |= {port for port, _ in ports}
+    assert {(53, "UDP"), (53, "TCP")} <= allowed, "DNS"
+    assert to_redis == {int(p["containerPort"]) for p in redis_container["ports"]}
+    for site in yaml.safe_load(_gateway_config_text(manifests))["sites"]:
+        url = urlsplit(site["upstream"])
+        port = url.port or (443 if url.scheme == "https" else 80)
+        assert (port, "TCP") in allowed, f"no egress to the upstream {site['upstream']}"
+
+
+def test_redis_admits_only_the_gateway_and_reaches_nothing(
+    manifests: list[dict[str, Any]],
+) -> None:
+    redis = _find(manifests, "Deployment", "redis")
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    policy = _policy_for(manifests, redis)
+    assert not policy["spec"].get("egress")
+    (rule,) = policy["spec"]["ingress"]
+    assert _rule_ports(rule, container) == {
+        (int(p["containerPort"]), "TCP") for p in container["ports"]
+    }
+    (peer,) = _peers(rule, "from")
+    assert set(peer) == {"podSelector"}, "same namespace, gateway pods only"
+    assert (
+        peer["podSelector"]["matchLabels"] == _gateway(manifests)["spec"]["selector"]["matchLabels"]
+    )
+
+
 # ------------------------------------------------------------------- docker compose ---
 
 
