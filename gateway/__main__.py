@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``check-config`` and ``demo``."""
+"""Command line: ``serve``, ``check-config``, ``gen-key`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from .app import Overrides, run_process, supervise
 from .config import ConfigError, load_config
+from .keys import generate_key
 
 
 def _port(value: str) -> int:
@@ -40,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")
+    check.add_argument(
+        "--workers",
+        type=_workers,
+        help="check as 'serve --workers N' would run it (default: server.workers)",
+    )
+    sub.add_parser(
+        "gen-key",
+        help="print a random key for signing.keys or admin.token",
+        description="Print one random key (43 URL-safe characters, 256 bits) in the form "
+        "signing.keys and admin.token expect. For signing.keys, join keys with commas: the "
+        "first signs, every one verifies.",
+    )
     demo = sub.add_parser("demo", help="run the offline demo sites behind the gateway")
     demo.add_argument("--config", default="config/demo.yaml")
     return parser
@@ -49,11 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         try:
-            config = load_config(args.path)
+            config = load_config(args.path, workers=args.workers)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
         print(config.summary())
+        return 0
+    if args.command == "gen-key":
+        print(generate_key())
         return 0
     if args.command == "demo":
         from .demo.run import run_demo

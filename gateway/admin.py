@@ -1,8 +1,25 @@
 """The admin listener: liveness, readiness and Prometheus metrics, on a port of its own so that
-it is never reachable through the sites."""
+it is never reachable through the sites.
+
+With ``admin.token`` set (deployments bind this port to every interface so that probes and the
+scraper reach it):
+
+* ``/metrics`` answers only requests carrying ``Authorization: Bearer <token>`` (compared in
+  constant time); anything else gets 401 with ``WWW-Authenticate: Bearer``. Metrics name every
+  site and the hosts that refer visitors.
+* ``/healthz`` and ``/readyz`` stay open, because kubelet probes and load balancers carry no
+  credentials, and keep their status codes. Without the token ``/readyz`` answers only
+  ``{"status": ...}``: the config path, site count, in-flight count and the token store's
+  address and errors are shown to authorized callers only, and the store is not probed for
+  an anonymous caller.
+
+The token is read from the running config on every request, so a SIGHUP reload that changes
+it takes effect at once.
+"""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +34,31 @@ STATE_KEY = web.AppKey("state", ProxyState)
 StoreCheck = Callable[[], Awaitable[dict[str, Any]]]
 STORE_CHECK_KEY = web.AppKey[StoreCheck]("store_check")
 
+_REALM = 'Bearer realm="gateway-admin"'
+
+
+def _authorized(request: web.Request) -> bool:
+    """True when no token is configured, or the request carries it as a Bearer credential."""
+    token = request.app[STATE_KEY].config.admin.token
+    if token is None:
+        return True
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Header values may hold any text; bytes keep compare_digest's constant-time path.
+    given = credentials.strip().encode("utf-8", "replace")
+    return hmac.compare_digest(given, token.encode("ascii"))
+
+
+def _unauthorized(request: web.Request) -> web.Response:
+    # RFC 6750 section 3: say that a Bearer token is wanted, and whether the one sent was wrong.
+    challenge = _REALM
+    if "Authorization" in request.headers:
+        challenge += ', error="invalid_token"'
+    return web.json_response(
+        {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": challenge}
+    )
+
 
 async def healthz(request: web.Request) -> web.Response:
     """200 while the process is alive and its event loop answers."""
@@ -30,18 +72,24 @@ async def readyz(request: web.Request) -> web.Response:
     disables token decoration, and the sites must stay up.
     """
     state = request.app[STATE_KEY]
+    status = 503 if state.draining else 200
+    summary = "draining" if state.draining else "ready"
+    if not _authorized(request):
+        return web.json_response({"status": summary}, status=status)
     store = await request.app[STORE_CHECK_KEY]()
     body = {
-        "status": "draining" if state.draining else "ready",
+        "status": summary,
         "config": state.config.path,
         "sites": len(state.config.sites),
         "in_flight": state.in_flight,
         "dependencies": {"store": store},
     }
-    return web.json_response(body, status=503 if state.draining else 200)
+    return web.json_response(body, status=status)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized(request)
     registry = request.app[STATE_KEY].metrics.registry
     response = web.Response(body=generate_latest(registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST

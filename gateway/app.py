@@ -128,15 +128,19 @@ class Gateway:
     def reload(self) -> bool:
         """Re-read the config file; on any problem keep the running config."""
         try:
-            new = self.overrides.apply(load_config(self.config_path))
+            new = self.overrides.apply(
+                load_config(self.config_path, workers=self.overrides.workers)
+            )
         except ConfigError as exc:
             self.metrics.reloads.labels("invalid").inc()
             log_line("reload_failed", problems=[str(p) for p in exc.problems])
             return False
         old = self.state.config
-        if (new.server, new.admin) != (old.server, old.admin):
+        if _listeners(new) != _listeners(old):
             log_line("reload_note", message="listener changes need a restart; kept the old ones")
-            new = dataclasses.replace(new, server=old.server, admin=old.admin)
+            # admin.token is not a listener setting: a new one applies at once.
+            admin = dataclasses.replace(old.admin, token=new.admin.token)
+            new = dataclasses.replace(new, server=old.server, admin=admin)
         if new.store != old.store:
             old_store = self.state.store
             self.state.store = open_store(
@@ -186,6 +190,10 @@ class Gateway:
         await self.state.store.close()
 
 
+def _listeners(config: Config) -> tuple[object, ...]:
+    return (config.server, config.admin.host, config.admin.port)
+
+
 def _bound_port(runner: web.BaseRunner) -> int | None:
     for addr in runner.addresses:
         if isinstance(addr, tuple) and len(addr) >= 2:
@@ -210,7 +218,7 @@ async def serve(config: Config, config_path: str, overrides: Overrides, reuse_po
 def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False) -> int:
     """Serve in this process (one worker) on uvloop when it is installed."""
     try:
-        config = overrides.apply(load_config(config_path))
+        config = overrides.apply(load_config(config_path, workers=overrides.workers))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -228,13 +236,15 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
     """Pre-fork: N worker processes share the listening ports with SO_REUSEPORT, the kernel
     spreads connections across them; signals are passed on, dead workers are replaced."""
     try:
-        load_config(config_path)
+        load_config(config_path, workers=workers)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
-    cmd = [sys.executable, "-m", "gateway", *argv, "--workers", "1", "--reuse-port"]
+    # Each worker is told how many there are (--reuse-port keeps it from supervising in
+    # turn), so that its reloads are checked for what is safe with N processes.
+    cmd = [sys.executable, "-m", "gateway", *argv, "--workers", str(workers), "--reuse-port"]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
     stopping = False
 

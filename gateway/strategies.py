@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.identity import AID_PARAM, UID_PARAM
+from gateway.keys import GEN_KEY_ADVICE, MIN_LENGTH
 
 TOKEN_PARAM = "ajs_token"
 SIG_PARAM = "ajs_sig"
@@ -127,12 +128,12 @@ class TokenRecord:
 
 # --- Signing keys --------------------------------------------------------------------------------
 
-_KEY_MIN_CHARS = 32
+_KEY_MIN_CHARS = MIN_LENGTH
 # A key with fewer distinct characters than this is a placeholder ("changeme" repeated), not a
 # secret; random keys of 32+ characters in any encoding (hex included) have far more.
 _KEY_MIN_DISTINCT = 10
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
-_KEY_ADVICE = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+_KEY_ADVICE = GEN_KEY_ADVICE
 
 
 @dataclass(frozen=True)

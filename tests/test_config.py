@@ -191,3 +191,157 @@ def test_example_config_documents_every_key() -> None:
     keys -= {"url", "cookie"}  # enum values, not keys
     missing = sorted(k for k in keys if not re.search(rf"\b{k}:", text))
     assert not missing, missing
+
+
+SIGNED = """\
+sites:
+  - {host: www.example.com, upstream: 'http://x:1'}
+cross_domains:
+  - {host: login.example-id.com, strategy: signed}
+signing:
+  keys: ${GATEWAY_SIGNING_KEYS}
+"""
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (
+            # deploy/kubernetes/secret.yaml's committed values
+            "REPLACE_ME-new-signing-key-0123456789abcdef,"
+            "REPLACE_ME-old-signing-key-fedcba9876543210",
+            "signing key 1 of 2 contains the placeholder text 'replace'",
+        ),
+        (
+            # deploy/docker-compose.yml's former fallback
+            "local-dev-only-signing-key-CHANGE-ME-0123456789",
+            "signing key 1 of 1 contains the placeholder text 'change'",
+        ),
+        (
+            "kN7qW2xZ9pL4vR8tY6uB3mC5dF1gH0jS,0123456789abcdef0123456789abcdef",
+            "signing key 2 of 2 has a run of 8",
+        ),
+        ("Zq8Wm2Xr7Tn4-Vb6Pc3Ld9Hs5-Zq8Wm2Xr7Tn4", "signing key 1 of 1 repeats a stretch"),
+    ],
+)
+def test_placeholder_and_weak_signing_keys_are_refused(keys: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(SIGNED, "f.yaml", {"GATEWAY_SIGNING_KEYS": keys})
+    text = str(info.value)
+    assert text.startswith(f"f.yaml:6: signing.keys: {message}"), text
+    assert "so anyone could forge signed links" in text
+    assert text.endswith("(generate one with: python -m gateway gen-key)")
+    for key in keys.split(","):
+        assert key not in text
+
+
+def test_gen_key_prints_a_key_the_config_accepts() -> None:
+    first, second = _cli("gen-key"), _cli("gen-key")
+    assert first.returncode == 0 and first.stderr == ""
+    key = first.stdout.strip()
+    assert first.stdout == key + "\n" and len(key) == 43
+    assert key != second.stdout.strip()
+    env = {"GATEWAY_SIGNING_KEYS": f"{key},{second.stdout.strip()}"}
+    assert parse_config(SIGNED, "f.yaml", env).signing.keys == env["GATEWAY_SIGNING_KEYS"]
+
+
+TOKEN_TARGET = """\
+sites:
+  - {host: www.example.com, upstream: 'http://x:1'}
+cross_domains:
+  - www.example.com
+  - {host: checkout.example-pay.com, strategy: token}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "workers", "message"),
+    [
+        (
+            TOKEN_TARGET + "store: {url: 'memory://'}\nserver: {workers: 2}\n",
+            None,
+            "f.yaml:6: store.url: memory:// keeps tokens inside one process, but server.workers "
+            "is 2 and checkout.example-pay.com use strategy token",
+        ),
+        (
+            TOKEN_TARGET + "server:\n  workers: 4\n",
+            None,
+            "f.yaml:7: store.url: memory:// keeps tokens inside one process, but server.workers "
+            "is 4",
+        ),
+        (
+            TOKEN_TARGET + "store:\n  timeout_ms: 20\n",
+            2,
+            "f.yaml:7: store.url: memory:// keeps tokens inside one process, but --workers 2",
+        ),
+        (TOKEN_TARGET, 3, "f.yaml:1: store.url: memory:// keeps tokens inside one process"),
+    ],
+)
+def test_memory_store_with_token_targets_and_several_workers_is_refused(
+    text: str, workers: int | None, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", {}, workers=workers)
+    assert len(info.value.problems) == 1, str(info.value)
+    assert str(info.value).startswith(message), str(info.value)
+    assert str(info.value).endswith(
+        "(use a store the workers share, such as redis://host:6379/0, or run one worker)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "workers"),
+    [
+        (TOKEN_TARGET + "server: {workers: 4}\n", 1),  # --workers 1 wins over the file
+        (TOKEN_TARGET + "server: {workers: 1}\n", None),
+        (TOKEN_TARGET + "store: {url: 'redis://redis:6379/0'}\n", 8),
+        ("sites:\n  - {host: a.test, upstream: 'http://x:1'}\nserver: {workers: 4}\n", None),
+    ],
+)
+def test_memory_store_is_fine_in_one_process_or_without_token_targets(
+    text: str, workers: int | None
+) -> None:
+    parse_config(text, "f.yaml", {}, workers=workers)
+
+
+def test_a_bad_store_url_is_reported_once_not_again_as_memory() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(TOKEN_TARGET + "store: {url: 'mysql://db'}\n", "f.yaml", {}, workers=2)
+    assert [p.path for p in info.value.problems] == ["store.url"]
+    assert "is not valid" in str(info.value)
+
+
+def test_check_config_and_serve_refuse_memory_tokens_with_workers(tmp_path: Path) -> None:
+    path = tmp_path / "tok.yaml"
+    path.write_text(TOKEN_TARGET + "server: {port: 0}\nadmin: {port: 0}\n")
+    assert _cli("check-config", str(path)).returncode == 0
+    for args in (
+        ("check-config", str(path), "--workers", "2"),
+        ("serve", "--config", str(path), "--workers", "2"),
+    ):
+        result = _cli(*args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert (
+            f"{path}:1: store.url: memory:// keeps tokens inside one process, but --workers 2"
+            in (result.stderr)
+        )
+    path.write_text(TOKEN_TARGET + "server: {port: 0, workers: 2}\nadmin: {port: 0}\n")
+    result = _cli("serve", "--config", str(path))
+    assert result.returncode == 1
+    assert "but server.workers is 2 and" in result.stderr
+
+
+async def test_a_worker_refuses_to_reload_into_memory_tokens(tmp_path: Path) -> None:
+    """Workers are started with --workers N, so their reloads are checked for N processes."""
+    from gateway.app import Gateway, Overrides
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(TOKEN_TARGET + "store: {url: 'redis://127.0.0.1:1/0'}\n")
+    overrides = Overrides(workers=2)
+    gateway = Gateway(overrides.apply(load_config(path, workers=2)), str(path), overrides)
+    try:
+        path.write_text(TOKEN_TARGET)
+        assert gateway.reload() is False
+        assert gateway.state.config.store.url == "redis://127.0.0.1:1/0"
+    finally:
+        await gateway.drain_and_close()

@@ -25,6 +25,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.keys import generate_key
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 K8S_DIR = DEPLOY / "kubernetes"
@@ -43,6 +45,10 @@ PROXY_PORT = 8080
 ADMIN_PORT = 9901
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# Secrets whose committed values are placeholders the gateway refuses: tests that load the
+# shipped configs supply freshly generated keys instead, as an operator would.
+GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN")
 
 
 # --------------------------------------------------------------------------- helpers ---
@@ -274,7 +280,12 @@ def test_gateway_secrets_come_from_the_secret_not_literals(
     from_secret = {
         e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
     }
-    for name in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS", "GATEWAY_STORE_URL"):
+    for name in (
+        "SEGMENT_WRITE_KEY",
+        "GATEWAY_SIGNING_KEYS",
+        "GATEWAY_STORE_URL",
+        "GATEWAY_ADMIN_TOKEN",
+    ):
         assert name in from_secret, f"{name} should be read from the Secret"
 
 
@@ -285,8 +296,40 @@ def test_secret_placeholders_are_clearly_marked(manifests: list[dict[str, Any]])
     assert "PLACEHOLDER" in text.upper()
     for secret in secrets:
         data = secret.get("stringData", {})
-        for key in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS"):
+        for key in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN"):
             assert "REPLACE_ME" in data.get(key, ""), f"{key} should be an obvious placeholder"
+
+
+def test_committed_placeholder_secrets_are_refused(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """A forgotten replace fails start-up instead of signing with a publicly known key."""
+    from gateway.config import ConfigError, load_config
+
+    env: dict[str, str] = {}
+    for item in _gateway_container(manifests).get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            env[item["name"]] = _secret_data(_find(manifests, "Secret", ref["name"]))[ref["key"]]
+    path = tmp_path / "domains.yaml"
+    path.write_text(_gateway_config_text(manifests), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    refused = {p.path for p in info.value.problems}
+    assert refused == {"signing.keys", "admin.token"}, info.value
+    assert "placeholder" in str(info.value)
+
+
+def test_admin_port_on_the_pod_ip_needs_the_token(manifests: list[dict[str, Any]]) -> None:
+    """The admin port listens beyond loopback (probes need it), so /metrics is guarded by
+    admin.token from the Secret."""
+    argv = _container_argv(_gateway_container(manifests))
+    assert _arg_value(argv, "--admin-host") == "0.0.0.0"
+    admin = yaml.safe_load(_gateway_config_text(manifests))["admin"]
+    assert admin.get("token") == "${GATEWAY_ADMIN_TOKEN}"
+    env = {e["name"]: e for e in _gateway_container(manifests)["env"]}
+    ref = env["GATEWAY_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in _secret_data(_find(manifests, "Secret", ref["name"]))
 
 
 def test_config_is_mounted_at_etc_gateway(manifests: list[dict[str, Any]]) -> None:
@@ -510,9 +553,144 @@ def test_kubernetes_config_loads(manifests: list[dict[str, Any]], tmp_path: Path
             secret_values[env["name"]] = env["value"]
     for name, value in secret_values.items():
         monkeypatch.setenv(name, value)
+    for name in GENERATED_SECRETS:
+        monkeypatch.setenv(name, generate_key())
     path = tmp_path / "domains.yaml"
     path.write_text(_gateway_config_text(manifests), encoding="utf-8")
     assert load_config(path) is not None
+
+
+# ---------------------------------------------------------- kubernetes: network policy ---
+
+
+def _policies(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "NetworkPolicy"]
+
+
+def _policy_for(docs: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, Any]:
+    """The one policy that names this Deployment's pods (the default deny aside)."""
+    labels = _pod_labels(deployment)
+    matches = [
+        p
+        for p in _policies(docs)
+        if _selects(p["spec"]["podSelector"].get("matchLabels", {}), labels)
+    ]
+    assert len(matches) == 1, f"expected one NetworkPolicy for {deployment['metadata']['name']}"
+    return matches[0]
+
+
+def _rule_ports(
+    rule: dict[str, Any], container: dict[str, Any] | None = None
+) -> set[tuple[int, str]]:
+    """(port, protocol) pairs of a rule, named ports resolved on the destination container
+    (without one, ports must be numbers: a name means whatever the peer pods call a port)."""
+    ports = rule.get("ports")
+    assert ports, "every rule should name its ports (a rule without ports admits all of them)"
+    out = set()
+    for p in ports:
+        assert "endPort" not in p, "single ports only"
+        if container is None:
+            assert isinstance(p["port"], int), f"use a port number in {rule}"
+        port = p["port"] if container is None else _container_port(container, p["port"])
+        out.add((port, p.get("protocol", "TCP")))
+    return out
+
+
+def _peers(rule: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    peers = rule.get(key)
+    assert peers, f"every rule should name its peers (a rule without '{key}' admits anyone)"
+    return peers
+
+
+def _peer_labels(peer: dict[str, Any]) -> set[str]:
+    return {
+        value
+        for selector in ("namespaceSelector", "podSelector")
+        for value in peer.get(selector, {}).get("matchLabels", {}).values()
+    }
+
+
+def test_namespace_denies_by_default(manifests: list[dict[str, Any]]) -> None:
+    deny = [p for p in _policies(manifests) if p["spec"]["podSelector"] == {}]
+    assert len(deny) == 1, "one default-deny policy for every pod in the namespace"
+    spec = deny[0]["spec"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    assert not spec.get("ingress") and not spec.get("egress")
+    # Every workload is also covered by a policy of its own, for both directions.
+    for deployment in (d for d in manifests if d["kind"] == "Deployment"):
+        policy = _policy_for(manifests, deployment)
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_gateway_ingress_admits_the_ingress_controller_and_the_scraper_only(
+    manifests: list[dict[str, Any]],
+) -> None:
+    container = _gateway_container(manifests)
+    policy = _policy_for(manifests, _gateway(manifests))
+    admitted: dict[int, set[str]] = {}
+    for rule in policy["spec"]["ingress"]:
+        ports = _rule_ports(rule, container)
+        for peer in _peers(rule, "from"):
+            # Both selectors in one peer: these pods in that namespace (not either one).
+            assert peer.get("namespaceSelector", {}).get("matchLabels"), peer
+            assert peer.get("podSelector", {}).get("matchLabels"), peer
+            assert "ipBlock" not in peer, "no address ranges: they would outlive the pods"
+            for port, protocol in ports:
+                assert protocol == "TCP"
+                admitted.setdefault(port, set()).update(_peer_labels(peer))
+    # Exactly the container's ports, each to its own client.
+    assert set(admitted) == {int(p["containerPort"]) for p in container["ports"]}
+    assert set(admitted) == {PROXY_PORT, ADMIN_PORT}
+    assert any("ingress" in label for label in admitted[PROXY_PORT])
+    assert not any("prometheus" in label for label in admitted[PROXY_PORT])
+    assert any("prometheus" in label for label in admitted[ADMIN_PORT])
+    assert not any("ingress" in label for label in admitted[ADMIN_PORT])
+    # What the Service forwards is what the policy admits.
+    service = _find(manifests, "Service", GATEWAY)
+    targets = {_container_port(container, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert targets <= set(admitted)
+
+
+def test_gateway_egress_reaches_dns_redis_and_the_upstreams(
+    manifests: list[dict[str, Any]],
+) -> None:
+    policy = _policy_for(manifests, _gateway(manifests))
+    redis = _find(manifests, "Deployment", "redis")
+    redis_container = redis["spec"]["template"]["spec"]["containers"][0]
+    allowed: set[tuple[int, str]] = set()
+    to_redis: set[int] = set()
+    for rule in policy["spec"]["egress"]:
+        peers = _peers(rule, "to")
+        ports = _rule_ports(rule)
+        allowed |= ports
+        for peer in peers:
+            selector = peer.get("podSelector", {}).get("matchLabels", {})
+            if "namespaceSelector" not in peer and _selects(selector, _pod_labels(redis)):
+                to_redis |= {port for port, _ in ports}
+    assert {(53, "UDP"), (53, "TCP")} <= allowed, "DNS"
+    assert to_redis == {int(p["containerPort"]) for p in redis_container["ports"]}
+    for site in yaml.safe_load(_gateway_config_text(manifests))["sites"]:
+        url = urlsplit(site["upstream"])
+        port = url.port or (443 if url.scheme == "https" else 80)
+        assert (port, "TCP") in allowed, f"no egress to the upstream {site['upstream']}"
+
+
+def test_redis_admits_only_the_gateway_and_reaches_nothing(
+    manifests: list[dict[str, Any]],
+) -> None:
+    redis = _find(manifests, "Deployment", "redis")
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    policy = _policy_for(manifests, redis)
+    assert not policy["spec"].get("egress")
+    (rule,) = policy["spec"]["ingress"]
+    assert _rule_ports(rule, container) == {
+        (int(p["containerPort"]), "TCP") for p in container["ports"]
+    }
+    (peer,) = _peers(rule, "from")
+    assert set(peer) == {"podSelector"}, "same namespace, gateway pods only"
+    assert (
+        peer["podSelector"]["matchLabels"] == _gateway(manifests)["spec"]["selector"]["matchLabels"]
+    )
 
 
 # ------------------------------------------------------------------- docker compose ---
@@ -533,12 +711,19 @@ def _compose_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def _compose_default(value: str) -> str:
-    """What compose substitutes for ``${VAR:-default}`` when VAR is unset."""
+    """What compose substitutes for ``${VAR:-default}`` when VAR is unset (``${VAR:?message}``,
+    a required variable, has no default: empty here, an error in compose)."""
 
     def repl(m: re.Match[str]) -> str:
         return m.group(2) or ""
 
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}", repl, value)
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*)|:?\?[^}]*)?\}", repl, value)
+
+
+def _compose_required(value: str) -> str | None:
+    """The message of a required ``${VAR:?message}`` value, or None."""
+    m = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?\?([^}]*)\}", value)
+    return m.group(1) if m else None
 
 
 def _compose_binds(service: dict[str, Any]) -> list[tuple[str, str]]:
@@ -603,12 +788,17 @@ def test_compose_gateway_environment(compose: dict[str, Any]) -> None:
     gateway = compose["services"]["gateway"]
     env = _compose_env(gateway)
     assert env.get("GATEWAY_STORE_URL") == "redis://redis:6379/0"
-    for name in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS"):
-        assert _compose_default(env.get(name, "")), f"{name} should be set"
+    assert _compose_default(env.get("SEGMENT_WRITE_KEY", "")), "SEGMENT_WRITE_KEY should be set"
     config_text = _compose_gateway_config(compose).read_text(encoding="utf-8")
     refs = _env_refs(config_text)
     assert refs, "the compose gateway config should use ${ENV} references for secrets"
     assert refs <= set(env), f"unset env references: {refs - set(env)}"
+    # No default for keys: a value written in this file would be public.
+    assert "GATEWAY_SIGNING_KEYS" in refs
+    for name in refs & set(GENERATED_SECRETS):
+        message = _compose_required(env.get(name, ""))
+        assert message is not None, f"{name} should be required (${{{name}:?...}})"
+        assert "gen-key" in message, f"{name}: say how to make one"
     assert "redis" in gateway.get("depends_on", {})
     drain = _drain_timeout(config_text)
     assert _seconds(gateway["stop_grace_period"]) > drain, "docker would kill the drain"
@@ -658,6 +848,8 @@ def test_compose_gateway_config_loads(compose: dict[str, Any], monkeypatch) -> N
 
     for name, value in _compose_env(compose["services"]["gateway"]).items():
         monkeypatch.setenv(name, _compose_default(value))
+    for name in GENERATED_SECRETS:
+        monkeypatch.setenv(name, generate_key())
     assert load_config(_compose_gateway_config(compose)) is not None
 
 
