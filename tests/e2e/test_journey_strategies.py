@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +31,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from gateway.keys import generate_key
 from gateway.links import LINK_PATH
 from gateway.strategies import SigningKeys, sign_params
 from tests.conftest import GatewayProcess, spawn_gateway
@@ -51,7 +51,7 @@ UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9
 ALL_IDENTITY_PARAMS = frozenset({"ajs_aid", "ajs_uid", "ajs_token", "ajs_exp", "ajs_sig"})
 
 # One key per test session, handed to the gateway in its environment as production does.
-SIGNING_KEY = secrets.token_urlsafe(32)
+SIGNING_KEY = generate_key()
 KEYS = SigningKeys.parse(SIGNING_KEY)
 LIFETIME = 600
 
