@@ -969,3 +969,142 @@ async def test_wildcard_query_target_behind_a_token_host_click_time(launch: Laun
     hrefs = [r["href"] for r in out["results"]]
     assert hrefs[2] == f"https://other.example-pay.com/?ajs_aid={AID}&ajs_uid={UID}"
     assert hrefs[:2] == [page.links["pay1"], fresh(f"https://{PAY}/added-by-js")]
+
+
+# --- Internationalized hosts (F6 of the security review) -----------------------------------------
+
+SHOP_TEST = "www.shop.test"
+GROSS = "pay.grossbank.test"
+# pay.großbank.test as browsers send it: another registrable domain than pay.grossbank.test,
+# which IDNA 2003 (the gateway's old reading) took it for.
+GROSS_SZ = "pay.xn--grobank-2va.test"
+IDN_PAGE = """<!doctype html><html><head><title>IDN</title></head><body>
+<a id="sz" href="https://pay.großbank.test/checkout">a</a>
+<a id="sz_pct" href="https://pay.gro%C3%9Fbank.test/checkout">b</a>
+<a id="sz_puny" href="https://pay.xn--grobank-2va.test/checkout">c</a>
+<a id="ss" href="https://PAY.GROSSBANK.TEST/checkout">d</a>
+<a id="sigma" href="https://ς.wild.test/">e</a>
+</body></html>
+""".encode()
+IDN_REDIRECTS = {
+    "/go/sz": "https://pay.gro%C3%9Fbank.test/checkout",
+    "/go/sz-raw": "https://pay.großbank.test/checkout",
+    "/go/ss": f"https://{GROSS}/checkout",
+}
+
+
+async def launch_idn(
+    start_upstream: StartUpstream,
+    start_gateway: StartGateway,
+    redis_server: RedisServer,
+    pay_host: str = GROSS,
+) -> RunningGateway:
+    """The reviewer's gw2.yaml: a token target with "ss" in a label, a signed wildcard."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path in IDN_REDIRECTS:
+            return web.Response(status=302, headers={"Location": IDN_REDIRECTS[request.path]})
+        if request.path == "/":
+            return web.Response(body=IDN_PAGE, content_type="text/html", charset="utf-8")
+        return web.Response(text=f"{request.host} {request.path_qs}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    upstream = await start_upstream(app)
+    text = f"""
+    sites:
+      - {{host: {SHOP_TEST}, upstream: '{upstream}'}}
+      - {{host: '{pay_host}', upstream: '{upstream}'}}
+      - {{host: '*.wild.test', upstream: '{upstream}'}}
+    cross_domains:
+      - {{host: '{pay_host}', strategy: token}}
+      - {{host: '*.wild.test', strategy: signed}}
+    store: {{url: '{redis_server.url}', key_prefix: '{PREFIX}'}}
+    signing: {{keys: '${{GATEWAY_SIGNING_KEYS}}'}}
+    analytics: {{write_key: wk_test, cdn_url: 'http://127.0.0.1:9'}}
+    """
+    return await start_gateway(text, env=KEYS_ENV)
+
+
+IdnLaunch = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+def idn(
+    start_upstream: StartUpstream, start_gateway: StartGateway, redis_server: RedisServer
+) -> IdnLaunch:
+    async def launch(pay_host: str = GROSS) -> RunningGateway:
+        return await launch_idn(start_upstream, start_gateway, redis_server, pay_host)
+
+    return launch
+
+
+async def test_f6_fresh_link_refuses_the_idna2003_lookalike(idn: IdnLaunch, raw: Redis) -> None:
+    """The reviewer's reproducer: a percent-encoded ß in ``to`` made the freshness endpoint
+    mint a token for pay.grossbank.test and send it to pay.großbank.test."""
+    gw = await idn()
+    victim = "ajs_anonymous_id=victim-aid-42; ajs_user_id=alice%40example.com"
+    for to in (
+        "https%3A%2F%2Fpay.gro%25C3%259Fbank.test%2Fcheckout",  # the reproducer, byte for byte
+        quote("https://pay.gro%c3%9fbank.test./checkout", safe=""),
+        quote("https://pay.großbank.test/checkout", safe=""),
+        quote(f"https://{GROSS_SZ}/checkout", safe=""),
+    ):
+        reply = await fetch(gw, f"{LINK}?to={to}", host=SHOP_TEST, cookie=victim)
+        assert reply.status == 400, to
+        assert "Location" not in reply.headers, to
+    assert await token_keys(raw) == []
+    # The configured target itself still gets its fresh token, which works there.
+    reply = await fetch(gw, fresh(f"https://{GROSS}/checkout"), host=SHOP_TEST, cookie=victim)
+    assert reply.status == 302
+    location = reply.location or ""
+    assert location == f"https://{GROSS}/checkout?ajs_token={token_of(location)}"
+    arrival = await fetch(gw, f"/checkout?ajs_token={token_of(location)}", host=GROSS)
+    assert arrival.status == 302
+    assert arrival.cookies()["ajs_anonymous_id"] == "victim-aid-42"
+
+
+async def test_f6_links_and_redirects_to_the_lookalike_carry_nothing(
+    idn: IdnLaunch, raw: Redis
+) -> None:
+    gw = await idn()
+    reply = await fetch(gw, "/", host=SHOP_TEST, cookie=VISITOR)
+    assert reply.status == 200
+    links = {m[1].decode(): html.unescape(m[2].decode()) for m in _ANCHOR.finditer(reply.body)}
+    for name in ("sz", "sz_pct", "sz_puny"):
+        assert "ajs_" not in links[name], links[name]
+    token = token_of(links["ss"])
+    assert links["ss"] == f"https://PAY.GROSSBANK.TEST/checkout?ajs_token={token}"
+    # ς.wild.test is xn--3xa.wild.test to the browser (IDNA 2003 said xn--4xa, σ): the
+    # signature must be for the host the browser arrives at, or the hand-off fails there.
+    sigma = urlsplit(links["sigma"])
+    assert_handed_over(await fetch(gw, f"/?{sigma.query}", host="xn--3xa.wild.test"), "/")
+    # Upstream redirects: decorated only for the configured host.
+    for path in ("/go/sz", "/go/sz-raw"):
+        reply = await fetch(gw, path, host=SHOP_TEST, cookie=VISITOR)
+        assert (reply.status, reply.location) == (302, IDN_REDIRECTS[path]), path
+    reply = await fetch(gw, "/go/ss", host=SHOP_TEST, cookie=VISITOR)
+    location = reply.location or ""
+    assert location == f"https://{GROSS}/checkout?ajs_token={token_of(location)}"
+    assert len(await token_keys(raw)) == 2  # the page's token and the redirect's
+
+
+async def test_idn_target_written_in_unicode(idn: IdnLaunch) -> None:
+    """A target configured as pay.großbank.test is the host browsers send for it."""
+    gw = await idn(pay_host="pay.großbank.test")
+    for to in ("https://pay.gro%C3%9Fbank.test/checkout", f"https://{GROSS_SZ}/checkout"):
+        reply = await fetch(gw, fresh(to), host=SHOP_TEST, cookie=VISITOR)
+        assert reply.status == 302, to
+        location = reply.location or ""
+        assert location == f"{to}?ajs_token={token_of(location)}"
+        arrival = await fetch(gw, f"/checkout?ajs_token={token_of(location)}", host=GROSS_SZ)
+        assert_handed_over(arrival, "/checkout")
+    reply = await fetch(gw, fresh(f"https://{GROSS}/checkout"), host=SHOP_TEST, cookie=VISITOR)
+    assert reply.status == 400
+    page = await fetch(gw, "/", host=SHOP_TEST, cookie=VISITOR)
+    links = {m[1].decode(): html.unescape(m[2].decode()) for m in _ANCHOR.finditer(page.body)}
+    assert {name for name, href in links.items() if "ajs_token=" in href} == {
+        "sz",
+        "sz_pct",
+        "sz_puny",
+    }
