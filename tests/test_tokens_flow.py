@@ -369,6 +369,90 @@ async def _calls(raw: Redis, command: str) -> int:
     return int(entry["calls"]) if entry else 0
 
 
+async def test_f9_token_is_exchanged_only_at_its_target(launch: Launch, raw: Redis) -> None:
+    """F9 of the security review: a token minted on a page of WWW for the token target PAY was
+    exchanged by every site that accepts tokens (the reviewer's tok.py)."""
+    gw = await launch(accept={SSO: "[signed, token]"})
+    page = await page_a(gw)
+    token = token_of(page.links["pay1"])
+    for host in (SHOP, WWW, SSO):
+        assert_refused(await fetch(gw, f"/landing?ajs_token={token}", host=host), "/landing")
+    found = await metrics(gw)
+    assert refused(found, "token", "wrong_target") == 3
+    assert sample(found, "gateway_identity_source_total", source="rejected") == 3
+    # At its target the token still works (not single-use: nothing above spent it).
+    assert_handed_over(await follow(gw, page.links["pay1"]), "/checkout?cart=1")
+    (key,) = await token_keys(raw)
+    stored = TokenRecord.from_bytes(await raw.get(key) or b"")
+    assert stored is not None and stored.targets == (PAY,) and stored.user_agent_hash is None
+
+
+async def test_f9_single_use_token_refused_elsewhere_is_spent(launch: Launch) -> None:
+    """A token that turns up at the wrong site has leaked: taking it there spends it."""
+    gw = await launch(tokens=f"{{ttl_seconds: {TTL}, single_use: true}}")
+    page = await page_a(gw)
+    token = token_of(page.links["pay1"])
+    assert_refused(await fetch(gw, f"/x?ajs_token={token}", host=SHOP), "/x")
+    assert_refused(await follow(gw, page.links["pay1"]), "/checkout?cart=1")
+    found = await metrics(gw)
+    assert refused(found, "token", "wrong_target") == 1
+    assert refused(found, "token", "unknown_or_expired") == 1
+
+
+async def test_f9_token_bound_to_the_browser(launch: Launch, raw: Redis) -> None:
+    """With ``signing.bind_user_agent`` a token, like a signed link, works only in the browser
+    whose page it came from."""
+    gw = await launch(signing="{keys: '${GATEWAY_SIGNING_KEYS}', bind_user_agent: true}")
+    page = await page_a(gw, user_agent="Browser-A/1")
+    link = page.links["pay1"]
+    assert_refused(await follow(gw, link, user_agent="Browser-B/1"), "/checkout?cart=1")
+    assert_handed_over(await follow(gw, link, user_agent="Browser-A/1"), "/checkout?cart=1")
+    # The wrong site stays the wrong site in the right browser.
+    token = token_of(link)
+    assert_refused(
+        await fetch(gw, f"/p?ajs_token={token}", host=SHOP, user_agent="Browser-A/1"), "/p"
+    )
+    # A record from a gateway that did not bind it is refused where binding is required.
+    legacy = new_token()
+    await raw.set(f"{PREFIX}t:{legacy}", TokenRecord(AID, UID, time.time(), WWW).to_bytes(), ex=60)
+    assert_refused(await fetch(gw, f"/p?ajs_token={legacy}", host=PAY), "/p")
+    found = await metrics(gw)
+    assert refused(found, "token", "wrong_browser") == 2
+    assert refused(found, "token", "wrong_target") == 1
+    # The record holds a hash of the User-Agent, not the string.
+    stored = await raw.get(f"{PREFIX}t:{token}") or b""
+    record = TokenRecord.from_bytes(stored)
+    assert record is not None and record.user_agent_hash is not None
+    assert b"Browser-A" not in stored
+
+
+async def test_redirect_and_fresh_tokens_are_bound_to_their_one_target(
+    launch: Launch, raw: Redis
+) -> None:
+    """A page's token is bound to every token target it may link; a token minted for one
+    redirect or freshness hop only to the target it goes to."""
+    gw = await launch(
+        cross=f"cross_domains:\n  - {{host: {PAY}, strategy: token}}\n"
+        f"  - {{host: {SSO}, strategy: token}}\n"
+    )
+    page = await page_a(gw)
+    page_token = token_of(page.links["pay1"])
+    assert token_of(page.links["sso"]) == page_token
+    record = TokenRecord.from_bytes(await raw.get(f"{PREFIX}t:{page_token}") or b"")
+    assert record is not None and record.targets == (PAY, SSO)
+    assert_handed_over(await fetch(gw, f"/p?ajs_token={page_token}", host=SSO), "/p")
+
+    redirect = (await fetch(gw, "/go/pay", cookie=VISITOR)).location or ""
+    fresh_hop = (await fetch(gw, fresh(ORIGINAL["pay2"]), cookie=VISITOR)).location or ""
+    for location, cleaned in ((redirect, "/checkout?cart=1"), (fresh_hop, "/help")):
+        token = token_of(location)
+        record = TokenRecord.from_bytes(await raw.get(f"{PREFIX}t:{token}") or b"")
+        assert record is not None and record.targets == (PAY,)
+        assert_refused(await fetch(gw, f"/p?ajs_token={token}", host=SSO), "/p")
+        assert_handed_over(await follow(gw, location), cleaned)
+    assert refused(await metrics(gw), "token", "wrong_target") == 2
+
+
 async def test_refused_token_keeps_the_visitors_own_cookie(launch: Launch) -> None:
     gw = await launch()
     reply = await fetch(
