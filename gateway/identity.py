@@ -446,9 +446,9 @@ def domain_to_ascii(domain: str) -> str | None:
       must also pass that package's IDNA 2008 checks, which are stricter than UTS #46 (emoji,
       ``_``, a hyphen at either end or in positions 3-4, empty or over-long labels, names over
       1024 characters): browsers accept some of those, we refuse them. That direction is safe:
-      such a host can be no configured target (config.py reads hosts with this function), so
-      nothing is decorated or redirected to it. Other ASCII labels are kept, as browsers keep
-      them.
+      nothing is decorated or redirected to such a host, and none can be configured as a
+      target (config.py reads hosts with this function); only a link to one under a ``*.``
+      target goes undecorated. Other ASCII labels are kept, as browsers keep them.
     - Names whose meaning changed between Unicode versions (``_UNSTABLE_MAPPING``) are refused.
 
     What is left is the IPv4 reading of names that end in a number, which the caller does.

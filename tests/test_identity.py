@@ -648,6 +648,13 @@ def test_hosts_browsers_refuse_or_disagree_on_are_never_targets(host: str) -> No
     assert d.decorate(f"https://{host}/", "https://www.shop.test/") is None
 
 
+@settings(max_examples=500)
+@given(st.text(max_size=30), st.sampled_from(["", "xn--", "a.xn--", "%C3%9F", "."]))
+def test_url_domain_never_raises_and_gives_ascii(text: str, prefix: str) -> None:
+    host = url_domain(prefix + text)
+    assert host is None or (host.isascii() and host == host.lower() and host)
+
+
 def test_ascii_hosts_skip_idna(monkeypatch: pytest.MonkeyPatch) -> None:
     """The link decorator runs for every link of every page: plain ASCII hosts (the norm) must
     not pay for UTS #46 processing."""
@@ -752,7 +759,7 @@ _BASES = ["https://www.shop.test/d/p", "http://www.shop.test/", "https://checkou
 def test_target_decisions_agree_with_whatwg_url_parser() -> None:
     """For thousands of hostile URL shapes, we and a browser-grade parser agree on whether the
     URL goes to a target host. (Hosts themselves may differ only where no target can match:
-    numeric IPv4 forms, which browsers canonicalize, and IDNA results with empty labels.)
+    numeric IPv4 forms, which browsers canonicalize.)
     Empty URLs are the one deliberate difference: they point at the page itself, never decorated.
     """
     rnd = random.Random(20240601)
