@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from publicsuffixlist import PublicSuffixList
 
+from .identity import domain_to_ascii
 from .keys import GEN_KEY_ADVICE, MIN_LENGTH, weakness
 
 __all__ = [
@@ -563,13 +564,14 @@ class _Reader:
             self.problem(parent, f"{path}.{key}", "missing (e.g. www.example.com or *.example.com)")
             return None
         raw = self.scalar(node, f"{path}.{key}")
-        host = raw.strip().lower().rstrip(".") if isinstance(raw, str) else None
+        host = _config_host(raw) if isinstance(raw, str) else None
         if not host or not (_HOST_RE.fullmatch(host) or _is_ip(host)):
+            idn = "" if not isinstance(raw, str) or raw.isascii() else _IDN_ADVICE
             self.problem(
                 node,
                 f"{path}.{key}",
                 f"{raw!r} is not a host name (a name like www.example.com, or *.example.com; "
-                "no scheme, port or path)",
+                f"no scheme, port or path{idn})",
             )
             return None
         return host
@@ -953,6 +955,24 @@ def _upstream_problem(raw: Any) -> str | None:
         return f"{raw!r} has a path or query; the request path is forwarded as is ({right})"
     del port
     return None
+
+
+_IDN_ADVICE = (
+    "; an internationalized name must be valid IDNA 2008 and read alike by all browsers "
+    "(UTS #46 non-transitional; not ẞ, which some read as ss and others as ß)"
+)
+
+
+def _config_host(raw: str) -> str | None:
+    """A configured host or ``*.`` pattern the way browsers send it in ``Host``: lower case, no
+    trailing dot, an internationalized name in its ``xn--`` form (``pay.großbank.test`` is
+    ``pay.xn--grobank-2va.test``, never ``pay.grossbank.test``); None if it cannot be one."""
+    text = raw.strip()
+    if _is_ip(text):
+        return text.lower()
+    star = "*." if text.startswith("*.") else ""
+    name = domain_to_ascii(text[len(star) :])
+    return None if name is None else star + name.rstrip(".")
 
 
 def _is_ip(host: str) -> bool:

@@ -10,7 +10,7 @@ proxy.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -49,7 +49,7 @@ from .outbound import (
 )
 from .rewriter import HtmlRewriter
 from .store import StoreError
-from .strategies import SigningKeys, TokenRecord, new_token
+from .strategies import SigningKeys, TokenRecord, new_token, token_refusal
 
 if TYPE_CHECKING:
     from .proxy import ProxyState
@@ -74,7 +74,8 @@ class Derived:
     query_targets: tuple[str, ...]
     # Targets that must not see raw ids: their links need a fresh token or signature.
     protected_targets: tuple[str, ...]
-    has_token_targets: bool
+    # Those of strategy "token": a page's token is bound to them.
+    token_targets: tuple[str, ...]
     strategies: dict[str, Strategy]
     signing_keys: SigningKeys | None
     # Public Suffix List lookups are slow next to a dict hit; a wildcard site can bring any
@@ -89,7 +90,7 @@ class Derived:
             targets=tuple(c.host for c in cross),
             query_targets=tuple(c.host for c in cross if c.strategy == "query"),
             protected_targets=tuple(c.host for c in cross if c.strategy != "query"),
-            has_token_targets=any(c.strategy == "token" for c in cross),
+            token_targets=tuple(c.host for c in cross if c.strategy == "token"),
             strategies={c.host: c.strategy for c in cross},
             signing_keys=SigningKeys.parse(config.signing.keys) if config.signing.keys else None,
         )
@@ -133,12 +134,14 @@ class IdentityFlow:
         config = state.config
         derived = state.derived
         path, cleaned, params, had_params = split_target(target)
+        host = normalize_host(request.host)
+        user_agent = request.headers.get("User-Agent")
         url = read_url_identity(
             params,
             site=site,
             rules=derived.rules,
-            host=normalize_host(request.host),
-            user_agent=request.headers.get("User-Agent"),
+            host=host,
+            user_agent=user_agent,
             now=time.time(),
             keys=derived.signing_keys,
             bind_user_agent=config.signing.bind_user_agent,
@@ -147,10 +150,24 @@ class IdentityFlow:
         if url.token is not None:
             try:
                 record = await state.store.take(url.token, single_use=config.tokens.single_use)
-                url = url.exchanged(record, derived.rules, "unknown_or_expired")
             except StoreError:
                 state.metrics.store_errors.labels("take").inc()
                 url = url.exchanged(None, derived.rules, "store_unavailable")
+            else:
+                # A token taken at the wrong site or in the wrong browser is spent all the same
+                # (single_use): one that turns up there has leaked, and is better dead.
+                refusal = None
+                if record is not None:
+                    refusal = token_refusal(
+                        record,
+                        host=host,
+                        user_agent=user_agent,
+                        bind_user_agent=config.signing.bind_user_agent,
+                    )
+                if refusal is not None:
+                    url = url.exchanged(None, derived.rules, refusal)
+                else:
+                    url = url.exchanged(record, derived.rules, "unknown_or_expired")
         if url.refused is not None and url.form is not None:
             state.metrics.identity_refused.labels(url.form, url.refused).inc()
         arrival = settle(
@@ -192,9 +209,8 @@ class IdentityFlow:
         arrival = await self.arrival(request, site, target.partition("?")[0])
         location = to
         if arrival.aid is not None and not arrival.minted:
-            params = await self.target_params(
-                request, arrival, mint=derived.strategies[pattern] == "token"
-            )
+            token_for = (pattern,) if derived.strategies[pattern] == "token" else ()
+            params = await self.target_params(request, arrival, token_for=token_for)
             decorated = LinkDecorator(
                 own_host, to, derived.protected_targets, params, replace=IDENTITY_PARAMS
             ).decorate(to, None)
@@ -205,16 +221,24 @@ class IdentityFlow:
         response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
         return response
 
-    async def mint_token(self, request: web.BaseRequest, arrival: Arrival) -> str | None:
-        """One token for this page view (one store round trip), or None if the store failed."""
+    async def mint_token(
+        self, request: web.BaseRequest, arrival: Arrival, targets: Sequence[str]
+    ) -> str | None:
+        """One token for this page view (one store round trip), or None if the store failed.
+
+        It is bound to the token target patterns the response may link (only sites matching
+        one of them exchange it) and, with ``signing.bind_user_agent``, to this browser."""
         state = self.state
         assert arrival.aid is not None
         token = new_token()
-        record = TokenRecord(
+        bind = state.config.signing.bind_user_agent
+        record = TokenRecord.bound(
             anonymous_id=arrival.aid,
             user_id=arrival.uid,
             issued_at=time.time(),
             source_host=normalize_host(request.host),
+            targets=targets,
+            user_agent=request.headers.get("User-Agent", "") if bind else None,
         )
         try:
             await state.store.put(token, record, state.config.tokens.ttl)
@@ -224,14 +248,15 @@ class IdentityFlow:
         return token
 
     async def target_params(
-        self, request: web.BaseRequest, arrival: Arrival, *, mint: bool
+        self, request: web.BaseRequest, arrival: Arrival, *, token_for: Sequence[str]
     ) -> TargetParams:
-        """The link parameters for this response; ``mint``: whether it may link a token
-        target (a token costs a store write, so only then is one minted)."""
+        """The link parameters for this response; ``token_for``: the token target patterns it
+        may link (a token costs a store write, so one is minted, bound to them, only if there
+        are any)."""
         config = self.state.config
         derived = self.state.derived
         assert arrival.aid is not None
-        token = await self.mint_token(request, arrival) if mint else None
+        token = await self.mint_token(request, arrival, token_for) if token_for else None
         bind = config.signing.bind_user_agent
         return TargetParams(
             config.cross_domains,
@@ -307,9 +332,8 @@ class IdentityFlow:
             # Find the target first, so a token is minted only for a redirect that needs one.
             decorate_location(location, page_url, own_host=own_host, targets=targets, params=probe)
             if hits:
-                params = await self.target_params(
-                    request, arrival, mint=derived.strategies[hits[0]] == "token"
-                )
+                token_for = (hits[0],) if derived.strategies[hits[0]] == "token" else ()
+                params = await self.target_params(request, arrival, token_for=token_for)
                 new = decorate_location(
                     location,
                     page_url,
@@ -363,7 +387,7 @@ class IdentityFlow:
             if targets and not idless:
                 # The body streams, so whether it links a token target is not known yet.
                 params = await self.target_params(
-                    request, arrival, mint=derived.has_token_targets and not head
+                    request, arrival, token_for=() if head else derived.token_targets
                 )
                 policy = LinkDecorator(
                     own_host,
@@ -404,7 +428,7 @@ class IdentityFlow:
         config = self.state.config
         # Refresh a little before the earliest credential on the page can expire.
         lifetimes = []
-        if derived.has_token_targets:
+        if derived.token_targets:
             lifetimes.append(config.tokens.ttl)
         if derived.signing_keys is not None:
             lifetimes.append(config.signing.lifetime)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import quote, unquote
 
+import idna
 from publicsuffixlist import PublicSuffixList
 
 ANON_COOKIE = "ajs_anonymous_id"
@@ -397,18 +398,79 @@ def _authority(scheme: str, s: str) -> _Origin | None:
         if not re.fullmatch(r"\[[0-9a-fA-F:.]+\]", host):
             return None
     else:
-        host, _, port = auth.partition(":")
-        host = unquote(host, errors="strict") if "%" in host else host
-        if not host.isascii():
-            try:
-                host = host.encode("idna").decode("ascii")
-            except UnicodeError:
-                return None
-        if not host or _FORBIDDEN_HOST.search(host):
+        raw_host, _, port = auth.partition(":")
+        host = url_domain(raw_host)
+        if host is None:
             return None
     if port and not (port.isdigit() and port.isascii() and int(port) <= 65535):
         return None
     return scheme, host.lower()
+
+
+def url_domain(raw: str) -> str | None:
+    """The ASCII host name a browser makes of the host text ``raw`` of an http(s) URL, or None
+    where it fails (or where browsers disagree; see :func:`domain_to_ascii`).
+
+    The WHATWG host parser: percent-decode, UTF-8 decode, domain to ASCII. So
+    ``gro%C3%9Fbank.test`` is ``großbank.test`` is ``xn--grobank-2va.test``, and an escape
+    that is not UTF-8 fails (the browser's U+FFFD is not allowed in a host either).
+    """
+    if "%" in raw:
+        try:
+            raw = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            return None
+    return domain_to_ascii(raw)
+
+
+# UTS #46 changed the mapping of these between versions, so browsers of different ages go to
+# different hosts: U+1E9E (capital sharp s) maps to "ss" up to Unicode 15.0 (node 20's URL
+# parser, older Safari) and to "ß" from 15.1 (current ICU, so Chrome, and the idna package).
+# A host that means one thing to one browser and another to the next is no one's target.
+_UNSTABLE_MAPPING = frozenset("\u1e9e")
+
+
+def domain_to_ascii(domain: str) -> str | None:
+    """``domain`` as browsers put it on the wire, or None if they refuse it (never raises).
+
+    The WHATWG URL Standard's *domain to ASCII* (UTS #46 ToASCII, non-transitional, without
+    STD3 rules, hyphen or DNS length checks; joiners and bidi checked), then its check for
+    forbidden domain code points. Non-transitional matters: ``ß`` and ``ς`` stay themselves
+    (``xn--grobank-2va``), where IDNA 2003 (Python's ``"idna"`` codec) maps them to ``ss`` and
+    ``σ``, another registrable domain. Case, full-width forms, ideographic full stops and
+    ignorable code points (soft hyphen) are mapped as browsers map them.
+
+    - An ASCII name with no ``xn--`` label is only lower-cased: the Standard notes that this is
+      all ToASCII does to one, and it keeps plain hosts off the slow path below.
+    - Otherwise the name is mapped by the ``idna`` package. Its non-ASCII and ``xn--`` labels
+      must also pass that package's IDNA 2008 checks, which are stricter than UTS #46 (emoji,
+      ``_``, a hyphen at either end or in positions 3-4, empty or over-long labels, names over
+      1024 characters): browsers accept some of those, we refuse them. That direction is safe:
+      nothing is decorated or redirected to such a host, and none can be configured as a
+      target (config.py reads hosts with this function); only a link to one under a ``*.``
+      target goes undecorated. Other ASCII labels are kept, as browsers keep them.
+    - Names whose meaning changed between Unicode versions (``_UNSTABLE_MAPPING``) are refused.
+
+    What is left is the IPv4 reading of names that end in a number, which the caller does.
+    """
+    if domain.isascii():
+        name = domain.lower()
+        if "xn--" not in name:
+            return name if name and not _FORBIDDEN_HOST.search(name) else None
+    elif not _UNSTABLE_MAPPING.isdisjoint(domain):
+        return None
+    try:
+        # Non-transitional processing is the default (and since UTS #46 15.1 the only one).
+        mapped = idna.uts46_remap(domain, std3_rules=False)
+        name = ".".join(
+            label
+            if label.isascii() and not label.startswith("xn--")
+            else idna.alabel(label).decode("ascii")
+            for label in mapped.split(".")
+        )
+    except UnicodeError:  # idna.IDNAError and the codecs' errors alike
+        return None
+    return name if name and not _FORBIDDEN_HOST.search(name) else None
 
 
 _MEMO_LIMIT = 4096
@@ -430,7 +492,10 @@ def _quick_page_host(page_url: str) -> str | None:
     if m is None or not page_url[: m.start(1)].lower().startswith(("http:", "https:")):
         return None
     authority = _QUICK_AUTHORITY.fullmatch(m.group(1))
-    return None if authority is None else authority.group(1).lower()
+    if authority is None:
+        return None
+    host = authority.group(1).lower()
+    return None if "xn--" in host else host
 
 
 def _pattern_parts(pattern: str) -> tuple[str, str | None, str | None]:
@@ -552,7 +617,8 @@ _QUICK_ABSOLUTE = re.compile(r"(?i)(?:https?:)?//([^/?#]*)")
 _QUICK_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 # Authorities the quick path reads exactly as the WHATWG URL parser does: optional userinfo of
 # plain characters, an ASCII domain whose last label is not numeric (no IPv4 number forms),
-# an optional decimal port. Anything else (%, non-ASCII, brackets, odd ports) is parsed fully.
+# an optional decimal port. Anything else (%, non-ASCII, brackets, odd ports, and ``xn--``
+# labels, see _quick_host) is parsed fully.
 _QUICK_AUTHORITY = re.compile(
     r"(?:[A-Za-z0-9._~!$&'()*+,;=:-]*@)?"
     r"((?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]*[A-Za-z-][A-Za-z0-9-]*)\.?(?::([0-9]{0,5}))?"
@@ -581,7 +647,9 @@ def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
     port = authority.group(2)
     if port and int(port) > 65535:
         return None  # the browser cannot follow it either
-    return authority.group(1).lower()
+    host = authority.group(1).lower()
+    # An xn-- label is only a host if its Punycode is valid: domain_to_ascii checks that.
+    return _UNKNOWN if "xn--" in host else host
 
 
 def decorate_location(
@@ -614,10 +682,12 @@ __all__ = [
     "cookie_domain",
     "decorate_location",
     "decorate_url",
+    "domain_to_ascii",
     "host_matches",
     "identity_cookies",
     "mint_id",
     "read_cookie",
     "same_origin_location",
     "split_identity_params",
+    "url_domain",
 ]

@@ -5,8 +5,9 @@ token store that backs the ``token`` strategy lives in :mod:`gateway.store`.
 
 ``token``
     A link carries ``ajs_token=<opaque>`` and no id. The token names a :class:`TokenRecord` kept
-    in the store for a short TTL; any gateway of the fleet exchanges it on arrival. One token per
-    page view serves every link of that page.
+    in the store for a short TTL; any gateway of the fleet exchanges it on arrival, but only on a
+    site the token was minted for (and, with ``bind_user_agent``, in the same browser): see
+    :func:`token_refusal`. One token per page view serves every link of that page.
 
 ``signed``
     A link carries the ids themselves plus an expiry and an HMAC-SHA256 over them and the target
@@ -40,11 +41,11 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.identity import AID_PARAM, UID_PARAM
+from gateway.identity import AID_PARAM, UID_PARAM, host_matches
 from gateway.keys import GEN_KEY_ADVICE, MIN_LENGTH
 
 TOKEN_PARAM = "ajs_token"
@@ -75,21 +76,51 @@ def valid_token_syntax(token: str) -> bool:
     return isinstance(token, str) and _TOKEN_SYNTAX.fullmatch(token) is not None
 
 
-# A stored record is tiny and read once; anything bigger is not ours.
-_RECORD_MAX_BYTES = 8192
+# A stored record is small and read once; anything bigger is not ours. It names the token
+# targets it is bound to: a fleet with a few hundred of them still fits.
+_RECORD_MAX_BYTES = 65536
+
+
+_RECORD_KEYS = frozenset({"a", "u", "t", "h", "d", "b"})
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class TokenRecord:
-    """What a token stands for: the visitor's ids when the page was served, and where."""
+    """What a token stands for: the visitor's ids when the page was served, where, and where and
+    in which browser it may be exchanged."""
 
     anonymous_id: str
     user_id: str | None
     issued_at: float
     source_host: str
+    # The cross-domain patterns (hosts or ``*.`` patterns, as configured) of the links the token
+    # was minted for. None only in records written before tokens were bound to their targets.
+    targets: tuple[str, ...] | None = None
+    # Hex SHA-256 of the User-Agent the token was minted for (``bind_user_agent``), or None.
+    user_agent_hash: str | None = None
+
+    @classmethod
+    def bound(
+        cls,
+        *,
+        anonymous_id: str,
+        user_id: str | None,
+        issued_at: float,
+        source_host: str,
+        targets: Sequence[str],
+        user_agent: str | None,
+    ) -> TokenRecord:
+        """A record for links to the cross-domain patterns ``targets`` (at least one), bound to
+        the browser sending ``user_agent`` unless that is None."""
+        if not targets:
+            raise ValueError("a token is minted for at least one target pattern")
+        ua = None if user_agent is None else _ua_hash(user_agent)
+        return cls(anonymous_id, user_id, issued_at, source_host, tuple(targets), ua)
 
     def to_bytes(self) -> bytes:
-        """Compact JSON with one-letter keys (``a``, ``u``, ``t``, ``h``): the store keeps one
+        """Compact JSON with one-letter keys: ``a`` anonymous id, ``u`` user id, ``t`` issue
+        time, ``h`` source host, ``d`` target patterns, ``b`` User-Agent hash. The store keeps one
         of these per page view, so bytes matter. ASCII-only output, so any string survives."""
         data: dict[str, object] = {
             "a": self.anonymous_id,
@@ -98,19 +129,26 @@ class TokenRecord:
         }
         if self.user_id is not None:
             data["u"] = self.user_id
+        if self.targets is not None:
+            data["d"] = list(self.targets)
+        if self.user_agent_hash is not None:
+            data["b"] = self.user_agent_hash
         return json.dumps(data, separators=(",", ":"), allow_nan=False).encode("ascii")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TokenRecord | None:
         """The record in ``data``, or None for anything that is not exactly what
-        :meth:`to_bytes` writes. Never raises: the store's contents are not trusted."""
+        :meth:`to_bytes` writes. Never raises: the store's contents are not trusted.
+
+        Records without ``d`` and ``b`` (written by gateways from before tokens were bound) are
+        read, as unbound records; see :func:`token_refusal` for what that allows."""
         if not isinstance(data, bytes) or len(data) > _RECORD_MAX_BYTES:
             return None
         try:
             obj = json.loads(data)
         except (ValueError, RecursionError):
             return None
-        if not isinstance(obj, dict) or not obj.keys() <= {"a", "u", "t", "h"}:
+        if not isinstance(obj, dict) or not obj.keys() <= _RECORD_KEYS:
             return None
         aid, uid, issued, host = obj.get("a"), obj.get("u"), obj.get("t"), obj.get("h")
         if not isinstance(aid, str) or not aid or not isinstance(host, str):
@@ -119,11 +157,52 @@ class TokenRecord:
             return None
         if isinstance(issued, bool) or not isinstance(issued, int | float):
             return None
+        # Absent, not null: to_bytes leaves out what a record does not have.
+        targets, ua = obj.get("d"), obj.get("b")
+        if "d" in obj and not (
+            isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
+        ):
+            return None
+        if "b" in obj and not (isinstance(ua, str) and _HEX_SHA256.fullmatch(ua)):
+            return None
         try:
             when = float(issued)
         except OverflowError:
             return None
-        return cls(aid, uid, when, host) if math.isfinite(when) else None
+        if not math.isfinite(when):
+            return None
+        return cls(aid, uid, when, host, None if targets is None else tuple(targets), ua)
+
+
+TokenRefusal = Literal["wrong_target", "wrong_browser"]
+
+
+def token_refusal(
+    record: TokenRecord, *, host: str, user_agent: str | None, bind_user_agent: bool
+) -> TokenRefusal | None:
+    """Why the site ``host`` (its Host header) must not exchange ``record`` for the browser
+    sending ``user_agent``, or None when it may.
+
+    - ``wrong_target``: ``host`` matches none of the record's target patterns, or is the host
+      whose page minted it (links there are never decorated). A token that leaks from one
+      target (its logs, a shared link) is worth nothing at the other sites of the fleet.
+    - ``wrong_browser``: the record is bound to another User-Agent, or it is not bound while
+      ``bind_user_agent`` requires binding (as for signed links). A bound record is checked
+      even when ``bind_user_agent`` is off here: the gateway that minted it asked for it.
+
+    A record from before tokens were bound (``targets`` None) can only exist while a fleet is
+    being upgraded, and for at most the token TTL after; it is exchanged anywhere but at its
+    source host, as it always was, unless ``bind_user_agent`` requires binding.
+    """
+    if host_matches(host, record.source_host):
+        return "wrong_target"
+    if record.targets is not None and not any(host_matches(host, t) for t in record.targets):
+        return "wrong_target"
+    if record.user_agent_hash is None:
+        return "wrong_browser" if bind_user_agent else None
+    if not hmac.compare_digest(record.user_agent_hash, _ua_hash(user_agent or "")):
+        return "wrong_browser"
+    return None
 
 
 # --- Signing keys --------------------------------------------------------------------------------
@@ -349,9 +428,11 @@ __all__ = [
     "TOKEN_PARAM",
     "SigningKeys",
     "TokenRecord",
+    "TokenRefusal",
     "VerifyReason",
     "new_token",
     "sign_params",
+    "token_refusal",
     "valid_token_syntax",
     "verify_signed",
 ]

@@ -62,6 +62,54 @@ def test_cross_domains_default_to_site_hosts() -> None:
     assert [c.host for c in config.cross_domains] == ["a.test", "b.test"]
 
 
+def test_internationalized_hosts_are_read_as_browsers_send_them() -> None:
+    """UTS #46 non-transitional, as browsers: ß stays ß (``xn--grobank-2va``), never ss, so
+    ``pay.grossbank.test`` and ``pay.großbank.test`` are two hosts (F6 of the security review).
+    """
+    config = parse_config(
+        "sites:\n"
+        "  - {host: 'Pay.Großbank.test.', upstream: 'http://x:1'}\n"
+        "  - {host: '*.ΛΌΓΟΣ.test', upstream: 'http://x:1'}\n"
+        "cross_domains:\n"
+        "  - {host: 'pay.großbank.test', strategy: token}\n"
+        "  - pay.grossbank.test\n"
+        "  - 'checkout\uff0etest'\n",
+        "idn.yaml",
+        {},
+    )
+    assert [s.host for s in config.sites] == ["pay.xn--grobank-2va.test", "*.xn--oxapnq6b.test"]
+    assert [c.host for c in config.cross_domains] == [
+        "pay.xn--grobank-2va.test",
+        "pay.grossbank.test",
+        "checkout.test",
+    ]
+    assert config.site_for("pay.xn--grobank-2va.test") is config.sites[0]
+    assert config.site_for("pay.grossbank.test") is None
+    assert config.site_for("a.xn--oxapnq6b.test") is config.sites[1]
+
+
+@pytest.mark.parametrize(
+    "host", ["pay.groẞbank.test", "a\u200db.test", "xn--zz.test", "pay.gro%C3%9Fbank.test"]
+)
+def test_hosts_browsers_refuse_or_disagree_on(host: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"sites: [{{host: '{host}', upstream: 'http://x:1'}}]\n", "bad.yaml", {})
+    message = str(info.value)
+    assert message.startswith(f"bad.yaml:1: sites[0].host: {host!r} is not a host name"), message
+    assert ("read alike by all browsers" in message) == (not host.isascii())
+
+
+def test_one_host_in_two_spellings_is_listed_twice() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            "sites: [{host: a.test, upstream: 'http://x:1'}]\n"
+            "cross_domains: ['pay.großbank.test', 'PAY.XN--GROBANK-2VA.TEST.']\n",
+            "bad.yaml",
+            {},
+        )
+    assert "pay.xn--grobank-2va.test is listed twice" in str(info.value)
+
+
 BAD = """\
 sites:
   - host: www.example.com

@@ -9,12 +9,13 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from gateway.config import ConfigError, parse_config
 from gateway.identity import (
     AID_PARAM,
     ANON_COOKIE,
@@ -26,13 +27,16 @@ from gateway.identity import (
     cookie_domain,
     decorate_location,
     decorate_url,
+    domain_to_ascii,
     host_matches,
     identity_cookies,
     mint_id,
     read_cookie,
     same_origin_location,
     split_identity_params,
+    url_domain,
 )
+from gateway.links import protected_target
 
 RULES = IdRules()
 UUID = "0b6e6f5a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
@@ -567,6 +571,106 @@ def test_link_decorator_hosts_browsers_normalize(url: str) -> None:
     assert _decorator().decorate(url, None) == url + "?ajs_aid=abc"
 
 
+def test_f6_idna2003_lookalikes_are_not_the_target() -> None:
+    """F6 of the security review: IDNA 2003 (Python's "idna" codec) reads ``ß`` as ``ss`` and
+    ``ς`` as ``σ``; browsers keep them (UTS #46 non-transitional), so these URLs lead to other
+    registrable domains (``pay.xn--grobank-2va.test``, ``xn--3xa.test``) and must get no
+    identity: no link decoration, no form fields, no decorated redirect, no freshness hop."""
+    targets = ["pay.grossbank.test", "xn--4xa.test"]
+    d = LinkDecorator("www.shop.test", "https://www.shop.test/", targets, LP)
+    for url in (
+        "https://pay.großbank.test/checkout",
+        "https://pay.gro%C3%9Fbank.test/checkout",
+        "https://pay.gro%c3%9fbank.test./",
+        "//PAY.GROßBANK.TEST/",
+        "https://ς.test/",
+        "https://%CF%82.test/",
+    ):
+        assert d.decorate(url, None) is None, url
+        assert d.decorate(url, "https://www.shop.test/") is None, url
+        assert d.form_fields(url, None) is None, url
+        assert protected_target(url, "www.shop.test", targets) is None, url
+        location = decorate_location(
+            url, "https://www.shop.test/a", own_host="www.shop.test", targets=targets, params=LP
+        )
+        assert location is None, url
+    # The real targets, however spelled, still are.
+    for url, pattern in (
+        ("https://pay.grossbank.test/checkout", "pay.grossbank.test"),
+        ("https://pay.gro%73sbank.test/checkout", "pay.grossbank.test"),
+        ("https://Σ.test/", "xn--4xa.test"),
+        ("https://%CF%83.test/", "xn--4xa.test"),
+    ):
+        assert d.decorate(url, None) == url + "?ajs_aid=abc", url
+        # The freshness endpoint takes only printable ASCII (what bootstrap sends: a.href).
+        expected = pattern if url.isascii() else None
+        assert protected_target(url, "www.shop.test", targets) == expected, url
+
+
+def test_idn_target_matches_every_spelling_browsers_read_as_it() -> None:
+    target = domain_to_ascii("pay.großbank.test")
+    assert target == "pay.xn--grobank-2va.test"
+    d = LinkDecorator("www.shop.test", "https://www.shop.test/", [target], LP)
+    for url in (
+        "https://pay.großbank.test/",
+        "https://PAY.GROßBANK.TEST./",
+        "https://pay.gro%C3%9Fbank.test/",
+        "https://pay.xn--grobank-2va.test/",
+        "https://pay.XN--GROBANK-2VA.test/",
+        "https://pay.großbank\u3002test/",
+        "https://pay.gro\u00dfbank\uff0etest/",
+    ):
+        assert d.decorate(url, None) == url + "?ajs_aid=abc", url
+    for url in ("https://pay.grossbank.test/", "https://pay.groẞbank.test/"):
+        assert d.decorate(url, None) is None, url
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "xn--zz.test",  # not Punycode
+        "xn--a.test",  # Punycode for a code point no host may have
+        "xn--.test",
+        "a.xn--ls8h.test",  # emoji: refused (IDNA 2008), see domain_to_ascii
+        "a\u200db.test",  # ZWJ outside the context that allows it
+        "pay.groẞbank.test",  # ss to some browsers, ß to others
+        "pay.gro%C3.test",  # not UTF-8
+        "a%2Fb.test",
+        "a%25b.test",
+        "\u00ad",  # only an ignorable code point: empty
+        "ü" * 1100,
+    ],
+)
+def test_hosts_browsers_refuse_or_disagree_on_are_never_targets(host: str) -> None:
+    assert url_domain(host) is None
+    d = LinkDecorator("www.shop.test", "https://www.shop.test/", ["*.test", "test"], LP)
+    assert d.decorate(f"https://{host}/", None) is None
+    assert d.decorate(f"https://{host}/", "https://www.shop.test/") is None
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=30), st.sampled_from(["", "xn--", "a.xn--", "%C3%9F", "."]))
+def test_url_domain_never_raises_and_gives_ascii(text: str, prefix: str) -> None:
+    host = url_domain(prefix + text)
+    assert host is None or (host.isascii() and host == host.lower() and host)
+
+
+def test_ascii_hosts_skip_idna(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link decorator runs for every link of every page: plain ASCII hosts (the norm) must
+    not pay for UTS #46 processing."""
+
+    def boom(*args: object, **kwargs: object) -> str:
+        raise AssertionError("idna called for an ASCII host")
+
+    monkeypatch.setattr("gateway.identity.idna.uts46_remap", boom)
+    assert domain_to_ascii("WWW.Shop.TEST.") == "www.shop.test."
+    assert url_domain("check%6Fut.test") == "checkout.test"
+    d = LinkDecorator("www.shop.test", "https://www.shop.test/", TARGETS, LP)
+    assert d.decorate("https://Checkout.test/", None) is not None
+    assert d.decorate("https://checkout.test/", "https://www.shop.test/") is not None
+    assert d.decorate("https://elsewhere.test/", None) is None
+
+
 def test_link_decorator_counts_hits_by_pattern() -> None:
     d = _decorator()
     d.decorate("https://checkout.test/", None)
@@ -655,7 +759,7 @@ _BASES = ["https://www.shop.test/d/p", "http://www.shop.test/", "https://checkou
 def test_target_decisions_agree_with_whatwg_url_parser() -> None:
     """For thousands of hostile URL shapes, we and a browser-grade parser agree on whether the
     URL goes to a target host. (Hosts themselves may differ only where no target can match:
-    numeric IPv4 forms, which browsers canonicalize, and IDNA results with empty labels.)
+    numeric IPv4 forms, which browsers canonicalize.)
     Empty URLs are the one deliberate difference: they point at the page itself, never decorated.
     """
     rnd = random.Random(20240601)
@@ -731,3 +835,109 @@ def test_quick_host_path_agrees_with_the_full_parse(url: str) -> None:
     quick = LinkDecorator("www.shop.test", page, targets, [("ajs_aid", "id")])
     full = LinkDecorator("www.shop.test", page, targets, [("ajs_aid", "id")])
     assert quick.decorate(url, None) == full.decorate(url, page)
+
+
+# --- Internationalized hosts against node's WHATWG URL parser -----------------------------------
+
+# Host texts as they may be written in a link, by the case each one probes.
+IDN_HOSTS = [
+    # ß: kept by non-transitional UTS #46 (IDNA 2003 maps it to ss, another domain)
+    "pay.großbank.test", "PAY.GROßBANK.TEST", "pay.gro%C3%9Fbank.test", "pay.gro%c3%9fbank.test",
+    "pay.grossbank.test", "pay.xn--grobank-2va.test", "PAY.XN--GROBANK-2VA.TEST", "ß",
+    "straße.test", "pay.gro%25C3%259Fbank.test", "pay.groẞbank.test", "pay.gro%E1%BA%9Ebank.test",
+    # final sigma ς and σ, Σ
+    "ς.test", "σ.test", "Σ.test", "λόγος.test", "ΛΌΓΟΣ.test", "%CF%82.test", "xn--3xa.test",
+    "xn--4xa.test",
+    # ZWJ and ZWNJ: only where CONTEXTJ allows them (after a virama, Persian joining)
+    "a\u200db.test", "a\u200cb.test", "\u200d.test", "ab\u200c.test", "a%E2%80%8Db.test",
+    "a%E2%80%8Cb.test", "\u0915\u094d\u200d\u0937.test", "\u0915\u094d\u200c\u0937.test",
+    "\u0646\u0627\u0645\u0647\u200c\u0627\u06cc.test", "%E0%A4%95%E0%A5%8D%E2%80%8D%E0%A4%B7.test",
+    # full-width and ideographic full stops, full-width letters
+    "checkout\uff0etest", "checkout\u3002test", "checkout\uff61test", "checkout%EF%BC%8Etest",
+    "checkout%E3%80%82test", "pay.großbank\u3002test",
+    "ｃｈｅｃｋｏｕｔ.ｔｅｓｔ", "ＣＨＥＣＫＯＵＴ．ＴＥＳＴ",
+    # mixed case
+    "CheckOut.TEST", "BÜCHER.test", "BüCHer.Test", "\u212a.test", "\u0130.test",
+    # trailing dots
+    "checkout.test.", "pay.großbank.test.", "checkout.test\u3002", "checkout.test\uff0e",
+    "checkout.test..", "pay.großbank.test..",
+    # percent-encoded
+    "check%6Fut.test", "%63heckout.test", "b%C3%BCcher.test", "B%C3%9CCHER.test", "a%2Eb.test",
+    "%FF.test", "%C3.test", "a%2Fb.test", "a%25b.test", "che%C2%ADckout.test",
+    "xn--bcher-kva%2Etest",
+    # Punycode given
+    "xn--bcher-kva.test", "XN--BCHER-KVA.TEST", "xn--zz.test", "xn--.test", "xn--a.test",
+    "xn--ls8h.test",
+    # ignorable and compatibility forms, IDNA 2008 vs UTS #46
+    "che\u00adckout.test", "Ⓒheckout.test", "a\u2488.test", "x\u0338.test", "ab--c.ß.test",
+    "💩.test", "-ß.test", "my_hößt.test",
+]  # fmt: skip
+# Hosts node's parser reads but the gateway refuses (no identity goes there), and why. Each is
+# also refused as a configured host, so no target is lost; see identity.domain_to_ascii.
+IDN_REFUSED = {
+    "pay.groẞbank.test": "ẞ is ss to UTS #46 before 15.1 (node 20), ß since (current Chrome)",
+    "pay.gro%E1%BA%9Ebank.test": "the same ẞ, percent-encoded",
+    "xn--ls8h.test": "IDNA 2008 disallows emoji",
+    "💩.test": "IDNA 2008 disallows emoji",
+    "-ß.test": "IDNA 2008: no hyphen at the start of a label",
+    "my_hößt.test": "IDNA 2008: no _ in an internationalized label",
+}
+
+
+def _node_hostnames(urls: list[str]) -> list[str | None]:
+    proc = subprocess.run(
+        [NODE, str(Path(__file__).parent / "js" / "whatwg_hosts.js")],
+        input=json.dumps([[url, "https://www.shop.test/"] for url in urls]),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return [None if r is None else r[1] for r in json.loads(proc.stdout)]
+
+
+@pytest.mark.skipif(not Path(NODE).exists(), reason="node is not installed")
+def test_idn_hosts_agree_with_whatwg_url_parser() -> None:
+    """Every reader of a host (links, redirects, the freshness endpoint, the config) makes of
+    each host what node's ``new URL(u).hostname`` does, or refuses it where node fails (or in
+    the few documented cases of IDN_REFUSED). Each host is also tried fully percent-encoded,
+    the only form a freshness ``to`` can have."""
+    spellings = IDN_HOSTS + [quote(h, safe="%.-") for h in IDN_HOSTS if not h.isascii()]
+    urls = [f"https://{h}/x" for h in spellings]
+    expected_hosts = _node_hostnames(urls)
+    # Every host node found is a target: each URL must hit exactly its own.
+    targets = sorted({h.rstrip(".") for h in expected_hosts if h and h.strip(".")})
+    own = "www.shop.test"
+    decorator = LinkDecorator(own, f"https://{own}/", targets, lambda p, h: [(AID_PARAM, p)])
+    wrong = []
+    for spelling, url, expected in zip(spellings, urls, expected_hosts, strict=True):
+        refused = spelling in IDN_REFUSED or unquote(spelling) in IDN_REFUSED
+        if refused:
+            assert expected is not None, f"{spelling}: node refuses it now, update IDN_REFUSED"
+        want = None if refused else expected
+        pattern = None if want is None else want.rstrip(".")
+        hit = decorator.decorate(url, None)
+        got = (
+            url_domain(spelling),
+            None if hit is None else hit.rpartition("=")[2],
+            protected_target(url, own, targets) if url.isascii() else pattern,
+        )
+        if got != (want, pattern, pattern):
+            wrong.append((spelling, expected, got))
+    assert wrong == []
+
+
+@pytest.mark.skipif(not Path(NODE).exists(), reason="node is not installed")
+def test_configured_idn_hosts_agree_with_whatwg_url_parser() -> None:
+    """A host written in the config is the host browsers send for it (or a config error)."""
+    hosts = [h for h in IDN_HOSTS if "%" not in h]  # a config host is not a URL: % is an error
+    expected_hosts = _node_hostnames([f"https://{h}/" for h in hosts])
+    for host, expected in zip(hosts, expected_hosts, strict=True):
+        text = "sites: [{host: www.shop.test, upstream: 'http://127.0.0.1:1'}]\n"
+        text += f"cross_domains: [{json.dumps(host)}]\n"
+        if expected is None or host in IDN_REFUSED:
+            with pytest.raises(ConfigError):
+                parse_config(text, "idn.yaml", {})
+        else:
+            config = parse_config(text, "idn.yaml", {})
+            assert config.cross_domains[0].host == expected.rstrip("."), host

@@ -3,6 +3,7 @@ the round trips and for "no single-character change gets through"."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import string
@@ -29,6 +30,7 @@ from gateway.strategies import (
     TokenRecord,
     new_token,
     sign_params,
+    token_refusal,
     valid_token_syntax,
     verify_signed,
 )
@@ -178,7 +180,7 @@ def test_record_from_integer_time() -> None:
         b"\xff\xfe{}",
         b'{"a":"\xff","t":1,"h":"h"}',
         b"[" * 4000 + b"]" * 4000,
-        b'{"a":"' + b"x" * 9000 + b'","t":1,"h":"h"}',
+        b'{"a":"' + b"x" * 66000 + b'","t":1,"h":"h"}',
     ],
 )
 def test_record_from_garbage_is_none(data: bytes) -> None:
@@ -193,6 +195,172 @@ def test_record_from_arbitrary_bytes_never_raises(data: bytes) -> None:
 
 def test_record_from_non_bytes_is_none() -> None:
     assert TokenRecord.from_bytes('{"a":"x","t":1,"h":"h"}') is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":"x","t":1,"h":"h","d":[]}',
+        b'{"a":"x","t":1,"h":"h","d":"tok.test"}',
+        b'{"a":"x","t":1,"h":"h","d":[""]}',
+        b'{"a":"x","t":1,"h":"h","d":[1]}',
+        b'{"a":"x","t":1,"h":"h","d":null}',
+        b'{"a":"x","t":1,"h":"h","d":["t"],"b":"abc"}',
+        b'{"a":"x","t":1,"h":"h","d":["t"],"b":"' + b"A" * 64 + b'"}',
+        b'{"a":"x","t":1,"h":"h","d":["t"],"b":5}',
+        b'{"a":"x","t":1,"h":"h","d":["t"],"b":null}',
+    ],
+)
+def test_bound_record_garbage_is_none(data: bytes) -> None:
+    assert TokenRecord.from_bytes(data) is None
+
+
+def _ua(user_agent: str) -> str:
+    return hashlib.sha256(user_agent.encode()).hexdigest()
+
+
+def test_bound_record_bytes_and_round_trip() -> None:
+    record = TokenRecord.bound(
+        anonymous_id=AID,
+        user_id=None,
+        issued_at=5.0,
+        source_host="www.shop.test",
+        targets=["tok.partner.test", "*.pay.test"],
+        user_agent="UA-A",
+    )
+    assert json.loads(record.to_bytes()) == {
+        "a": AID,
+        "t": 5.0,
+        "h": "www.shop.test",
+        "d": ["tok.partner.test", "*.pay.test"],
+        "b": _ua("UA-A"),
+    }
+    assert TokenRecord.from_bytes(record.to_bytes()) == record
+    unbound_ua = TokenRecord.bound(
+        anonymous_id=AID,
+        user_id=None,
+        issued_at=5.0,
+        source_host="www.shop.test",
+        targets=["tok.partner.test"],
+        user_agent=None,
+    )
+    assert b'"b"' not in unbound_ua.to_bytes()
+    assert TokenRecord.from_bytes(unbound_ua.to_bytes()) == unbound_ua
+    with pytest.raises(ValueError, match="at least one target"):
+        TokenRecord.bound(
+            anonymous_id=AID,
+            user_id=None,
+            issued_at=5.0,
+            source_host="www.shop.test",
+            targets=[],
+            user_agent=None,
+        )
+
+
+@given(
+    targets=st.lists(st.text(min_size=1), min_size=1, max_size=4),
+    user_agent=st.none() | st.text(),
+)
+def test_bound_record_round_trip(targets: list[str], user_agent: str | None) -> None:
+    record = TokenRecord.bound(
+        anonymous_id=AID,
+        user_id="u",
+        issued_at=1.5,
+        source_host="h",
+        targets=targets,
+        user_agent=user_agent,
+    )
+    assert TokenRecord.from_bytes(record.to_bytes()) == record
+
+
+def test_record_from_before_binding_is_read_unbound() -> None:
+    """Rolling upgrades: records written by gateways from before tokens were bound."""
+    record = TokenRecord.from_bytes(b'{"a":"x","t":5,"h":"www.shop.test"}')
+    assert record == TokenRecord("x", None, 5.0, "www.shop.test")
+    assert record is not None and record.targets is None and record.user_agent_hash is None
+
+
+def _minted(targets: tuple[str, ...] = ("tok.partner.test",), ua: str | None = None) -> TokenRecord:
+    return TokenRecord.bound(
+        anonymous_id=AID,
+        user_id="alice",
+        issued_at=NOW,
+        source_host="www.shop.test",
+        targets=targets,
+        user_agent=ua,
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("tok.partner.test", None),
+        ("TOK.Partner.test.", None),
+        # F9 of the security review: every other site of the fleet exchanged it.
+        ("checkout.pay.test", "wrong_target"),
+        ("www.shop.test", "wrong_target"),
+        ("strict.shop.test", "wrong_target"),
+        ("sig.partner.test", "wrong_target"),
+        ("partner.test", "wrong_target"),
+        ("a.tok.partner.test", "wrong_target"),
+        ("tok.partner.test.evil.test", "wrong_target"),
+        ("", "wrong_target"),
+    ],
+)
+def test_token_is_exchanged_only_at_its_target(host: str, expected: str | None) -> None:
+    assert token_refusal(_minted(), host=host, user_agent="UA", bind_user_agent=False) == expected
+
+
+def test_token_for_a_wildcard_target() -> None:
+    record = _minted(("*.partner.test", "checkout.pay.test"))
+    for host in ("a.partner.test", "a.b.partner.test", "checkout.pay.test"):
+        assert token_refusal(record, host=host, user_agent=None, bind_user_agent=False) is None
+    for host in ("partner.test", "pay.test", "www.shop.test"):
+        refusal = token_refusal(record, host=host, user_agent=None, bind_user_agent=False)
+        assert refusal == "wrong_target", host
+    # Never on the page's own host, even where a pattern covers it.
+    mine = TokenRecord.bound(
+        anonymous_id=AID,
+        user_id=None,
+        issued_at=NOW,
+        source_host="www.partner.test",
+        targets=["*.partner.test"],
+        user_agent=None,
+    )
+    refusal = token_refusal(mine, host="www.partner.test", user_agent=None, bind_user_agent=False)
+    assert refusal == "wrong_target"
+
+
+@pytest.mark.parametrize("bind", [True, False])
+def test_token_bound_to_a_browser(bind: bool) -> None:
+    record = _minted(ua="UA-A")
+    host = "tok.partner.test"
+    assert token_refusal(record, host=host, user_agent="UA-A", bind_user_agent=bind) is None
+    for other in ("UA-B", "UA-A ", "", None):
+        refusal = token_refusal(record, host=host, user_agent=other, bind_user_agent=bind)
+        assert refusal == "wrong_browser", other
+    # The wrong site is refused as such whatever the browser.
+    refusal = token_refusal(record, host="www.shop.test", user_agent="UA-B", bind_user_agent=bind)
+    assert refusal == "wrong_target"
+
+
+def test_token_minted_without_user_agent_header() -> None:
+    record = _minted(ua="")
+    host = "tok.partner.test"
+    assert token_refusal(record, host=host, user_agent=None, bind_user_agent=True) is None
+    refusal = token_refusal(record, host=host, user_agent="UA", bind_user_agent=True)
+    assert refusal == "wrong_browser"
+
+
+def test_unbound_tokens_where_binding_is_required() -> None:
+    legacy = TokenRecord(AID, None, NOW, "www.shop.test")
+    for record in (_minted(), legacy):
+        args = {"host": "tok.partner.test", "user_agent": "UA-A"}
+        assert token_refusal(record, **args, bind_user_agent=True) == "wrong_browser"
+        assert token_refusal(record, **args, bind_user_agent=False) is None
+    # A record from before binding still is no good at the page's own host.
+    refusal = token_refusal(legacy, host="www.shop.test", user_agent="UA", bind_user_agent=False)
+    assert refusal == "wrong_target"
 
 
 # --- Signing keys --------------------------------------------------------------------------------

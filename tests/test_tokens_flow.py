@@ -369,6 +369,90 @@ async def _calls(raw: Redis, command: str) -> int:
     return int(entry["calls"]) if entry else 0
 
 
+async def test_f9_token_is_exchanged_only_at_its_target(launch: Launch, raw: Redis) -> None:
+    """F9 of the security review: a token minted on a page of WWW for the token target PAY was
+    exchanged by every site that accepts tokens (the reviewer's tok.py)."""
+    gw = await launch(accept={SSO: "[signed, token]"})
+    page = await page_a(gw)
+    token = token_of(page.links["pay1"])
+    for host in (SHOP, WWW, SSO):
+        assert_refused(await fetch(gw, f"/landing?ajs_token={token}", host=host), "/landing")
+    found = await metrics(gw)
+    assert refused(found, "token", "wrong_target") == 3
+    assert sample(found, "gateway_identity_source_total", source="rejected") == 3
+    # At its target the token still works (not single-use: nothing above spent it).
+    assert_handed_over(await follow(gw, page.links["pay1"]), "/checkout?cart=1")
+    (key,) = await token_keys(raw)
+    stored = TokenRecord.from_bytes(await raw.get(key) or b"")
+    assert stored is not None and stored.targets == (PAY,) and stored.user_agent_hash is None
+
+
+async def test_f9_single_use_token_refused_elsewhere_is_spent(launch: Launch) -> None:
+    """A token that turns up at the wrong site has leaked: taking it there spends it."""
+    gw = await launch(tokens=f"{{ttl_seconds: {TTL}, single_use: true}}")
+    page = await page_a(gw)
+    token = token_of(page.links["pay1"])
+    assert_refused(await fetch(gw, f"/x?ajs_token={token}", host=SHOP), "/x")
+    assert_refused(await follow(gw, page.links["pay1"]), "/checkout?cart=1")
+    found = await metrics(gw)
+    assert refused(found, "token", "wrong_target") == 1
+    assert refused(found, "token", "unknown_or_expired") == 1
+
+
+async def test_f9_token_bound_to_the_browser(launch: Launch, raw: Redis) -> None:
+    """With ``signing.bind_user_agent`` a token, like a signed link, works only in the browser
+    whose page it came from."""
+    gw = await launch(signing="{keys: '${GATEWAY_SIGNING_KEYS}', bind_user_agent: true}")
+    page = await page_a(gw, user_agent="Browser-A/1")
+    link = page.links["pay1"]
+    assert_refused(await follow(gw, link, user_agent="Browser-B/1"), "/checkout?cart=1")
+    assert_handed_over(await follow(gw, link, user_agent="Browser-A/1"), "/checkout?cart=1")
+    # The wrong site stays the wrong site in the right browser.
+    token = token_of(link)
+    assert_refused(
+        await fetch(gw, f"/p?ajs_token={token}", host=SHOP, user_agent="Browser-A/1"), "/p"
+    )
+    # A record from a gateway that did not bind it is refused where binding is required.
+    legacy = new_token()
+    await raw.set(f"{PREFIX}t:{legacy}", TokenRecord(AID, UID, time.time(), WWW).to_bytes(), ex=60)
+    assert_refused(await fetch(gw, f"/p?ajs_token={legacy}", host=PAY), "/p")
+    found = await metrics(gw)
+    assert refused(found, "token", "wrong_browser") == 2
+    assert refused(found, "token", "wrong_target") == 1
+    # The record holds a hash of the User-Agent, not the string.
+    stored = await raw.get(f"{PREFIX}t:{token}") or b""
+    record = TokenRecord.from_bytes(stored)
+    assert record is not None and record.user_agent_hash is not None
+    assert b"Browser-A" not in stored
+
+
+async def test_redirect_and_fresh_tokens_are_bound_to_their_one_target(
+    launch: Launch, raw: Redis
+) -> None:
+    """A page's token is bound to every token target it may link; a token minted for one
+    redirect or freshness hop only to the target it goes to."""
+    gw = await launch(
+        cross=f"cross_domains:\n  - {{host: {PAY}, strategy: token}}\n"
+        f"  - {{host: {SSO}, strategy: token}}\n"
+    )
+    page = await page_a(gw)
+    page_token = token_of(page.links["pay1"])
+    assert token_of(page.links["sso"]) == page_token
+    record = TokenRecord.from_bytes(await raw.get(f"{PREFIX}t:{page_token}") or b"")
+    assert record is not None and record.targets == (PAY, SSO)
+    assert_handed_over(await fetch(gw, f"/p?ajs_token={page_token}", host=SSO), "/p")
+
+    redirect = (await fetch(gw, "/go/pay", cookie=VISITOR)).location or ""
+    fresh_hop = (await fetch(gw, fresh(ORIGINAL["pay2"]), cookie=VISITOR)).location or ""
+    for location, cleaned in ((redirect, "/checkout?cart=1"), (fresh_hop, "/help")):
+        token = token_of(location)
+        record = TokenRecord.from_bytes(await raw.get(f"{PREFIX}t:{token}") or b"")
+        assert record is not None and record.targets == (PAY,)
+        assert_refused(await fetch(gw, f"/p?ajs_token={token}", host=SSO), "/p")
+        assert_handed_over(await follow(gw, location), cleaned)
+    assert refused(await metrics(gw), "token", "wrong_target") == 2
+
+
 async def test_refused_token_keeps_the_visitors_own_cookie(launch: Launch) -> None:
     gw = await launch()
     reply = await fetch(
@@ -969,3 +1053,142 @@ async def test_wildcard_query_target_behind_a_token_host_click_time(launch: Laun
     hrefs = [r["href"] for r in out["results"]]
     assert hrefs[2] == f"https://other.example-pay.com/?ajs_aid={AID}&ajs_uid={UID}"
     assert hrefs[:2] == [page.links["pay1"], fresh(f"https://{PAY}/added-by-js")]
+
+
+# --- Internationalized hosts (F6 of the security review) -----------------------------------------
+
+SHOP_TEST = "www.shop.test"
+GROSS = "pay.grossbank.test"
+# pay.großbank.test as browsers send it: another registrable domain than pay.grossbank.test,
+# which IDNA 2003 (the gateway's old reading) took it for.
+GROSS_SZ = "pay.xn--grobank-2va.test"
+IDN_PAGE = """<!doctype html><html><head><title>IDN</title></head><body>
+<a id="sz" href="https://pay.großbank.test/checkout">a</a>
+<a id="sz_pct" href="https://pay.gro%C3%9Fbank.test/checkout">b</a>
+<a id="sz_puny" href="https://pay.xn--grobank-2va.test/checkout">c</a>
+<a id="ss" href="https://PAY.GROSSBANK.TEST/checkout">d</a>
+<a id="sigma" href="https://ς.wild.test/">e</a>
+</body></html>
+""".encode()
+IDN_REDIRECTS = {
+    "/go/sz": "https://pay.gro%C3%9Fbank.test/checkout",
+    "/go/sz-raw": "https://pay.großbank.test/checkout",
+    "/go/ss": f"https://{GROSS}/checkout",
+}
+
+
+async def launch_idn(
+    start_upstream: StartUpstream,
+    start_gateway: StartGateway,
+    redis_server: RedisServer,
+    pay_host: str = GROSS,
+) -> RunningGateway:
+    """The reviewer's gw2.yaml: a token target with "ss" in a label, a signed wildcard."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path in IDN_REDIRECTS:
+            return web.Response(status=302, headers={"Location": IDN_REDIRECTS[request.path]})
+        if request.path == "/":
+            return web.Response(body=IDN_PAGE, content_type="text/html", charset="utf-8")
+        return web.Response(text=f"{request.host} {request.path_qs}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    upstream = await start_upstream(app)
+    text = f"""
+    sites:
+      - {{host: {SHOP_TEST}, upstream: '{upstream}'}}
+      - {{host: '{pay_host}', upstream: '{upstream}'}}
+      - {{host: '*.wild.test', upstream: '{upstream}'}}
+    cross_domains:
+      - {{host: '{pay_host}', strategy: token}}
+      - {{host: '*.wild.test', strategy: signed}}
+    store: {{url: '{redis_server.url}', key_prefix: '{PREFIX}'}}
+    signing: {{keys: '${{GATEWAY_SIGNING_KEYS}}'}}
+    analytics: {{write_key: wk_test, cdn_url: 'http://127.0.0.1:9'}}
+    """
+    return await start_gateway(text, env=KEYS_ENV)
+
+
+IdnLaunch = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+def idn(
+    start_upstream: StartUpstream, start_gateway: StartGateway, redis_server: RedisServer
+) -> IdnLaunch:
+    async def launch(pay_host: str = GROSS) -> RunningGateway:
+        return await launch_idn(start_upstream, start_gateway, redis_server, pay_host)
+
+    return launch
+
+
+async def test_f6_fresh_link_refuses_the_idna2003_lookalike(idn: IdnLaunch, raw: Redis) -> None:
+    """The reviewer's reproducer: a percent-encoded ß in ``to`` made the freshness endpoint
+    mint a token for pay.grossbank.test and send it to pay.großbank.test."""
+    gw = await idn()
+    victim = "ajs_anonymous_id=victim-aid-42; ajs_user_id=alice%40example.com"
+    for to in (
+        "https%3A%2F%2Fpay.gro%25C3%259Fbank.test%2Fcheckout",  # the reproducer, byte for byte
+        quote("https://pay.gro%c3%9fbank.test./checkout", safe=""),
+        quote("https://pay.großbank.test/checkout", safe=""),
+        quote(f"https://{GROSS_SZ}/checkout", safe=""),
+    ):
+        reply = await fetch(gw, f"{LINK}?to={to}", host=SHOP_TEST, cookie=victim)
+        assert reply.status == 400, to
+        assert "Location" not in reply.headers, to
+    assert await token_keys(raw) == []
+    # The configured target itself still gets its fresh token, which works there.
+    reply = await fetch(gw, fresh(f"https://{GROSS}/checkout"), host=SHOP_TEST, cookie=victim)
+    assert reply.status == 302
+    location = reply.location or ""
+    assert location == f"https://{GROSS}/checkout?ajs_token={token_of(location)}"
+    arrival = await fetch(gw, f"/checkout?ajs_token={token_of(location)}", host=GROSS)
+    assert arrival.status == 302
+    assert arrival.cookies()["ajs_anonymous_id"] == "victim-aid-42"
+
+
+async def test_f6_links_and_redirects_to_the_lookalike_carry_nothing(
+    idn: IdnLaunch, raw: Redis
+) -> None:
+    gw = await idn()
+    reply = await fetch(gw, "/", host=SHOP_TEST, cookie=VISITOR)
+    assert reply.status == 200
+    links = {m[1].decode(): html.unescape(m[2].decode()) for m in _ANCHOR.finditer(reply.body)}
+    for name in ("sz", "sz_pct", "sz_puny"):
+        assert "ajs_" not in links[name], links[name]
+    token = token_of(links["ss"])
+    assert links["ss"] == f"https://PAY.GROSSBANK.TEST/checkout?ajs_token={token}"
+    # ς.wild.test is xn--3xa.wild.test to the browser (IDNA 2003 said xn--4xa, σ): the
+    # signature must be for the host the browser arrives at, or the hand-off fails there.
+    sigma = urlsplit(links["sigma"])
+    assert_handed_over(await fetch(gw, f"/?{sigma.query}", host="xn--3xa.wild.test"), "/")
+    # Upstream redirects: decorated only for the configured host.
+    for path in ("/go/sz", "/go/sz-raw"):
+        reply = await fetch(gw, path, host=SHOP_TEST, cookie=VISITOR)
+        assert (reply.status, reply.location) == (302, IDN_REDIRECTS[path]), path
+    reply = await fetch(gw, "/go/ss", host=SHOP_TEST, cookie=VISITOR)
+    location = reply.location or ""
+    assert location == f"https://{GROSS}/checkout?ajs_token={token_of(location)}"
+    assert len(await token_keys(raw)) == 2  # the page's token and the redirect's
+
+
+async def test_idn_target_written_in_unicode(idn: IdnLaunch) -> None:
+    """A target configured as pay.großbank.test is the host browsers send for it."""
+    gw = await idn(pay_host="pay.großbank.test")
+    for to in ("https://pay.gro%C3%9Fbank.test/checkout", f"https://{GROSS_SZ}/checkout"):
+        reply = await fetch(gw, fresh(to), host=SHOP_TEST, cookie=VISITOR)
+        assert reply.status == 302, to
+        location = reply.location or ""
+        assert location == f"{to}?ajs_token={token_of(location)}"
+        arrival = await fetch(gw, f"/checkout?ajs_token={token_of(location)}", host=GROSS_SZ)
+        assert_handed_over(arrival, "/checkout")
+    reply = await fetch(gw, fresh(f"https://{GROSS}/checkout"), host=SHOP_TEST, cookie=VISITOR)
+    assert reply.status == 400
+    page = await fetch(gw, "/", host=SHOP_TEST, cookie=VISITOR)
+    links = {m[1].decode(): html.unescape(m[2].decode()) for m in _ANCHOR.finditer(page.body)}
+    assert {name for name, href in links.items() if "ajs_token=" in href} == {
+        "sz",
+        "sz_pct",
+        "sz_puny",
+    }
