@@ -149,6 +149,10 @@ class ProxyHandler:
                 outcome.status = 421
                 return plain_response(421, "421 Misdirected Request: this host is not served here")
             return await self.forward(request, site, routed, config, outcome)
+        except Exception:
+            # aiohttp answers 500 for what escapes the handler; the log must not say otherwise.
+            outcome.status = 500
+            raise
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.dec()

@@ -15,6 +15,7 @@ from . import responses
 from .config import Site
 from .headers import forwarded_headers, upstream_target
 from .hosts import Authority
+from .inbound import split_target
 
 if TYPE_CHECKING:
     from .proxy import Outcome, ProxyHandler
@@ -52,7 +53,11 @@ async def relay_websocket(
     )
     base = URL(site.upstream)
     scheme = "wss" if base.scheme == "https" else "ws"
-    url = URL(f"{scheme}://{base.raw_authority}{upstream_target(request)}", encoded=True)
+    # Identity parameters are the gateway's, never the upstream's: a WebSocket URL that carries
+    # them (it never should) has them removed, as any forwarded request does.
+    path, query, _, had_identity = split_target(upstream_target(request))
+    target = (f"{path}?{query}" if query else path) if had_identity else upstream_target(request)
+    url = URL(f"{scheme}://{base.raw_authority}{target}", encoded=True)
     try:
         upstream = await state.session.ws_connect(
             url, headers=headers, protocols=protocols, autoping=False, max_msg_size=max_message

@@ -333,7 +333,7 @@ async def test_websocket_relay_both_ways(
     async def ws_echo(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("chat.v2",))
         await ws.prepare(request)
-        await ws.send_str(f"hello {request.cookies.get('session', '?')}")
+        await ws.send_str(f"hello {request.cookies.get('session', '?')} {request.raw_path}")
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 await ws.send_str("echo:" + msg.data)
@@ -346,12 +346,13 @@ async def test_websocket_relay_both_ways(
     up = await start_upstream(app)
     gw = await start_gateway(site_yaml(up))
     async with gw.session.ws_connect(
-        gw.url + "/ws",
+        gw.url + "/ws?room=1&ajs_aid=forged&ajs_token=x",
         headers={"Host": "www.example.com", "Cookie": "session=abc"},
         protocols=("chat.v1", "chat.v2"),
     ) as ws:
         assert ws.protocol == "chat.v2"
-        assert (await ws.receive_str(timeout=5)) == "hello abc"
+        # Identity parameters are the gateway's: they never reach the upstream (report F4).
+        assert (await ws.receive_str(timeout=5)) == "hello abc /ws?room=1"
         await ws.send_str("ping")
         assert (await ws.receive_str(timeout=5)) == "echo:ping"
         await ws.send_bytes(b"\x00\x01\x02")
