@@ -35,6 +35,8 @@ class _ZlibDecoder:
         self._obj: zlib._Decompress | None = (
             zlib.decompressobj(16 + zlib.MAX_WBITS) if gzip else None
         )
+        # The first byte of a deflate body, when it came alone: the format is told by two.
+        self._head = b""
 
     def decode(self, data: bytes) -> Iterator[bytes]:
         try:
@@ -56,9 +58,13 @@ class _ZlibDecoder:
     def _start(self, data: bytes) -> bytes:
         """Begin the stream that ``data`` starts; returns the input left for it."""
         if self._obj is None:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return b""
             # HTTP "deflate" is the zlib format (RFC 9110 §8.4.1.2), but some servers send raw
             # deflate; the zlib header's checksum tells them apart.
-            raw = len(data) < 2 or data[0] & 0x0F != 8 or (data[0] << 8 | data[1]) % 31 != 0
+            raw = data[0] & 0x0F != 8 or (data[0] << 8 | data[1]) % 31 != 0
             self._obj = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
             return data
         if not self._gzip:
@@ -75,6 +81,8 @@ class _ZlibDecoder:
 
     def finish(self) -> bytes:
         if self._obj is None:
+            if self._head:
+                raise DecodeError("compressed body ended early")
             return b""
         try:
             out = self._obj.flush()
