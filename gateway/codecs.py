@@ -191,7 +191,10 @@ class _ZlibEncoder:
 
 class _BrotliEncoder:
     def __init__(self) -> None:
-        self._obj = brotli.Compressor(quality=4)
+        # A 1 MiB window (lgwin 20) rather than the default 4 MiB: at quality 4 the encoder
+        # then holds about 3 MiB instead of 9 on a page that large, for 2.5 % more bytes on a
+        # 1.6 MB page of the corpus (yahoo-2.html) and none on pages under 1 MiB.
+        self._obj = brotli.Compressor(quality=4, lgwin=20)
 
     def encode(self, data: bytes) -> bytes:
         out: bytes = self._obj.process(data) + self._obj.flush()
