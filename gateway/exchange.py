@@ -34,6 +34,7 @@ from .inbound import (
 )
 from .links import LINK_PATH, TargetParams, protected_target
 from .logs import write_event
+from .metrics import HtmlSkip
 from .outbound import (
     HTML_TYPES,
     accepts_coding,
@@ -371,6 +372,7 @@ class IdentityFlow:
                         self.rewrite_failed(site),
                         policy,
                         output_coding=coding if accepted else "",
+                        max_decoded=config.proxy.max_decoded_html,
                     )
                 headers.popall("Content-Length", None)
                 weaken_etag(headers)
@@ -382,6 +384,14 @@ class IdentityFlow:
         if personal:
             make_private(headers)
         return body
+
+    def html_skipped(self, site: Site, reason: HtmlSkip, coding: str) -> None:
+        """Count and log an HTML page that goes out without the rewrite it should have had."""
+        self.state.metrics.html_skipped.labels(site.host, reason).inc()
+        # The coding comes from the upstream's header: bounded, and never an id.
+        write_event(
+            self.state.log, "html_skipped", site=site.host, reason=reason, coding=coding[:64]
+        )
 
     def refresh_plan(self) -> RefreshPlan | None:
         """How the bootstrap keeps token and signed links fresh (None: no such targets)."""

@@ -9,11 +9,12 @@ cut short, so that a truncated page never looks complete.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import TextIO
@@ -22,15 +23,15 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .body import HtmlBody
-from .codecs import DecodeError
+from .body import DecodedTooLarge, HtmlBody
+from .codecs import STEP, DecodeError
 from .config import Config, Site
 from .exchange import Derived, IdentityFlow, plain_response
 from .headers import end_to_end, forwarded_headers, upstream_target
 from .inbound import Arrival
 from .links import LINK_PATH
 from .logs import write_event
-from .metrics import Metrics
+from .metrics import HtmlSkip, Metrics
 from .store import TokenStore
 from .upstream import (
     Origin,
@@ -47,6 +48,10 @@ _NO_BODY_STATUS = frozenset({204, 304})
 # small pages that is markedly cheaper than a streamed response and costs little memory.
 SMALL_BODY = 256 * 1024
 _CHUNK = 64 * 1024
+# HTML decoded for one response between two yields to the event loop: decoding, rewriting and
+# re-encoding are synchronous, and a page of many steps (a decompression bomb is thousands)
+# must not keep the other requests of every site waiting.
+_YIELD_EVERY = STEP
 
 
 class ProxyState:
@@ -208,15 +213,80 @@ class ProxyHandler:
                 request, site, outcome, UpstreamBodyError("short body")
             )
         if body is not None:
-            try:
-                data = body.feed(data) + body.close()
-            except DecodeError as exc:
-                return self._abort_before_headers(request, site, outcome, exc)
-            self.identity.rewrite_done(site, body)
+            return await self._rewrite_whole(request, site, upstream, headers, body, data, outcome)
         response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
         response.body = data
         outcome.sent = len(data)
         return response
+
+    async def _rewrite_whole(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        upstream: UpstreamResponse,
+        headers: CIMultiDict[str],
+        body: HtmlBody,
+        data: bytes,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        """A small body, read whole, rewritten step by step.
+
+        The output is held and sent in one write while it stays small. While nothing is sent,
+        a body that decodes beyond ``proxy.max_decoded_html`` goes out as the upstream sent it
+        (counted and logged as skipped), and a corrupt one is a 502. Output too large to hold
+        (a page that expands a lot) streams instead, and from then on the streamed rules apply.
+        """
+        steps = _steps(body, data)
+        held: list[bytes] = []
+        size = mark = 0
+        try:
+            for piece in steps:
+                held.append(piece)
+                size += len(piece)
+                if size > SMALL_BODY:
+                    break
+                mark = await _pace(body, mark)
+            else:
+                self.identity.rewrite_done(site, body)
+                response = web.Response(
+                    status=upstream.status, reason=upstream.reason, headers=headers
+                )
+                response.body = out = b"".join(held)
+                outcome.sent = len(out)
+                return response
+        except DecodedTooLarge:
+            self.identity.html_skipped(site, "too_large", body.coding)
+            if body.output_coding != body.coding:
+                headers["Content-Encoding"] = body.coding
+            response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+            response.body = data
+            outcome.sent = len(data)
+            return response
+        except DecodeError as exc:
+            self.identity.html_skipped(site, "decode_error", body.coding)
+            return self._abort_before_headers(request, site, outcome, exc)
+        stream = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if request.version < (1, 1):
+            stream.force_close()
+        await stream.prepare(request)
+        try:
+            await stream.write(b"".join(held))
+            outcome.sent += size
+            held.clear()
+            for piece in steps:
+                mark = await _pace(body, mark)
+                if piece:
+                    await stream.write(piece)
+                    outcome.sent += len(piece)
+        except DecodeError as exc:
+            self._html_aborted(request, site, body, outcome, exc)
+            return stream
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            outcome.status = 499
+            return stream
+        self.identity.rewrite_done(site, body)
+        await stream.write_eof()
+        return stream
 
     async def _respond_streamed(
         self,
@@ -237,19 +307,22 @@ class ProxyHandler:
             # No chunked encoding for HTTP/1.0: the end of the body is the end of the connection.
             response.force_close()
         await response.prepare(request)
-        received = 0
+        received = mark = 0
         try:
             while True:
                 chunk = await upstream.readany()
                 if not chunk:
                     break
                 received += len(chunk)
-                if body is not None:
-                    chunk = body.feed(chunk)
-                    if not chunk:
-                        continue
-                await response.write(chunk)
-                outcome.sent += len(chunk)
+                if body is None:
+                    await response.write(chunk)
+                    outcome.sent += len(chunk)
+                    continue
+                for piece in body.feed(chunk):
+                    if piece:
+                        await response.write(piece)
+                        outcome.sent += len(piece)
+                    mark = await _pace(body, mark)
             if length is not None and received != length:
                 raise UpstreamBodyError(f"upstream sent {received} of {length} bytes")
             if not upstream.is_eof():
@@ -260,7 +333,13 @@ class ProxyHandler:
                 if tail:
                     await response.write(tail)
                     outcome.sent += len(tail)
-        except (UpstreamError, DecodeError) as exc:
+        except DecodeError as exc:
+            # Rewritten output has gone out: neither the upstream's bytes nor the rest of the
+            # page can follow it, so the response is cut (beyond the ceiling too).
+            assert body is not None
+            self._html_aborted(request, site, body, outcome, exc)
+            return response
+        except UpstreamError as exc:
             self._abort(request, site, outcome, exc)
             return response
         except (ConnectionError, aiohttp.ClientConnectionResetError):
@@ -270,6 +349,18 @@ class ProxyHandler:
             return response
         await response.write_eof()
         return response
+
+    def _html_aborted(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        body: HtmlBody,
+        outcome: Outcome,
+        exc: DecodeError,
+    ) -> None:
+        reason: HtmlSkip = "too_large" if isinstance(exc, DecodedTooLarge) else "decode_error"
+        self.identity.html_skipped(site, reason, body.coding)
+        self._abort(request, site, outcome, exc)
 
     def _abort_before_headers(
         self, request: web.BaseRequest, site: Site, outcome: Outcome, exc: BaseException
@@ -325,6 +416,21 @@ class ProxyHandler:
 
     def log_event(self, event: str, **fields: object) -> None:
         write_event(self.state.log, event, **fields)
+
+
+def _steps(body: HtmlBody, data: bytes) -> Iterator[bytes]:
+    """A whole body through the pipeline, one step per item."""
+    yield from body.feed(data)
+    yield body.close()
+
+
+async def _pace(body: HtmlBody, mark: int) -> int:
+    """Yield to the event loop if a step's worth of HTML was decoded since ``mark`` (the
+    value returned last time); small pages never wait for it."""
+    if body.decoded - mark < _YIELD_EVERY:
+        return mark
+    await asyncio.sleep(0)
+    return body.decoded
 
 
 def make_upstreams(config: Config) -> UpstreamPool:

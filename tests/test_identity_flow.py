@@ -998,13 +998,93 @@ async def test_broken_gzip_html_never_looks_complete(
             # Read whole before answering: nothing was sent yet, so the truth is a 502.
             assert resp.status == 502
             assert "Content-Encoding" not in resp.headers
-            return
-        # Streamed: the headers are out, so the connection is cut mid-body.
+        else:
+            # Streamed: the headers are out, so the connection is cut mid-body.
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    found = await metrics(gw)
+    assert sample(found, "gateway_upstream_errors_total", site=WWW, kind="aborted_body") == 1
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="decode_error") == 1
+    [event] = [line for line in gw.log if line["event"] == "html_skipped"]
+    assert (event["reason"], event["coding"]) == ("decode_error", "gzip")
+
+
+CEILING = 65536
+
+
+@pytest.mark.parametrize("accept", ["gzip", "br"])
+async def test_small_body_decoding_beyond_the_ceiling_goes_out_as_it_came(
+    launch: Launch, accept: str
+) -> None:
+    """Nothing was sent yet: the upstream's own bytes, with its coding, and no rewrite. A
+    visitor that never accepted that coding gets what a plain proxy would have given it."""
+    page = big_page(CEILING * 3)
+    compressed = gzip.compress(page)
+    origin = Origin()
+    origin.page("/", compressed, headers=[("Content-Encoding", "gzip")])
+    gw = await launch(origin, extra=[f"proxy: {{max_decoded_html: {CEILING}}}"])
+    reply = await fetch(
+        gw, "/", headers=[("Cookie", "ajs_anonymous_id=abc"), ("Accept-Encoding", accept)]
+    )
+    assert reply.status == 200
+    assert reply.headers["Content-Encoding"] == "gzip"
+    assert reply.headers["Content-Length"] == str(len(compressed))
+    assert reply.body == compressed
+    found = await metrics(gw)
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="too_large") == 1
+    assert sample(found, "gateway_html_rewritten_total", site=WWW) == 0
+    [event] = [line for line in gw.log if line["event"] == "html_skipped"]
+    assert (event["reason"], event["coding"]) == ("too_large", "gzip")
+
+
+async def test_streamed_body_decoding_beyond_the_ceiling_is_cut(launch: Launch) -> None:
+    page = big_page(CEILING * 3)
+    origin = Origin()
+    origin.page("/", gzip.compress(page), headers=[("Content-Encoding", "gzip")], chunked=True)
+    gw = await launch(origin, extra=[f"proxy: {{max_decoded_html: {CEILING}}}"])
+    url = URL(gw.url + "/", encoded=True)
+    hdrs = {"Host": WWW, "Cookie": "ajs_anonymous_id=abc", "Accept-Encoding": "gzip"}
+    async with gw.session.get(url, headers=hdrs, allow_redirects=False) as resp:
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
     found = await metrics(gw)
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="too_large") == 1
     assert sample(found, "gateway_upstream_errors_total", site=WWW, kind="aborted_body") == 1
+    assert [line["event"] for line in gw.log].count("html_skipped") == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "streamed"])
+async def test_the_ceiling_is_for_compressed_html_only(launch: Launch, chunked: bool) -> None:
+    """A page sent without a content coding costs no more than its bytes: no ceiling."""
+    page = big_page(CEILING * 3)
+    origin = Origin()
+    origin.page("/", page, chunked=chunked)
+    gw = await launch(origin, extra=[f"proxy: {{max_decoded_html: {CEILING}}}"])
+    reply = await fetch(gw, "/", headers=[("Cookie", "ajs_anonymous_id=abc")])
+    assert reply.body == big_done(page)
+
+
+async def test_expanding_small_body_is_streamed_rather_than_held(launch: Launch) -> None:
+    """A small compressed body whose rewritten output is too large to hold (here: sent
+    uncompressed to a visitor that never accepted gzip) goes out chunked, complete."""
+    page = big_page(3_000_000)
+    compressed = gzip.compress(page)
+    assert len(compressed) < 256 * 1024
+    origin = Origin()
+    origin.page("/", compressed, headers=[("Content-Encoding", "gzip")])
+    gw = await launch(origin)
+    url = URL(gw.url + "/", encoded=True)
+    hdrs = {"Host": WWW, "Cookie": "ajs_anonymous_id=abc"}
+    async with gw.session.get(
+        url, headers=hdrs, allow_redirects=False, skip_auto_headers=("Accept-Encoding",)
+    ) as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert "Content-Encoding" not in resp.headers
+        assert await resp.read() == big_done(page)
+    found = await metrics(gw)
+    assert sample(found, "gateway_html_rewritten_total", site=WWW) == 1
 
 
 async def test_multi_member_gzip_html_is_not_truncated(launch: Launch) -> None:
