@@ -40,6 +40,8 @@ from .outbound import (
     accepts_coding,
     add_vary,
     content_coding,
+    decodable_accept_encoding,
+    is_html_page,
     is_rewritable_html,
     make_private,
     media_type,
@@ -381,9 +383,26 @@ class IdentityFlow:
                     if not accepted:
                         headers.popall("Content-Encoding", None)
                 personal = True
+        elif arrival.aid and is_html_page(request.method, status, headers) and self.rewrites(site):
+            self.html_skipped(site, "unknown_coding", content_coding(headers))
         if personal:
             make_private(headers)
         return body
+
+    def rewrites(self, site: Site) -> bool:
+        """Whether the site's HTML is rewritten at all: links to decorate or a bootstrap."""
+        config = self.state.config
+        return bool(self.state.derived.targets or (config.analytics.write_key and site.bootstrap))
+
+    def limit_codings(self, site: Site, headers: CIMultiDict[str]) -> None:
+        """Ask the upstream only for content codings whose HTML the gateway can rewrite.
+
+        On every request of a site that rewrites, not only those for pages: whether the answer
+        is HTML is known only once it comes.
+        """
+        values = headers.getall("Accept-Encoding", None)
+        if values is not None and self.rewrites(site):
+            headers["Accept-Encoding"] = decodable_accept_encoding(", ".join(values))
 
     def html_skipped(self, site: Site, reason: HtmlSkip, coding: str) -> None:
         """Count and log an HTML page that goes out without the rewrite it should have had."""

@@ -41,8 +41,9 @@ _REWRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 
 # Why an HTML page the gateway would have rewritten went out without it (a bounded label set):
-# a compressed body decoding beyond proxy.max_decoded_html, or one corrupt in its coding.
-HtmlSkip = Literal["too_large", "decode_error"]
+# a content coding it cannot decode, a compressed body decoding beyond proxy.max_decoded_html,
+# or one corrupt in its coding.
+HtmlSkip = Literal["unknown_coding", "too_large", "decode_error"]
 
 
 def method_label(method: str) -> str:
@@ -142,7 +143,8 @@ class Metrics:
             ),
             html_skipped=counter(
                 "gateway_html_skipped",
-                "HTML responses not rewritten, by site and reason (too_large, decode_error).",
+                "HTML responses not rewritten, by site and reason (unknown_coding, too_large, "
+                "decode_error).",
                 ("site", "reason"),
             ),
             rewrite_seconds=Histogram(

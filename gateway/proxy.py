@@ -148,6 +148,7 @@ class ProxyHandler:
             return identity.cleanup_redirect(request, site, arrival)
         identity.count_unidentified(request, site, arrival)
         headers = forwarded_headers(request, site, config)
+        identity.limit_codings(site, headers)
         body = None
         length = None
         if request.body_exists:
