@@ -439,7 +439,10 @@ class IdentityFlow:
 
     def rewrite_done(self, site: Site, body: HtmlBody) -> None:
         metrics = self.state.metrics
-        if not body.failed:
+        if body.failed:
+            # Logged once already, as rewrite_failed.
+            metrics.html_skipped.labels(site.host, "rewrite_failed").inc()
+        else:
             metrics.html_rewritten.labels(site.host).inc()
         metrics.rewrite_seconds.observe(body.rewrite_seconds)
         for target, count in body.targets_hit.items():

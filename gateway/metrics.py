@@ -42,8 +42,8 @@ _REWRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 # Why an HTML page the gateway would have rewritten went out without it (a bounded label set):
 # a content coding it cannot decode, a compressed body decoding beyond proxy.max_decoded_html,
-# or one corrupt in its coding.
-HtmlSkip = Literal["unknown_coding", "too_large", "decode_error"]
+# a body corrupt in its coding, or a rewriter failure (the rest of the page sent unchanged).
+HtmlSkip = Literal["unknown_coding", "too_large", "decode_error", "rewrite_failed"]
 
 
 def method_label(method: str) -> str:
@@ -144,7 +144,7 @@ class Metrics:
             html_skipped=counter(
                 "gateway_html_skipped",
                 "HTML responses not rewritten, by site and reason (unknown_coding, too_large, "
-                "decode_error).",
+                "decode_error, rewrite_failed).",
                 ("site", "reason"),
             ),
             rewrite_seconds=Histogram(

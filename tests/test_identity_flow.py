@@ -1429,6 +1429,7 @@ async def test_failing_rewriter_sends_the_small_page_unchanged(
     found = await metrics(gw)
     assert sample(found, "gateway_rewrite_failures_total", site=WWW) == 1
     assert sample(found, "gateway_html_rewritten_total", site=WWW) == 0
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="rewrite_failed") == 1
     assert sample(found, "gateway_links_decorated_total", site=WWW, target=PAY) == 0
     [event] = [line for line in gw.log if line["event"] == "rewrite_failed"]
     assert event["site"] == WWW
