@@ -182,6 +182,9 @@ class Proxy:
     drain_timeout: float = 25.0
     max_header_size: int = 16384
     client_idle_timeout: float = 75.0
+    # Compressed HTML decoding to more than this is not rewritten (see proxy.py): a
+    # decompression bomb never inflates whole, and one page's work stays bounded.
+    max_decoded_html: int = 32 * 1024 * 1024
 
     @property
     def per_host_limit(self) -> int:
@@ -841,6 +844,7 @@ class _Reader:
                 "drain_timeout",
                 "max_header_size",
                 "client_idle_timeout",
+                "max_decoded_html",
             ),
         )
         trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
@@ -885,6 +889,9 @@ class _Reader:
             max_header_size=self.integer(fields, "max_header_size", "proxy", 16384, 1024, 1 << 20),
             client_idle_timeout=self.number(
                 fields, "client_idle_timeout", "proxy", 75.0, 0.1, 86400
+            ),
+            max_decoded_html=self.integer(
+                fields, "max_decoded_html", "proxy", Proxy.max_decoded_html, 65536, 1 << 34
             ),
         )
 

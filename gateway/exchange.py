@@ -36,11 +36,14 @@ from .inbound import (
 )
 from .links import LINK_PATH, TargetParams, protected_target
 from .logs import write_event
+from .metrics import HtmlSkip
 from .outbound import (
     HTML_TYPES,
     accepts_coding,
     add_vary,
     content_coding,
+    decodable_accept_encoding,
+    is_html_page,
     is_rewritable_html,
     make_private,
     media_type,
@@ -408,6 +411,7 @@ class IdentityFlow:
                         self.rewrite_failed(site),
                         policy,
                         output_coding=coding if accepted else "",
+                        max_decoded=config.proxy.max_decoded_html,
                     )
                 headers.popall("Content-Length", None)
                 weaken_etag(headers)
@@ -416,9 +420,34 @@ class IdentityFlow:
                     if not accepted:
                         headers.popall("Content-Encoding", None)
                 personal = True
+        elif arrival.aid and is_html_page(request.method, status, headers) and self.rewrites(site):
+            self.html_skipped(site, "unknown_coding", content_coding(headers))
         if personal:
             make_private(headers)
         return body
+
+    def rewrites(self, site: Site) -> bool:
+        """Whether the site's HTML is rewritten at all: links to decorate or a bootstrap."""
+        config = self.state.config
+        return bool(self.state.derived.targets or (config.analytics.write_key and site.bootstrap))
+
+    def limit_codings(self, site: Site, headers: CIMultiDict[str]) -> None:
+        """Ask the upstream only for content codings whose HTML the gateway can rewrite.
+
+        On every request of a site that rewrites, not only those for pages: whether the answer
+        is HTML is known only once it comes.
+        """
+        values = headers.getall("Accept-Encoding", None)
+        if values is not None and self.rewrites(site):
+            headers["Accept-Encoding"] = decodable_accept_encoding(", ".join(values))
+
+    def html_skipped(self, site: Site, reason: HtmlSkip, coding: str) -> None:
+        """Count and log an HTML page that goes out without the rewrite it should have had."""
+        self.state.metrics.html_skipped.labels(site.host, reason).inc()
+        # The coding comes from the upstream's header: bounded, and never an id.
+        write_event(
+            self.state.log, "html_skipped", site=site.host, reason=reason, coding=coding[:64]
+        )
 
     def refresh_plan(self) -> RefreshPlan | None:
         """How the bootstrap keeps token and signed links fresh (None: no such targets)."""
@@ -447,7 +476,10 @@ class IdentityFlow:
 
     def rewrite_done(self, site: Site, body: HtmlBody) -> None:
         metrics = self.state.metrics
-        if not body.failed:
+        if body.failed:
+            # Logged once already, as rewrite_failed.
+            metrics.html_skipped.labels(site.host, "rewrite_failed").inc()
+        else:
             metrics.html_rewritten.labels(site.host).inc()
         metrics.rewrite_seconds.observe(body.rewrite_seconds)
         for target, count in body.targets_hit.items():

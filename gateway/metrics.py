@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -40,6 +40,12 @@ _LATENCY_BUCKETS = (
 _REWRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
+# Why an HTML page the gateway would have rewritten went out without it (a bounded label set):
+# a content coding it cannot decode, a compressed body decoding beyond proxy.max_decoded_html,
+# a body corrupt in its coding, or a rewriter failure (the rest of the page sent unchanged).
+HtmlSkip = Literal["unknown_coding", "too_large", "decode_error", "rewrite_failed"]
+
+
 def method_label(method: str) -> str:
     """Bound the label's cardinality: arbitrary extension methods are counted as OTHER."""
     return method if method in KNOWN_METHODS else "OTHER"
@@ -62,6 +68,7 @@ class Metrics:
     links_decorated: Counter
     html_rewritten: Counter
     rewrite_failures: Counter
+    html_skipped: Counter
     rewrite_seconds: Histogram
     unidentified_arrivals: Counter
     store_errors: Counter
@@ -133,6 +140,12 @@ class Metrics:
                 "gateway_rewrite_failures",
                 "HTML responses whose rewrite failed (sent unchanged).",
                 ("site",),
+            ),
+            html_skipped=counter(
+                "gateway_html_skipped",
+                "HTML responses not rewritten, by site and reason (unknown_coding, too_large, "
+                "decode_error, rewrite_failed).",
+                ("site", "reason"),
             ),
             rewrite_seconds=Histogram(
                 "gateway_rewrite_seconds",

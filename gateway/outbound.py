@@ -1,7 +1,8 @@
 """Pure: decisions about an upstream response before its body is touched.
 
-Which responses are HTML we may rewrite, how to keep a personalised response out of shared
-caches, what becomes of validators, and which script nonce a Content-Security-Policy allows.
+Which responses are HTML we may rewrite (and which content codings to ask the upstream for),
+how to keep a personalised response out of shared caches, what becomes of validators, and which
+script nonce a Content-Security-Policy allows.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import re
 from multidict import CIMultiDict
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-# Content codings we can decode and re-encode while streaming; anything else passes untouched.
-REWRITABLE_CODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate", "br"})
+# Content codings we can decode and re-encode while streaming (codecs.py); anything else passes
+# untouched.
+DECODABLE_CODINGS = ("gzip", "deflate", "br", "zstd")
+REWRITABLE_CODINGS = frozenset({"", "identity", "x-gzip", *DECODABLE_CODINGS})
 _NO_BODY = frozenset({204, 206, 304})
 # Targeted cache-control fields: RFC 9213's CDN-Cache-Control and the older Surrogate-Control
 # (Edge Architecture 1.0), which Fastly, Akamai and Varnish setups obey over Cache-Control.
@@ -73,12 +76,51 @@ def accepts_coding(accept_encoding: str | None, coding: str) -> bool:
     return coding == "identity"
 
 
-def is_rewritable_html(method: str, status: int, headers: CIMultiDict[str]) -> bool:
-    """HTML the gateway may rewrite: not for HEAD, not 204/206/304, a coding we can undo."""
+def decodable_accept_encoding(value: str) -> str:
+    """An Accept-Encoding field value limited to the codings the gateway can decode, for the
+    upstream: an HTML page it answers in any other coding could not be rewritten.
+
+    Codings we decode and ``identity`` are kept as written (q-values and all); others are
+    dropped; ``*`` stands for every coding not listed, so it becomes each decodable coding it
+    covers, and ``identity`` if that is not listed either (RFC 9110 §12.5.3: ``*;q=0`` refuses
+    identity too), with the star's own parameters. Left with nothing, a visitor still accepts
+    ``identity``, which is not refused unless listed with q=0. An empty value (identity only)
+    stays empty.
+    """
+    kept: list[str] = []
+    stars: list[str] = []
+    listed: set[str] = set()
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, semicolon, params = item.partition(";")
+        name = name.strip().lower()
+        if name == "*":
+            stars.append(semicolon + params)
+            continue
+        name = "gzip" if name == "x-gzip" else name
+        listed.add(name)
+        if name in DECODABLE_CODINGS or name == "identity":
+            kept.append(item)
+    if stars:
+        kept.extend(c + stars[0] for c in (*DECODABLE_CODINGS, "identity") if c not in listed)
+    if not kept and (listed or stars):
+        return "identity"
+    return ", ".join(kept)
+
+
+def is_html_page(method: str, status: int, headers: CIMultiDict[str]) -> bool:
+    """An HTML response with a page for a body: not for HEAD, not 204/206/304 or 1xx."""
     if method == "HEAD" or status in _NO_BODY or status < 200:
         return False
     mtype, _ = media_type(headers.get("Content-Type"))
-    return mtype in HTML_TYPES and content_coding(headers) in REWRITABLE_CODINGS
+    return mtype in HTML_TYPES
+
+
+def is_rewritable_html(method: str, status: int, headers: CIMultiDict[str]) -> bool:
+    """HTML the gateway may rewrite: not for HEAD, not 204/206/304, a coding we can undo."""
+    return is_html_page(method, status, headers) and content_coding(headers) in REWRITABLE_CODINGS
 
 
 def make_private(headers: CIMultiDict[str]) -> None:

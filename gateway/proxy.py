@@ -14,7 +14,7 @@ import contextlib
 import functools
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import TextIO
@@ -24,8 +24,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import responses
-from .body import HtmlBody
-from .codecs import DecodeError
+from .body import DecodedTooLarge, HtmlBody
+from .codecs import STEP, DecodeError
 from .config import Config, Site
 from .exchange import Derived, IdentityFlow, plain_response
 from .headers import end_to_end, forwarded_headers, routed_authority, upstream_target
@@ -33,7 +33,7 @@ from .hosts import Authority
 from .inbound import Arrival
 from .links import LINK_PATH
 from .logs import write_event
-from .metrics import Metrics
+from .metrics import HtmlSkip, Metrics
 from .store import TokenStore
 from .upstream import (
     Origin,
@@ -50,6 +50,10 @@ _NO_BODY_STATUS = frozenset({204, 304})
 # small pages that is markedly cheaper than a streamed response and costs little memory.
 SMALL_BODY = 256 * 1024
 _CHUNK = 64 * 1024
+# HTML decoded for one response between two yields to the event loop: decoding, rewriting and
+# re-encoding are synchronous, and a page of many steps (a decompression bomb is thousands)
+# must not keep the other requests of every site waiting.
+_YIELD_EVERY = STEP
 
 
 # What the visitor is told for each kind of upstream fault (UpstreamError.kind).
@@ -181,6 +185,7 @@ class ProxyHandler:
             return identity.cleanup_redirect(request, site, arrival)
         identity.count_unidentified(request, site, arrival)
         headers = forwarded_headers(request, site, config, routed)
+        identity.limit_codings(site, headers)
         body = None
         length = None
         if request.body_exists:
@@ -248,17 +253,86 @@ class ProxyHandler:
                 request, site, outcome, UpstreamBodyError("short body")
             )
         if body is not None:
-            try:
-                data = body.feed(data) + body.close()
-            except DecodeError as exc:
-                return self._abort_before_headers(request, site, outcome, exc)
-            self.identity.rewrite_done(site, body)
+            return await self._rewrite_whole(request, site, upstream, headers, body, data, outcome)
         response = responses.Response(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
         response.body = data
         outcome.sent = len(data)
         return response
+
+    async def _rewrite_whole(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        upstream: UpstreamResponse,
+        headers: CIMultiDict[str],
+        body: HtmlBody,
+        data: bytes,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        """A small body, read whole, rewritten step by step.
+
+        The output is held and sent in one write while it stays small. While nothing is sent,
+        a body that decodes beyond ``proxy.max_decoded_html`` goes out as the upstream sent it
+        (counted and logged as skipped), and a corrupt one is a 502. Output too large to hold
+        (a page that expands a lot) streams instead, and from then on the streamed rules apply.
+        """
+        steps = _steps(body, data)
+        held: list[bytes] = []
+        size = mark = 0
+        try:
+            for piece in steps:
+                held.append(piece)
+                size += len(piece)
+                if size > SMALL_BODY:
+                    break
+                mark = await _pace(body, mark)
+            else:
+                self.identity.rewrite_done(site, body)
+                response = responses.Response(
+                    status=upstream.status, reason=upstream.reason, headers=headers
+                )
+                response.body = out = b"".join(held)
+                outcome.sent = len(out)
+                return response
+        except DecodedTooLarge:
+            self.identity.html_skipped(site, "too_large", body.coding)
+            if body.output_coding != body.coding:
+                headers["Content-Encoding"] = body.coding
+            response = responses.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
+            response.body = data
+            outcome.sent = len(data)
+            return response
+        except DecodeError as exc:
+            self.identity.html_skipped(site, "decode_error", body.coding)
+            return self._abort_before_headers(request, site, outcome, exc)
+        stream = responses.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        if request.version < (1, 1):
+            stream.force_close()
+        await stream.prepare(request)
+        try:
+            await self._send(stream, b"".join(held))
+            outcome.sent += size
+            held.clear()
+            for piece in steps:
+                mark = await _pace(body, mark)
+                if piece:
+                    await self._send(stream, piece)
+                    outcome.sent += len(piece)
+            self.identity.rewrite_done(site, body)
+            await self._send(stream, b"", eof=True)
+        except DecodeError as exc:
+            self._html_aborted(request, site, body, outcome, exc)
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            outcome.status = 499
+        except TimeoutError:
+            self._send_timed_out(request, site, outcome)
+        return stream
 
     async def _respond_streamed(
         self,
@@ -279,19 +353,22 @@ class ProxyHandler:
             # No chunked encoding for HTTP/1.0: the end of the body is the end of the connection.
             response.force_close()
         await response.prepare(request)
-        received = 0
+        received = mark = 0
         try:
             while True:
                 chunk = await upstream.readany()
                 if not chunk:
                     break
                 received += len(chunk)
-                if body is not None:
-                    chunk = body.feed(chunk)
-                    if not chunk:
-                        continue
-                await self._send(response, chunk)
-                outcome.sent += len(chunk)
+                if body is None:
+                    await self._send(response, chunk)
+                    outcome.sent += len(chunk)
+                    continue
+                for piece in body.feed(chunk):
+                    if piece:
+                        await self._send(response, piece)
+                        outcome.sent += len(piece)
+                    mark = await _pace(body, mark)
             if length is not None and received != length:
                 raise UpstreamBodyError(f"upstream sent {received} of {length} bytes")
             if not upstream.is_eof():
@@ -302,7 +379,13 @@ class ProxyHandler:
                 if tail:
                     await self._send(response, tail)
                     outcome.sent += len(tail)
-        except (UpstreamError, DecodeError) as exc:
+        except DecodeError as exc:
+            # Rewritten output has gone out: neither the upstream's bytes nor the rest of the
+            # page can follow it, so the response is cut (beyond the ceiling too).
+            assert body is not None
+            self._html_aborted(request, site, body, outcome, exc)
+            return response
+        except UpstreamError as exc:
             self._abort(request, site, outcome, exc)
             return response
         except (ConnectionError, aiohttp.ClientConnectionResetError):
@@ -311,17 +394,20 @@ class ProxyHandler:
             outcome.status = 499
             return response
         except TimeoutError:
-            # The visitor stopped reading (report F5): cut it off, so that it cannot hold an
-            # upstream connection and a pool slot for as long as it likes.
             upstream.close()
-            self.log_event("client_send_timeout", site=site.host)
-            outcome.status = 499
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
+            self._send_timed_out(request, site, outcome)
             return response
         await self._send(response, b"", eof=True)
         return response
+
+    def _send_timed_out(self, request: web.BaseRequest, site: Site, outcome: Outcome) -> None:
+        """The visitor stopped reading (report F5): cut it off, so that it cannot hold an
+        upstream connection and a pool slot for as long as it likes."""
+        self.log_event("client_send_timeout", site=site.host)
+        outcome.status = 499
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
 
     async def _send(self, response: web.StreamResponse, data: bytes, eof: bool = False) -> None:
         """Write to the visitor; raises TimeoutError if it takes no bytes for ``send_timeout``
@@ -331,6 +417,18 @@ class ProxyHandler:
                 await response.write_eof()
             else:
                 await response.write(data)
+
+    def _html_aborted(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        body: HtmlBody,
+        outcome: Outcome,
+        exc: DecodeError,
+    ) -> None:
+        reason: HtmlSkip = "too_large" if isinstance(exc, DecodedTooLarge) else "decode_error"
+        self.identity.html_skipped(site, reason, body.coding)
+        self._abort(request, site, outcome, exc)
 
     def _abort_before_headers(
         self, request: web.BaseRequest, site: Site, outcome: Outcome, exc: BaseException
@@ -397,6 +495,21 @@ def _log_path(request: web.BaseRequest) -> str:
             return "-"
         raw = upstream_target(request)
     return raw.split("?", 1)[0]
+
+
+def _steps(body: HtmlBody, data: bytes) -> Iterator[bytes]:
+    """A whole body through the pipeline, one step per item."""
+    yield from body.feed(data)
+    yield body.close()
+
+
+async def _pace(body: HtmlBody, mark: int) -> int:
+    """Yield to the event loop if a step's worth of HTML was decoded since ``mark`` (the
+    value returned last time); small pages never wait for it."""
+    if body.decoded - mark < _YIELD_EVERY:
+        return mark
+    await asyncio.sleep(0)
+    return body.decoded
 
 
 def make_upstreams(config: Config) -> UpstreamPool:

@@ -3,6 +3,7 @@ subprocess, and a private redis-server."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -10,23 +11,63 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import brotli
 import pytest
 from aiohttp import web
 
 from gateway.app import Gateway, Overrides
 from gateway.config import parse_config
 
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
+
 REPO = Path(__file__).resolve().parent.parent
 # The vendored corpus (tests/corpus/README.md); GATEWAY_CORPUS points at a larger one.
 CORPUS = Path(os.environ.get("GATEWAY_CORPUS") or REPO / "tests" / "corpus" / "pages")
 
 StartUpstream = Callable[[web.Application], Awaitable[str]]
+
+
+# Each content coding's one-shot functions, from the libraries themselves.
+COMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": zstd.compress,
+}
+DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "deflate": zlib.decompress,
+    "br": brotli.decompress,
+    "zstd": zstd.decompress,
+}
+
+
+def bomb(coding: str, size: int) -> bytes:
+    """``size`` bytes of spaces compressed in ``coding``: a decompression bomb, built 1 MiB at
+    a time with a streaming compressor so that the decompressed text never exists here."""
+    block = b" " * (1 << 20)
+    if coding == "br":
+        br = brotli.Compressor(quality=5)
+        out = [br.process(block) for _ in range(size >> 20)]
+        return b"".join(out) + br.finish()
+    if coding == "zstd":
+        zs = zstd.ZstdCompressor()
+        out = [zs.compress(block) for _ in range(size >> 20)]
+        return b"".join(out) + zs.flush()
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}[coding]
+    zl = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    out = [zl.compress(block) for _ in range(size >> 20)]
+    return b"".join(out) + zl.flush()
 
 
 @pytest.fixture

@@ -174,6 +174,10 @@ def test_every_problem_is_reported_with_line_and_path() -> None:
             "bad.yaml:2: sites[0].upstream: 'http://x:1/base' has a path",
         ),
         (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1'}\nproxy: {max_decoded_html: 1000}\n",
+            "bad.yaml:3: proxy.max_decoded_html: 1000 is not valid (a whole number from 65536 to",
+        ),
+        (
             "sites:\n  - {host: a.test, upstream: 'http://x:1'}\nidentity: {id_pattern: '('}\n",
             "bad.yaml:3: identity.id_pattern: '(' is not valid (a valid regular expression)",
         ),

@@ -31,7 +31,7 @@ from yarl import URL
 from gateway.bootstrap import render_bootstrap
 from gateway.rewriter import HtmlRewriter
 
-from .conftest import RunningGateway, StartGateway, StartUpstream
+from .conftest import RunningGateway, StartGateway, StartUpstream, zstd
 
 WWW = "www.example.com"
 PAY = "checkout.example-pay.com"
@@ -997,6 +997,7 @@ CODINGS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = 
     "gzip": (gzip.compress, gzip.decompress),
     "deflate": (zlib.compress, zlib.decompress),
     "br": (brotli.compress, brotli.decompress),
+    "zstd": (zstd.compress, zstd.decompress),
 }
 
 
@@ -1046,23 +1047,105 @@ async def test_compressed_html_is_rewritten_in_the_same_coding(
     assert reply.headers["Cache-Control"] == "private"
 
 
-async def test_unknown_coding_passes_through_untouched(launch: Launch) -> None:
-    opaque = (
-        b"\x28\xb5\x2f\xfd"
-        + bytes(range(256)) * 8
-        + b"<a href='https://checkout.example-pay.com/'>"
-    )
+@pytest.mark.parametrize("coding", ["compress", "gzip, br"])
+async def test_unknown_coding_passes_through_untouched(launch: Launch, coding: str) -> None:
+    opaque = bytes(range(256)) * 8 + b"<a href='https://checkout.example-pay.com/'>"
     origin = Origin()
-    origin.page("/", opaque, headers=[("Content-Encoding", "zstd"), ("ETag", '"abc"')])
+    origin.page("/", opaque, headers=[("Content-Encoding", coding), ("ETag", '"abc"')])
     gw = await launch(origin)
     reply = await fetch(gw, "/", headers=[("Cookie", "ajs_anonymous_id=abc")])
     assert reply.status == 200
     assert reply.body == opaque
-    assert reply.headers["Content-Encoding"] == "zstd"
+    assert reply.headers["Content-Encoding"] == coding
     assert reply.headers["Content-Length"] == str(len(opaque))
     assert reply.headers["ETag"] == '"abc"'
+    # Not silently: counted and logged, once, with its reason.
     found = await metrics(gw)
     assert sample(found, "gateway_html_rewritten_total", site=WWW) == 0
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="unknown_coding") == 1
+    [event] = [line for line in gw.log if line["event"] == "html_skipped"]
+    assert event["site"] == WWW
+    assert event["reason"] == "unknown_coding"
+    assert event["coding"] == coding.replace(" ", "")
+    # A HEAD has no body to leave unrewritten.
+    await fetch(gw, "/", method="HEAD", headers=[("Cookie", "ajs_anonymous_id=abc")])
+    found = await metrics(gw)
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="unknown_coding") == 1
+
+
+CHROMIUM_CODINGS = "gzip, deflate, br, zstd, dcb, dcz"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "streamed"])
+async def test_zstd_html_is_rewritten_for_a_browser_that_accepts_it(
+    launch: Launch, chunked: bool
+) -> None:
+    """What Chromium sends and what a zstd-capable upstream (Caddy's ``encode zstd gzip``)
+    answers: the page gets the bootstrap and decorated links, still in zstd."""
+    page = big_page(600_000 if chunked else 2_000)
+    asked: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        asked.append(request.headers.get("Accept-Encoding", "<none>"))
+        headers = {"Content-Type": HTML, "Content-Encoding": "zstd"}
+        if not chunked:
+            return web.Response(body=zstd.compress(page), headers=headers)
+        resp = web.StreamResponse(headers=headers)
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        compressor = zstd.ZstdCompressor()
+        for i in range(0, len(page), 16384):
+            await resp.write(compressor.compress(page[i : i + 16384], compressor.FLUSH_BLOCK))
+        await resp.write(compressor.flush())
+        await resp.write_eof()
+        return resp
+
+    origin = Origin(routes={"/": handler})
+    gw = await launch(origin, extra=[ANALYTICS])
+    headers = [("Cookie", "ajs_anonymous_id=abc"), ("Accept-Encoding", CHROMIUM_CODINGS)]
+    reply = await fetch(gw, "/", headers=headers)
+    # The upstream was asked only for codings whose HTML the gateway can rewrite.
+    assert asked == ["gzip, deflate, br, zstd"]
+    assert reply.status == 200
+    assert reply.headers["Content-Encoding"] == "zstd"
+    expected = edited(big_done(page), (b"<head>", b"<head>" + bootstrap("abc")))
+    assert zstd.decompress(reply.body) == expected
+    found = await metrics(gw)
+    assert sample(found, "gateway_html_rewritten_total", site=WWW) == 1
+    assert sample(found, "gateway_links_decorated_total", site=WWW, target=PAY) == 2
+
+
+async def test_zstd_html_for_a_visitor_without_zstd_is_sent_plain(launch: Launch) -> None:
+    page = big_page(2_000)
+    origin = Origin()
+    origin.page("/", zstd.compress(page), headers=[("Content-Encoding", "zstd")])
+    gw = await launch(origin)
+    reply = await fetch(
+        gw, "/", headers=[("Cookie", "ajs_anonymous_id=abc"), ("Accept-Encoding", "gzip, br")]
+    )
+    assert "Content-Encoding" not in reply.headers
+    assert reply.body == big_done(page)
+
+
+async def test_accept_encoding_is_left_alone_where_nothing_is_rewritten(launch: Launch) -> None:
+    """No links to decorate and no bootstrap: the site's pages are never rewritten, so the
+    visitor's codings go upstream as they came (the gateway adds none either)."""
+    seen: list[str | None] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Accept-Encoding"))
+        return web.Response(text="ok")
+
+    origin = Origin(routes={"/": echo})
+    plain = await launch(origin, cross=[])
+    rewriting = await launch(origin)
+    for gw, sent in ((plain, CHROMIUM_CODINGS), (rewriting, CHROMIUM_CODINGS), (rewriting, None)):
+        headers = {"Host": WWW} if sent is None else {"Host": WWW, "Accept-Encoding": sent}
+        async with gw.session.get(
+            gw.url + "/", headers=headers, skip_auto_headers=("Accept-Encoding",)
+        ) as resp:
+            assert resp.status == 200
+    assert seen == [CHROMIUM_CODINGS, "gzip, deflate, br, zstd", None]
 
 
 def corrupt_gzip(page: bytes) -> bytes:
@@ -1093,13 +1176,93 @@ async def test_broken_gzip_html_never_looks_complete(
             # Read whole before answering: nothing was sent yet, so the truth is a 502.
             assert resp.status == 502
             assert "Content-Encoding" not in resp.headers
-            return
-        # Streamed: the headers are out, so the connection is cut mid-body.
+        else:
+            # Streamed: the headers are out, so the connection is cut mid-body.
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    found = await metrics(gw)
+    assert sample(found, "gateway_upstream_errors_total", site=WWW, kind="aborted_body") == 1
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="decode_error") == 1
+    [event] = [line for line in gw.log if line["event"] == "html_skipped"]
+    assert (event["reason"], event["coding"]) == ("decode_error", "gzip")
+
+
+CEILING = 65536
+
+
+@pytest.mark.parametrize("accept", ["gzip", "br"])
+async def test_small_body_decoding_beyond_the_ceiling_goes_out_as_it_came(
+    launch: Launch, accept: str
+) -> None:
+    """Nothing was sent yet: the upstream's own bytes, with its coding, and no rewrite. A
+    visitor that never accepted that coding gets what a plain proxy would have given it."""
+    page = big_page(CEILING * 3)
+    compressed = gzip.compress(page)
+    origin = Origin()
+    origin.page("/", compressed, headers=[("Content-Encoding", "gzip")])
+    gw = await launch(origin, extra=[f"proxy: {{max_decoded_html: {CEILING}}}"])
+    reply = await fetch(
+        gw, "/", headers=[("Cookie", "ajs_anonymous_id=abc"), ("Accept-Encoding", accept)]
+    )
+    assert reply.status == 200
+    assert reply.headers["Content-Encoding"] == "gzip"
+    assert reply.headers["Content-Length"] == str(len(compressed))
+    assert reply.body == compressed
+    found = await metrics(gw)
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="too_large") == 1
+    assert sample(found, "gateway_html_rewritten_total", site=WWW) == 0
+    [event] = [line for line in gw.log if line["event"] == "html_skipped"]
+    assert (event["reason"], event["coding"]) == ("too_large", "gzip")
+
+
+async def test_streamed_body_decoding_beyond_the_ceiling_is_cut(launch: Launch) -> None:
+    page = big_page(CEILING * 3)
+    origin = Origin()
+    origin.page("/", gzip.compress(page), headers=[("Content-Encoding", "gzip")], chunked=True)
+    gw = await launch(origin, extra=[f"proxy: {{max_decoded_html: {CEILING}}}"])
+    url = URL(gw.url + "/", encoded=True)
+    hdrs = {"Host": WWW, "Cookie": "ajs_anonymous_id=abc", "Accept-Encoding": "gzip"}
+    async with gw.session.get(url, headers=hdrs, allow_redirects=False) as resp:
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
     found = await metrics(gw)
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="too_large") == 1
     assert sample(found, "gateway_upstream_errors_total", site=WWW, kind="aborted_body") == 1
+    assert [line["event"] for line in gw.log].count("html_skipped") == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "streamed"])
+async def test_the_ceiling_is_for_compressed_html_only(launch: Launch, chunked: bool) -> None:
+    """A page sent without a content coding costs no more than its bytes: no ceiling."""
+    page = big_page(CEILING * 3)
+    origin = Origin()
+    origin.page("/", page, chunked=chunked)
+    gw = await launch(origin, extra=[f"proxy: {{max_decoded_html: {CEILING}}}"])
+    reply = await fetch(gw, "/", headers=[("Cookie", "ajs_anonymous_id=abc")])
+    assert reply.body == big_done(page)
+
+
+async def test_expanding_small_body_is_streamed_rather_than_held(launch: Launch) -> None:
+    """A small compressed body whose rewritten output is too large to hold (here: sent
+    uncompressed to a visitor that never accepted gzip) goes out chunked, complete."""
+    page = big_page(3_000_000)
+    compressed = gzip.compress(page)
+    assert len(compressed) < 256 * 1024
+    origin = Origin()
+    origin.page("/", compressed, headers=[("Content-Encoding", "gzip")])
+    gw = await launch(origin)
+    url = URL(gw.url + "/", encoded=True)
+    hdrs = {"Host": WWW, "Cookie": "ajs_anonymous_id=abc"}
+    async with gw.session.get(
+        url, headers=hdrs, allow_redirects=False, skip_auto_headers=("Accept-Encoding",)
+    ) as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert "Content-Encoding" not in resp.headers
+        assert await resp.read() == big_done(page)
+    found = await metrics(gw)
+    assert sample(found, "gateway_html_rewritten_total", site=WWW) == 1
 
 
 async def test_multi_member_gzip_html_is_not_truncated(launch: Launch) -> None:
@@ -1361,6 +1524,7 @@ async def test_failing_rewriter_sends_the_small_page_unchanged(
     found = await metrics(gw)
     assert sample(found, "gateway_rewrite_failures_total", site=WWW) == 1
     assert sample(found, "gateway_html_rewritten_total", site=WWW) == 0
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason="rewrite_failed") == 1
     assert sample(found, "gateway_links_decorated_total", site=WWW, target=PAY) == 0
     [event] = [line for line in gw.log if line["event"] == "rewrite_failed"]
     assert event["site"] == WWW

@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 from gateway.outbound import (
     accepts_coding,
     content_coding,
+    decodable_accept_encoding,
     is_rewritable_html,
     make_private,
     media_type,
@@ -57,6 +58,35 @@ def test_accepts_coding(header: str | None, coding: str, ok: bool) -> None:
     assert accepts_coding(header, coding) is ok
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        # What Chromium sends: every coding it names is one the gateway decodes.
+        ("gzip, deflate, br, zstd", "gzip, deflate, br, zstd"),
+        # Compression dictionary transport and the like: not decodable, so not asked for.
+        ("gzip, deflate, br, zstd, dcb, dcz", "gzip, deflate, br, zstd"),
+        ("br;q=1.0, gzip;q=0.8, compress;q=0.5", "br;q=1.0, gzip;q=0.8"),
+        ("X-GZIP ; q=0.5 ,BR", "X-GZIP ; q=0.5, BR"),
+        ("identity", "identity"),
+        ("identity;q=0, compress", "identity;q=0"),
+        # "*" covers the codings not listed, identity included (RFC 9110 §12.5.3).
+        ("*", "gzip, deflate, br, zstd, identity"),
+        ("br, *;q=0.1", "br, gzip;q=0.1, deflate;q=0.1, zstd;q=0.1, identity;q=0.1"),
+        ("gzip, identity;q=0.5, *;q=0", "gzip, identity;q=0.5, deflate;q=0, br;q=0, zstd;q=0"),
+        # Only codings we cannot decode: identity is still acceptable.
+        ("compress, exi", "identity"),
+        # Empty: identity only, as it was.
+        ("", ""),
+        (" , ", ""),
+    ],
+)
+def test_decodable_accept_encoding(header: str, expected: str) -> None:
+    assert decodable_accept_encoding(header) == expected
+    # What the visitor accepts of what is kept is unchanged.
+    for coding in ("gzip", "deflate", "br", "zstd", ""):
+        assert accepts_coding(expected, coding) == accepts_coding(header, coding)
+
+
 def test_content_coding_joins_several() -> None:
     headers: CIMultiDict[str] = CIMultiDict()
     headers.add("Content-Encoding", "GZIP")
@@ -74,7 +104,8 @@ def test_content_coding_joins_several() -> None:
         ("GET", 206, "text/html", None, False),
         ("GET", 304, "text/html", None, False),
         ("GET", 200, "text/plain", None, False),
-        ("GET", 200, "text/html", "zstd", False),
+        ("GET", 200, "text/html", "zstd", True),
+        ("GET", 200, "text/html", "compress", False),
         ("GET", 200, "text/html", "gzip, br", False),
     ],
 )
