@@ -26,8 +26,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .proxy import ProxyState
 from .responses import drop_server_header
+from .state import ProxyState
 
 STATE_KEY = web.AppKey("state", ProxyState)
 # A coroutine returning the token store's health, e.g. {"state": "up"}; set by app.py.

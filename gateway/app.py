@@ -22,7 +22,8 @@ from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
 from .logs import write_event
 from .metrics import Metrics
-from .proxy import ProxyHandler, ProxyState, make_session, make_upstreams
+from .proxy import ProxyHandler, make_session, make_upstreams
+from .state import ProxyState
 from .store import open_store
 
 
@@ -163,7 +164,7 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
-        self.state.config = new
+        self.state.reconfigure(new)
         self.metrics.reloads.labels("ok").inc()
         log_line("reloaded", summary=new.summary())
         return True

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from aiohttp import web
@@ -21,14 +19,13 @@ from multidict import CIMultiDict
 from . import responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
-from .config import Config, Site, Strategy, normalize_host
+from .config import Site, normalize_host
 from .headers import visitor_scheme
-from .identity import IdRules, LinkDecorator, cookie_domain, decorate_location, identity_cookies
+from .identity import LinkDecorator, decorate_location, identity_cookies
 from .inbound import (
     IDENTITY_PARAMS,
     Arrival,
     cookies_may_be_withheld,
-    identity_rules,
     read_url_identity,
     referring_cross_domain,
     settle,
@@ -50,64 +47,11 @@ from .outbound import (
     script_policy,
     weaken_etag,
 )
+from .responses import plain_response
 from .rewriter import HtmlRewriter
+from .state import ProxyState
 from .store import StoreError
-from .strategies import SigningKeys, TokenRecord, new_token, token_refusal
-
-if TYPE_CHECKING:
-    from .proxy import ProxyState
-
-
-def plain_response(status: int, text: str) -> web.Response:
-    """A short plain-text answer from the gateway itself (never cached when it is an error)."""
-    return responses.Response(
-        status=status,
-        text=text + "\n",
-        headers={"Cache-Control": "no-store", "Connection": "close"} if status >= 500 else None,
-    )
-
-
-@dataclass
-class Derived:
-    """Values computed once per config rather than once per request."""
-
-    rules: IdRules
-    # Every cross-domain pattern, and those whose links carry the raw id (strategy "query").
-    targets: tuple[str, ...]
-    query_targets: tuple[str, ...]
-    # Targets that must not see raw ids: their links need a fresh token or signature.
-    protected_targets: tuple[str, ...]
-    # Those of strategy "token": a page's token is bound to them.
-    token_targets: tuple[str, ...]
-    strategies: dict[str, Strategy]
-    signing_keys: SigningKeys | None
-    # Public Suffix List lookups are slow next to a dict hit; a wildcard site can bring any
-    # number of hosts, so the memo is bounded.
-    _cookie_domains: dict[tuple[str, str | None], str | None] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, config: Config) -> Derived:
-        cross = config.cross_domains
-        return cls(
-            rules=identity_rules(config),
-            targets=tuple(c.host for c in cross),
-            query_targets=tuple(c.host for c in cross if c.strategy == "query"),
-            protected_targets=tuple(c.host for c in cross if c.strategy != "query"),
-            token_targets=tuple(c.host for c in cross if c.strategy == "token"),
-            strategies={c.host: c.strategy for c in cross},
-            signing_keys=SigningKeys.parse(config.signing.keys) if config.signing.keys else None,
-        )
-
-    def cookie_domain(self, host: str, configured: str | None) -> str | None:
-        key = (host, configured)
-        try:
-            return self._cookie_domains[key]
-        except KeyError:
-            pass
-        if len(self._cookie_domains) >= 4096:
-            self._cookie_domains.clear()
-        domain = self._cookie_domains[key] = cookie_domain(host, configured)
-        return domain
+from .strategies import TokenRecord, new_token, token_refusal
 
 
 class IdentityFlow:
@@ -135,18 +79,18 @@ class IdentityFlow:
         """The request's identity: URL parameters checked (token exchanged), then cookies."""
         state = self.state
         config = state.config
-        derived = state.derived
+        index = state.index
         path, cleaned, params, had_params = split_target(target)
         host = normalize_host(request.host)
         user_agent = request.headers.get("User-Agent")
         url = read_url_identity(
             params,
             site=site,
-            rules=derived.rules,
+            rules=index.rules,
             host=host,
             user_agent=user_agent,
             now=time.time(),
-            keys=derived.signing_keys,
+            keys=index.signing_keys,
             bind_user_agent=config.signing.bind_user_agent,
             max_lifetime=config.signing.lifetime,
         )
@@ -155,7 +99,7 @@ class IdentityFlow:
                 record = await state.store.take(url.token, single_use=config.tokens.single_use)
             except StoreError:
                 state.metrics.store_errors.labels("take").inc()
-                url = url.exchanged(None, derived.rules, "store_unavailable")
+                url = url.exchanged(None, index.rules, "store_unavailable")
             else:
                 # A token taken at the wrong site or in the wrong browser is spent all the same
                 # (single_use): one that turns up there has leaked, and is better dead.
@@ -168,9 +112,9 @@ class IdentityFlow:
                         bind_user_agent=config.signing.bind_user_agent,
                     )
                 if refusal is not None:
-                    url = url.exchanged(None, derived.rules, refusal)
+                    url = url.exchanged(None, index.rules, refusal)
                 else:
-                    url = url.exchanged(record, derived.rules, "unknown_or_expired")
+                    url = url.exchanged(record, index.rules, "unknown_or_expired")
         if url.refused is not None and url.form is not None:
             state.metrics.identity_refused.labels(url.form, url.refused).inc()
         arrival = settle(
@@ -182,7 +126,7 @@ class IdentityFlow:
             url=url,
             cookie_headers=request.headers.getall("Cookie", ()),
             site=site,
-            rules=derived.rules,
+            rules=index.rules,
             mint=config.identity.mint,
             cookies_withheld=cookies_may_be_withheld(
                 request.method, request.headers.get("Sec-Fetch-Site")
@@ -201,10 +145,10 @@ class IdentityFlow:
         400, so it cannot serve as an open redirect.
         """
         state = self.state
-        derived = state.derived
+        index = state.index
         own_host = normalize_host(request.host)
         to = parse_qs(target.partition("?")[2]).get("to", [""])[0]
-        pattern = protected_target(to, own_host, derived.protected_targets)
+        pattern = protected_target(to, own_host, index.protected_targets)
         if request.method not in ("GET", "HEAD") or pattern is None:
             response = plain_response(400, "400 Bad Request: not a link to a configured domain")
             response.headers["Cache-Control"] = "no-store"
@@ -212,10 +156,10 @@ class IdentityFlow:
         arrival = await self.arrival(request, site, target.partition("?")[0])
         location = to
         if arrival.aid is not None and not arrival.minted:
-            token_for = (pattern,) if derived.strategies[pattern] == "token" else ()
+            token_for = (pattern,) if index.strategies[pattern] == "token" else ()
             params = await self.target_params(request, arrival, token_for=token_for)
             decorated = LinkDecorator(
-                own_host, to, derived.protected_targets, params, replace=IDENTITY_PARAMS
+                own_host, to, index.protected_targets, params, replace=IDENTITY_PARAMS
             ).decorate(to, None)
             location = decorated or to
         response = responses.Response(status=302)
@@ -257,7 +201,7 @@ class IdentityFlow:
         may link (a token costs a store write, so one is minted, bound to them, only if there
         are any)."""
         config = self.state.config
-        derived = self.state.derived
+        index = self.state.index
         assert arrival.aid is not None
         token = await self.mint_token(request, arrival, token_for) if token_for else None
         bind = config.signing.bind_user_agent
@@ -266,7 +210,7 @@ class IdentityFlow:
             aid=arrival.aid,
             uid=arrival.uid,
             token=token,
-            keys=derived.signing_keys,
+            keys=index.signing_keys,
             expires=int(time.time()) + config.signing.lifetime,
             user_agent=request.headers.get("User-Agent") if bind else None,
         )
@@ -294,9 +238,7 @@ class IdentityFlow:
         return identity_cookies(
             aid,
             uid,
-            domain=self.state.derived.cookie_domain(
-                normalize_host(request.host), site.cookie_domain
-            ),
+            domain=self.state.index.cookie_domain(normalize_host(request.host), site.cookie_domain),
             max_age=config.identity.cookie_max_age,
             secure=visitor_scheme(request, config) == "https",
             now=time.time(),
@@ -318,12 +260,12 @@ class IdentityFlow:
         is to be rewritten."""
         state = self.state
         config = state.config
-        derived = state.derived
+        index = state.index
         own_host = normalize_host(request.host)
         mtype, charset = media_type(headers.get("Content-Type"))
         html = mtype in HTML_TYPES
         personal = redirected = False
-        targets = derived.targets
+        targets = index.targets
         if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
             page_url = self.page_url(request, arrival)
             location = headers["Location"]
@@ -335,7 +277,7 @@ class IdentityFlow:
             # Find the target first, so a token is minted only for a redirect that needs one.
             decorate_location(location, page_url, own_host=own_host, targets=targets, params=probe)
             if hits:
-                token_for = (hits[0],) if derived.strategies[hits[0]] == "token" else ()
+                token_for = (hits[0],) if index.strategies[hits[0]] == "token" else ()
                 params = await self.target_params(request, arrival, token_for=token_for)
                 new = decorate_location(
                     location,
@@ -381,7 +323,7 @@ class IdentityFlow:
                         cdn_url=config.analytics.cdn_url,
                         anonymous_id=arrival.aid,
                         user_id=None if idless else arrival.uid,
-                        targets=derived.query_targets,
+                        targets=index.query_targets,
                         own_host=own_host,
                         nonce=nonce,
                         refresh=self.refresh_plan(),
@@ -390,7 +332,7 @@ class IdentityFlow:
             if targets and not idless:
                 # The body streams, so whether it links a token target is not known yet.
                 params = await self.target_params(
-                    request, arrival, token_for=() if head else derived.token_targets
+                    request, arrival, token_for=() if head else index.token_targets
                 )
                 policy = LinkDecorator(
                     own_host,
@@ -429,7 +371,7 @@ class IdentityFlow:
     def rewrites(self, site: Site) -> bool:
         """Whether the site's HTML is rewritten at all: links to decorate or a bootstrap."""
         config = self.state.config
-        return bool(self.state.derived.targets or (config.analytics.write_key and site.bootstrap))
+        return bool(self.state.index.targets or (config.analytics.write_key and site.bootstrap))
 
     def limit_codings(self, site: Site, headers: CIMultiDict[str]) -> None:
         """Ask the upstream only for content codings whose HTML the gateway can rewrite.
@@ -451,20 +393,18 @@ class IdentityFlow:
 
     def refresh_plan(self) -> RefreshPlan | None:
         """How the bootstrap keeps token and signed links fresh (None: no such targets)."""
-        derived = self.state.derived
-        if not derived.protected_targets:
+        index = self.state.index
+        if not index.protected_targets:
             return None
         config = self.state.config
         # Refresh a little before the earliest credential on the page can expire.
         lifetimes = []
-        if derived.token_targets:
+        if index.token_targets:
             lifetimes.append(config.tokens.ttl)
-        if derived.signing_keys is not None:
+        if index.signing_keys is not None:
             lifetimes.append(config.signing.lifetime)
         fresh_for = max(1, min(lifetimes, default=config.tokens.ttl) - 30)
-        return RefreshPlan(
-            endpoint=LINK_PATH, targets=derived.protected_targets, fresh_for=fresh_for
-        )
+        return RefreshPlan(endpoint=LINK_PATH, targets=index.protected_targets, fresh_for=fresh_for)
 
     def rewrite_failed(self, site: Site) -> Callable[[BaseException], None]:
         def report(exc: BaseException) -> None:

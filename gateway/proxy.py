@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
-from typing import TextIO
 
 import aiohttp
 from aiohttp import web
@@ -27,14 +24,15 @@ from . import responses
 from .body import DecodedTooLarge, HtmlBody
 from .codecs import STEP, DecodeError
 from .config import Config, Site
-from .exchange import Derived, IdentityFlow, plain_response
+from .exchange import IdentityFlow
 from .headers import end_to_end, forwarded_headers, routed_authority, upstream_target
 from .hosts import Authority
 from .inbound import Arrival
 from .links import LINK_PATH
 from .logs import write_event
-from .metrics import HtmlSkip, Metrics
-from .store import TokenStore
+from .metrics import HtmlSkip
+from .responses import fault, plain_response
+from .state import Outcome, ProxyState
 from .upstream import (
     Origin,
     UpstreamBodyError,
@@ -56,47 +54,6 @@ _CHUNK = 64 * 1024
 _YIELD_EVERY = STEP
 
 
-# What the visitor is told for each kind of upstream fault (UpstreamError.kind).
-FAULTS: dict[str, tuple[int, str]] = {
-    "connect": (502, "502 Bad Gateway: the upstream could not be reached"),
-    "reset": (502, "502 Bad Gateway: the upstream did not give a valid response"),
-    "aborted_body": (502, "502 Bad Gateway: the upstream's response ended early"),
-    "ws_handshake": (502, "502 Bad Gateway: the upstream refused the WebSocket upgrade"),
-    "timeout": (504, "504 Gateway Timeout: the upstream did not answer in time"),
-    "overloaded": (503, "503 Service Unavailable: too many requests wait for this upstream"),
-}
-
-
-class ProxyState:
-    """What the handler needs; swapped or mutated by app.py (reload, drain)."""
-
-    def __init__(
-        self,
-        config: Config,
-        session: aiohttp.ClientSession,
-        metrics: Metrics,
-        store: TokenStore,
-        upstreams: UpstreamPool,
-    ) -> None:
-        self.session = session
-        self.upstreams = upstreams
-        self.metrics = metrics
-        self.store = store
-        self.log: TextIO = sys.stdout
-        self.in_flight = 0
-        self.draining = False
-        self.config = config
-
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    @config.setter
-    def config(self, config: Config) -> None:
-        self.derived = Derived.of(config)
-        self._config = config
-
-
 async def _expect_continue(request: web.BaseRequest) -> None:
     """Answer ``Expect: 100-continue`` ourselves (the low-level server does not): the client
     then sends the body, which is streamed on to the upstream."""
@@ -107,15 +64,6 @@ async def _expect_continue(request: web.BaseRequest) -> None:
 async def _request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_chunked(_CHUNK):
         yield chunk
-
-
-@dataclass
-class Outcome:
-    """What the access log and metrics record about one request."""
-
-    status: int = 0
-    upstream_status: int | None = None
-    sent: int = 0
 
 
 class ProxyHandler:
@@ -171,7 +119,7 @@ class ProxyHandler:
         outcome: Outcome,
     ) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await relay_websocket(self, request, site, routed, outcome)
+            return await relay_websocket(self.state, request, site, routed, outcome)
         state = self.state
         target = upstream_target(request)
         identity = self.identity
@@ -451,15 +399,7 @@ class ProxyHandler:
     def fault(
         self, site: Site, outcome: Outcome, exc: BaseException, kind: str | None = None
     ) -> web.Response:
-        """The gateway's answer for an upstream fault. One taxonomy: the fault's ``kind``
-        (UpstreamError.kind unless given) is the metric label, the log field and, through
-        FAULTS, the visitor's status and text."""
-        kind = kind or str(getattr(exc, "kind", "reset"))
-        self.state.metrics.upstream_errors.labels(site.host, kind).inc()
-        self.log_event("upstream_error", site=site.host, kind=kind, error=repr(exc)[:200])
-        status, text = FAULTS.get(kind, FAULTS["reset"])
-        outcome.status = status
-        return plain_response(status, text)
+        return fault(self.state, site, outcome, exc, kind)
 
     def record(
         self, request: web.BaseRequest, site: Site | None, outcome: Outcome, start: float

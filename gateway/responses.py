@@ -13,6 +13,10 @@ from __future__ import annotations
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .config import Site
+from .logs import write_event
+from .state import Outcome, ProxyState
+
 _DEFAULTED = ("Server", "Content-Type")
 
 
@@ -47,6 +51,40 @@ class WebSocketResponse(web.WebSocketResponse):
         _take_back(self.headers, present)
 
 
+def plain_response(status: int, text: str) -> web.Response:
+    """A short plain-text answer from the gateway itself (never cached when it is an error)."""
+    return Response(
+        status=status,
+        text=text + "\n",
+        headers={"Cache-Control": "no-store", "Connection": "close"} if status >= 500 else None,
+    )
+
+
 async def drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
     """An ``on_response_prepare`` signal handler for aiohttp applications (the admin port)."""
     response.headers.popall("Server", None)
+
+
+# What the visitor is told for each kind of upstream fault (UpstreamError.kind).
+FAULTS: dict[str, tuple[int, str]] = {
+    "connect": (502, "502 Bad Gateway: the upstream could not be reached"),
+    "reset": (502, "502 Bad Gateway: the upstream did not give a valid response"),
+    "aborted_body": (502, "502 Bad Gateway: the upstream's response ended early"),
+    "ws_handshake": (502, "502 Bad Gateway: the upstream refused the WebSocket upgrade"),
+    "timeout": (504, "504 Gateway Timeout: the upstream did not answer in time"),
+    "overloaded": (503, "503 Service Unavailable: too many requests wait for this upstream"),
+}
+
+
+def fault(
+    state: ProxyState, site: Site, outcome: Outcome, exc: BaseException, kind: str | None = None
+) -> web.Response:
+    """The gateway's answer for an upstream fault. One taxonomy: the fault's ``kind``
+    (UpstreamError.kind unless given) is the metric label, the log field and, through FAULTS,
+    the visitor's status and text."""
+    kind = kind or str(getattr(exc, "kind", "reset"))
+    state.metrics.upstream_errors.labels(site.host, kind).inc()
+    write_event(state.log, "upstream_error", site=site.host, kind=kind, error=repr(exc)[:200])
+    status, text = FAULTS.get(kind, FAULTS["reset"])
+    outcome.status = status
+    return plain_response(status, text)

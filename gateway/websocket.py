@@ -5,7 +5,6 @@ accepted socket that closes at once."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -16,9 +15,8 @@ from .config import Site
 from .headers import forwarded_headers, upstream_target
 from .hosts import Authority
 from .inbound import split_target
-
-if TYPE_CHECKING:
-    from .proxy import Outcome, ProxyHandler
+from .responses import fault
+from .state import Outcome, ProxyState
 
 # The WebSocket handshake headers are generated per hop by each side's library.
 _HANDSHAKE = frozenset(
@@ -33,13 +31,12 @@ _HANDSHAKE = frozenset(
 
 
 async def relay_websocket(
-    handler: ProxyHandler,
+    state: ProxyState,
     request: web.BaseRequest,
     site: Site,
     routed: Authority,
     outcome: Outcome,
 ) -> web.StreamResponse:
-    state = handler.state
     max_message = state.config.proxy.websocket_max_message
     headers = forwarded_headers(request, site, state.config, routed)
     for name in list(headers):
@@ -64,11 +61,11 @@ async def relay_websocket(
         )
     except aiohttp.WSServerHandshakeError as exc:
         outcome.upstream_status = exc.status
-        return handler.fault(site, outcome, exc, kind="ws_handshake")
+        return fault(state, site, outcome, exc, kind="ws_handshake")
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        return handler.fault(site, outcome, exc, kind="timeout")
+        return fault(state, site, outcome, exc, kind="timeout")
     except (aiohttp.ClientError, OSError) as exc:
-        return handler.fault(site, outcome, exc, kind="connect")
+        return fault(state, site, outcome, exc, kind="connect")
     outcome.upstream_status = 101
     client = responses.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),

@@ -1,0 +1,106 @@
+"""The proxy's shared state, on its own so that every part of the edge can import it without
+importing each other: the handler (proxy.py), the identity glue (exchange.py), the WebSocket
+relay and the admin endpoints all take a ProxyState; none of them imports another's module to
+reach it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import aiohttp
+
+from .config import Config, Strategy
+from .identity import IdRules, cookie_domain
+from .inbound import identity_rules
+from .metrics import Metrics
+from .store import TokenStore
+from .strategies import SigningKeys
+from .upstream import UpstreamPool
+
+
+@dataclass
+class ConfigIndex:
+    """What the identity side needs of a config, computed once per config (at start and at
+    each reload) rather than once per request."""
+
+    rules: IdRules
+    # Every cross-domain pattern, and those whose links carry the raw id (strategy "query").
+    targets: tuple[str, ...]
+    query_targets: tuple[str, ...]
+    # Targets that must not see raw ids: their links need a fresh token or signature.
+    protected_targets: tuple[str, ...]
+    # Those of strategy "token": a page's token is bound to them.
+    token_targets: tuple[str, ...]
+    strategies: dict[str, Strategy]
+    signing_keys: SigningKeys | None
+    # Public Suffix List lookups are slow next to a dict hit; a wildcard site can bring any
+    # number of hosts, so the memo is bounded.
+    _cookie_domains: dict[tuple[str, str | None], str | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: Config) -> ConfigIndex:
+        cross = config.cross_domains
+        return cls(
+            rules=identity_rules(config),
+            targets=tuple(c.host for c in cross),
+            query_targets=tuple(c.host for c in cross if c.strategy == "query"),
+            protected_targets=tuple(c.host for c in cross if c.strategy != "query"),
+            token_targets=tuple(c.host for c in cross if c.strategy == "token"),
+            strategies={c.host: c.strategy for c in cross},
+            signing_keys=SigningKeys.parse(config.signing.keys) if config.signing.keys else None,
+        )
+
+    def cookie_domain(self, host: str, configured: str | None) -> str | None:
+        key = (host, configured)
+        try:
+            return self._cookie_domains[key]
+        except KeyError:
+            pass
+        if len(self._cookie_domains) >= 4096:
+            self._cookie_domains.clear()
+        domain = self._cookie_domains[key] = cookie_domain(host, configured)
+        return domain
+
+
+@dataclass
+class Outcome:
+    """What the access log and metrics record about one request."""
+
+    status: int = 0
+    upstream_status: int | None = None
+    sent: int = 0
+
+
+class ProxyState:
+    """The state every part of the proxy shares: config and its index, the upstream pool, the
+    WebSocket session, metrics, the token store, the log; changed by app.py (reload, drain)."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        store: TokenStore,
+        upstreams: UpstreamPool,
+    ) -> None:
+        self.session = session
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self.store = store
+        self.log: TextIO = sys.stdout
+        self.in_flight = 0
+        self.draining = False
+        self.reconfigure(config)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def reconfigure(self, config: Config) -> None:
+        """Swap in a (reloaded) config together with its index: requests that start from now
+        on see both; those in flight keep the ones they started with."""
+        self.index = ConfigIndex.of(config)
+        self._config = config
