@@ -3,7 +3,7 @@
 Guarantees:
 
 * Bounded steps. ``feed`` is an iterator: it decodes, rewrites and re-encodes one step (at
-  most about ``codecs.STEP`` decoded bytes) each time it is advanced, so however far a small
+  most about ``codings.STEP`` decoded bytes) each time it is advanced, so however far a small
   compressed chunk expands, only one step of it is ever in memory, and the caller can yield to
   the event loop between steps (``decoded`` says how much work has been done).
 * A ceiling. Decoding stops with DecodedTooLarge (a DecodeError) as soon as a compressed body
@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from .codecs import DecodeError, Decoder, Encoder, decoder_for, encoder_for
+from .codings import DecodeError, Decoder, Encoder, decoder_for, encoder_for
 from .identity import LinkDecorator
 from .rewriter import HtmlRewriter
 

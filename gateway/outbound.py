@@ -12,7 +12,7 @@ import re
 from multidict import CIMultiDict
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-# Content codings we can decode and re-encode while streaming (codecs.py); anything else passes
+# Content codings we can decode and re-encode while streaming (codings.py); anything else passes
 # untouched.
 DECODABLE_CODINGS = ("gzip", "deflate", "br", "zstd")
 REWRITABLE_CODINGS = frozenset({"", "identity", "x-gzip", *DECODABLE_CODINGS})

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from . import responses
 from .body import DecodedTooLarge, HtmlBody
-from .codecs import STEP, DecodeError
+from .codings import STEP, DecodeError
 from .config import Config, Site
 from .exchange import IdentityFlow
 from .headers import end_to_end, forwarded_headers, routed_authority, upstream_target

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from gateway.body import DecodedTooLarge, HtmlBody
-from gateway.codecs import STEP, DecodeError
+from gateway.codings import STEP, DecodeError
 from gateway.rewriter import HtmlRewriter
 
 from .conftest import COMPRESS, DECOMPRESS, bomb

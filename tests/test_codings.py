@@ -1,4 +1,4 @@
-"""The streaming content codings in gateway/codecs.py, checked against the libraries' own
+"""The streaming content codings in gateway/codings.py, checked against the libraries' own
 one-shot functions: every split of the input, bounded steps on a bomb, errors on bad input."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.codecs import STEP, DecodeError, decoder_for, encoder_for
+from gateway.codings import STEP, DecodeError, decoder_for, encoder_for
 
 from .conftest import COMPRESS, DECOMPRESS, bomb, zstd
 
