@@ -225,7 +225,7 @@ class IdentityFlow:
         headers["Location"] = arrival.redirect
         headers["Cache-Control"] = "no-store"
         headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
-        for cookie in self.cookies(request, site, arrival.store_aid, arrival.store_uid):
+        for cookie in self.cookies(request, site, arrival.write_aid, arrival.write_uid):
             headers.add("Set-Cookie", cookie)
         return response
 
@@ -295,7 +295,7 @@ class IdentityFlow:
         # Ids from the URL are always stored; on HTML responses the visitor's id is (re)written
         # so that a minted id sticks and a server-set cookie outlives Safari's script cap. An id
         # just handed to another domain in a redirect is stored here too, or the two would part.
-        aid, uid = arrival.store_aid, arrival.store_uid
+        aid, uid = arrival.write_aid, arrival.write_uid
         if config.identity.mint and (html or (redirected and arrival.minted)):
             aid = aid or arrival.aid
             uid = uid or arrival.uid

@@ -105,9 +105,10 @@ class Arrival:
     # The visitor's ids for this response (decoration, bootstrap); None when unknown.
     aid: str | None
     uid: str | None
-    # Ids that came in the URL and must be written to cookies on this response.
-    store_aid: str | None
-    store_uid: str | None
+    # Ids that came in the URL and must be written to the visitor's cookies on this response
+    # (None: leave the cookie as it is). Nothing to do with the token store.
+    write_aid: str | None
+    write_uid: str | None
     # The id exists only because we minted it: write it only if the response is HTML.
     minted: bool
     source: Source
@@ -211,10 +212,10 @@ def settle(
     cookie_aid = rules.valid_aid(read_cookie(cookie_headers, ANON_COOKIE))
     cookie_uid = rules.valid_uid(read_cookie(cookie_headers, USER_COOKIE))
     keep_cookie = site.on_id_conflict == "cookie"
-    store_aid = url.aid if url.aid and not (keep_cookie and cookie_aid) else None
-    store_uid = url.uid if url.uid and not (keep_cookie and cookie_uid) else None
-    aid = store_aid or cookie_aid
-    uid = store_uid or cookie_uid
+    write_aid = url.aid if url.aid and not (keep_cookie and cookie_aid) else None
+    write_uid = url.uid if url.uid and not (keep_cookie and cookie_uid) else None
+    aid = write_aid or cookie_aid
+    uid = write_uid or cookie_uid
 
     source: Source
     if url.aid:
@@ -243,8 +244,8 @@ def settle(
         target=forward,
         aid=aid,
         uid=uid,
-        store_aid=store_aid,
-        store_uid=store_uid,
+        write_aid=write_aid,
+        write_uid=write_uid,
         minted=minted,
         source=source,
         cookies_withheld=cookies_withheld,

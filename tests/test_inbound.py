@@ -95,7 +95,7 @@ def test_no_id_is_minted_for_a_post_without_cookies() -> None:
     arrival = decide("POST", "/return-from-psp")
     assert arrival.cookies_withheld
     assert (arrival.aid, arrival.uid, arrival.minted) == (None, None, False)
-    assert (arrival.store_aid, arrival.store_uid) == (None, None)
+    assert (arrival.write_aid, arrival.write_uid) == (None, None)
     assert arrival.source == "none"
     assert (arrival.redirect, arrival.target) == (None, "/return-from-psp")
 
@@ -111,7 +111,7 @@ def test_a_post_that_brought_the_cookies_uses_them() -> None:
     # A same-site POST does carry Lax cookies: the visitor's id is known, nothing is minted.
     arrival = decide("POST", "/checkout", [COOKIE + "; ajs_user_id=u1"])
     assert (arrival.aid, arrival.uid, arrival.minted) == ("visitor-id", "u1", False)
-    assert (arrival.store_aid, arrival.store_uid) == (None, None)
+    assert (arrival.write_aid, arrival.write_uid) == (None, None)
     assert arrival.source == "cookie"
 
 
@@ -119,7 +119,7 @@ def test_url_identity_on_a_post_is_taken_as_before() -> None:
     # A decorated cross-domain POST form: the id in its action URL is the visitor's hand-off.
     arrival = decide("POST", "/subscribe?ajs_aid=carried-id&ajs_uid=u1&x=1")
     assert (arrival.aid, arrival.uid) == ("carried-id", "u1")
-    assert (arrival.store_aid, arrival.store_uid) == ("carried-id", "u1")
+    assert (arrival.write_aid, arrival.write_uid) == ("carried-id", "u1")
     assert not arrival.minted
     assert arrival.source == "url"
     assert (arrival.redirect, arrival.target) == (None, "/subscribe?x=1")
@@ -130,7 +130,7 @@ def test_url_identity_a_strict_site_refuses_leaves_no_id_on_a_post() -> None:
     # signed links and tokens. Refused, and no id is minted in its place either.
     arrival = decide("POST", "/search?q=x&ajs_aid=FORGED&ajs_uid=ceo", site=STRICT)
     assert (arrival.aid, arrival.uid, arrival.minted) == (None, None, False)
-    assert (arrival.store_aid, arrival.store_uid) == (None, None)
+    assert (arrival.write_aid, arrival.write_uid) == (None, None)
     assert arrival.source == "rejected"
     assert (arrival.redirect, arrival.target) == (None, "/search?q=x")
 
@@ -170,6 +170,6 @@ def test_an_id_is_minted_only_where_the_cookies_surely_arrived(
         assert not arrival.minted
         # The id is the URL's (under the site's accept) or the cookie's, never a new one.
         cookie_aid = "visitor-id" if any(c.startswith(COOKIE) for c in cookies) else None
-        assert arrival.aid in (arrival.store_aid, cookie_aid)
+        assert arrival.aid in (arrival.write_aid, cookie_aid)
     elif mint:
         assert arrival.aid is not None
