@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from . import responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
-from .config import Site, normalize_host
+from .config import Config, Site, normalize_host
 from .headers import visitor_scheme
 from .identity import LinkDecorator, decorate_location, identity_cookies
 from .inbound import (
@@ -240,12 +240,12 @@ class IdentityFlow:
             uid,
             domain=self.state.index.cookie_domain(normalize_host(request.host), site.cookie_domain),
             max_age=config.identity.cookie_max_age,
-            secure=visitor_scheme(request, config) == "https",
+            secure=_scheme(request, config) == "https",
             now=time.time(),
         )
 
     def page_url(self, request: web.BaseRequest, arrival: Arrival) -> str:
-        scheme = visitor_scheme(request, self.state.config)
+        scheme = _scheme(request, self.state.config)
         return f"{scheme}://{request.host}{arrival.target}"
 
     async def outbound(
@@ -424,3 +424,9 @@ class IdentityFlow:
         metrics.rewrite_seconds.observe(body.rewrite_seconds)
         for target, count in body.targets_hit.items():
             metrics.links_decorated.labels(site.host, target).inc(count)
+
+
+def _scheme(request: web.BaseRequest, config: Config) -> str:
+    return visitor_scheme(
+        request.headers, request.remote, request.scheme, config.proxy.trusted_proxies
+    )

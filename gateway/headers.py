@@ -1,18 +1,21 @@
-"""Header hygiene for both directions: hop-by-hop stripping, X-Forwarded-*, the forwarded
-request-target. Pure functions over aiohttp's header multidicts."""
+"""Pure: header hygiene for both directions (hop-by-hop stripping, X-Forwarded-*), the host a
+request is routed on and the request-target it is forwarded with. Functions over header
+multidicts and strings; the aiohttp request is read by the caller."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
-from .config import Config, Site
+from .config import Site
 from .hosts import Authority, parse_authority
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+# Where the authority of an absolute-form target ends (RFC 3986 §3.2).
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 # RFC 9110 §7.6.1 names Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and
 # Upgrade; Trailer and the Proxy-Authenticate/Authorization pair are hop-by-hop per RFC 7230's
@@ -32,7 +35,7 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+def connection_tokens(headers: Headers) -> frozenset[str]:
     """Header names listed in Connection: hop-by-hop for this message only."""
     values = headers.getall("Connection", ())
     if not values:
@@ -73,7 +76,7 @@ CLIENT_ADDRESS = frozenset(
 )
 
 
-def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def end_to_end(headers: Headers) -> CIMultiDict[str]:
     """Copy headers minus hop-by-hop ones, keeping order and repetitions (Set-Cookie)."""
     extra = connection_tokens(headers) - _NEVER_HOP
     out: CIMultiDict[str] = CIMultiDict()
@@ -96,33 +99,43 @@ def is_trusted(peer: str | None, trusted: Networks) -> bool:
 
 
 def forwarded_headers(
-    request: web.BaseRequest, site: Site, config: Config, routed: Authority
+    headers: Headers,
+    *,
+    peer: str | None,
+    scheme: str,
+    trusted_proxies: Networks,
+    site: Site,
+    routed: Authority,
 ) -> CIMultiDict[str]:
-    """The request headers as the upstream should see them, for a request routed on
-    ``routed``. Never a framing header: the upstream client writes the framing of the body it
-    actually sends."""
-    headers = end_to_end(request.headers)
-    headers.popall("Content-Length", None)
-    # We answer Expect ourselves (see _expect_continue); the upstream gets the body anyway.
-    headers.popall("Expect", None)
-    peer = request.remote
-    trusted = is_trusted(peer, config.proxy.trusted_proxies)
-    xff = request.headers.get("X-Forwarded-For") if trusted else None
-    proto = request.headers.get("X-Forwarded-Proto") if trusted else None
+    """The request headers as the upstream should see them, for a request from ``peer`` over
+    ``scheme`` routed on ``routed``. Never a framing header: the upstream client writes the
+    framing of the body it actually sends."""
+    out = end_to_end(headers)
+    out.popall("Content-Length", None)
+    # We answer Expect ourselves (see proxy._expect_continue); the upstream gets the body anyway.
+    out.popall("Expect", None)
+    trusted = is_trusted(peer, trusted_proxies)
+    xff = headers.get("X-Forwarded-For") if trusted else None
+    proto = headers.get("X-Forwarded-Proto") if trusted else None
     if not trusted:
-        for name in [n for n in headers if n.lower() in CLIENT_ADDRESS]:
-            headers.popall(name, None)
-    headers["X-Forwarded-For"] = f"{xff}, {peer}" if xff else (peer or "")
-    headers["X-Forwarded-Proto"] = proto or request.scheme
+        for name in [n for n in out if n.lower() in CLIENT_ADDRESS]:
+            out.popall(name, None)
+    out["X-Forwarded-For"] = f"{xff}, {peer}" if xff else (peer or "")
+    out["X-Forwarded-Proto"] = proto or scheme
     # Host and X-Forwarded-Host name the host the request was routed on, checked and
     # normalised (hosts.parse_authority), never the raw value the visitor sent.
-    headers["X-Forwarded-Host"] = str(routed)
-    headers["Host"] = str(routed) if site.preserve_host else URL(site.upstream).raw_authority
-    return headers
+    out["X-Forwarded-Host"] = str(routed)
+    out["Host"] = str(routed) if site.preserve_host else _authority_of(site.upstream)
+    return out
 
 
-def routed_authority(request: web.BaseRequest) -> Authority | str | None:
-    """The authority to route ``request`` on: its Host, checked (None when it has none).
+def _authority_of(origin: str) -> str:
+    """``host[:port]`` of a configured upstream origin (``http://legacy:8000``: ``legacy:8000``)."""
+    return origin.partition("://")[2].split("/", 1)[0]
+
+
+def routed_authority(host_header: str | None, raw_target: str) -> Authority | str | None:
+    """The authority to route a request on: its Host, checked (None when it has none).
 
     A string is the reason the request must be refused with 400: a Host that is not a host,
     or an absolute-form request-target naming another authority than Host. RFC 9112 §3.2.2
@@ -130,16 +143,14 @@ def routed_authority(request: web.BaseRequest) -> Authority | str | None:
     disagreement instead, since no browser sends it and a proxy in front that routed on the
     other value would be bypassed.
     """
-    raw = request.headers.get("Host")
-    if raw is None or raw == "":
+    if not host_header:
         return None
-    routed = parse_authority(raw)
+    routed = parse_authority(host_header)
     if routed is None:
         return "the Host header is not a valid host[:port]"
-    target = request.raw_path
-    if not target.startswith("/") and target != "*":
-        scheme, sep, rest = target.partition("://")
-        named = parse_authority(rest.split("/", 1)[0].split("?", 1)[0]) if sep else None
+    if not raw_target.startswith("/") and raw_target != "*":
+        scheme, sep, rest = raw_target.partition("://")
+        named = parse_authority(_AUTHORITY_END.split(rest, 1)[0]) if sep else None
         scheme = scheme.lower()
         if (
             named is None
@@ -151,21 +162,26 @@ def routed_authority(request: web.BaseRequest) -> Authority | str | None:
     return routed
 
 
-def visitor_scheme(request: web.BaseRequest, config: Config) -> str:
+def visitor_scheme(
+    headers: Headers, peer: str | None, scheme: str, trusted_proxies: Networks
+) -> str:
     """https when the visitor's own connection was TLS, directly or per a trusted front proxy."""
-    if is_trusted(request.remote, config.proxy.trusted_proxies):
-        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if is_trusted(peer, trusted_proxies):
+        proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
         if proto in ("http", "https"):
             return proto
-    return request.scheme
+    return scheme
 
 
-def upstream_target(request: web.BaseRequest) -> str:
+def upstream_target(raw_target: str) -> str:
     """The request-target to forward, byte for byte (origin-form only: an absolute-form
-    target's authority is ignored, routing is by Host, so the gateway is never an open proxy)."""
-    raw = request.raw_path
-    if raw.startswith("/"):
-        return raw
-    if raw == "*":
-        return raw
-    return URL(raw, encoded=True).raw_path_qs or "/"
+    target's authority is dropped, routing is by Host, so the gateway is never an open proxy;
+    its path and query are kept as sent, "/" when it has none)."""
+    if raw_target.startswith("/") or raw_target == "*":
+        return raw_target
+    _, sep, rest = raw_target.partition("://")
+    if not sep:
+        return "/"
+    parts = _AUTHORITY_END.split(rest, 1)
+    tail = rest[len(parts[0]) :].split("#", 1)[0]
+    return tail if tail.startswith("/") else "/" + tail

@@ -90,7 +90,7 @@ class ProxyHandler:
                 )
                 response.force_close()
                 return response
-            routed = routed_authority(request)
+            routed = routed_authority(request.headers.get("Host"), request.raw_path)
             if isinstance(routed, str):
                 outcome.status = 400
                 response = plain_response(400, f"400 Bad Request: {routed}")
@@ -121,7 +121,7 @@ class ProxyHandler:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await relay_websocket(self.state, request, site, routed, outcome)
         state = self.state
-        target = upstream_target(request)
+        target = upstream_target(request.raw_path)
         identity = self.identity
         if target.startswith(LINK_PATH) and target[len(LINK_PATH) : len(LINK_PATH) + 1] in "?":
             response = await identity.fresh_link(request, site, target)
@@ -132,7 +132,14 @@ class ProxyHandler:
             outcome.status = 302
             return identity.cleanup_redirect(request, site, arrival)
         identity.count_unidentified(request, site, arrival)
-        headers = forwarded_headers(request, site, config, routed)
+        headers = forwarded_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            trusted_proxies=config.proxy.trusted_proxies,
+            site=site,
+            routed=routed,
+        )
         identity.limit_codings(site, headers)
         body = None
         length = None
@@ -433,7 +440,7 @@ def _log_path(request: web.BaseRequest) -> str:
     if not raw.startswith("/"):
         if request.method == "CONNECT":
             return "-"
-        raw = upstream_target(request)
+        raw = upstream_target(raw)
     return raw.split("?", 1)[0]
 
 

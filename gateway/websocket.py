@@ -38,7 +38,14 @@ async def relay_websocket(
     outcome: Outcome,
 ) -> web.StreamResponse:
     max_message = state.config.proxy.websocket_max_message
-    headers = forwarded_headers(request, site, state.config, routed)
+    headers = forwarded_headers(
+        request.headers,
+        peer=request.remote,
+        scheme=request.scheme,
+        trusted_proxies=state.config.proxy.trusted_proxies,
+        site=site,
+        routed=routed,
+    )
     for name in list(headers):
         if name.lower() in _HANDSHAKE:
             headers.popall(name, None)
@@ -52,8 +59,12 @@ async def relay_websocket(
     scheme = "wss" if base.scheme == "https" else "ws"
     # Identity parameters are the gateway's, never the upstream's: a WebSocket URL that carries
     # them (it never should) has them removed, as any forwarded request does.
-    path, query, _, had_identity = split_target(upstream_target(request))
-    target = (f"{path}?{query}" if query else path) if had_identity else upstream_target(request)
+    path, query, _, had_identity = split_target(upstream_target(request.raw_path))
+    target = (
+        (f"{path}?{query}" if query else path)
+        if had_identity
+        else upstream_target(request.raw_path)
+    )
     url = URL(f"{scheme}://{base.raw_authority}{target}", encoded=True)
     try:
         upstream = await state.session.ws_connect(
