@@ -1,17 +1,20 @@
-"""Unit and property tests for the streaming HTML rewriter (gateway/rewriter.py)."""
+"""Unit and property tests for the streaming HTML rewriter (gateway/html/)."""
 
 from __future__ import annotations
 
+import ast
 import codecs
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway._html import decode_value
-from gateway.charset import prescan
-from gateway.rewriter import HtmlRewriter, LinkPolicy
+from gateway.html import HtmlRewriter, LinkPolicy
+from gateway.html._tokens import decode_value
+from gateway.html.charset import prescan
 
 INJECT = b"<script>/*BOOT*/</script>"
 
@@ -719,3 +722,28 @@ def test_long_document_streams_in_constant_memory() -> None:
         assert len(rewriter.pending_input) <= 64
     total_out += len(rewriter.close())
     assert total_out == total_in + rewriter.decorated * len("?ajs_aid=X")
+
+
+# -- The package is a library ---------------------------------------------------------
+
+HTML_PACKAGE = Path(__file__).resolve().parent.parent / "gateway" / "html"
+
+
+@pytest.mark.parametrize("module", sorted(HTML_PACKAGE.glob("*.py")), ids=lambda path: path.name)
+def test_html_package_imports_only_itself_and_the_stdlib(module: Path) -> None:
+    """gateway/html is a self-contained library: what it needs from the gateway comes in as
+    a parameter or a LinkPolicy, never as an import (nor asyncio or any third-party package)."""
+    outside = []
+    for node in ast.walk(ast.parse(module.read_text(), str(module))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level != 1:
+            # "from . import x" stays in the package; "from .. import x" leaves it.
+            names = ["." * node.level + (node.module or "")]
+        else:
+            continue
+        for name in names:
+            top = name.partition(".")[0]
+            if top == "asyncio" or top not in sys.stdlib_module_names:
+                outside.append(f"{module.name}:{node.lineno}: {name}")
+    assert outside == []

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 from bs4 import BeautifulSoup
 
-from gateway.rewriter import HtmlRewriter
+from gateway.html import HtmlRewriter
 
 from .conftest import CORPUS
 

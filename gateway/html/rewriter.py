@@ -3,7 +3,7 @@
 ``HtmlRewriter.feed(bytes) -> bytes`` and ``close() -> bytes``; no I/O, no DOM.
 
 How it works (the lol-html idea, in Python): a cheap scanner (one compiled regex,
-``_html.SKIP_HTML``) skips text, comments and every tag we do not care about in a
+``_tokens.SKIP_HTML``) skips text, comments and every tag we do not care about in a
 single C-level call, and stops only at ``<`` followed by a tag name we must act on:
 the links we edit (a, area, form, base), <head> for the injection, and the elements
 whose start tag switches the WHATWG tokenizer into another text state (script,
@@ -53,7 +53,7 @@ import re
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from gateway import _html, charset
+from . import _tokens, charset
 
 __all__ = ["HtmlRewriter", "LinkPolicy"]
 
@@ -84,7 +84,7 @@ _SCRIPT_DOUBLE: Final = 7  # script data double escaped ("<!--" then "<script")
 _PASSTHROUGH: Final = 8  # PLAINTEXT, undecodable page, or lost sync: copy the rest
 
 _FOREIGN_ROOTS: Final = (b"svg", b"math")
-_TEXT_ELEMENTS: Final = _html.RCDATA_ELEMENTS | _html.RAWTEXT_ELEMENTS
+_TEXT_ELEMENTS: Final = _tokens.RCDATA_ELEMENTS | _tokens.RAWTEXT_ELEMENTS
 _FONT_BREAKOUT_ATTRIBUTES: Final = (b"color", b"face", b"size")
 _HTML_ANNOTATION_ENCODINGS: Final = ("text/html", "application/xhtml+xml")
 _HOLD_CDATA: Final = 2
@@ -268,10 +268,10 @@ class HtmlRewriter:
 
     def _scanner(self) -> re.Pattern[bytes]:
         if self._awaiting_injection:
-            return _html.SKIP_BEFORE_HEAD
+            return _tokens.SKIP_BEFORE_HEAD
         if not self._foreign:
-            return _html.SKIP_HTML
-        return _html.SKIP_FOREIGN
+            return _tokens.SKIP_HTML
+        return _tokens.SKIP_FOREIGN
 
     # -- Text states --------------------------------------------------------------
 
@@ -280,9 +280,9 @@ class HtmlRewriter:
         the mode unchanged, when more data is needed)."""
         size = len(buf)
         mode = self._mode
-        hold = _html.TEXT_STATE_HOLDBACK
+        hold = _tokens.TEXT_STATE_HOLDBACK
         if mode == _COMMENT:
-            found = _html.COMMENT_END.search(buf, pos)
+            found = _tokens.COMMENT_END.search(buf, pos)
             if found is not None:
                 self._mode = _DATA
                 return found.end()
@@ -294,18 +294,18 @@ class HtmlRewriter:
                 return close + 1
             hold = 0
         elif mode == _CDATA:
-            found = _html.CDATA_END.search(buf, pos)
+            found = _tokens.CDATA_END.search(buf, pos)
             if found is not None:
                 self._mode = _DATA
                 return found.end()
             hold = _HOLD_CDATA
         elif mode == _RAW:
-            found_at = _html.find_end_tag(buf, pos, self._end_tag)
+            found_at = _tokens.find_end_tag(buf, pos, self._end_tag)
             if found_at >= 0:
                 self._mode = _DATA
                 return found_at
         elif mode == _SCRIPT:
-            found_at = _html.find_script_data_end(buf, pos)
+            found_at = _tokens.find_script_data_end(buf, pos)
             if found_at >= 0:
                 if buf[found_at + 1] == 0x21:  # "<!--"
                     self._mode = _SCRIPT_ESCAPED
@@ -314,7 +314,7 @@ class HtmlRewriter:
                 self._mode = _DATA
                 return found_at
         elif mode == _SCRIPT_ESCAPED:
-            found = _html.SCRIPT_ESCAPED.search(buf, pos)
+            found = _tokens.SCRIPT_ESCAPED.search(buf, pos)
             if found is not None:
                 if found.group("slash") is None:
                     self._mode = _SCRIPT
@@ -325,7 +325,7 @@ class HtmlRewriter:
                 self._mode = _SCRIPT_DOUBLE
                 return found.end()
         else:  # _SCRIPT_DOUBLE
-            found = _html.SCRIPT_DOUBLE_ESCAPED.search(buf, pos)
+            found = _tokens.SCRIPT_DOUBLE_ESCAPED.search(buf, pos)
             if found is not None:
                 self._mode = _SCRIPT if found.group(0) == b"-->" else _SCRIPT_ESCAPED
                 return found.end()
@@ -360,7 +360,7 @@ class HtmlRewriter:
             if not _is_alpha(buf[pos + 2]):
                 self._mode = _BOGUS
                 return pos + 2, edits
-            tag = _html.END_TAG.match(buf, pos)
+            tag = _tokens.END_TAG.match(buf, pos)
             if tag is None:
                 return None
             self._end_tag_token(tag.group("name").lower())
@@ -369,7 +369,7 @@ class HtmlRewriter:
             # "<" that is text (only reached before <head>, the scanner skips it after).
             self._add_injection(edits, pos)
             return pos + 1, edits
-        tag = _html.START_TAG.match(buf, pos)
+        tag = _tokens.START_TAG.match(buf, pos)
         if tag is None:
             return None
         return tag.end(), self._start_tag(buf, tag)
@@ -432,7 +432,7 @@ class HtmlRewriter:
         if name in _FOREIGN_ROOTS:
             if not _self_closing(buf, tag):
                 self._foreign.append(name)
-        elif name in _html.LINK_TAGS:
+        elif name in _tokens.LINK_TAGS:
             self._decorate_first_href(buf, tag, edits)
         elif name == b"form":
             self._form(buf, tag, edits)
@@ -449,7 +449,7 @@ class HtmlRewriter:
 
     def _breaks_out(self, buf: bytes, tag: re.Match[bytes], name: bytes) -> bool:
         """ "In foreign content": these start tags pop back to HTML content."""
-        if name in _html.BREAKOUT_TAGS:
+        if name in _tokens.BREAKOUT_TAGS:
             return True
         if name == b"font":
             attributes = _attributes(buf, tag)
@@ -470,12 +470,12 @@ class HtmlRewriter:
             self._foreign.append(name)
             return
         if root == b"svg":
-            integration_point = name in _html.SVG_INTEGRATION_POINTS
+            integration_point = name in _tokens.SVG_INTEGRATION_POINTS
         elif name == b"annotation-xml":
             encoding = self._value(buf, _attributes(buf, tag).get(b"encoding"))
             integration_point = (encoding or "").lower() in _HTML_ANNOTATION_ENCODINGS
         else:
-            integration_point = name in _html.MATHML_INTEGRATION_POINTS
+            integration_point = name in _tokens.MATHML_INTEGRATION_POINTS
         if integration_point:
             self._foreign.append(name)
             self._integration_point_fresh = True
@@ -500,7 +500,7 @@ class HtmlRewriter:
     ) -> None:
         if self._policy is None:
             return
-        found = _html.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
+        found = _tokens.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
         if found is not None:
             edit = self._decorate_href(buf, found)
             if edit is not None:
@@ -533,7 +533,7 @@ class HtmlRewriter:
             if appended is None:
                 assert self._encoding is not None
                 try:
-                    appended = _html.escape_value(addition, b'"', self._encoding)
+                    appended = _tokens.escape_value(addition, b'"', self._encoding)
                 except UnicodeEncodeError:
                     return None
                 if len(self._appended) < _APPENDED_MEMO_LIMIT:
@@ -574,9 +574,9 @@ class HtmlRewriter:
         try:
             inputs = b"".join(
                 b'<input type="hidden" name="'
-                + _html.escape_value(name, b'"', self._encoding)
+                + _tokens.escape_value(name, b'"', self._encoding)
                 + b'" value="'
-                + _html.escape_value(value, b'"', self._encoding)
+                + _tokens.escape_value(value, b'"', self._encoding)
                 + b'">'
                 for name, value in fields
             )
@@ -600,7 +600,7 @@ class HtmlRewriter:
             return None
         assert self._encoding is not None
         try:
-            return _html.decode_value(buf[attribute.start : attribute.end], self._encoding)
+            return _tokens.decode_value(buf[attribute.start : attribute.end], self._encoding)
         except UnicodeDecodeError:
             return None
 
@@ -626,7 +626,7 @@ class HtmlRewriter:
         assert self._encoding is not None
         raw = buf[attribute.start : attribute.end]
         quote = attribute.quote
-        if quote == b"" and _html.UNQUOTED_UNSAFE.search(raw):
+        if quote == b"" and _tokens.UNQUOTED_UNSAFE.search(raw):
             return None  # ambiguous markup: refuse to guess
         try:
             replacement = _rewrite_value(raw, old, new, quote, self._encoding)
@@ -653,7 +653,7 @@ def _attributes(buf: bytes, tag: re.Match[bytes]) -> dict[bytes, _Attribute]:
     """Attributes by lower-cased name; the first of duplicates wins (WHATWG drops
     later ones, "duplicate-attribute")."""
     found: dict[bytes, _Attribute] = {}
-    for part in _html.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
+    for part in _tokens.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
         name = part.group("name").lower()
         if name not in found:
             found[name] = _attribute(part)
@@ -710,24 +710,24 @@ def _rewrite_value(
         # appended text could extend or terminate it.
         last_ampersand = raw.rfind(b"&")
         if last_ampersand < 0 or b";" in raw[last_ampersand:]:
-            appended = raw + _html.escape_value(new[len(old) :], quote, encoding)
-            if quote or not _html.UNQUOTED_UNSAFE.search(appended):
+            appended = raw + _tokens.escape_value(new[len(old) :], quote, encoding)
+            if quote or not _tokens.UNQUOTED_UNSAFE.search(appended):
                 return appended
     if raw and quote is not None:
         spliced = _splice(raw, old, new, quote, encoding)
-        if spliced is not None and (quote or not _html.UNQUOTED_UNSAFE.search(spliced)):
+        if spliced is not None and (quote or not _tokens.UNQUOTED_UNSAFE.search(spliced)):
             return spliced
     if quote:
-        whole = _html.escape_value(new, quote, encoding)
+        whole = _tokens.escape_value(new, quote, encoding)
         wrapped = whole
     else:
         # Unquoted or missing: stay unquoted if we can, else use double quotes.
-        whole = _html.escape_value(new, b"", encoding)
+        whole = _tokens.escape_value(new, b"", encoding)
         wrapped = whole
-        if not whole or _html.UNQUOTED_UNSAFE.search(whole):
-            whole = _html.escape_value(new, b'"', encoding)
+        if not whole or _tokens.UNQUOTED_UNSAFE.search(whole):
+            whole = _tokens.escape_value(new, b'"', encoding)
             wrapped = b'"' + whole + b'"'
-    if _html.decode_value(whole, encoding) != new:
+    if _tokens.decode_value(whole, encoding) != new:
         return None
     return wrapped if quote is not None else b"=" + wrapped
 
@@ -735,7 +735,7 @@ def _rewrite_value(
 def _splice(raw: bytes, old: str, new: str, quote: bytes, encoding: str) -> bytes | None:
     """``raw`` with only the changed middle re-encoded, or None if that does not
     decode back to ``new``."""
-    pieces = _html.split_value(raw, encoding)
+    pieces = _tokens.split_value(raw, encoding)
     prefix = 0
     limit = min(len(old), len(new))
     while prefix < limit and old[prefix] == new[prefix]:
@@ -772,7 +772,7 @@ def _splice(raw: bytes, old: str, new: str, quote: bytes, encoding: str) -> byte
         return None
     tail_text = len(old) - text_pos
     middle = new[keep_text : len(new) - tail_text]
-    spliced = raw[:keep_raw] + _html.escape_value(middle, quote, encoding) + raw[raw_pos:]
-    if _html.decode_value(spliced, encoding) != new:
+    spliced = raw[:keep_raw] + _tokens.escape_value(middle, quote, encoding) + raw[raw_pos:]
+    if _tokens.decode_value(spliced, encoding) != new:
         return None
     return spliced
