@@ -17,16 +17,22 @@ Guarantees:
 
 * Every byte outside an edited attribute value (and the inserted snippet / hidden
   inputs) is passed through unchanged.
-* Output is independent of how the input is split into chunks.
+* Output is independent of how the input is split into chunks, unless an
+  incomplete tag held between chunks outgrows ``max_buffer`` (below).
 * Only an incomplete tag is held back between chunks (text states hold back at most
-  a few bytes, the encoding sniffer at most 1024 at the start). A tag longer than
-  ``max_buffer`` is flushed unchanged and the rest of the document is passed
-  through: we have lost track of where the tag ends, and guessing could corrupt it.
+  a few bytes, the encoding sniffer at most 1024 at the start). A tag still
+  incomplete after more than ``max_buffer`` bytes is flushed unchanged and the rest
+  of the document is passed through: we have lost track of where the tag ends, and
+  guessing could corrupt it.
 * Ambiguous input is passed through, never guessed at: a tag still open at the end
   of the document, an unquoted value containing quotes, "<", "=" or "`", a value
   that does not decode in the page's encoding, an edit that would not decode back
   to exactly what the policy asked for; "<![CDATA[" inside an integration point
   once HTML elements may be open there (the rest of the document passes through).
+* Giving up is never silent: whenever the rest of the document is passed through
+  unexamined, ``gave_up`` says why, as one of ``GAVE_UP_REASONS`` (lol-html raises
+  MemoryLimitExceededError or ParsingAmbiguityError in the same places; we still
+  serve the page, so the reason is recorded, not raised).
 
 Edits keep the raw bytes of the unchanged prefix and suffix of a value: the decoded
 old and new values are compared, the common prefix/suffix mapped back to raw
@@ -51,11 +57,40 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol, get_args
 
 from . import _tokens, charset
 
-__all__ = ["HtmlRewriter", "LinkPolicy"]
+__all__ = [
+    "GAVE_UP_AMBIGUITY",
+    "GAVE_UP_CHARSET",
+    "GAVE_UP_PLAINTEXT",
+    "GAVE_UP_REASONS",
+    "GAVE_UP_TAG_TOO_LONG",
+    "GaveUpReason",
+    "HtmlRewriter",
+    "LinkPolicy",
+]
+
+# Why the rewriter stopped and passed the rest of a document through (``gave_up``).
+# They end up as metric labels and log fields: short, stable and few.
+GaveUpReason = Literal["unsupported_charset", "tag_too_long", "parsing_ambiguity", "plaintext"]
+GAVE_UP_REASONS: Final[tuple[GaveUpReason, ...]] = get_args(GaveUpReason)
+
+# The page's character encoding is not ASCII-compatible (a UTF-16 BOM; UTF-16,
+# ISO-2022-* or "replacement" from the Content-Type or a <meta>): byte patterns like
+# "<a" may be parts of other characters, so nothing is touched, nothing injected.
+GAVE_UP_CHARSET: Final[GaveUpReason] = "unsupported_charset"
+# One incomplete tag held between chunks grew past ``max_buffer`` (lol-html's
+# MemoryLimitExceededError).
+GAVE_UP_TAG_TOO_LONG: Final[GaveUpReason] = "tag_too_long"
+# "<![CDATA[" inside a MathML/SVG integration point after other start tags: whether
+# it opens a CDATA section depends on the DOM (lol-html's ParsingAmbiguityError).
+GAVE_UP_AMBIGUITY: Final[GaveUpReason] = "parsing_ambiguity"
+# A <plaintext> start tag in HTML content: the tokenizer never leaves the PLAINTEXT
+# state, so the rest is text and has no links. Spec-exact rather than a failure, but
+# the rest of the page is not examined, so it is reported like the others.
+GAVE_UP_PLAINTEXT: Final[GaveUpReason] = "plaintext"
 
 
 class LinkPolicy(Protocol):
@@ -81,7 +116,7 @@ _RAW: Final = 4  # RCDATA / RAWTEXT, waiting for the appropriate end tag
 _SCRIPT: Final = 5  # script data
 _SCRIPT_ESCAPED: Final = 6  # script data escaped ("<!--" seen)
 _SCRIPT_DOUBLE: Final = 7  # script data double escaped ("<!--" then "<script")
-_PASSTHROUGH: Final = 8  # PLAINTEXT, undecodable page, or lost sync: copy the rest
+_PASSTHROUGH: Final = 8  # copy the rest; entered only through _give_up()
 
 _FOREIGN_ROOTS: Final = (b"svg", b"math")
 _TEXT_ELEMENTS: Final = _tokens.RCDATA_ELEMENTS | _tokens.RAWTEXT_ELEMENTS
@@ -138,6 +173,9 @@ class HtmlRewriter:
         self.decorated = 0
         """Attributes edited plus GET forms given hidden inputs (for metrics)."""
         self.injected = False
+        self.gave_up: GaveUpReason | None = None
+        """None while the whole document is being rewritten; otherwise why the rest of it
+        was passed through unexamined (one of GAVE_UP_REASONS). Set at most once."""
         self._awaiting_injection = inject is not None
         # Escaped text appended to plain links, by the text (see _decorate_href).
         self._appended: dict[str, bytes] = {}
@@ -197,8 +235,13 @@ class HtmlRewriter:
         else:
             self._encoding = charset.prescan(head) or charset.DEFAULT_ENCODING
         if self._encoding == charset.PASSTHROUGH:
-            self._mode = _PASSTHROUGH
+            self._give_up(GAVE_UP_CHARSET)
         return True
+
+    def _give_up(self, reason: GaveUpReason) -> None:
+        """Stop rewriting: from here on, every byte is copied through unchanged."""
+        self._mode = _PASSTHROUGH
+        self.gave_up = reason
 
     def _run(self, *, final: bool) -> None:
         """Process as much of the buffer as can be decided; keep the rest."""
@@ -264,7 +307,7 @@ class HtmlRewriter:
             # this document rather than buffer without bound or guess.
             self._out.append(self._buf)
             self._buf = b""
-            self._mode = _PASSTHROUGH
+            self._give_up(GAVE_UP_TAG_TOO_LONG)
 
     def _scanner(self) -> re.Pattern[bytes]:
         if self._awaiting_injection:
@@ -394,7 +437,7 @@ class HtmlRewriter:
             if self._foreign[-1] in _FOREIGN_ROOTS or self._integration_point_fresh:
                 self._mode = _CDATA
             else:
-                self._mode = _PASSTHROUGH
+                self._give_up(GAVE_UP_AMBIGUITY)
             return pos + 9, []
         if not final and (
             (len(rest) < 4 and b"<!--".startswith(rest))
@@ -441,7 +484,7 @@ class HtmlRewriter:
         elif name == b"script":
             self._mode = _SCRIPT
         elif name == b"plaintext":
-            self._mode = _PASSTHROUGH
+            self._give_up(GAVE_UP_PLAINTEXT)
         elif name in _TEXT_ELEMENTS:
             self._mode = _RAW
             self._end_tag = name
