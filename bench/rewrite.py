@@ -23,7 +23,7 @@ from pathlib import Path
 import lxml.html
 from bs4 import BeautifulSoup
 
-from gateway.rewriter import HtmlRewriter
+from gateway.html import HtmlRewriter
 
 # The corpus vendored with the tests (tests/corpus/README.md); GATEWAY_CORPUS points at another.
 CORPUS = Path(

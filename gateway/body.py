@@ -23,8 +23,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from .codings import DecodeError, Decoder, Encoder, decoder_for, encoder_for
+from .html import HtmlRewriter
 from .identity import LinkDecorator
-from .rewriter import HtmlRewriter
 
 
 class DecodedTooLarge(DecodeError):

@@ -21,6 +21,7 @@ from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site, normalize_host
 from .headers import visitor_scheme
+from .html import HtmlRewriter
 from .identity import LinkDecorator, decorate_location, identity_cookies
 from .inbound import (
     IDENTITY_PARAMS,
@@ -48,7 +49,6 @@ from .outbound import (
     weaken_etag,
 )
 from .responses import plain_response
-from .rewriter import HtmlRewriter
 from .state import ProxyState
 from .store import StoreError
 from .strategies import TokenRecord, new_token, token_refusal

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.body import DecodedTooLarge, HtmlBody
 from gateway.codings import STEP, DecodeError
-from gateway.rewriter import HtmlRewriter
+from gateway.html import HtmlRewriter
 
 from .conftest import COMPRESS, DECOMPRESS, bomb
 

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from gateway.bootstrap import render_bootstrap
-from gateway.rewriter import HtmlRewriter
+from gateway.html import HtmlRewriter
 
 from .conftest import RunningGateway, StartGateway, StartUpstream, zstd
 

@@ -1,17 +1,28 @@
-"""Unit and property tests for the streaming HTML rewriter (gateway/rewriter.py)."""
+"""Unit and property tests for the streaming HTML rewriter (gateway/html/)."""
 
 from __future__ import annotations
 
+import ast
 import codecs
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway._html import decode_value
-from gateway.charset import prescan
-from gateway.rewriter import HtmlRewriter, LinkPolicy
+from gateway.html import (
+    GAVE_UP_AMBIGUITY,
+    GAVE_UP_CHARSET,
+    GAVE_UP_PLAINTEXT,
+    GAVE_UP_REASONS,
+    GAVE_UP_TAG_TOO_LONG,
+    HtmlRewriter,
+    LinkPolicy,
+)
+from gateway.html._tokens import decode_value
+from gateway.html.charset import prescan
 
 INJECT = b"<script>/*BOOT*/</script>"
 
@@ -47,14 +58,15 @@ class EverythingPolicy:
         return [("n", 'v&"')]
 
 
-def rewrite(
+def run(
     data: bytes,
     policy: LinkPolicy | None = None,
     *,
     chunks: Sequence[int] | None = None,
     **kwargs: object,
-) -> bytes:
-    """Run one document through a fresh rewriter, optionally split at ``chunks``."""
+) -> tuple[bytes, HtmlRewriter]:
+    """Run one document through a fresh rewriter, optionally split at ``chunks``; returns
+    the output and the closed rewriter."""
     rewriter = HtmlRewriter(AppendPolicy() if policy is None else policy, **kwargs)  # type: ignore[arg-type]
     out = []
     start = 0
@@ -63,7 +75,18 @@ def rewrite(
         start = cut
     out.append(rewriter.feed(data[start:]))
     out.append(rewriter.close())
-    return b"".join(out)
+    return b"".join(out), rewriter
+
+
+def rewrite(
+    data: bytes,
+    policy: LinkPolicy | None = None,
+    *,
+    chunks: Sequence[int] | None = None,
+    **kwargs: object,
+) -> bytes:
+    """Run one document through a fresh rewriter, optionally split at ``chunks``."""
+    return run(data, policy, chunks=chunks, **kwargs)[0]
 
 
 def links(data: bytes) -> bytes:
@@ -400,6 +423,7 @@ def test_utf16_passthrough(bom_codec: str) -> None:
     rewriter = HtmlRewriter(AppendPolicy(), inject=INJECT)
     assert rewriter.feed(page) + rewriter.close() == page
     assert not rewriter.injected
+    assert rewriter.gave_up == GAVE_UP_CHARSET
 
 
 @pytest.mark.parametrize("label", ["utf-16", "UTF-16LE", "iso-2022-jp"])
@@ -443,8 +467,9 @@ def test_output_is_prompt() -> None:
 def test_max_buffer_gives_up_on_huge_tag() -> None:
     big = b'<a title="' + b"x" * 5000 + b'>" href="http://e/">'
     page = b"<p>" + big + LINK
-    out = rewrite(page, chunks=range(0, len(page), 100), max_buffer=1000, charset="utf-8")
+    out, rewriter = run(page, chunks=range(0, len(page), 100), max_buffer=1000, charset="utf-8")
     assert out == page
+    assert rewriter.gave_up == GAVE_UP_TAG_TOO_LONG
 
 
 def test_huge_comment_and_script_stream_without_buffering() -> None:
@@ -460,6 +485,120 @@ def test_huge_comment_and_script_stream_without_buffering() -> None:
 
 def test_unterminated_tag_at_eof_passes_through() -> None:
     assert links(b'<p><a href="http://e/"') == b'<p><a href="http://e/"'
+
+
+# -- Giving up is never silent -------------------------------------------------------
+
+
+def every_split(document: bytes) -> list[list[int]]:
+    """Every split of ``document`` into two pieces, and byte by byte."""
+    return [[cut] for cut in range(len(document) + 1)] + [list(range(len(document)))]
+
+
+UTF16_PAGE = codecs.BOM_UTF16_LE + ("<head>" + LINK.decode()).encode("utf-16-le")
+GIVE_UPS = [
+    # (reason, document, rewriter arguments, expected output)
+    pytest.param(
+        GAVE_UP_PLAINTEXT,
+        LINK + b"<PlainText x=1>" + LINK + b"</plaintext>" + LINK,
+        {},
+        INJECT + DECORATED + b"<PlainText x=1>" + LINK + b"</plaintext>" + LINK,
+        id="plaintext",
+    ),
+    pytest.param(
+        GAVE_UP_AMBIGUITY,
+        b"<math><mi><b><![CDATA[" + LINK + b"]]></b></mi></math>" + LINK,
+        {},
+        INJECT + b"<math><mi><b><![CDATA[" + LINK + b"]]></b></mi></math>" + LINK,
+        id="cdata-in-integration-point",
+    ),
+    pytest.param(
+        GAVE_UP_AMBIGUITY,
+        b"<svg><foreignObject><p></p><![CDATA[" + LINK + b"]]></foreignObject></svg>" + LINK,
+        {},
+        INJECT
+        + b"<svg><foreignObject><p></p><![CDATA["
+        + LINK
+        + b"]]></foreignObject></svg>"
+        + LINK,
+        id="cdata-in-foreign-object",
+    ),
+    pytest.param(GAVE_UP_CHARSET, UTF16_PAGE, {}, UTF16_PAGE, id="utf-16-bom"),
+    pytest.param(
+        GAVE_UP_CHARSET,
+        b"<head>" + LINK,
+        {"charset": "UTF-16LE"},
+        b"<head>" + LINK,
+        id="content-type-utf-16",
+    ),
+    pytest.param(
+        GAVE_UP_CHARSET,
+        b'<meta charset="iso-2022-jp"><head>' + LINK,
+        {},
+        b'<meta charset="iso-2022-jp"><head>' + LINK,
+        id="meta-iso-2022-jp",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reason", "document", "arguments", "expected"), GIVE_UPS)
+def test_give_up_reason_over_every_chunk_split(
+    reason: str, document: bytes, arguments: dict[str, str], expected: bytes
+) -> None:
+    """What came before the give-up is rewritten, the rest passes through unchanged, and
+    the reason is recorded, however the document is split."""
+    assert reason in GAVE_UP_REASONS
+    for cuts in every_split(document):
+        out, rewriter = run(document, inject=INJECT, chunks=cuts, **arguments)
+        assert (out, rewriter.gave_up) == (expected, reason), cuts
+
+
+def test_give_up_reasons_are_the_four_constants() -> None:
+    constants = {GAVE_UP_CHARSET, GAVE_UP_TAG_TOO_LONG, GAVE_UP_AMBIGUITY, GAVE_UP_PLAINTEXT}
+    assert sorted(GAVE_UP_REASONS) == sorted(constants)
+
+
+def test_gave_up_is_set_by_the_feed_that_gives_up() -> None:
+    rewriter = HtmlRewriter(AppendPolicy(), charset="utf-8")
+    assert rewriter.feed(LINK + b"<plain") == DECORATED
+    assert rewriter.gave_up is None
+    assert rewriter.feed(b"text>" + LINK) == b"<plaintext>" + LINK
+    assert rewriter.gave_up == GAVE_UP_PLAINTEXT
+    assert rewriter.close() == b""
+    assert rewriter.gave_up == GAVE_UP_PLAINTEXT
+
+
+def test_memory_limit_over_every_chunk_split() -> None:
+    """The one chunk-dependent give-up: it happens exactly when a tag cut by a chunk
+    boundary has more than max_buffer bytes before the cut."""
+    big = b'<a title="' + b"x>" * 100 + b'" href="http://e/">'
+    document = LINK + big + LINK
+    start, end = len(LINK), len(LINK) + len(big)
+    rewritten = DECORATED + big.replace(b'e/"', b'e/?ajs_aid=X"') + DECORATED
+    for cuts in every_split(document):
+        out, rewriter = run(document, chunks=cuts, charset="utf-8", max_buffer=100)
+        held = max((cut - start for cut in cuts if start < cut < end), default=0)
+        if held > 100:
+            assert (out, rewriter.gave_up) == (DECORATED + big + LINK, GAVE_UP_TAG_TOO_LONG)
+        else:
+            assert (out, rewriter.gave_up) == (rewritten, None), cuts
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        b"<svg><![CDATA[" + LINK + b"]]></svg>",  # a CDATA section in svg: not ambiguous
+        b"<math><mi><![CDATA[" + LINK + b"]]></mi></math>",  # first thing in <mi>: CDATA
+        b"<![CDATA[" + LINK,  # in HTML content: a bogus comment
+        b"<svg><plaintext>" + LINK + b"</plaintext></svg>",  # a foreign element
+        b"<script>'<plaintext>'</script><!-- <plaintext> -->",
+        b'<a title="<plaintext>">',
+        b"<title>" + LINK + b"</title><textarea>",  # an unclosed text element is text
+    ],
+)
+def test_no_give_up(source: bytes) -> None:
+    for cuts in every_split(source):
+        assert run(source, charset="utf-8", chunks=cuts)[1].gave_up is None
 
 
 def test_feed_after_close_is_an_error() -> None:
@@ -502,8 +641,10 @@ DOCUMENTS = [
 def test_chunking_never_changes_output(data: st.DataObject) -> None:
     for document, charset in DOCUMENTS:
         cuts = data.draw(st.lists(st.integers(0, len(document)), max_size=12))
-        whole = rewrite(document, inject=INJECT, charset=charset)
-        assert rewrite(document, inject=INJECT, charset=charset, chunks=cuts) == whole
+        whole, rewriter = run(document, inject=INJECT, charset=charset)
+        split, split_rewriter = run(document, inject=INJECT, charset=charset, chunks=cuts)
+        assert split == whole
+        assert split_rewriter.gave_up == rewriter.gave_up is None
 
 
 def test_byte_by_byte_equals_whole() -> None:
@@ -611,8 +752,9 @@ SNOWMAN = "\u2603".encode()
 def test_edits_are_chunk_independent_and_removable(document: bytes, cuts: list[int]) -> None:
     assume(SNOWMAN not in document)
     cuts = [cut for cut in cuts if cut <= len(document)]
-    whole = rewrite(document, SnowmanPolicy(), charset="utf-8")
-    assert rewrite(document, SnowmanPolicy(), charset="utf-8", chunks=cuts) == whole
+    whole, rewriter = run(document, SnowmanPolicy(), charset="utf-8")
+    split, split_rewriter = run(document, SnowmanPolicy(), charset="utf-8", chunks=cuts)
+    assert (split, split_rewriter.gave_up) == (whole, rewriter.gave_up)
     assert whole.replace(SNOWMAN, b"") == document
 
 
@@ -621,9 +763,11 @@ def test_edits_are_chunk_independent_and_removable(document: bytes, cuts: list[i
 def test_aggressive_policy_never_raises(document: bytes, cuts: list[int]) -> None:
     cuts = [cut for cut in cuts if cut <= len(document)]
     for charset in ("utf-8", "shift_jis"):
-        whole = rewrite(document, EverythingPolicy(), inject=INJECT, charset=charset)
-        split = rewrite(document, EverythingPolicy(), inject=INJECT, charset=charset, chunks=cuts)
-        assert split == whole
+        whole, rewriter = run(document, EverythingPolicy(), inject=INJECT, charset=charset)
+        split, split_rewriter = run(
+            document, EverythingPolicy(), inject=INJECT, charset=charset, chunks=cuts
+        )
+        assert (split, split_rewriter.gave_up) == (whole, rewriter.gave_up)
 
 
 # -- Character references and foreign content details --------------------------------
@@ -719,3 +863,28 @@ def test_long_document_streams_in_constant_memory() -> None:
         assert len(rewriter.pending_input) <= 64
     total_out += len(rewriter.close())
     assert total_out == total_in + rewriter.decorated * len("?ajs_aid=X")
+
+
+# -- The package is a library ---------------------------------------------------------
+
+HTML_PACKAGE = Path(__file__).resolve().parent.parent / "gateway" / "html"
+
+
+@pytest.mark.parametrize("module", sorted(HTML_PACKAGE.glob("*.py")), ids=lambda path: path.name)
+def test_html_package_imports_only_itself_and_the_stdlib(module: Path) -> None:
+    """gateway/html is a self-contained library: what it needs from the gateway comes in as
+    a parameter or a LinkPolicy, never as an import (nor asyncio or any third-party package)."""
+    outside = []
+    for node in ast.walk(ast.parse(module.read_text(), str(module))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level != 1:
+            # "from . import x" stays in the package; "from .. import x" leaves it.
+            names = ["." * node.level + (node.module or "")]
+        else:
+            continue
+        for name in names:
+            top = name.partition(".")[0]
+            if top == "asyncio" or top not in sys.stdlib_module_names:
+                outside.append(f"{module.name}:{node.lineno}: {name}")
+    assert outside == []

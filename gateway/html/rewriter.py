@@ -3,7 +3,7 @@
 ``HtmlRewriter.feed(bytes) -> bytes`` and ``close() -> bytes``; no I/O, no DOM.
 
 How it works (the lol-html idea, in Python): a cheap scanner (one compiled regex,
-``_html.SKIP_HTML``) skips text, comments and every tag we do not care about in a
+``_tokens.SKIP_HTML``) skips text, comments and every tag we do not care about in a
 single C-level call, and stops only at ``<`` followed by a tag name we must act on:
 the links we edit (a, area, form, base), <head> for the injection, and the elements
 whose start tag switches the WHATWG tokenizer into another text state (script,
@@ -17,16 +17,22 @@ Guarantees:
 
 * Every byte outside an edited attribute value (and the inserted snippet / hidden
   inputs) is passed through unchanged.
-* Output is independent of how the input is split into chunks.
+* Output is independent of how the input is split into chunks, unless an
+  incomplete tag held between chunks outgrows ``max_buffer`` (below).
 * Only an incomplete tag is held back between chunks (text states hold back at most
-  a few bytes, the encoding sniffer at most 1024 at the start). A tag longer than
-  ``max_buffer`` is flushed unchanged and the rest of the document is passed
-  through: we have lost track of where the tag ends, and guessing could corrupt it.
+  a few bytes, the encoding sniffer at most 1024 at the start). A tag still
+  incomplete after more than ``max_buffer`` bytes is flushed unchanged and the rest
+  of the document is passed through: we have lost track of where the tag ends, and
+  guessing could corrupt it.
 * Ambiguous input is passed through, never guessed at: a tag still open at the end
   of the document, an unquoted value containing quotes, "<", "=" or "`", a value
   that does not decode in the page's encoding, an edit that would not decode back
   to exactly what the policy asked for; "<![CDATA[" inside an integration point
   once HTML elements may be open there (the rest of the document passes through).
+* Giving up is never silent: whenever the rest of the document is passed through
+  unexamined, ``gave_up`` says why, as one of ``GAVE_UP_REASONS`` (lol-html raises
+  MemoryLimitExceededError or ParsingAmbiguityError in the same places; we still
+  serve the page, so the reason is recorded, not raised).
 
 Edits keep the raw bytes of the unchanged prefix and suffix of a value: the decoded
 old and new values are compared, the common prefix/suffix mapped back to raw
@@ -51,11 +57,40 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol, get_args
 
-from gateway import _html, charset
+from . import _tokens, charset
 
-__all__ = ["HtmlRewriter", "LinkPolicy"]
+__all__ = [
+    "GAVE_UP_AMBIGUITY",
+    "GAVE_UP_CHARSET",
+    "GAVE_UP_PLAINTEXT",
+    "GAVE_UP_REASONS",
+    "GAVE_UP_TAG_TOO_LONG",
+    "GaveUpReason",
+    "HtmlRewriter",
+    "LinkPolicy",
+]
+
+# Why the rewriter stopped and passed the rest of a document through (``gave_up``).
+# They end up as metric labels and log fields: short, stable and few.
+GaveUpReason = Literal["unsupported_charset", "tag_too_long", "parsing_ambiguity", "plaintext"]
+GAVE_UP_REASONS: Final[tuple[GaveUpReason, ...]] = get_args(GaveUpReason)
+
+# The page's character encoding is not ASCII-compatible (a UTF-16 BOM; UTF-16,
+# ISO-2022-* or "replacement" from the Content-Type or a <meta>): byte patterns like
+# "<a" may be parts of other characters, so nothing is touched, nothing injected.
+GAVE_UP_CHARSET: Final[GaveUpReason] = "unsupported_charset"
+# One incomplete tag held between chunks grew past ``max_buffer`` (lol-html's
+# MemoryLimitExceededError).
+GAVE_UP_TAG_TOO_LONG: Final[GaveUpReason] = "tag_too_long"
+# "<![CDATA[" inside a MathML/SVG integration point after other start tags: whether
+# it opens a CDATA section depends on the DOM (lol-html's ParsingAmbiguityError).
+GAVE_UP_AMBIGUITY: Final[GaveUpReason] = "parsing_ambiguity"
+# A <plaintext> start tag in HTML content: the tokenizer never leaves the PLAINTEXT
+# state, so the rest is text and has no links. Spec-exact rather than a failure, but
+# the rest of the page is not examined, so it is reported like the others.
+GAVE_UP_PLAINTEXT: Final[GaveUpReason] = "plaintext"
 
 
 class LinkPolicy(Protocol):
@@ -81,10 +116,10 @@ _RAW: Final = 4  # RCDATA / RAWTEXT, waiting for the appropriate end tag
 _SCRIPT: Final = 5  # script data
 _SCRIPT_ESCAPED: Final = 6  # script data escaped ("<!--" seen)
 _SCRIPT_DOUBLE: Final = 7  # script data double escaped ("<!--" then "<script")
-_PASSTHROUGH: Final = 8  # PLAINTEXT, undecodable page, or lost sync: copy the rest
+_PASSTHROUGH: Final = 8  # copy the rest; entered only through _give_up()
 
 _FOREIGN_ROOTS: Final = (b"svg", b"math")
-_TEXT_ELEMENTS: Final = _html.RCDATA_ELEMENTS | _html.RAWTEXT_ELEMENTS
+_TEXT_ELEMENTS: Final = _tokens.RCDATA_ELEMENTS | _tokens.RAWTEXT_ELEMENTS
 _FONT_BREAKOUT_ATTRIBUTES: Final = (b"color", b"face", b"size")
 _HTML_ANNOTATION_ENCODINGS: Final = ("text/html", "application/xhtml+xml")
 _HOLD_CDATA: Final = 2
@@ -138,6 +173,9 @@ class HtmlRewriter:
         self.decorated = 0
         """Attributes edited plus GET forms given hidden inputs (for metrics)."""
         self.injected = False
+        self.gave_up: GaveUpReason | None = None
+        """None while the whole document is being rewritten; otherwise why the rest of it
+        was passed through unexamined (one of GAVE_UP_REASONS). Set at most once."""
         self._awaiting_injection = inject is not None
         # Escaped text appended to plain links, by the text (see _decorate_href).
         self._appended: dict[str, bytes] = {}
@@ -197,8 +235,13 @@ class HtmlRewriter:
         else:
             self._encoding = charset.prescan(head) or charset.DEFAULT_ENCODING
         if self._encoding == charset.PASSTHROUGH:
-            self._mode = _PASSTHROUGH
+            self._give_up(GAVE_UP_CHARSET)
         return True
+
+    def _give_up(self, reason: GaveUpReason) -> None:
+        """Stop rewriting: from here on, every byte is copied through unchanged."""
+        self._mode = _PASSTHROUGH
+        self.gave_up = reason
 
     def _run(self, *, final: bool) -> None:
         """Process as much of the buffer as can be decided; keep the rest."""
@@ -264,14 +307,14 @@ class HtmlRewriter:
             # this document rather than buffer without bound or guess.
             self._out.append(self._buf)
             self._buf = b""
-            self._mode = _PASSTHROUGH
+            self._give_up(GAVE_UP_TAG_TOO_LONG)
 
     def _scanner(self) -> re.Pattern[bytes]:
         if self._awaiting_injection:
-            return _html.SKIP_BEFORE_HEAD
+            return _tokens.SKIP_BEFORE_HEAD
         if not self._foreign:
-            return _html.SKIP_HTML
-        return _html.SKIP_FOREIGN
+            return _tokens.SKIP_HTML
+        return _tokens.SKIP_FOREIGN
 
     # -- Text states --------------------------------------------------------------
 
@@ -280,9 +323,9 @@ class HtmlRewriter:
         the mode unchanged, when more data is needed)."""
         size = len(buf)
         mode = self._mode
-        hold = _html.TEXT_STATE_HOLDBACK
+        hold = _tokens.TEXT_STATE_HOLDBACK
         if mode == _COMMENT:
-            found = _html.COMMENT_END.search(buf, pos)
+            found = _tokens.COMMENT_END.search(buf, pos)
             if found is not None:
                 self._mode = _DATA
                 return found.end()
@@ -294,18 +337,18 @@ class HtmlRewriter:
                 return close + 1
             hold = 0
         elif mode == _CDATA:
-            found = _html.CDATA_END.search(buf, pos)
+            found = _tokens.CDATA_END.search(buf, pos)
             if found is not None:
                 self._mode = _DATA
                 return found.end()
             hold = _HOLD_CDATA
         elif mode == _RAW:
-            found_at = _html.find_end_tag(buf, pos, self._end_tag)
+            found_at = _tokens.find_end_tag(buf, pos, self._end_tag)
             if found_at >= 0:
                 self._mode = _DATA
                 return found_at
         elif mode == _SCRIPT:
-            found_at = _html.find_script_data_end(buf, pos)
+            found_at = _tokens.find_script_data_end(buf, pos)
             if found_at >= 0:
                 if buf[found_at + 1] == 0x21:  # "<!--"
                     self._mode = _SCRIPT_ESCAPED
@@ -314,7 +357,7 @@ class HtmlRewriter:
                 self._mode = _DATA
                 return found_at
         elif mode == _SCRIPT_ESCAPED:
-            found = _html.SCRIPT_ESCAPED.search(buf, pos)
+            found = _tokens.SCRIPT_ESCAPED.search(buf, pos)
             if found is not None:
                 if found.group("slash") is None:
                     self._mode = _SCRIPT
@@ -325,7 +368,7 @@ class HtmlRewriter:
                 self._mode = _SCRIPT_DOUBLE
                 return found.end()
         else:  # _SCRIPT_DOUBLE
-            found = _html.SCRIPT_DOUBLE_ESCAPED.search(buf, pos)
+            found = _tokens.SCRIPT_DOUBLE_ESCAPED.search(buf, pos)
             if found is not None:
                 self._mode = _SCRIPT if found.group(0) == b"-->" else _SCRIPT_ESCAPED
                 return found.end()
@@ -360,7 +403,7 @@ class HtmlRewriter:
             if not _is_alpha(buf[pos + 2]):
                 self._mode = _BOGUS
                 return pos + 2, edits
-            tag = _html.END_TAG.match(buf, pos)
+            tag = _tokens.END_TAG.match(buf, pos)
             if tag is None:
                 return None
             self._end_tag_token(tag.group("name").lower())
@@ -369,7 +412,7 @@ class HtmlRewriter:
             # "<" that is text (only reached before <head>, the scanner skips it after).
             self._add_injection(edits, pos)
             return pos + 1, edits
-        tag = _html.START_TAG.match(buf, pos)
+        tag = _tokens.START_TAG.match(buf, pos)
         if tag is None:
             return None
         return tag.end(), self._start_tag(buf, tag)
@@ -394,7 +437,7 @@ class HtmlRewriter:
             if self._foreign[-1] in _FOREIGN_ROOTS or self._integration_point_fresh:
                 self._mode = _CDATA
             else:
-                self._mode = _PASSTHROUGH
+                self._give_up(GAVE_UP_AMBIGUITY)
             return pos + 9, []
         if not final and (
             (len(rest) < 4 and b"<!--".startswith(rest))
@@ -432,7 +475,7 @@ class HtmlRewriter:
         if name in _FOREIGN_ROOTS:
             if not _self_closing(buf, tag):
                 self._foreign.append(name)
-        elif name in _html.LINK_TAGS:
+        elif name in _tokens.LINK_TAGS:
             self._decorate_first_href(buf, tag, edits)
         elif name == b"form":
             self._form(buf, tag, edits)
@@ -441,7 +484,7 @@ class HtmlRewriter:
         elif name == b"script":
             self._mode = _SCRIPT
         elif name == b"plaintext":
-            self._mode = _PASSTHROUGH
+            self._give_up(GAVE_UP_PLAINTEXT)
         elif name in _TEXT_ELEMENTS:
             self._mode = _RAW
             self._end_tag = name
@@ -449,7 +492,7 @@ class HtmlRewriter:
 
     def _breaks_out(self, buf: bytes, tag: re.Match[bytes], name: bytes) -> bool:
         """ "In foreign content": these start tags pop back to HTML content."""
-        if name in _html.BREAKOUT_TAGS:
+        if name in _tokens.BREAKOUT_TAGS:
             return True
         if name == b"font":
             attributes = _attributes(buf, tag)
@@ -470,12 +513,12 @@ class HtmlRewriter:
             self._foreign.append(name)
             return
         if root == b"svg":
-            integration_point = name in _html.SVG_INTEGRATION_POINTS
+            integration_point = name in _tokens.SVG_INTEGRATION_POINTS
         elif name == b"annotation-xml":
             encoding = self._value(buf, _attributes(buf, tag).get(b"encoding"))
             integration_point = (encoding or "").lower() in _HTML_ANNOTATION_ENCODINGS
         else:
-            integration_point = name in _html.MATHML_INTEGRATION_POINTS
+            integration_point = name in _tokens.MATHML_INTEGRATION_POINTS
         if integration_point:
             self._foreign.append(name)
             self._integration_point_fresh = True
@@ -500,7 +543,7 @@ class HtmlRewriter:
     ) -> None:
         if self._policy is None:
             return
-        found = _html.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
+        found = _tokens.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
         if found is not None:
             edit = self._decorate_href(buf, found)
             if edit is not None:
@@ -533,7 +576,7 @@ class HtmlRewriter:
             if appended is None:
                 assert self._encoding is not None
                 try:
-                    appended = _html.escape_value(addition, b'"', self._encoding)
+                    appended = _tokens.escape_value(addition, b'"', self._encoding)
                 except UnicodeEncodeError:
                     return None
                 if len(self._appended) < _APPENDED_MEMO_LIMIT:
@@ -574,9 +617,9 @@ class HtmlRewriter:
         try:
             inputs = b"".join(
                 b'<input type="hidden" name="'
-                + _html.escape_value(name, b'"', self._encoding)
+                + _tokens.escape_value(name, b'"', self._encoding)
                 + b'" value="'
-                + _html.escape_value(value, b'"', self._encoding)
+                + _tokens.escape_value(value, b'"', self._encoding)
                 + b'">'
                 for name, value in fields
             )
@@ -600,7 +643,7 @@ class HtmlRewriter:
             return None
         assert self._encoding is not None
         try:
-            return _html.decode_value(buf[attribute.start : attribute.end], self._encoding)
+            return _tokens.decode_value(buf[attribute.start : attribute.end], self._encoding)
         except UnicodeDecodeError:
             return None
 
@@ -626,7 +669,7 @@ class HtmlRewriter:
         assert self._encoding is not None
         raw = buf[attribute.start : attribute.end]
         quote = attribute.quote
-        if quote == b"" and _html.UNQUOTED_UNSAFE.search(raw):
+        if quote == b"" and _tokens.UNQUOTED_UNSAFE.search(raw):
             return None  # ambiguous markup: refuse to guess
         try:
             replacement = _rewrite_value(raw, old, new, quote, self._encoding)
@@ -653,7 +696,7 @@ def _attributes(buf: bytes, tag: re.Match[bytes]) -> dict[bytes, _Attribute]:
     """Attributes by lower-cased name; the first of duplicates wins (WHATWG drops
     later ones, "duplicate-attribute")."""
     found: dict[bytes, _Attribute] = {}
-    for part in _html.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
+    for part in _tokens.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
         name = part.group("name").lower()
         if name not in found:
             found[name] = _attribute(part)
@@ -710,24 +753,24 @@ def _rewrite_value(
         # appended text could extend or terminate it.
         last_ampersand = raw.rfind(b"&")
         if last_ampersand < 0 or b";" in raw[last_ampersand:]:
-            appended = raw + _html.escape_value(new[len(old) :], quote, encoding)
-            if quote or not _html.UNQUOTED_UNSAFE.search(appended):
+            appended = raw + _tokens.escape_value(new[len(old) :], quote, encoding)
+            if quote or not _tokens.UNQUOTED_UNSAFE.search(appended):
                 return appended
     if raw and quote is not None:
         spliced = _splice(raw, old, new, quote, encoding)
-        if spliced is not None and (quote or not _html.UNQUOTED_UNSAFE.search(spliced)):
+        if spliced is not None and (quote or not _tokens.UNQUOTED_UNSAFE.search(spliced)):
             return spliced
     if quote:
-        whole = _html.escape_value(new, quote, encoding)
+        whole = _tokens.escape_value(new, quote, encoding)
         wrapped = whole
     else:
         # Unquoted or missing: stay unquoted if we can, else use double quotes.
-        whole = _html.escape_value(new, b"", encoding)
+        whole = _tokens.escape_value(new, b"", encoding)
         wrapped = whole
-        if not whole or _html.UNQUOTED_UNSAFE.search(whole):
-            whole = _html.escape_value(new, b'"', encoding)
+        if not whole or _tokens.UNQUOTED_UNSAFE.search(whole):
+            whole = _tokens.escape_value(new, b'"', encoding)
             wrapped = b'"' + whole + b'"'
-    if _html.decode_value(whole, encoding) != new:
+    if _tokens.decode_value(whole, encoding) != new:
         return None
     return wrapped if quote is not None else b"=" + wrapped
 
@@ -735,7 +778,7 @@ def _rewrite_value(
 def _splice(raw: bytes, old: str, new: str, quote: bytes, encoding: str) -> bytes | None:
     """``raw`` with only the changed middle re-encoded, or None if that does not
     decode back to ``new``."""
-    pieces = _html.split_value(raw, encoding)
+    pieces = _tokens.split_value(raw, encoding)
     prefix = 0
     limit = min(len(old), len(new))
     while prefix < limit and old[prefix] == new[prefix]:
@@ -772,7 +815,7 @@ def _splice(raw: bytes, old: str, new: str, quote: bytes, encoding: str) -> byte
         return None
     tail_text = len(old) - text_pos
     middle = new[keep_text : len(new) - tail_text]
-    spliced = raw[:keep_raw] + _html.escape_value(middle, quote, encoding) + raw[raw_pos:]
-    if _html.decode_value(spliced, encoding) != new:
+    spliced = raw[:keep_raw] + _tokens.escape_value(middle, quote, encoding) + raw[raw_pos:]
+    if _tokens.decode_value(spliced, encoding) != new:
         return None
     return spliced
