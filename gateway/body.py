@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from .codings import DecodeError, Decoder, Encoder, decoder_for, encoder_for
-from .html import HtmlRewriter
+from .html import GaveUpReason, HtmlRewriter
 from .identity import LinkDecorator
 
 
@@ -68,8 +68,10 @@ class HtmlBody:
         return self._policy.targets_hit
 
     @property
-    def decorated(self) -> int:
-        return self._rewriter.decorated if self._rewriter is not None else 0
+    def gave_up(self) -> GaveUpReason | None:
+        """Why the rewriter passed the rest of the page through unexamined (None: it did not,
+        or it failed, which ``failed`` says)."""
+        return None if self._rewriter is None else self._rewriter.gave_up
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
         """The client bytes for one upstream chunk: one item per decoded step (possibly

@@ -419,6 +419,10 @@ class IdentityFlow:
         if body.failed:
             # Logged once already, as rewrite_failed.
             metrics.html_skipped.labels(site.host, "rewrite_failed").inc()
+        elif body.gave_up is not None:
+            # The rewriter stopped part-way (lol-html's memory-limit and ambiguity bail-outs):
+            # the rest of the page went out unexamined. Counted and logged once per response.
+            self.html_skipped(site, body.gave_up, body.coding)
         else:
             metrics.html_rewritten.labels(site.host).inc()
         metrics.rewrite_seconds.observe(body.rewrite_seconds)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .html import GaveUpReason
+
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 )
@@ -43,7 +45,7 @@ _REWRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 # Why an HTML page the gateway would have rewritten went out without it (a bounded label set):
 # a content coding it cannot decode, a compressed body decoding beyond proxy.max_decoded_html,
 # a body corrupt in its coding, or a rewriter failure (the rest of the page sent unchanged).
-HtmlSkip = Literal["unknown_coding", "too_large", "decode_error", "rewrite_failed"]
+HtmlSkip = Literal["unknown_coding", "too_large", "decode_error", "rewrite_failed"] | GaveUpReason
 
 
 def method_label(method: str) -> str:
@@ -143,8 +145,10 @@ class Metrics:
             ),
             html_skipped=counter(
                 "gateway_html_skipped",
-                "HTML responses not rewritten, by site and reason (unknown_coding, too_large, "
-                "decode_error, rewrite_failed).",
+                "HTML responses not rewritten, or not to their end, by site and reason "
+                "(unknown_coding, too_large, decode_error, rewrite_failed; and where the rewriter "
+                "gave up part-way: unsupported_charset, tag_too_long, parsing_ambiguity, "
+                "plaintext).",
                 ("site", "reason"),
             ),
             rewrite_seconds=Histogram(

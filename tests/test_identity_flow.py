@@ -1073,6 +1073,33 @@ async def test_unknown_coding_passes_through_untouched(launch: Launch, coding: s
     assert sample(found, "gateway_html_skipped_total", site=WWW, reason="unknown_coding") == 1
 
 
+@pytest.mark.parametrize(
+    ("page", "reason"),
+    [
+        (
+            b"<html><head></head><body><plaintext><a href='https://checkout.example-pay.com/'>",
+            "plaintext",
+        ),
+        (b"<html><head></head><body><a href=/x>x</a>", "unsupported_charset"),
+    ],
+)
+async def test_rewriter_give_ups_are_counted_and_logged_with_their_reason(
+    launch: Launch, page: bytes, reason: str
+) -> None:
+    """A page the rewriter stops examining part-way is not a silent success."""
+    origin = Origin()
+    utf16 = reason == "unsupported_charset"
+    origin.page("/", page, content_type="text/html; charset=utf-16" if utf16 else HTML)
+    gw = await launch(origin)
+    reply = await fetch(gw, "/", headers=[("Cookie", "ajs_anonymous_id=abc")])
+    assert reply.status == 200
+    found = await metrics(gw)
+    assert sample(found, "gateway_html_skipped_total", site=WWW, reason=reason) == 1
+    assert sample(found, "gateway_html_rewritten_total", site=WWW) == 0
+    [event] = [line for line in gw.log if line["event"] == "html_skipped"]
+    assert event["reason"] == reason and event["site"] == WWW
+
+
 CHROMIUM_CODINGS = "gzip, deflate, br, zstd, dcb, dcz"
 
 
