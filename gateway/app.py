@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
@@ -63,10 +64,19 @@ def log_line(event: str, **fields: Any) -> None:
 class Gateway:
     """One serving process: the proxy listener, the admin listener and their shared state."""
 
-    def __init__(self, config: Config, config_path: str, overrides: Overrides) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str,
+        overrides: Overrides,
+        *,
+        reports_reloads: bool = True,
+    ) -> None:
+        """``reports_reloads``: this process records config reloads in the metrics (with
+        ``--workers N`` only worker 0 does, so that one reload counts once)."""
         self.config_path = config_path
         self.overrides = overrides
-        self.metrics = Metrics.create()
+        self.metrics = Metrics.create(reports_reloads=reports_reloads)
         self.state = ProxyState(
             config=config,
             session=make_session(config),
@@ -83,6 +93,9 @@ class Gateway:
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.bound_admin_port: int | None = None
+        now = time.time()
+        self.metrics.config_loaded(now)
+        self.metrics.store_circuit(self.state.store.name, False)
 
     async def store_health(self) -> dict[str, Any]:
         health = await self.state.store.health()
@@ -133,7 +146,7 @@ class Gateway:
                 load_config(self.config_path, workers=self.overrides.workers)
             )
         except ConfigError as exc:
-            self.metrics.reloads.labels("invalid").inc()
+            self.metrics.config_reloaded(False, time.time())
             log_line("reload_failed", problems=[str(p) for p in exc.problems])
             return False
         old = self.state.config
@@ -147,6 +160,7 @@ class Gateway:
             self.state.store = open_store(
                 new.store.url, timeout_ms=new.store.timeout_ms, key_prefix=new.store.key_prefix
             )
+            self.metrics.store_circuit(self.state.store.name, False)
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(old_store.close())
             )
@@ -165,7 +179,8 @@ class Gateway:
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
         self.state.reconfigure(new)
-        self.metrics.reloads.labels("ok").inc()
+        now = time.time()
+        self.metrics.config_reloaded(True, now)
         log_line("reloaded", summary=new.summary())
         return True
 
@@ -202,8 +217,14 @@ def _bound_port(runner: web.BaseRunner) -> int | None:
     return None
 
 
-async def serve(config: Config, config_path: str, overrides: Overrides, reuse_port: bool) -> int:
-    gateway = Gateway(config, config_path, overrides)
+async def serve(
+    config: Config,
+    config_path: str,
+    overrides: Overrides,
+    reuse_port: bool,
+    worker_index: int | None = None,
+) -> int:
+    gateway = Gateway(config, config_path, overrides, reports_reloads=not worker_index)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
     loop.add_signal_handler(signal.SIGINT, gateway.request_stop)
@@ -216,8 +237,14 @@ async def serve(config: Config, config_path: str, overrides: Overrides, reuse_po
     return 0
 
 
-def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False) -> int:
-    """Serve in this process (one worker) on uvloop when it is installed."""
+def run_process(
+    config_path: str,
+    overrides: Overrides,
+    reuse_port: bool = False,
+    worker_index: int | None = None,
+) -> int:
+    """Serve in this process (one worker) on uvloop when it is installed; ``worker_index``:
+    its place among a supervisor's workers (None: there is no supervisor)."""
     try:
         config = overrides.apply(load_config(config_path, workers=overrides.workers))
     except ConfigError as exc:
@@ -230,7 +257,7 @@ def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config, config_path, overrides, reuse_port))
+        return runner.run(serve(config, config_path, overrides, reuse_port, worker_index))
 
 
 def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequence[str]) -> int:
@@ -244,9 +271,14 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     # Each worker is told how many there are (--reuse-port keeps it from supervising in
-    # turn), so that its reloads are checked for what is safe with N processes.
+    # turn), so that its reloads are checked for what is safe with N processes, and its index:
+    # worker 0, and its replacements, record the config reloads that all of them perform.
     cmd = [sys.executable, "-m", "gateway", *argv, "--workers", str(workers), "--reuse-port"]
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*cmd, "--worker-index", str(index)], env=env)
+
+    procs = [spawn(i) for i in range(workers)]
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -268,8 +300,11 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
                 for i, proc in enumerate(procs):
                     if proc.poll() is not None:
                         log_line("worker_restarted", pid=proc.pid, exit_code=proc.returncode)
+                        # Its live gauges (in-flight requests, reload success, circuit state)
+                        # no longer describe anything.
+                        mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
                         time.sleep(0.5)
-                        procs[i] = subprocess.Popen(cmd, env=env)
+                        procs[i] = spawn(i)
             time.sleep(0.2)
     finally:
         for path in os.listdir(metrics_dir):

@@ -133,7 +133,7 @@ class IdentityFlow:
             ),
         )
         if arrival.source != "none":
-            state.metrics.id_source.labels(arrival.source).inc()
+            state.metrics.id_source.labels(site.host, arrival.source).inc()
         return arrival
 
     async def fresh_link(self, request: web.BaseRequest, site: Site, target: str) -> web.Response:

@@ -413,7 +413,7 @@ class ProxyHandler:
     ) -> None:
         duration = time.monotonic() - start
         label = site.host if site else "-"
-        self.state.metrics.count_request(label, request.method, outcome.status)
+        self.state.metrics.count_request(label, request.method, outcome.status, duration)
         # Written by hand rather than json.dumps(dict): this runs on every request and the
         # generic encoder costs as much as the rest of the bookkeeping together. Strings a
         # visitor controls go through the JSON string encoder; never the query string or

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import gzip
+import importlib.metadata
 import json
+import platform
 import re
 import time
 import zlib
@@ -450,8 +452,8 @@ async def test_invalid_ids_are_cleaned_up_but_never_stored(launch: Launch, raw: 
     assert reply.headers["Location"] == "/p?x=1&y=2"
     assert reply.cookies() == []
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="rejected") == 1
-    assert sample(found, "gateway_identity_source_total", source="url") == 0
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="rejected") == 1
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="url") == 0
     assert origin.seen == []
 
 
@@ -472,7 +474,7 @@ async def test_valid_ids_are_stored(launch: Launch, aid: str) -> None:
     assert cookie is not None
     cookie.check(aid)
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="url") == 1
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="url") == 1
 
 
 @pytest.mark.parametrize(
@@ -546,7 +548,7 @@ async def test_existing_cookie_is_read_in_every_form(
     assert cookie is not None
     cookie.check("abc")  # the refresh rewrites it in the plain form
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="cookie") == 1
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="cookie") == 1
 
 
 async def test_url_id_replaces_the_cookie_by_default(launch: Launch) -> None:
@@ -678,7 +680,7 @@ async def test_no_minting_when_disabled(launch: Launch) -> None:
     assert reply.headers["ETag"] == '"abc"'
     assert "Cache-Control" not in reply.headers
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="minted") == 0
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="minted") == 0
 
 
 # --- Requests that may lack the visitor's cookies --------------------------------------------
@@ -709,7 +711,7 @@ async def test_no_id_is_minted_where_cookies_may_be_withheld(
     assert b'"a":null,"u":null' in reply.body
     assert reply.headers["Cache-Control"] == "private"
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="minted") == 0
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="minted") == 0
 
 
 @pytest.mark.parametrize(("method", "minted"), [("GET", True), ("HEAD", True), ("HEAD", False)])
@@ -1638,24 +1640,30 @@ async def test_large_html_is_rewritten_while_streaming(launch: Launch) -> None:
 # --- Metrics and logs ------------------------------------------------------------------------
 
 
+# What a browser sends with a page navigation (Chromium's Accept for documents).
+NAVIGATION = ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+
+
 async def test_metrics_after_a_visit(launch: Launch) -> None:
     origin = Origin()
     origin.page("/", SIMPLE)
     origin.page("/two", SIMPLE.replace(b"</body>", link(f"https://{PAY}/b") + b"</a></body>"))
     gw = await launch(origin, extra=[ANALYTICS])
     cookie = [("Cookie", "ajs_anonymous_id=abc")]
+    from_pay = [NAVIGATION, ("Referer", f"https://{PAY}/cart")]
     await fetch(gw, "/?ajs_aid=from-url")  # url (302)
     await fetch(gw, "/?ajs_aid=%3Cbad%3E")  # rejected (302)
     await fetch(gw, "/")  # minted, rewritten
     await fetch(gw, "/", headers=cookie)  # cookie, rewritten, 1 link
     await fetch(gw, "/two", headers=cookie)  # cookie, rewritten, 2 links
-    await fetch(gw, "/", headers=[("Referer", f"https://{PAY}/cart")])  # unidentified: no id
-    await fetch(gw, "/", headers=[*cookie, ("Referer", f"https://{WWW}/elsewhere")])
-    await fetch(gw, "/", headers=[*cookie, ("Referer", "https://other.example.net/")])
-    await fetch(gw, "/?ajs_aid=abc", headers=[("Referer", f"https://{PAY}/cart")])
+    await fetch(gw, "/", headers=from_pay)  # minted; an arrival without identity
+    await fetch(gw, "/", headers=[*cookie, NAVIGATION, ("Referer", f"https://{WWW}/elsewhere")])
+    await fetch(gw, "/", headers=[*cookie, NAVIGATION, ("Referer", "https://other.example.net/")])
+    await fetch(gw, "/?ajs_aid=abc", headers=from_pay)  # url (302); an arrival with identity
+    await fetch(gw, "/", host="unknown.example.org")  # 421, no site
     found = await metrics(gw)
     sources = {
-        s: sample(found, "gateway_identity_source_total", source=s)
+        s: sample(found, "gateway_identity_source_total", site=WWW, source=s)
         for s in ("url", "cookie", "minted", "rejected")
     }
     assert sources == {"url": 2, "cookie": 4, "minted": 2, "rejected": 1}
@@ -1667,29 +1675,24 @@ async def test_metrics_after_a_visit(launch: Launch) -> None:
         sample(found, "gateway_unidentified_cross_domain_arrivals_total", site=WWW, referrer=PAY)
         == 1
     )
-    assert not [
-        key
-        for key in found
-        if key[0] == "gateway_unidentified_cross_domain_arrivals_total"
-        and dict(key[1]) != {"site": WWW, "referrer": PAY}
-    ]
-
-
-async def test_identified_arrival_is_not_counted_as_unidentified(launch: Launch) -> None:
-    origin = Origin()
-    origin.page("/", SIMPLE)
-    gw = await launch(origin)
-    # What a browser does after clicking a decorated link on checkout.
-    reply = await fetch(gw, "/?ajs_aid=abc", headers=[("Referer", f"https://{PAY}/cart")])
-    assert reply.status == 302
-    assert reply.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
-    followed = [("Cookie", "ajs_anonymous_id=abc"), ("Referer", f"https://{PAY}/")]
-    reply = await fetch(gw, reply.headers["Location"], headers=followed)
-    assert reply.status == 200
-    found = await metrics(gw)
+    # Every answer is timed, the gateway's own (302, 421) included.
+    assert sample(found, "gateway_request_duration_seconds_count", site=WWW) == 9
+    assert sample(found, "gateway_request_duration_seconds_count", site="-") == 1
+    assert sample(found, "gateway_request_duration_seconds_bucket", site=WWW, le="+Inf") == 9
+    assert sample(found, "gateway_request_duration_seconds_sum", site=WWW) > 0
+    (build,) = [dict(labels) for name, labels in found if name == "gateway_build_info"]
+    assert build == {
+        "version": importlib.metadata.version("ajs-identity-gateway"),
+        "python": platform.python_version(),
+        "implementation": "python",
+    }
+    assert sample(found, "gateway_build_info", **build) == 1
+    assert sample(found, "gateway_store_circuit_open", store="memory") == 0
+    assert sample(found, "gateway_config_last_reload_success") == 1
     assert (
-        sample(found, "gateway_unidentified_cross_domain_arrivals_total", site=WWW, referrer=PAY)
-        == 0
+        time.time() - 60
+        < sample(found, "gateway_config_last_reload_success_timestamp_seconds")
+        <= time.time()
     )
 
 
