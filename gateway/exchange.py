@@ -20,6 +20,7 @@ from . import responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site, normalize_host
+from .crossings import cross_domain_arrival, marker_cookie
 from .headers import visitor_scheme
 from .html import HtmlRewriter
 from .identity import LinkDecorator, decorate_location, identity_cookies
@@ -28,7 +29,6 @@ from .inbound import (
     Arrival,
     cookies_may_be_withheld,
     read_url_identity,
-    referring_cross_domain,
     settle,
     split_target,
 )
@@ -60,20 +60,27 @@ class IdentityFlow:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
 
-    def count_unidentified(self, request: web.BaseRequest, site: Site, arrival: Arrival) -> None:
-        """Count an arrival from another configured domain that came with no identity.
-
-        Only a visitor with no id at all counts: right after a successful hand-off the browser
-        follows the clean-up 302 with the other domain still in Referer, but by then it carries
-        the id in its cookie.
-        """
-        if arrival.source not in ("minted", "none"):
-            return
-        referrer = referring_cross_domain(
-            request.headers.get("Referer"), normalize_host(request.host), self.state.config
+    def count_arrival(
+        self, request: web.BaseRequest, site: Site, arrival: Arrival, target: str
+    ) -> bool:
+        """Count a navigation from another site of the fleet, with or without identity (the
+        fragmentation measure, crossings.py); True if it was counted."""
+        headers = request.headers
+        found = cross_domain_arrival(
+            config=self.state.config,
+            own_host=normalize_host(request.host),
+            target=target,
+            referer=headers.get("Referer"),
+            sec_fetch_dest=headers.get("Sec-Fetch-Dest"),
+            accept=headers.get("Accept"),
+            cookie_headers=headers.getall("Cookie", ()),
+            carried=arrival.source == "url",
         )
-        if referrer is not None:
-            self.state.metrics.unidentified_arrivals.labels(site.host, referrer).inc()
+        if found is None:
+            return False
+        referrer, identity = found
+        self.state.metrics.cross_domain_arrivals.labels(site.host, referrer, identity).inc()
+        return True
 
     async def arrival(self, request: web.BaseRequest, site: Site, target: str) -> Arrival:
         """The request's identity: URL parameters checked (token exchanged), then cookies."""
@@ -216,9 +223,12 @@ class IdentityFlow:
         )
 
     def cleanup_redirect(
-        self, request: web.BaseRequest, site: Site, arrival: Arrival
+        self, request: web.BaseRequest, site: Site, arrival: Arrival, *, counted: bool = False
     ) -> web.Response:
-        """302 to the same URL without identity parameters, keeping the id in a cookie."""
+        """302 to the same URL without identity parameters, keeping the id in a cookie.
+
+        ``counted``: the request was counted as a cross-domain arrival, so the redirect marks
+        its second leg, which is not to be counted again (crossings.py)."""
         assert arrival.redirect is not None
         response = responses.Response(status=302)
         headers = response.headers
@@ -227,6 +237,9 @@ class IdentityFlow:
         headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
         for cookie in self.cookies(request, site, arrival.write_aid, arrival.write_uid):
             headers.add("Set-Cookie", cookie)
+        if counted:
+            secure = _scheme(request, self.state.config) == "https"
+            headers.add("Set-Cookie", marker_cookie(arrival.redirect, secure=secure))
         return response
 
     def cookies(

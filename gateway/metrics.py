@@ -95,7 +95,7 @@ class Metrics:
     rewrite_failures: Counter
     html_skipped: Counter
     rewrite_seconds: Histogram
-    unidentified_arrivals: Counter
+    cross_domain_arrivals: Counter
     store_errors: Counter
     store_circuit_open: Gauge
     identity_refused: Counter
@@ -229,10 +229,13 @@ class Metrics:
                 buckets=_REWRITE_BUCKETS,
                 registry=registry,
             ),
-            unidentified_arrivals=counter(
-                "gateway_unidentified_cross_domain_arrivals",
-                "Arrivals referred by another configured domain that carried no identity.",
-                ("site", "referrer"),
+            cross_domain_arrivals=counter(
+                "gateway_cross_domain_arrivals",
+                "Navigations referred by another configured cross-domain, by site, referring "
+                "pattern and whether the URL carried the visitor's identity (carried) or not "
+                "(missing: the visitor is split, whether or not it had a cookie here). The "
+                "second leg of a clean-up redirect is not counted again.",
+                ("site", "referrer", "identity"),
             ),
             store_errors=counter(
                 "gateway_store_errors",

@@ -128,10 +128,10 @@ class ProxyHandler:
             outcome.status = response.status
             return response
         arrival = await identity.arrival(request, site, target)
+        counted = identity.count_arrival(request, site, arrival, target)
         if arrival.redirect is not None:
             outcome.status = 302
-            return identity.cleanup_redirect(request, site, arrival)
-        identity.count_unidentified(request, site, arrival)
+            return identity.cleanup_redirect(request, site, arrival, counted=counted)
         headers = forwarded_headers(
             request.headers,
             peer=request.remote,
