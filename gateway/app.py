@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -19,10 +21,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.multiprocess import mark_process_dead
 
+from . import status
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
 from .logs import write_event
-from .metrics import Metrics
+from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
 from .state import ProxyState
 from .store import open_store
@@ -94,6 +97,7 @@ class Gateway:
         self.bound_port: int | None = None
         self.bound_admin_port: int | None = None
         now = time.time()
+        self.config_version = config_version(config_path, now)
         self.metrics.config_loaded(now)
         self.metrics.store_circuit(self.state.store.name, False)
 
@@ -102,6 +106,24 @@ class Gateway:
         if health.get("state") != "up":
             self.metrics.store_errors.labels("health").inc()
         return health
+
+    async def status_page(self) -> str:
+        """The admin status page (gateway/status.py) from this gateway's metrics."""
+        config = self.state.config
+        snap = status.snapshot(
+            self.metrics.registry.collect(),
+            sites=[site.host for site in config.sites],
+            config=self.config_version,
+            store=await self.store_health(),
+            build={
+                "version": gateway_version(),
+                "python": platform.python_version(),
+                "implementation": implementation(),
+            },
+            pid=os.getpid(),
+            workers=config.server.workers,
+        )
+        return status.render(snap)
 
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
@@ -124,7 +146,9 @@ class Gateway:
         self._proxy_sites.append(site)
         self.bound_port = _bound_port(runner)
         admin = web.AppRunner(
-            make_admin_app(self.state, self.store_health), access_log=None, handle_signals=False
+            make_admin_app(self.state, self.store_health, self.status_page),
+            access_log=None,
+            handle_signals=False,
         )
         await admin.setup()
         self._runners.append(admin)
@@ -180,6 +204,7 @@ class Gateway:
             )
         self.state.reconfigure(new)
         now = time.time()
+        self.config_version = config_version(self.config_path, now)
         self.metrics.config_reloaded(True, now)
         log_line("reloaded", summary=new.summary())
         return True
@@ -204,6 +229,18 @@ class Gateway:
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.store.close()
+
+
+def config_version(path: str, loaded_at: float) -> status.ConfigVersion:
+    """Which config file serves: its SHA-256 (what ``sha256sum`` prints), read just after the
+    file was loaded (a write in between would show the newer file's digest until the next
+    reload), or None if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            digest: str | None = hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError:
+        digest = None
+    return status.ConfigVersion(path=path, sha256=digest, loaded_at=loaded_at)
 
 
 def _listeners(config: Config) -> tuple[object, ...]:
