@@ -99,6 +99,7 @@ class Gateway:
         now = time.time()
         self.config_version = config_version(config_path, now)
         self.metrics.config_loaded(now)
+        self.metrics.prepare(*_metric_labels(config))
         self.metrics.store_circuit(self.state.store.name, False)
 
     async def store_health(self) -> dict[str, Any]:
@@ -203,6 +204,7 @@ class Gateway:
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
         self.state.reconfigure(new)
+        self.metrics.prepare(*_metric_labels(new))
         now = time.time()
         self.config_version = config_version(self.config_path, now)
         self.metrics.config_reloaded(True, now)
@@ -241,6 +243,11 @@ def config_version(path: str, loaded_at: float) -> status.ConfigVersion:
     except OSError:
         digest = None
     return status.ConfigVersion(path=path, sha256=digest, loaded_at=loaded_at)
+
+
+def _metric_labels(config: Config) -> tuple[list[str], list[str]]:
+    """The site hosts and the cross-domain patterns, for Metrics.prepare."""
+    return [s.host for s in config.sites], [c.host for c in config.cross_domains]
 
 
 def _listeners(config: Config) -> tuple[object, ...]:

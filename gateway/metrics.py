@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import html
-from .html import GaveUpReason
+from .html import GAVE_UP_REASONS, GaveUpReason
 
 DISTRIBUTION = "ajs-identity-gateway"
 
@@ -53,7 +54,13 @@ _REWRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 # Why an HTML page the gateway would have rewritten went out without it (a bounded label set):
 # a content coding it cannot decode, a compressed body decoding beyond proxy.max_decoded_html,
 # a body corrupt in its coding, or a rewriter failure (the rest of the page sent unchanged).
-HtmlSkip = Literal["unknown_coding", "too_large", "decode_error", "rewrite_failed"] | GaveUpReason
+_BodySkip = Literal["unknown_coding", "too_large", "decode_error", "rewrite_failed"]
+HtmlSkip = _BodySkip | GaveUpReason
+HTML_SKIP_REASONS: tuple[str, ...] = (*get_args(_BodySkip), *GAVE_UP_REASONS)
+# Series created at start for every site, so that the first event is an increase from 0
+# (rate() and increase() see nothing in a series that appears with its first count).
+_SOURCES = ("url", "cookie", "minted", "rejected")
+_STORE_OPERATIONS = ("put", "take", "health")
 
 
 def gateway_version() -> str:
@@ -126,6 +133,23 @@ class Metrics:
                 self._duration_children.clear()
             duration = self._duration_children[site] = self.request_duration.labels(site)
         duration.observe(seconds)
+
+    def prepare(self, sites: Sequence[str], referrers: Sequence[str]) -> None:
+        """Create the per-site series the shipped alerts and the status page read, at 0, for
+        these site hosts and the cross-domain patterns that may refer visitors to them."""
+        for site in sites:
+            self.html_rewritten.labels(site)
+            self.rewrite_failures.labels(site)
+            for reason in HTML_SKIP_REASONS:
+                self.html_skipped.labels(site, reason)
+            for source in _SOURCES:
+                self.id_source.labels(site, source)
+            for referrer in referrers:
+                if referrer != site:
+                    self.cross_domain_arrivals.labels(site, referrer, "carried")
+                    self.cross_domain_arrivals.labels(site, referrer, "missing")
+        for operation in _STORE_OPERATIONS:
+            self.store_errors.labels(operation)
 
     def config_loaded(self, when: float) -> None:
         """The config was loaded (at start-up or by a reload) at ``when`` (Unix time)."""

@@ -1693,17 +1693,45 @@ async def test_metrics_after_a_visit(launch: Launch) -> None:
     )
 
 
+async def test_every_site_has_its_alerting_series_from_the_start(launch: Launch) -> None:
+    """Counters the shipped alerts take rates of exist at 0 before their first event (a series
+    that appears with its first count shows no increase)."""
+    gw = await launch(Origin())
+    found = await metrics(gw)
+    expected = {
+        ("gateway_html_rewritten_total", frozenset({("site", WWW)})),
+        ("gateway_rewrite_failures_total", frozenset({("site", PAY)})),
+        ("gateway_html_skipped_total", frozenset({("site", PAY), ("reason", "unknown_coding")})),
+        ("gateway_html_skipped_total", frozenset({("site", WWW), ("reason", "tag_too_long")})),
+        ("gateway_identity_source_total", frozenset({("site", PAY), ("source", "minted")})),
+        (
+            "gateway_cross_domain_arrivals_total",
+            frozenset({("site", WWW), ("referrer", PAY), ("identity", "missing")}),
+        ),
+        ("gateway_store_errors_total", frozenset({("operation", "put")})),
+    }
+    assert {key: found.get(key) for key in expected} == dict.fromkeys(expected, 0.0)
+    # A site is not its own referrer.
+    assert not [
+        key
+        for key in found
+        if key[0] == "gateway_cross_domain_arrivals_total"
+        and dict(key[1])["site"] == dict(key[1])["referrer"]
+    ]
+
+
 # --- The fragmentation measure: arrivals from the other sites --------------------------------
 
 
 def arrivals(
     found: dict[tuple[str, frozenset[tuple[str, str]]], float],
 ) -> dict[tuple[str, ...], float]:
-    """gateway_cross_domain_arrivals_total as {(site, referrer, identity): count}."""
+    """gateway_cross_domain_arrivals_total as {(site, referrer, identity): count}, without
+    the series at 0 (every site's are there from the start)."""
     return {
         (lbl["site"], lbl["referrer"], lbl["identity"]): value
         for (name, labels), value in found.items()
-        if name == "gateway_cross_domain_arrivals_total"
+        if name == "gateway_cross_domain_arrivals_total" and value
         for lbl in [dict(labels)]
     }
 
