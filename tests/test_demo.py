@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway.demo.results import Event, Walk, hue, summarise
+
 from .conftest import REPO
 
 
@@ -32,6 +34,54 @@ def _demo_config(tmp_path: Path) -> tuple[Path, int]:
     path.write_text(text)
     gateway_port = int(re.search(r"server:\n  host: 127.0.0.1\n  port: (\d+)", text).group(1))  # type: ignore[union-attr]
     return path, gateway_port
+
+
+def test_verdicts_count_visitors_per_walk() -> None:
+    walks = [
+        Walk("with-gateway", "Through the gateway", ("a.test", "b.test")),
+        Walk("without-gateway", "Without the gateway", ("a2.test", "b2.test")),
+    ]
+
+    def event(aid: str | None, host: str) -> Event:
+        return Event("page", aid, f"http://{host}:1/x?y=1", host, 0.0)
+
+    empty = summarise([], walks)
+    assert [s.verdict for s in empty] == ["No visitors yet"] * 2
+    assert {s.tone for s in empty} == {"waiting"}
+    events = [
+        event("one", "a.test"),
+        event("one", "b.test"),
+        event("one", "a.test"),
+        event("first", "a2.test"),
+        event("second", "b2.test"),
+        event(None, "a2.test"),  # no id: not a visitor
+        event("other", "elsewhere.test"),  # not part of either walk
+    ]
+    with_gw, without = summarise(events, walks)
+    assert with_gw.verdict == "1 visitor across 2 domains"
+    assert with_gw.tone == "ok"
+    assert [v.hosts for v in with_gw.visitors] == [("a.test", "b.test")]
+    assert len(with_gw.visitors[0].events) == 3
+    assert without.verdict == "2 visitors across 2 domains"
+    assert without.tone == "split"
+    assert "minted its own anonymousId" in without.explanation
+    half = summarise([event("one", "a.test")], walks)[0]
+    assert (half.verdict, half.tone) == ("1 visitor on 1 domain so far", "waiting")
+    assert half.visitors[0].events[0].path == "/x?y=1"
+
+
+def test_events_are_read_as_analytics_js_sends_them() -> None:
+    body = {
+        "type": "page",
+        "anonymousId": "abc",
+        "context": {"page": {"url": "http://www.shop.localhost:8080/cart?x=1"}},
+    }
+    event = Event.from_payload(body, "http://ignored.test", 1.0)
+    assert (event.type, event.anonymous_id, event.host) == ("page", "abc", "www.shop.localhost")
+    # No page URL: attributed to the Origin the browser sent it from.
+    bare = Event.from_payload({"type": "track", "event": "Paid"}, "http://b.test:1", 2.0)
+    assert (bare.host, bare.anonymous_id, bare.name) == ("b.test", None, "Paid")
+    assert 0 <= hue("f3b2") < 360 and hue("f3b2") == hue("f3b2") != hue("f3b3")
 
 
 async def test_demo_carries_the_id_across_domains(tmp_path: Path) -> None:
