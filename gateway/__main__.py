@@ -53,8 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
         "signing.keys and admin.token expect. For signing.keys, join keys with commas: the "
         "first signs, every one verifies.",
     )
-    demo = sub.add_parser("demo", help="run the offline demo sites behind the gateway")
+    demo = sub.add_parser(
+        "demo",
+        help="run the offline demo: two sites with and without the gateway, and a Segment "
+        "stand-in that counts the visitors",
+    )
     demo.add_argument("--config", default="config/demo.yaml")
+    demo.add_argument(
+        "--analytics-js",
+        choices=("auto", "npm", "shim"),
+        default="auto",
+        help="the real @segment/analytics-next from tests/e2e/node_modules (npm), the demo's "
+        "small shim (shim), or the real one when installed (auto, the default)",
+    )
+    demo.add_argument(
+        "--direct-shop-port",
+        type=_port,
+        default=8011,
+        help="port of the shop without the gateway (default 8011; 0: any free port)",
+    )
+    demo.add_argument(
+        "--direct-checkout-port",
+        type=_port,
+        default=8012,
+        help="port of the checkout without the gateway (default 8012; 0: any free port)",
+    )
     return parser
 
 
@@ -74,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo.run import run_demo
 
-        return run_demo(args.config)
+        ports = (args.direct_shop_port, args.direct_checkout_port)
+        return run_demo(args.config, args.analytics_js, ports)
     overrides = Overrides(args.host, args.port, args.admin_host, args.admin_port, args.workers)
     workers = args.workers
     if workers is None:

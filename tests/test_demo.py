@@ -1,20 +1,26 @@
-"""`make demo` keeps working: the demo command starts the sites, the CDN stand-in and the
-gateway, and a visitor's id crosses from the shop to the checkout domain."""
+"""`make demo` keeps working: the demo command starts the sites (behind the gateway and
+without it), the Segment stand-in and the gateway; a visitor's id crosses from the shop to the
+checkout domain through the gateway; a busy port is one line, not a traceback."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.demo.results import Event, Walk, hue, summarise
+from gateway.demo.sites import CHECKOUT_DIRECT_HOST, CHECKOUT_HOST, SHOP_HOST
 
 from .conftest import REPO
 
@@ -25,15 +31,74 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _demo_config(tmp_path: Path) -> tuple[Path, int]:
-    """config/demo.yaml with every port moved to a free one, so the test can run anywhere."""
+def _demo_config(tmp_path: Path, cross_domains: str | None = None) -> tuple[Path, int]:
+    """config/demo.yaml with every port moved to a free one, so the test can run anywhere;
+    ``cross_domains`` replaces that list (a gateway that carries no id, for the control)."""
     text = (REPO / "config" / "demo.yaml").read_text()
     for port in ("8080", "9901", "8001", "8002", "8003"):
         text = text.replace(port, str(_free_port()))
+    if cross_domains is not None:
+        text = re.sub(r"cross_domains:\n(  - .*\n)+", f"cross_domains:\n{cross_domains}", text)
     path = tmp_path / "demo.yaml"
     path.write_text(text)
     gateway_port = int(re.search(r"server:\n  host: 127.0.0.1\n  port: (\d+)", text).group(1))  # type: ignore[union-attr]
     return path, gateway_port
+
+
+@dataclass
+class Demo:
+    proc: subprocess.Popen[str]
+    out: Path
+    urls: dict[str, str]
+
+    def text(self) -> str:
+        return self.out.read_text()
+
+
+@asynccontextmanager
+async def run_demo(tmp_path: Path, *extra: str, config: Path | None = None) -> AsyncIterator[Demo]:
+    """``python -m gateway demo`` as `make demo` runs it, on free ports; yields once it has
+    printed the URLs to open, and stops it with Ctrl-C (SIGINT) afterwards."""
+    if config is None:
+        config, _ = _demo_config(tmp_path)
+    out = tmp_path / "demo.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "demo", "--config", str(config), *extra],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    demo = Demo(proc, out, {})
+    try:
+        deadline = time.monotonic() + 30
+        while "Ctrl-C stops the demo" not in demo.text():
+            assert proc.poll() is None, f"the demo exited: {demo.text()}"
+            assert time.monotonic() < deadline, f"the demo did not start: {demo.text()}"
+            await asyncio.sleep(0.05)
+        text = demo.text()
+        for key, label in (
+            ("start", "Start here:"),
+            ("with", "the shop through the gateway:"),
+            ("without", "the shop without the gateway:"),
+            ("results", "what Segment received:"),
+        ):
+            found = re.search(re.escape(label) + r"\s+(http://\S+)", text)
+            assert found, f"the demo did not print {label!r}: {text}"
+            demo.urls[key] = found.group(1)
+        yield demo
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, demo.text()
+
+
+# --- without a browser ------------------------------------------------------------------
 
 
 def test_verdicts_count_visitors_per_walk() -> None:
@@ -85,27 +150,17 @@ def test_events_are_read_as_analytics_js_sends_them() -> None:
 
 
 async def test_demo_carries_the_id_across_domains(tmp_path: Path) -> None:
+    """Over plain HTTP (no browser needed): the gateway mints an id on the shop, decorates the
+    link to the checkout, and the checkout's clean-up redirect stores the same id; the sites
+    without the gateway carry Segment's snippet and link to each other directly; the start
+    page explains and shows nothing broken."""
     config, port = _demo_config(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "demo", "--config", str(config)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=os.environ.copy(),
-    )
-    try:
+    async with run_demo(
+        tmp_path, "--direct-shop-port", "0", "--direct-checkout-port", "0", config=config
+    ) as demo:
         base = f"http://127.0.0.1:{port}"
-        jar = aiohttp.DummyCookieJar()
-        async with aiohttp.ClientSession(cookie_jar=jar) as session:
-            for _ in range(100):
-                try:
-                    async with session.get(base + "/", headers={"Host": "x"}) as resp:
-                        await resp.read()
-                    break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            shop = {"Host": f"www.shop.localhost:{port}"}
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+            shop = {"Host": f"{SHOP_HOST}:{port}"}
             async with session.get(base + "/", headers=shop) as resp:
                 page = await resp.text()
                 cookie = resp.headers["Set-Cookie"]
@@ -118,18 +173,66 @@ async def test_demo_carries_the_id_across_domains(tmp_path: Path) -> None:
             href = link.group(1).replace("&amp;", "&")
             assert href.endswith(f"ajs_aid={visitor}")
             assert "<script>(function(w,d,c){" in page  # the bootstrap
-            checkout = {"Host": f"checkout.pay.localhost:{port}"}
+            assert "SNIPPET_VERSION" not in page  # behind the gateway: no analytics code
+            checkout = {"Host": f"{CHECKOUT_HOST}:{port}"}
             path = href.split(f":{port}", 1)[1]
             async with session.get(base + path, headers=checkout, allow_redirects=False) as resp:
                 assert resp.status == 302
                 assert resp.headers["Location"] == "/cart?item=teapot&qty=1"
                 assert f"ajs_anonymous_id={visitor};" in resp.headers["Set-Cookie"]
                 assert "Domain=pay.localhost" in resp.headers["Set-Cookie"]
-            headers = {**checkout, "Cookie": f"ajs_anonymous_id={visitor}"}
-            async with session.get(base + "/cart?item=teapot&qty=1", headers=headers) as resp:
-                assert f'<code id="server-id">{visitor}</code>' in await resp.text()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=15)
-    assert proc.returncode == 0, out
-    assert "Demo running. Open in a browser" in out
+
+            direct = demo.urls["without"]
+            direct_port = direct.rsplit(":", 1)[1].rstrip("/")
+            async with session.get(f"http://127.0.0.1:{direct_port}/") as resp:
+                page = await resp.text()
+                assert "Set-Cookie" not in resp.headers
+            assert "SNIPPET_VERSION" in page and "(function(w,d,c){" not in page
+            assert re.search(rf'href="http://{CHECKOUT_DIRECT_HOST}:\d+/cart\?', page), page
+
+            hub_port = demo.urls["start"].rsplit(":", 1)[1].rstrip("/")
+            async with session.get(f"http://127.0.0.1:{hub_port}/") as resp:
+                start = await resp.text()
+            assert "(none)" not in start
+            assert demo.urls["with"] in start and demo.urls["without"] in start
+            async with session.get(f"http://127.0.0.1:{hub_port}/results") as resp:
+                assert "Visitors: No visitors yet" in await resp.text()
+    assert "Traceback" not in demo.text()
+
+
+@pytest.mark.parametrize("busy", ["gateway", "direct"])
+def test_a_busy_port_is_one_line_not_a_traceback(tmp_path: Path, busy: str) -> None:
+    config, port = _demo_config(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0 if busy == "direct" else port))
+        holder.listen()
+        direct = str(holder.getsockname()[1]) if busy == "direct" else "0"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "demo",
+                "--config",
+                str(config),
+                "--direct-shop-port",
+                "0",
+                "--direct-checkout-port",
+                direct,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    if busy == "gateway":
+        expected = f"demo: port {port} (the gateway) on 127.0.0.1 is already in use; "
+        assert lines[0].startswith(expected), lines
+        assert "choose another in" in lines[0] and str(config) in lines[0]
+    else:
+        assert "(the checkout without the gateway)" in lines[0], lines
+        assert "--direct-checkout-port" in lines[0], lines
