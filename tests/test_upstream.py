@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from gateway import upstream
 from gateway.upstream import (
     Origin,
+    PoolStats,
     UpstreamBodyError,
     UpstreamConnectError,
     UpstreamError,
@@ -381,8 +382,37 @@ def test_pool_size_bounds_concurrent_connections(run: Run) -> None:
             assert sorted(order[2:4]) == [b"/2", b"/3"]
             assert order[4] == b"/4"
             assert sorted(finished[:2]) == [0, 1] and sorted(finished[2:4]) == [2, 3]
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
+
+    run(scenario)
+
+
+def test_stats_count_slots_idle_connections_and_the_queue(run: Run) -> None:
+    answer = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        while True:
+            await peer.request()
+            await answer.wait()
+            await peer.send(OK)
+
+    async def scenario() -> None:
+        async with Server(handler) as server:
+            origin = server.origin
+            pool = make_pool(pool_size=1)
+            assert pool.stats() == PoolStats(busy=0, busy_by_origin={}, idle={}, waiting=0)
+            first = asyncio.create_task(fetch(pool, origin, target="/first"))
+            while not server.heads:
+                await asyncio.sleep(0.01)
+            second = asyncio.create_task(fetch(pool, origin, target="/second"))
+            await settle()
+            assert pool.stats() == PoolStats(busy=1, busy_by_origin={origin: 1}, idle={}, waiting=1)
+            answer.set()
+            await asyncio.gather(first, second)
+            assert pool.stats() == PoolStats(busy=0, busy_by_origin={}, idle={origin: 1}, waiting=0)
+            await pool.close()
+            assert pool.stats().idle == {}
 
     run(scenario)
 
@@ -411,7 +441,8 @@ def test_per_origin_bound_holds_without_starving_other_origins(run: Run) -> None
             assert done["a2"] >= 0.4
             # ...while the other origin is not queued behind it.
             assert done["b"] < done["a1"]
-            assert pool._busy == 0 and not pool._busy_by and not pool._waiting
+            stats = pool.stats()
+            assert (stats.busy, stats.busy_by_origin, stats.waiting) == (0, {}, 0)
             await pool.close()
 
     run(scenario)
@@ -422,7 +453,7 @@ def test_pool_close_closes_idle_connections(run: Run) -> None:
         async with Server(keep_alive(OK)) as server:
             pool = make_pool(pool_size=2)
             await asyncio.gather(*(fetch(pool, server.origin) for _ in range(2)))
-            assert len(pool._idle[server.origin]) == 2
+            assert pool.stats().idle == {server.origin: 2}
             await pool.close()
             await settle()
             assert server.open == 0
@@ -508,7 +539,7 @@ def test_post_with_body_on_stale_connection_is_not_resent(run: Run) -> None:
                 await fetch(pool, server.origin, "POST", "/order", chunks(b"pay=1"), 5)
             assert type(caught.value) is UpstreamError
             assert server.accepted == 1  # never sent again
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             assert (await fetch(pool, server.origin))[1] == b"ok"
             await pool.close()
 
@@ -588,7 +619,7 @@ def test_body_cut_short_is_a_body_error(run: Run, raw: bytes) -> None:
                 await response.read()
             assert not response.is_eof()
             response.release()
-            assert pool._busy == 0 and not pool._idle.get(server.origin)
+            assert pool.stats().busy == 0 and server.origin not in pool.stats().idle
             await pool.close()
 
     run(scenario)
@@ -767,7 +798,7 @@ def test_garbage_head_is_an_upstream_error(run: Run, name: str) -> None:
                     response.release()
             assert type(caught.value) is UpstreamError
             assert time.monotonic() - started < 1
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
 
     run(scenario)
@@ -810,7 +841,7 @@ def test_invalid_chunk_size_mid_body(run: Run) -> None:
             with pytest.raises(UpstreamError, match="invalid response"):
                 await response.readany()
             response.release()
-            assert pool._busy == 0 and not pool._idle.get(server.origin)
+            assert pool.stats().busy == 0 and server.origin not in pool.stats().idle
             await pool.close()
 
     run(scenario)
@@ -826,7 +857,7 @@ def test_server_that_closes_without_answering(run: Run) -> None:
             with pytest.raises(UpstreamError) as caught:
                 await pool.request(server.origin, "GET", "/", [], None, None)
             assert type(caught.value) is UpstreamError
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
 
     run(scenario)
@@ -848,7 +879,7 @@ def test_silent_server_times_out(run: Run) -> None:
                 await pool.request(server.origin, "GET", "/", [], None, None)
             assert 0.25 <= time.monotonic() - started < 1.0
             assert server.accepted == 1  # a timeout is never retried
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
 
     run(scenario)
@@ -870,7 +901,7 @@ def test_stall_mid_body_times_out_on_readany(run: Run) -> None:
                 await response.readany()
             assert 0.25 <= time.monotonic() - started < 1.0
             response.release()
-            assert pool._busy == 0 and not pool._idle.get(server.origin)
+            assert pool.stats().busy == 0 and server.origin not in pool.stats().idle
             await pool.close()
 
     run(scenario)
@@ -904,7 +935,7 @@ def test_closed_port_is_a_connect_error_at_once(run: Run) -> None:
             with pytest.raises(UpstreamConnectError):
                 await pool.request(Origin("http", "127.0.0.1", port), "GET", "/", [], None, None)
             assert time.monotonic() - started < 0.5
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
 
     run(scenario)
@@ -948,7 +979,7 @@ def test_connect_timeout(run: Run) -> None:
             with pytest.raises(UpstreamTimeout, match="connecting"):
                 await pool.request(Origin("http", "127.0.0.1", port), "GET", "/", [], None, None)
             assert 0.25 <= time.monotonic() - started < 1.0
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
 
     run(scenario)
@@ -1149,7 +1180,7 @@ def test_upload_to_a_server_that_never_reads_times_out(run: Run) -> None:
             body = chunks(*[b"x" * 65536] * (size // 65536))
             with pytest.raises(UpstreamTimeout):
                 await pool.request(server.origin, "POST", "/", [], body, size)
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
 
     run(scenario)
@@ -1211,7 +1242,7 @@ def test_server_closing_mid_upload_is_an_upstream_error(run: Run) -> None:
             body = chunks(*[b"x" * 65536] * (size // 65536))
             with pytest.raises(UpstreamError):
                 await pool.request(server.origin, "POST", "/", [], body, size)
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
 
     run(scenario)
@@ -1231,7 +1262,7 @@ def test_failing_body_source_fails_the_exchange(run: Run) -> None:
             pool = make_pool()
             with pytest.raises(UpstreamError):
                 await pool.request(server.origin, "POST", "/", [], body(), None)
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             await pool.close()
 
     run(scenario)
@@ -1275,7 +1306,7 @@ def test_large_response_read_slowly_stays_bounded(run: Run) -> None:
             # High water plus at most one transport read (256 KiB on both loops).
             assert max_buffered <= upstream._HIGH_WATER + 256 * 1024, max_buffered
             assert pauses >= 1  # paused again after being resumed
-            assert server.accepted == 1 and len(pool._idle[server.origin]) == 1
+            assert server.accepted == 1 and pool.stats().idle == {server.origin: 1}
             await pool.close()
 
     run(scenario)
@@ -1384,7 +1415,7 @@ def test_aiohttp_upstream_end_to_end(run: Run) -> None:
                 )
                 assert response.headers["X-Method"] == method
                 assert got == (body or b"-")
-            assert len(pool._idle[origin]) == 1
+            assert pool.stats().idle == {origin: 1}
             await pool.close()
 
     run(scenario)
@@ -1411,7 +1442,7 @@ def test_cancelled_request_frees_its_slot_and_connection(run: Run) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             assert (await fetch(pool, server.origin))[1] == b"ok"
             await asyncio.sleep(0.2)
             assert (0, b"closed by client") in server.heads
@@ -1468,7 +1499,7 @@ def test_cancelled_slot_waiter_leaves_the_pool_consistent(run: Run) -> None:
             assert isinstance(results[1], asyncio.CancelledError)
             assert [r[1] for r in (results[0], results[2])] == [b"ok", b"ok"]  # type: ignore[index]
             assert [head.split(b" ")[1] for _, head in server.heads] == [b"/first", b"/last"]
-            assert pool._busy == 0 and not pool._waiting
+            assert (pool.stats().busy, pool.stats().waiting) == (0, 0)
             await pool.close()
 
     run(scenario)
@@ -1501,7 +1532,7 @@ def test_cancelled_readany_leaves_the_pool_consistent(run: Run) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert response._exchange.waiter is None
-            assert pool._busy == 0
+            assert pool.stats().busy == 0
             for _ in range(2):
                 assert (await fetch(pool, server.origin))[1] == b"ok"
             await settle()
@@ -1576,7 +1607,7 @@ def test_any_split_of_the_stream_gives_the_same_response(
                 headers,
                 body,
             )
-            assert len(pool._idle[server.origin]) == 1
+            assert pool.stats().idle == {server.origin: 1}
             await pool.close()
 
     run(scenario)
