@@ -458,6 +458,8 @@ def test_pool_close_closes_idle_connections(run: Run) -> None:
             await settle()
             assert server.open == 0
 
+    run(scenario)
+
 
 def test_keepalive_timeout_discards_idle_connections(run: Run) -> None:
     async def scenario() -> None:
