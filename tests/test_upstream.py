@@ -446,29 +446,43 @@ def test_stats_count_slots_idle_connections_and_the_queue(run: Run) -> None:
 
 
 def test_per_origin_bound_holds_without_starving_other_origins(run: Run) -> None:
-    handler = slow_ok(0.15)
-
     async def scenario() -> None:
-        async with Server(handler) as slow, Server(handler) as other:
-            pool = make_pool(pool_size=8, per_origin=1)
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            done: dict[str, float] = {}
+        answer = asyncio.Event()
+
+        async def held(peer: Peer) -> None:
+            """Keep-alive, answering only once the test lets it."""
+            while True:
+                await peer.request()
+                await answer.wait()
+                await peer.send(OK)
+
+        async with Server(held) as slow, Server(keep_alive(OK)) as other:
+            # Held answers are never cut short: only the pool's order decides what completes.
+            pool = make_pool(pool_size=8, per_origin=1, read_timeout=LONG)
+            done: list[str] = []
 
             async def one(name: str, origin: Origin) -> None:
                 _, body = await fetch(pool, origin, target=f"/{name}")
                 assert body == b"ok"
-                done[name] = loop.time() - start
+                done.append(name)
 
-            await asyncio.gather(
-                *(one(f"a{i}", slow.origin) for i in range(3)), one("b", other.origin)
-            )
-            # One connection at a time to the bounded origin, served in order...
+            bounded = [asyncio.create_task(one(f"a{i}", slow.origin)) for i in range(3)]
+            while not slow.heads:
+                await asyncio.sleep(0.01)
+            # The bounded origin has its one slot taken and two requests queued...
+            stats = pool.stats()
+            assert (stats.busy_by_origin, stats.waiting) == ({slow.origin: 1}, 2)
+            # ...and the other origin is not queued behind them: it is answered while they
+            # still wait (queued, it would wait for ever: nothing answers them yet).
+            async with asyncio.timeout(5):
+                await one("b", other.origin)
+            assert done == ["b"]
+            answer.set()
+            await asyncio.gather(*bounded)
+            # One connection at a time to the bounded origin, served in order.
             assert slow.max_open == 1 and slow.accepted == 1
-            assert done["a0"] < done["a1"] < done["a2"]
-            assert done["a2"] >= 0.4
-            # ...while the other origin is not queued behind it.
-            assert done["b"] < done["a1"]
+            assert [head.split(b" ")[1] for _, head in slow.heads] == [b"/a0", b"/a1", b"/a2"]
+            assert done == ["b", "a0", "a1", "a2"]
             stats = pool.stats()
             assert (stats.busy, stats.busy_by_origin, stats.waiting) == (0, {}, 0)
             await pool.close()
@@ -936,16 +950,18 @@ def test_stall_mid_body_times_out_on_readany(run: Run) -> None:
 def test_read_timeout_is_the_longest_silence_not_the_total(run: Run) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
-        for byte in b"steady":
-            await asyncio.sleep(0.15)
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+        for byte in b"steadily":
+            await asyncio.sleep(0.1)
             await peer.send(bytes([byte]))
 
     async def scenario() -> None:
         async with Server(handler) as server:
-            pool = make_pool(read_timeout=0.3)
+            pool = make_pool(read_timeout=0.5)
             _, body = await fetch(pool, server.origin)
-            assert body == b"steady"  # 0.9 s in all, never 0.3 s silent
+            # At least 0.8 s in all, longer than the timeout; silent for 0.1 s at a time, which
+            # leaves a busy machine 0.4 s of slack on every byte.
+            assert body == b"steadily"
             await pool.close()
 
     run(scenario)
@@ -1231,9 +1247,9 @@ def test_slow_but_steady_upload_is_not_cut_by_the_read_timeout(run: Run) -> None
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     async def slow_visitor() -> AsyncIterator[bytes]:
-        for _ in range(6):
+        for _ in range(8):  # at least 0.8 s in all, never more than 0.1 s silent
             yield b"y" * 1000
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.1)
 
     async def echo(peer: Peer) -> None:
         await peer.head()
@@ -1249,9 +1265,9 @@ def test_slow_but_steady_upload_is_not_cut_by_the_read_timeout(run: Run) -> None
             assert (response.status, answer) == (200, b"ok")
             await pool.close()
         async with Server(echo) as server:
-            pool = make_pool(read_timeout=0.3)
+            pool = make_pool(read_timeout=0.5)
             response, answer = await fetch(pool, server.origin, "POST", "/", slow_visitor())
-            assert (response.status, answer) == (200, b"6000")
+            assert (response.status, answer) == (200, b"8000")
             await pool.close()
 
     run(scenario)
