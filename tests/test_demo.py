@@ -23,38 +23,67 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _demo_config(tmp_path: Path) -> tuple[Path, int]:
-    """config/demo.yaml with every port moved to a free one, so the test can run anywhere."""
+def _demo_config(tmp_path: Path) -> Path:
+    """config/demo.yaml with the gateway and its admin on port 0 (chosen as they bind) and the
+    demo's own servers, the sites and the CDN stand-in, on free ports. Those cannot be 0: the
+    config names them in upstream URLs."""
     text = (REPO / "config" / "demo.yaml").read_text()
-    for port in ("8080", "9901", "8001", "8002", "8003"):
-        text = text.replace(port, str(_free_port()))
+    ports = {"8080": "0", "9901": "0"} | {p: str(_free_port()) for p in ("8001", "8002", "8003")}
+    # In one pass, so that a port put in cannot be taken for one still to replace.
+    text = re.sub(r"\b(8080|9901|8001|8002|8003)\b", lambda m: ports[m.group(1)], text)
     path = tmp_path / "demo.yaml"
     path.write_text(text)
-    gateway_port = int(re.search(r"server:\n  host: 127.0.0.1\n  port: (\d+)", text).group(1))  # type: ignore[union-attr]
-    return path, gateway_port
+    return path
+
+
+_BANNER = re.compile(r"http://www\.shop\.localhost:(\d+)/")
+
+
+def _read_until_banner(proc: subprocess.Popen[str], lines: list[str]) -> int | None:
+    """The gateway's port from the demo's banner, or None if the demo exits first."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if found := _BANNER.search(line):
+            return int(found.group(1))
+    return None
+
+
+async def _start_demo(tmp_path: Path, attempts: int = 5) -> tuple[subprocess.Popen[str], int, str]:
+    """The running demo, its gateway's port and its output so far. The ports picked for its
+    own servers were free when picked but are not held, so another process may bind one first:
+    a demo that fails on a taken port is started again on new ones."""
+    for attempt in range(1, attempts + 1):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "demo", "--config", str(_demo_config(tmp_path))],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ.copy(),
+        )
+        lines: list[str] = []
+        try:
+            port = await asyncio.wait_for(asyncio.to_thread(_read_until_banner, proc, lines), 30)
+        except TimeoutError:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"no demo banner within 30 s:\n{''.join(lines)}") from None
+        if port is not None:
+            return proc, port, "".join(lines)
+        proc.wait()
+        out = "".join(lines)
+        if attempt == attempts or "address already in use" not in out.lower():
+            raise AssertionError(f"the demo exited with {proc.returncode}:\n{out}")
+    raise AssertionError("unreachable")
 
 
 async def test_demo_carries_the_id_across_domains(tmp_path: Path) -> None:
-    config, port = _demo_config(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "demo", "--config", str(config)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=os.environ.copy(),
-    )
+    proc, port, started = await _start_demo(tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
         jar = aiohttp.DummyCookieJar()
         async with aiohttp.ClientSession(cookie_jar=jar) as session:
-            for _ in range(100):
-                try:
-                    async with session.get(base + "/", headers={"Host": "x"}) as resp:
-                        await resp.read()
-                    break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
             shop = {"Host": f"www.shop.localhost:{port}"}
             async with session.get(base + "/", headers=shop) as resp:
                 page = await resp.text()
@@ -80,6 +109,7 @@ async def test_demo_carries_the_id_across_domains(tmp_path: Path) -> None:
                 assert f'<code id="server-id">{visitor}</code>' in await resp.text()
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=15)
+        rest, _ = proc.communicate(timeout=15)
+    out = started + rest
     assert proc.returncode == 0, out
     assert "Demo running. Open in a browser" in out
