@@ -40,15 +40,6 @@ def free_port() -> int:
             return port
 
 
-@contextlib.contextmanager
-def refused_port() -> Iterator[int]:
-    """A loopback port that refuses connections for as long as the block runs: bound, never
-    listening, so nothing else can take it meanwhile (unlike a port from :func:`free_port`)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield int(s.getsockname()[1])
-
-
 def require_binary(name: str = "redis-server") -> str:
     """The path of ``name``, or skip (fail under ``CI=true``) with an actionable message."""
     path = shutil.which(name)

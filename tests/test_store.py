@@ -20,7 +20,8 @@ from gateway.store import (
     redact_url,
 )
 from gateway.strategies import TokenRecord, new_token
-from tests.redis_server import RedisServer, refused_port, require_binary
+from tests.conftest import refused_port
+from tests.redis_server import RedisServer, require_binary
 from tests.redis_server import redis_server as redis_server
 
 # Generous for normal operations on a loaded CI machine; the timeout tests use a tight one.
