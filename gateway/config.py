@@ -27,6 +27,7 @@ from publicsuffixlist import PublicSuffixList
 
 from .identity import domain_to_ascii
 from .keys import GEN_KEY_ADVICE, MIN_LENGTH, weakness
+from .store_url import parse_store_url, redact_url
 
 __all__ = [
     "Admin",
@@ -236,7 +237,7 @@ class Config:
         strategies = sorted({c.strategy for c in self.cross_domains})
         return (
             f"{self.path}: ok: {len(self.sites)} site(s), {len(self.cross_domains)} cross-domain "
-            f"host(s) ({', '.join(strategies) or 'none'}), store {_redact(self.store.url)}, "
+            f"host(s) ({', '.join(strategies) or 'none'}), store {redact_url(self.store.url)}, "
             f"bootstrap {'on' if self.analytics.write_key else 'off'}"
         )
 
@@ -474,8 +475,6 @@ class _Reader:
         """A ``memory://`` store lives inside one process: with several workers a token minted
         by one is unknown to the others, and about half the hand-offs lose the visitor's id
         (the newcomer review measured 15 of 30 with two workers), with no error anywhere."""
-        from .store import parse_store_url
-
         token_hosts = [c.host for c in config.cross_domains if c.strategy == "token"]
         workers = config.server.workers if self.workers is None else self.workers
         if workers <= 1 or not token_hosts:
@@ -716,8 +715,6 @@ class _Reader:
         def check(v: Any) -> str | None:
             if not isinstance(v, str):
                 return None
-            from .store import parse_store_url
-
             try:
                 parse_store_url(v)
             except ValueError:
@@ -907,12 +904,6 @@ def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
             if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
                 return value_node if isinstance(value_node, yaml.Node) else None
     return None
-
-
-def _redact(url: str) -> str:
-    from .store import redact_url
-
-    return redact_url(url)
 
 
 def _as_conflict(v: Any) -> IdConflict | None:
