@@ -26,7 +26,7 @@ import yaml
 from publicsuffixlist import PublicSuffixList
 
 from .identity import domain_to_ascii
-from .keys import GEN_KEY_ADVICE, MIN_LENGTH, weakness
+from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, weakness
 from .store_url import parse_store_url, redact_url
 
 __all__ = [
@@ -749,23 +749,21 @@ class _Reader:
         fields = self.mapping(node, "signing", ("keys", "lifetime_seconds", "bind_user_agent"))
         keys = self.typed(fields, "keys", "signing", _as_str, "a string", None)
         if keys is not None:
-            from .strategies import SigningKeys
-
             try:
-                parsed = SigningKeys.parse(keys)
+                parsed = parse_signing_keys(keys)
             except ValueError as exc:
                 self.problem(fields["keys"], "signing.keys", str(exc))
                 keys = None
             else:
                 # A key copied from an example or typed by hand lets anyone who guesses it
                 # forge signed links, and so merge any two visitors' identities.
-                for i, key in enumerate(parsed.all, 1):
+                for i, key in enumerate(parsed, 1):
                     reason = weakness(key.decode())
                     if reason is not None:
                         self.problem(
                             fields["keys"],
                             "signing.keys",
-                            f"signing key {i} of {len(parsed.all)} {reason}, so anyone could "
+                            f"signing key {i} of {len(parsed)} {reason}, so anyone could "
                             f"forge signed links with it ({GEN_KEY_ADVICE})",
                         )
                         keys = None

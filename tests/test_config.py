@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
+from gateway.keys import generate_key
 
 from .conftest import REPO
 
@@ -397,3 +398,23 @@ async def test_a_worker_refuses_to_reload_into_memory_tokens(tmp_path: Path) -> 
         assert gateway.state.config.store.url == "redis://127.0.0.1:1/0"
     finally:
         await gateway.drain_and_close()
+
+
+def test_reading_a_config_loads_neither_redis_nor_the_token_code() -> None:
+    """The layering: config (the pure core's reader) checks store URLs and signing keys with
+    redis-free helpers, so check-config never imports the store, redis or strategies."""
+    text = (
+        "sites: [{host: a.test, upstream: 'http://x:1'}]\n"
+        "cross_domains: [{host: b.test, strategy: signed}, {host: c.test, strategy: token}]\n"
+        "store: {url: 'redis+sentinel://s1:26379/m'}\n"
+        f"signing: {{keys: {generate_key()}}}\n"
+    )
+    code = (
+        "import sys; from gateway.config import parse_config; "
+        f"parse_config({text!r}, 'f.yaml', {{}}); "
+        "print(sorted(m for m in ('redis', 'gateway.store', 'gateway.strategies') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
