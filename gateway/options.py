@@ -16,6 +16,9 @@ and documentation from one ``add_option`` each:
   and bounds are checked and its problem is worded from them ("a whole number from 10 to
   600"); the bespoke keys (hosts, upstreams, signing keys, the admin token, CIDRs) keep
   hand-written rules there.
+- the README's configuration reference is :func:`reference_table` (``make docs`` writes it),
+  its "allowed" column the words check-config uses; ``tests/test_options.py`` fails when the
+  README, or the commented example ``config/domains.yaml``, disagrees with a declaration.
 - the modules that need a default or a bound read it from the class (``Signing.lifetime``,
   ``Store.key_prefix``) or from a constant named here (:data:`MAX_TOKEN_TTL`).
 
