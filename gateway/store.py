@@ -28,10 +28,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from gateway.options import MAX_TOKEN_TTL, Store
 from gateway.store_url import StoreURL, parse_store_url, redact_url
-from gateway.strategies import MAX_TOKEN_TTL, TokenRecord
+from gateway.strategies import TokenRecord
 
-DEFAULT_KEY_PREFIX = "ajsgw:"
 # Bounds the sockets one gateway process opens to Redis. When Redis stalls, requests queue up
 # behind the timeout; beyond this many in flight they fail at once instead of opening more.
 _MAX_CONNECTIONS = 128
@@ -65,7 +65,7 @@ class TokenStore(Protocol):
         """Release connections."""
 
 
-def open_store(url: str, *, timeout_ms: int, key_prefix: str = DEFAULT_KEY_PREFIX) -> TokenStore:
+def open_store(url: str, *, timeout_ms: int, key_prefix: str = Store.key_prefix) -> TokenStore:
     """The store for ``url``, bounded by ``timeout_ms`` per operation. Connects lazily, so this
     never blocks and a Redis that is down at start-up is only a failed ``health()``. Raises
     ValueError for a bad URL or timeout."""
@@ -146,7 +146,7 @@ class MemoryStore:
         return len(self._data)
 
     async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
-        """Keep ``record`` for ``ttl`` seconds; ValueError for a TTL outside 1-600 s."""
+        """Keep ``record`` for ``ttl`` seconds; ValueError unless 1 <= ttl <= MAX_TOKEN_TTL."""
         _check_ttl(ttl)
         now = self._clock()
         self._data.pop(token, None)
@@ -234,7 +234,7 @@ class RedisStore:
         return text.replace(self._password, "***") if self._password else text
 
     async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
-        """``SET key value EX ttl``; ValueError for a TTL outside 1-600 s."""
+        """``SET key value EX ttl``; ValueError unless 1 <= ttl <= MAX_TOKEN_TTL."""
         _check_ttl(ttl)
         value = record.to_bytes()
         await self._call("put", lambda: self._client.set(self._key(token), value, ex=ttl))

@@ -47,14 +47,12 @@ from typing import Literal
 
 from gateway.identity import AID_PARAM, UID_PARAM, host_matches
 from gateway.keys import GEN_KEY_ADVICE, check_signing_key, parse_signing_keys
+from gateway.options import Signing
 
 TOKEN_PARAM = "ajs_token"
 SIG_PARAM = "ajs_sig"
 EXP_PARAM = "ajs_exp"
 
-DEFAULT_TOKEN_TTL = 300
-MAX_TOKEN_TTL = 600
-DEFAULT_SIGNED_LIFETIME = 600
 # Tolerated clock difference between the gateway that signs and the one that verifies, when
 # deciding whether an expiry is further ahead than any gateway would have signed.
 CLOCK_SKEW = 60
@@ -323,7 +321,7 @@ def verify_signed(
     keys: SigningKeys,
     user_agent: str | None,
     bind_user_agent: bool,
-    max_lifetime: int = DEFAULT_SIGNED_LIFETIME,
+    max_lifetime: int = Signing.lifetime,
 ) -> tuple[str | None, str | None, VerifyReason]:
     """Check a signed arrival: ``(aid, uid, "ok")`` or ``(None, None, reason)``.
 
@@ -384,10 +382,7 @@ def verify_signed(
 
 __all__ = [
     "CLOCK_SKEW",
-    "DEFAULT_SIGNED_LIFETIME",
-    "DEFAULT_TOKEN_TTL",
     "EXP_PARAM",
-    "MAX_TOKEN_TTL",
     "SIG_PARAM",
     "TOKEN_PARAM",
     "SigningKeys",
