@@ -73,18 +73,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _demo_config(tmp_path: Path, cross_domains: str | None = None) -> tuple[Path, int]:
-    """config/demo.yaml with every port moved to a free one, so the test can run anywhere;
-    ``cross_domains`` replaces that list (a gateway that carries no id, for the control)."""
+def _demo_config(tmp_path: Path, cross_domains: str | None = None, gateway_port: int = 0) -> Path:
+    """config/demo.yaml with the gateway and its admin on ``gateway_port`` and port 0 (0: chosen
+    as they bind) and the demo's own servers, the sites and the Segment stand-in, on free ports.
+    Those cannot be 0: the config names them in upstream URLs. ``cross_domains`` replaces that
+    list (a gateway that carries no id, for the control)."""
     text = (REPO / "config" / "demo.yaml").read_text()
-    for port in ("8080", "9901", "8001", "8002", "8003"):
-        text = text.replace(port, str(_free_port()))
+    ports = {"8080": str(gateway_port), "9901": "0"}
+    ports |= {p: str(_free_port()) for p in ("8001", "8002", "8003")}
+    # In one pass, so that a port put in cannot be taken for one still to replace.
+    text = re.sub(r"\b(8080|9901|8001|8002|8003)\b", lambda m: ports[m.group(1)], text)
     if cross_domains is not None:
         text = re.sub(r"cross_domains:\n(  - .*\n)+", f"cross_domains:\n{cross_domains}", text)
     path = tmp_path / "demo.yaml"
     path.write_text(text)
-    gateway_port = int(re.search(r"server:\n  host: 127.0.0.1\n  port: (\d+)", text).group(1))  # type: ignore[union-attr]
-    return path, gateway_port
+    return path
 
 
 @dataclass
@@ -97,28 +100,47 @@ class Demo:
         return self.out.read_text()
 
 
-@asynccontextmanager
-async def run_demo(tmp_path: Path, *extra: str, config: Path | None = None) -> AsyncIterator[Demo]:
-    """``python -m gateway demo`` as `make demo` runs it, on free ports; yields once it has
-    printed the URLs to open, and stops it with Ctrl-C (SIGINT) afterwards."""
-    if config is None:
-        config, _ = _demo_config(tmp_path)
-    out = tmp_path / "demo.out"
-    with out.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "demo", "--config", str(config), *extra],
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    demo = Demo(proc, out, {})
-    try:
+async def _start_demo(tmp_path: Path, extra: tuple[str, ...], cross_domains: str | None) -> Demo:
+    """The demo once it has printed the URLs to open. The ports picked for its own servers
+    were free when picked but are not held, so another process may bind one first: a demo that
+    stops on a taken port is started again on new ones."""
+    attempts = 5
+    for attempt in range(1, attempts + 1):
+        config = _demo_config(tmp_path, cross_domains)
+        out = tmp_path / "demo.out"
+        with out.open("w") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "demo", "--config", str(config), *extra],
+                cwd=REPO,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        demo = Demo(proc, out, {})
         deadline = time.monotonic() + 30
         while "Ctrl-C stops the demo" not in demo.text():
-            assert proc.poll() is None, f"the demo exited: {demo.text()}"
-            assert time.monotonic() < deadline, f"the demo did not start: {demo.text()}"
+            if proc.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"the demo did not start within 30 s: {demo.text()}")
             await asyncio.sleep(0.05)
+        else:
+            return demo
+        if attempt == attempts or "already in use" not in demo.text():
+            raise AssertionError(f"the demo exited with {proc.returncode}: {demo.text()}")
+    raise AssertionError("unreachable")
+
+
+@asynccontextmanager
+async def run_demo(
+    tmp_path: Path, *extra: str, cross_domains: str | None = None
+) -> AsyncIterator[Demo]:
+    """``python -m gateway demo`` as `make demo` runs it, on free ports; yields once it has
+    printed the URLs to open, and stops it with Ctrl-C (SIGINT) afterwards."""
+    demo = await _start_demo(tmp_path, extra, cross_domains)
+    try:
         text = demo.text()
         for key, label in (
             ("start", "Start here:"),
@@ -131,13 +153,17 @@ async def run_demo(tmp_path: Path, *extra: str, config: Path | None = None) -> A
             demo.urls[key] = found.group(1)
         yield demo
     finally:
-        proc.send_signal(signal.SIGINT)
+        demo.proc.send_signal(signal.SIGINT)
         try:
-            await asyncio.to_thread(proc.wait, 15)
+            await asyncio.to_thread(demo.proc.wait, 15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, demo.text()
+            demo.proc.kill()
+            demo.proc.wait()
+    assert demo.proc.returncode == 0, demo.text()
+
+
+def _port(url: str) -> int:
+    return int(url.rstrip("/").rsplit(":", 1)[1])
 
 
 # --- without a browser ------------------------------------------------------------------
@@ -196,10 +222,8 @@ async def test_demo_carries_the_id_across_domains(tmp_path: Path) -> None:
     link to the checkout, and the checkout's clean-up redirect stores the same id; the sites
     without the gateway carry Segment's snippet and link to each other directly; the start
     page explains and shows nothing broken."""
-    config, port = _demo_config(tmp_path)
-    async with run_demo(
-        tmp_path, "--direct-shop-port", "0", "--direct-checkout-port", "0", config=config
-    ) as demo:
+    async with run_demo(tmp_path, "--direct-shop-port", "0", "--direct-checkout-port", "0") as demo:
+        port = _port(demo.urls["with"])
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
             shop = {"Host": f"{SHOP_HOST}:{port}"}
@@ -224,31 +248,30 @@ async def test_demo_carries_the_id_across_domains(tmp_path: Path) -> None:
                 assert f"ajs_anonymous_id={visitor};" in resp.headers["Set-Cookie"]
                 assert "Domain=pay.localhost" in resp.headers["Set-Cookie"]
 
-            direct = demo.urls["without"]
-            direct_port = direct.rsplit(":", 1)[1].rstrip("/")
-            async with session.get(f"http://127.0.0.1:{direct_port}/") as resp:
+            async with session.get(f"http://127.0.0.1:{_port(demo.urls['without'])}/") as resp:
                 page = await resp.text()
                 assert "Set-Cookie" not in resp.headers
             assert "SNIPPET_VERSION" in page and "(function(w,d,c){" not in page
             assert re.search(rf'href="http://{CHECKOUT_DIRECT_HOST}:\d+/cart\?', page), page
 
-            hub_port = demo.urls["start"].rsplit(":", 1)[1].rstrip("/")
-            async with session.get(f"http://127.0.0.1:{hub_port}/") as resp:
+            hub = f"http://127.0.0.1:{_port(demo.urls['start'])}"
+            async with session.get(hub + "/") as resp:
                 start = await resp.text()
             assert "(none)" not in start
             assert demo.urls["with"] in start and demo.urls["without"] in start
-            async with session.get(f"http://127.0.0.1:{hub_port}/results") as resp:
+            async with session.get(hub + "/results") as resp:
                 assert "Visitors: No visitors yet" in await resp.text()
     assert "Traceback" not in demo.text()
 
 
 @pytest.mark.parametrize("busy", ["gateway", "direct"])
 def test_a_busy_port_is_one_line_not_a_traceback(tmp_path: Path, busy: str) -> None:
-    config, port = _demo_config(tmp_path)
     with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0 if busy == "direct" else port))
+        holder.bind(("127.0.0.1", 0))
         holder.listen()
-        direct = str(holder.getsockname()[1]) if busy == "direct" else "0"
+        port = holder.getsockname()[1]
+        config = _demo_config(tmp_path, gateway_port=port if busy == "gateway" else 0)
+        direct = str(port) if busy == "direct" else "0"
         done = subprocess.run(
             [
                 sys.executable,
@@ -480,7 +503,6 @@ async def test_one_visitor_through_the_gateway_two_without(tmp_path: Path, libra
 async def test_the_check_fails_when_the_gateway_does_not_carry_the_id(tmp_path: Path) -> None:
     """Control: a gateway whose links to the checkout carry no id (the checkout is not a
     cross-domain) leaves Segment with two visitors, and the results page says so."""
-    config, _ = _demo_config(tmp_path, cross_domains=f"  - {SHOP_HOST}\n")
     async with chromium() as browser:
         shots = Shots(tmp_path, await browser.new_page())
         context = await browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
@@ -494,7 +516,7 @@ async def test_the_check_fails_when_the_gateway_does_not_carry_the_id(tmp_path: 
             "0",
             "--direct-checkout-port",
             "0",
-            config=config,
+            cross_domains=f"  - {SHOP_HOST}\n",
         ) as demo:
             ids = await _walk(page, shots, demo.urls["start"], "#open-with", "control")
             assert ids[0] != ids[1]
