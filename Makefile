@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench e2e clean
+.PHONY: test demo lint docs bench e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q
+
+# The README's configuration reference, generated from the declarations in gateway/options.py.
+docs: $(STAMP)
+	GATEWAY_UPDATE_DOCS=1 $(BIN)/pytest -q tests/test_options.py -k readme
 
 demo: $(STAMP)
 	$(BIN)/python -m gateway demo

@@ -10,6 +10,7 @@ import hashlib
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -308,16 +309,38 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
     """Pre-fork: N worker processes share the listening ports with SO_REUSEPORT, the kernel
     spreads connections across them; signals are passed on, dead workers are replaced."""
     try:
-        load_config(config_path, workers=workers)
+        config = overrides.apply(load_config(config_path, workers=workers))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    # Port 0 (any free port) must be one port for every worker: it is chosen here, once, and
+    # held for the supervisor's life (bound with SO_REUSEPORT, never listening, so it takes no
+    # connections) so that nothing else can take it before a worker, or a replacement, binds.
+    held: list[socket.socket] = []
+    chosen: list[str] = []
+    for flag, host, port in (
+        ("--port", config.server.host, config.server.port),
+        ("--admin-port", config.admin.host, config.admin.port),
+    ):
+        if port == 0:
+            held.append(_hold_free_port(host))
+            chosen += [flag, str(held[-1].getsockname()[1])]
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     # Each worker is told how many there are (--reuse-port keeps it from supervising in
     # turn), so that its reloads are checked for what is safe with N processes, and its index:
-    # worker 0, and its replacements, record the config reloads that all of them perform.
-    cmd = [sys.executable, "-m", "gateway", *argv, "--workers", str(workers), "--reuse-port"]
+    # worker 0, and its replacements, record the config reloads that all of them perform. A
+    # flag given twice takes its last value: the chosen ports win over a --port 0 in argv.
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        *argv,
+        *chosen,
+        "--workers",
+        str(workers),
+        "--reuse-port",
+    ]
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen([*cmd, "--worker-index", str(index)], env=env)
@@ -351,9 +374,23 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
                         procs[i] = spawn(i)
             time.sleep(0.2)
     finally:
+        for sock in held:
+            sock.close()
         for path in os.listdir(metrics_dir):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(metrics_dir, path))
         with contextlib.suppress(OSError):
             os.rmdir(metrics_dir)
     return 0 if all(p.returncode == 0 for p in procs) else 1
+
+
+def _hold_free_port(host: str) -> socket.socket:
+    """A socket bound to a free port on ``host`` (its first address) that workers binding
+    with SO_REUSEPORT can share."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock

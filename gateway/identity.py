@@ -28,6 +28,8 @@ from urllib.parse import quote, unquote
 import idna
 from publicsuffixlist import PublicSuffixList
 
+from gateway.options import Identity
+
 ANON_COOKIE = "ajs_anonymous_id"
 USER_COOKIE = "ajs_user_id"
 AID_PARAM = "ajs_aid"
@@ -37,7 +39,6 @@ _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f
 # A UUID (what analytics.js mints) or a conservative token. The explicit ASCII ranges matter:
 # ``\w`` would admit any Unicode letter. Always applied with ``fullmatch``.
 DEFAULT_ID_PATTERN: re.Pattern[str] = re.compile(rf"{_UUID}|[A-Za-z0-9._:-]{{1,128}}")
-DEFAULT_UID_MAX = 256
 
 # Safety net applied on top of any configured id pattern, so that a loose pattern can never let
 # through something that breaks a cookie, a header, a URL or an HTML attribute.
@@ -57,7 +58,7 @@ class IdRules:
     """
 
     id_pattern: re.Pattern[str] = DEFAULT_ID_PATTERN
-    uid_max_len: int = DEFAULT_UID_MAX
+    uid_max_len: int = Identity.uid_max_length
 
     def valid_aid(self, value: str | None) -> str | None:
         """Return ``value`` if it is an acceptable anonymous id, else None.
@@ -674,7 +675,6 @@ __all__ = [
     "AID_PARAM",
     "ANON_COOKIE",
     "DEFAULT_ID_PATTERN",
-    "DEFAULT_UID_MAX",
     "UID_PARAM",
     "USER_COOKIE",
     "IdRules",

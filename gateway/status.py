@@ -16,13 +16,29 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any
-
-from prometheus_client.metrics_core import Metric
+from typing import Any, Protocol
 
 # The seed guide's alert threshold: more than 10 % of cross-domain arrivals without identity.
 FRAGMENTATION_ALERT = 0.10
 UNROUTED = "-"
+
+
+class Sample(Protocol):
+    """One sample of a collected metric family (prometheus_client's ``Sample``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+    @property
+    def value(self) -> float: ...
+
+
+class Family(Protocol):
+    """A collected metric family (prometheus_client's ``Metric``)."""
+
+    @property
+    def samples(self) -> Sequence[Sample]: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,7 @@ class Snapshot:
 
 
 def snapshot(
-    families: Iterable[Metric],
+    families: Iterable[Family],
     *,
     sites: Sequence[str],
     config: ConfigVersion,

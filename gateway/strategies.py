@@ -46,15 +46,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.identity import AID_PARAM, UID_PARAM, host_matches
-from gateway.keys import GEN_KEY_ADVICE, MIN_LENGTH
+from gateway.keys import GEN_KEY_ADVICE, check_signing_key, parse_signing_keys
+from gateway.options import Signing
 
 TOKEN_PARAM = "ajs_token"
 SIG_PARAM = "ajs_sig"
 EXP_PARAM = "ajs_exp"
 
-DEFAULT_TOKEN_TTL = 300
-MAX_TOKEN_TTL = 600
-DEFAULT_SIGNED_LIFETIME = 600
 # Tolerated clock difference between the gateway that signs and the one that verifies, when
 # deciding whether an expiry is further ahead than any gateway would have signed.
 CLOCK_SKEW = 60
@@ -207,13 +205,6 @@ def token_refusal(
 
 # --- Signing keys --------------------------------------------------------------------------------
 
-_KEY_MIN_CHARS = MIN_LENGTH
-# A key with fewer distinct characters than this is a placeholder ("changeme" repeated), not a
-# secret; random keys of 32+ characters in any encoding (hex included) have far more.
-_KEY_MIN_DISTINCT = 10
-_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
-_KEY_ADVICE = GEN_KEY_ADVICE
-
 
 @dataclass(frozen=True)
 class SigningKeys:
@@ -227,9 +218,9 @@ class SigningKeys:
 
     def __post_init__(self) -> None:
         if not self.all:
-            raise ValueError(f"no signing keys given; {_KEY_ADVICE}")
+            raise ValueError(f"no signing keys given; {GEN_KEY_ADVICE}")
         for i, key in enumerate(self.all, 1):
-            _check_key(key, i, len(self.all))
+            check_signing_key(key, i, len(self.all))
 
     @property
     def signing_key(self) -> bytes:
@@ -238,38 +229,9 @@ class SigningKeys:
 
     @classmethod
     def parse(cls, value: str) -> SigningKeys:
-        """Keys from an environment variable's value: comma-separated, whitespace around each
-        ignored. Each key is used as the literal bytes of its text (printable ASCII, no commas),
-        so base64, hex and pass-phrases all work unchanged on every member of the fleet; it must
-        be at least 32 characters long. Error messages say which key is wrong, never what it
-        is."""
-        parts = [p.strip() for p in value.split(",")]
-        if parts == [""]:
-            raise ValueError(f"no signing keys given; {_KEY_ADVICE}")
-        for i, part in enumerate(parts, 1):
-            if not part:
-                raise ValueError(
-                    f"signing key {i} of {len(parts)} is empty; separate keys with single commas"
-                )
-            if not _KEY_CHARS.fullmatch(part):
-                raise ValueError(
-                    f"signing key {i} of {len(parts)} contains a space or a character outside "
-                    f"printable ASCII; {_KEY_ADVICE}"
-                )
-        return cls(tuple(p.encode("ascii") for p in parts))
-
-
-def _check_key(key: bytes, i: int, n: int) -> None:
-    if len(key) < _KEY_MIN_CHARS:
-        raise ValueError(
-            f"signing key {i} of {n} is {len(key)} characters long; each key needs at least "
-            f"{_KEY_MIN_CHARS}; {_KEY_ADVICE}"
-        )
-    if len(set(key)) < _KEY_MIN_DISTINCT:
-        raise ValueError(
-            f"signing key {i} of {n} has fewer than {_KEY_MIN_DISTINCT} distinct characters, "
-            f"so it is a placeholder rather than a secret; {_KEY_ADVICE}"
-        )
+        """Keys from a ``signing.keys`` value, as :func:`gateway.keys.parse_signing_keys` reads
+        them. Error messages say which key is wrong, never what it is."""
+        return cls(parse_signing_keys(value))
 
 
 # --- Signed links --------------------------------------------------------------------------------
@@ -359,7 +321,7 @@ def verify_signed(
     keys: SigningKeys,
     user_agent: str | None,
     bind_user_agent: bool,
-    max_lifetime: int = DEFAULT_SIGNED_LIFETIME,
+    max_lifetime: int = Signing.lifetime,
 ) -> tuple[str | None, str | None, VerifyReason]:
     """Check a signed arrival: ``(aid, uid, "ok")`` or ``(None, None, reason)``.
 
@@ -420,10 +382,7 @@ def verify_signed(
 
 __all__ = [
     "CLOCK_SKEW",
-    "DEFAULT_SIGNED_LIFETIME",
-    "DEFAULT_TOKEN_TTL",
     "EXP_PARAM",
-    "MAX_TOKEN_TTL",
     "SIG_PARAM",
     "TOKEN_PARAM",
     "SigningKeys",

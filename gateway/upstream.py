@@ -19,7 +19,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -397,6 +397,22 @@ class UpstreamResponse:
             self._pool._done(self._exchange.conn, reuse=False)
 
 
+@dataclass(frozen=True)
+class PoolStats:
+    """What an :class:`UpstreamPool` holds at one moment.
+
+    ``busy``: exchanges holding a slot (in total, and per origin in ``busy_by_origin``);
+    ``idle``: connections kept for reuse, per origin (one the upstream closed while it sat idle
+    counts until the pool next looks at it); ``waiting``: requests queued for a slot. Origins
+    with nothing to count are left out.
+    """
+
+    busy: int
+    busy_by_origin: Mapping[Origin, int]
+    idle: Mapping[Origin, int]
+    waiting: int
+
+
 class UpstreamPool:
     """Keep-alive connections per upstream origin, bounded in total and, optionally, per origin
     (``per_origin``: 0 for no separate bound), so one slow legacy upstream cannot take every
@@ -629,6 +645,15 @@ class UpstreamPool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool's slots, idle connections and queue (see :class:`PoolStats`)."""
+        return PoolStats(
+            busy=self._busy,
+            busy_by_origin={o: n for o, n in self._busy_by.items() if n},
+            idle={o: len(conns) for o, conns in self._idle.items() if conns},
+            waiting=len(self._waiting),
+        )
 
 
 def _stop_sender(sender: asyncio.Future[None]) -> None:

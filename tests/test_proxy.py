@@ -7,13 +7,12 @@ import asyncio
 import gzip
 import hashlib
 import json
-import socket
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import StartGateway, StartUpstream
+from .conftest import StartGateway, StartUpstream, refused_port
 
 
 def site_yaml(upstream: str, host: str = "www.example.com", extra: str = "") -> str:
@@ -359,17 +358,12 @@ async def test_websocket_relay_both_ways(
         assert (await ws.receive_bytes(timeout=5)) == b"\x02\x01\x00"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_unreachable_upstream_is_502(start_gateway: StartGateway) -> None:
-    gw = await start_gateway(site_yaml(f"http://127.0.0.1:{_closed_port()}"))
-    async with gw.request("GET", "/") as resp:
-        assert resp.status == 502
-        assert "Bad Gateway" in await resp.text()
+    with refused_port() as port:
+        gw = await start_gateway(site_yaml(f"http://127.0.0.1:{port}"))
+        async with gw.request("GET", "/") as resp:
+            assert resp.status == 502
+            assert "Bad Gateway" in await resp.text()
     assert any(line["event"] == "upstream_error" for line in gw.log)
 
 

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,6 @@ ADMIN_TOKEN = generate_key()
 Found = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gateway(
     sites: Sites, stand_in: StandIn, tmp_path_factory: pytest.TempPathFactory
@@ -54,17 +47,8 @@ async def gateway(
     token (the page is behind it)."""
     path = tmp_path_factory.mktemp("e2e-status") / "domains.yaml"
     path.write_text(gateway_config(sites, stand_in) + "admin:\n  token: ${ADMIN_TOKEN}\n")
-    port, admin = _free_port(), _free_port()
     process = await asyncio.to_thread(
-        spawn_gateway,
-        path,
-        "--workers",
-        "2",
-        "--port",
-        str(port),
-        "--admin-port",
-        str(admin),
-        env={"ADMIN_TOKEN": ADMIN_TOKEN},
+        spawn_gateway, path, "--workers", "2", env={"ADMIN_TOKEN": ADMIN_TOKEN}
     )
     await asyncio.to_thread(process.wait_for, "started", 20, 2)
     previous = sites.origins.gateway_port
