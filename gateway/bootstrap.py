@@ -34,7 +34,8 @@ The script does the following, written from scratch for this gateway:
    DOMContentLoaded (a tag manager) finds ``invoked`` set and stands down.
 4. It decorates cross-domain links and forms at the moment they are used (capturing listeners
    for click, auxclick and submit on ``document``), to cover what page JavaScript creates after
-   the HTML rewriter has seen the page. Hosts match exactly as ``identity.host_matches`` does;
+   the HTML rewriter has seen the page. Hosts match exactly as ``hosts.matches`` says (the
+   ``hit`` function is that rule in JavaScript; a test holds the two together);
    the ids come from the running library when it is ready, else from the embedded values;
    existing ``ajs_aid``/``ajs_uid`` are replaced; the rest of the URL keeps its text.
 
@@ -50,6 +51,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.hosts import normalize
 from gateway.identity import AID_PARAM, UID_PARAM
 from gateway.strategies import EXP_PARAM, SIG_PARAM, TOKEN_PARAM
 
@@ -189,14 +191,6 @@ def _js_value(value: object) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _host_key(host: str) -> str:
-    """Normalize a host or ``*.`` pattern like ``identity.host_matches`` does (no port, no dot)."""
-    h = host.strip().lower()
-    if not h.startswith("[") and h.count(":") == 1:
-        h = h.partition(":")[0]
-    return h.rstrip(".")
-
-
 def render_bootstrap(
     *,
     write_key: str,
@@ -238,8 +232,8 @@ def _static_config(
     config = {
         "k": write_key,
         "c": cdn_url.rstrip("/"),
-        "t": [_host_key(t) for t in targets],
-        "o": _host_key(own_host),
+        "t": [normalize(t) for t in targets],
+        "o": normalize(own_host),
         "p": [AID_PARAM, UID_PARAM],
         "s": list(_IDENTITY_PARAMS),
         "b": _ADDRESS_BAR_PREFIX,
@@ -248,7 +242,7 @@ def _static_config(
         if refresh is None
         else {
             "e": refresh.endpoint,
-            "t": [_host_key(t) for t in refresh.targets],
+            "t": [normalize(t) for t in refresh.targets],
             "x": refresh.fresh_for,
             "q": list(_IDENTITY_PARAMS),
             "c": [TOKEN_PARAM, SIG_PARAM],

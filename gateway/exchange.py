@@ -19,8 +19,9 @@ from multidict import CIMultiDict
 from . import responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
-from .config import Config, Site, normalize_host
+from .config import Config, Site
 from .headers import visitor_scheme
+from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
 from .identity import LinkDecorator, decorate_location, identity_cookies
 from .inbound import (

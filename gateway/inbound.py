@@ -21,6 +21,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .config import Config, Site, Strategy
+from .hosts import matches
 from .identity import (
     AID_PARAM,
     ANON_COOKIE,
@@ -28,7 +29,6 @@ from .identity import (
     UID_PARAM,
     USER_COOKIE,
     IdRules,
-    host_matches,
     mint_id,
     read_cookie,
     same_origin_location,
@@ -263,6 +263,6 @@ def referring_cross_domain(referer: str | None, own_host: str, config: Config) -
     if not host or host == own_host:
         return None
     for cross in config.cross_domains:
-        if host_matches(host, cross.host):
+        if matches(host, cross.host):
             return cross.host
     return None
