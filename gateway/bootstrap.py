@@ -52,14 +52,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.hosts import normalize
-from gateway.identity import AID_PARAM, UID_PARAM
-from gateway.strategies import EXP_PARAM, SIG_PARAM, TOKEN_PARAM
-
-_IDENTITY_PARAMS = (AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM)
-# Every parameter analytics.js' query-string feature reads (ajs_aid, ajs_uid, ajs_event,
-# ajs_prop_*, ajs_trait_*) and every identity parameter of ours starts with this; the bootstrap
-# takes all of them out of the address bar (compared by decoded name, as the gateway does).
-_ADDRESS_BAR_PREFIX = "ajs_"
+from gateway.params import (
+    AID_PARAM,
+    IDENTITY_PARAMS,
+    PARAM_PREFIX,
+    SIG_PARAM,
+    TOKEN_PARAM,
+    UID_PARAM,
+)
 
 # The queue methods analytics.js replays from its snippet buffer (its public API names).
 _METHODS = (
@@ -235,8 +235,10 @@ def _static_config(
         "t": [normalize(t) for t in targets],
         "o": normalize(own_host),
         "p": [AID_PARAM, UID_PARAM],
-        "s": list(_IDENTITY_PARAMS),
-        "b": _ADDRESS_BAR_PREFIX,
+        "s": list(IDENTITY_PARAMS),
+        # The bootstrap takes every parameter that starts with this out of the address bar
+        # (compared by decoded name, as the gateway does).
+        "b": PARAM_PREFIX,
         "m": _METHODS,
         "r": None
         if refresh is None
@@ -244,7 +246,7 @@ def _static_config(
             "e": refresh.endpoint,
             "t": [normalize(t) for t in refresh.targets],
             "x": refresh.fresh_for,
-            "q": list(_IDENTITY_PARAMS),
+            "q": list(IDENTITY_PARAMS),
             "c": [TOKEN_PARAM, SIG_PARAM],
         },
     }

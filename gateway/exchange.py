@@ -25,7 +25,6 @@ from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
 from .identity import LinkDecorator, decorate_location, identity_cookies
 from .inbound import (
-    IDENTITY_PARAMS,
     Arrival,
     cookies_may_be_withheld,
     read_url_identity,
@@ -49,6 +48,7 @@ from .outbound import (
     script_policy,
     weaken_etag,
 )
+from .params import IDENTITY_PARAMS
 from .responses import plain_response
 from .state import ProxyState
 from .store import StoreError

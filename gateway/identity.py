@@ -42,8 +42,6 @@ from .hosts import (
 
 ANON_COOKIE = "ajs_anonymous_id"
 USER_COOKIE = "ajs_user_id"
-AID_PARAM = "ajs_aid"
-UID_PARAM = "ajs_uid"
 
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 # A UUID (what analytics.js mints) or a conservative token. The explicit ASCII ranges matter:
@@ -545,10 +543,8 @@ def decorate_location(
 
 
 __all__ = [
-    "AID_PARAM",
     "ANON_COOKIE",
     "DEFAULT_ID_PATTERN",
-    "UID_PARAM",
     "USER_COOKIE",
     "IdRules",
     "LinkDecorator",

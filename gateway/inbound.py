@@ -23,10 +23,8 @@ from urllib.parse import urlsplit
 from .config import Config, Site, Strategy
 from .hosts import matches
 from .identity import (
-    AID_PARAM,
     ANON_COOKIE,
     DEFAULT_ID_PATTERN,
-    UID_PARAM,
     USER_COOKIE,
     IdRules,
     mint_id,
@@ -34,17 +32,14 @@ from .identity import (
     same_origin_location,
     split_identity_params,
 )
+from .params import AID_PARAM, EXP_PARAM, IDENTITY_PARAMS, SIG_PARAM, TOKEN_PARAM, UID_PARAM
 from .strategies import (
-    EXP_PARAM,
-    SIG_PARAM,
-    TOKEN_PARAM,
     SigningKeys,
     TokenRecord,
     valid_token_syntax,
     verify_signed,
 )
 
-IDENTITY_PARAMS = frozenset({AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM})
 Source = Literal["url", "cookie", "minted", "rejected", "none"]
 _REDIRECT_METHODS = frozenset({"GET", "HEAD"})
 

@@ -13,8 +13,9 @@ import re
 from collections.abc import Mapping, Sequence
 
 from .config import CrossDomain, Strategy
-from .identity import AID_PARAM, UID_PARAM, LinkDecorator
-from .strategies import TOKEN_PARAM, SigningKeys, sign_params
+from .identity import LinkDecorator
+from .params import AID_PARAM, TOKEN_PARAM, UID_PARAM
+from .strategies import SigningKeys, sign_params
 
 # The freshness endpoint, on every site's own origin (see proxy.ProxyHandler.fresh_link). The
 # name is unlikely to collide with a legacy site's own paths.

@@ -48,13 +48,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.hosts import hostname, matches
-from gateway.identity import AID_PARAM, UID_PARAM
 from gateway.keys import GEN_KEY_ADVICE, check_signing_key, parse_signing_keys
 from gateway.options import Signing
-
-TOKEN_PARAM = "ajs_token"
-SIG_PARAM = "ajs_sig"
-EXP_PARAM = "ajs_exp"
+from gateway.params import AID_PARAM, EXP_PARAM, SIG_PARAM, UID_PARAM
 
 # Tolerated clock difference between the gateway that signs and the one that verifies, when
 # deciding whether an expiry is further ahead than any gateway would have signed.
@@ -371,9 +367,6 @@ def verify_signed(
 
 __all__ = [
     "CLOCK_SKEW",
-    "EXP_PARAM",
-    "SIG_PARAM",
-    "TOKEN_PARAM",
     "SigningKeys",
     "TokenRecord",
     "TokenRefusal",

@@ -19,10 +19,8 @@ from gateway.config import ConfigError, parse_config
 from gateway.hosts import domain_to_ascii, url_domain
 from gateway.hosts import matches as host_matches
 from gateway.identity import (
-    AID_PARAM,
     ANON_COOKIE,
     DEFAULT_ID_PATTERN,
-    UID_PARAM,
     USER_COOKIE,
     IdRules,
     LinkDecorator,
@@ -36,6 +34,7 @@ from gateway.identity import (
     split_identity_params,
 )
 from gateway.links import protected_target
+from gateway.params import AID_PARAM, UID_PARAM
 
 RULES = IdRules()
 UUID = "0b6e6f5a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
