@@ -270,15 +270,10 @@ class IdentityFlow:
         if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
             page_url = self.page_url(request, arrival)
             location = headers["Location"]
-            hits: list[str] = []
-
-            def probe(pattern: str, host: str) -> None:
-                hits.append(pattern)
-
             # Find the target first, so a token is minted only for a redirect that needs one.
-            decorate_location(location, page_url, own_host=own_host, targets=targets, params=probe)
-            if hits:
-                token_for = (hits[0],) if index.strategies[hits[0]] == "token" else ()
+            hit = LinkDecorator(own_host, page_url, targets).target_of(location)
+            if hit is not None:
+                token_for = (hit,) if index.strategies[hit] == "token" else ()
                 params = await self.target_params(request, arrival, token_for=token_for)
                 new = decorate_location(
                     location,

@@ -400,7 +400,7 @@ class LinkDecorator:
         own_host: str,
         page_url: str,
         targets: Sequence[str],
-        params: Sequence[tuple[str, str]] | ParamsFor,
+        params: Sequence[tuple[str, str]] | ParamsFor = (),
         *,
         replace: Collection[str] = (),
     ) -> None:
@@ -461,7 +461,16 @@ class LinkDecorator:
             return None
         return self._params(action, base)
 
-    def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+    def target_of(self, url: str, base: str | None = None) -> str | None:
+        """The target pattern ``url`` leads to, the one :meth:`decorate` would decorate it for
+        (whatever the params), or None. Counts nothing."""
+        if not url.strip(_C0_OR_SPACE):
+            return None
+        target = self._target(url, base)
+        return None if target is None else target[0]
+
+    def _target(self, url: str, base: str | None) -> tuple[str, str] | None:
+        """(the target pattern, the host) of a link that leaves for a target, else None."""
         host = _quick_host(self, url) if base is None else _UNKNOWN
         if host is _UNKNOWN:
             try:
@@ -474,8 +483,13 @@ class LinkDecorator:
         if not isinstance(host, str) or host == self._own:
             return None
         pattern = first_match(host, self._patterns)
-        if pattern is None:
+        return None if pattern is None else (pattern, host)
+
+    def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        target = self._target(url, base)
+        if target is None:
             return None
+        pattern, host = target
         params = self._params_for(pattern, host)
         if not params:
             return None

@@ -30,14 +30,7 @@ def protected_target(to: str, own_host: str, patterns: Sequence[str]) -> str | N
     other than ``own_host`` (the freshness endpoint redirects nowhere else)."""
     if not patterns or not _ABSOLUTE_URL.fullmatch(to):
         return None
-    hits: list[str] = []
-
-    def record(pattern: str, host: str) -> Sequence[tuple[str, str]]:
-        hits.append(pattern)
-        return [("", "")]
-
-    LinkDecorator(own_host, f"http://{own_host}/", patterns, record).decorate(to, None)
-    return hits[0] if hits else None
+    return LinkDecorator(own_host, f"http://{own_host}/", patterns).target_of(to)
 
 
 class TargetParams:
