@@ -110,7 +110,7 @@ _JS = (
     # 4. click-time decoration
     'function hit(h,L){h=(h||"").toLowerCase().replace(/\\.$/,"");if(!h||h==c.o)return!1;'
     "for(var i=0;i<L.length;i++){var t=L[i],n=t.length;"
-    'if(t.slice(0,2)=="*."?h.length>n&&h.slice(1-n)==t.slice(1)&&h.charAt(h.length-n)!=".":h==t)'
+    'if(t.slice(0,2)=="*."?h.length>=n&&h.slice(1-n)==t.slice(1)&&h.charAt(h.length-n)!=".":h==t)'
     "return!0}return!1}"
     "function web(u,L){try{u=new URL(u,d.baseURI)}catch(e){return!1}"
     "return/^https?:$/.test(u.protocol)&&hit(u.hostname,L||c.t)&&u.href}"
