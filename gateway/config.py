@@ -31,12 +31,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-# The host rules are hosts.py's; the config reader knows them by these names.
-from .hosts import PATTERN as _HOST_RE
-from .hosts import HostIndex, hostname
-from .hosts import configured_host as _config_host
-from .hosts import is_ip as _is_ip
-from .hosts import is_public_suffix as _is_public_suffix
+from .hosts import PATTERN, HostIndex, configured_host, hostname, is_public_suffix
 from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, weakness
 from .options import (
     STRATEGIES,
@@ -422,8 +417,8 @@ class _Reader:
             self.problem(parent, f"{path}.{key}", "missing (e.g. www.example.com or *.example.com)")
             return None
         raw = self.scalar(node, f"{path}.{key}")
-        host = _config_host(raw) if isinstance(raw, str) else None
-        if not host or not (_HOST_RE.fullmatch(host) or _is_ip(host)):
+        host = configured_host(raw) if isinstance(raw, str) else None
+        if host is None:
             idn = "" if not isinstance(raw, str) or raw.isascii() else _IDN_ADVICE
             self.problem(
                 node,
@@ -456,7 +451,7 @@ class _Reader:
             return None
         raw = self.scalar(node, f"{path}.cookie_domain")
         domain = raw.strip().lower().lstrip(".").rstrip(".") if isinstance(raw, str) else ""
-        if not domain or not _HOST_RE.fullmatch(domain) or domain.startswith("*"):
+        if not domain or not PATTERN.fullmatch(domain) or domain.startswith("*"):
             self.problem(
                 node, f"{path}.cookie_domain", f"{raw!r} is not a domain (e.g. example.com)"
             )
@@ -471,7 +466,7 @@ class _Reader:
                     "domain of it)",
                 )
                 return None
-        if _is_public_suffix(domain):
+        if is_public_suffix(domain):
             self.problem(
                 node,
                 f"{path}.cookie_domain",
