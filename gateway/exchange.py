@@ -19,13 +19,13 @@ from multidict import CIMultiDict
 from . import responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
-from .config import Config, Site, normalize_host
+from .config import Config, Site
 from .crossings import cross_domain_arrival, marker_cookie
 from .headers import visitor_scheme
+from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
 from .identity import LinkDecorator, decorate_location, identity_cookies
 from .inbound import (
-    IDENTITY_PARAMS,
     Arrival,
     cookies_may_be_withheld,
     read_url_identity,
@@ -48,6 +48,7 @@ from .outbound import (
     script_policy,
     weaken_etag,
 )
+from .params import IDENTITY_PARAMS
 from .responses import plain_response
 from .state import ProxyState
 from .store import StoreError
@@ -282,15 +283,10 @@ class IdentityFlow:
         if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
             page_url = self.page_url(request, arrival)
             location = headers["Location"]
-            hits: list[str] = []
-
-            def probe(pattern: str, host: str) -> None:
-                hits.append(pattern)
-
             # Find the target first, so a token is minted only for a redirect that needs one.
-            decorate_location(location, page_url, own_host=own_host, targets=targets, params=probe)
-            if hits:
-                token_for = (hits[0],) if index.strategies[hits[0]] == "token" else ()
+            hit = LinkDecorator(own_host, page_url, targets).target_of(location)
+            if hit is not None:
+                token_for = (hit,) if index.strategies[hit] == "token" else ()
                 params = await self.target_params(request, arrival, token_for=token_for)
                 new = decorate_location(
                     location,

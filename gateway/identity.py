@@ -9,14 +9,15 @@ host-finding code below follows the WHATWG rules that matter for deciding *which
 to*: leading/trailing C0-control-or-space is trimmed, tab and newline are removed anywhere, ``\\``
 counts as ``/`` in http(s) URLs, any run of slashes after ``http:`` introduces the authority, and
 ``http:foo`` is relative when the base is also ``http``. We never re-serialize a URL we were given:
-decoration edits the original text so that upstream applications see their own bytes.
+decoration edits the original text so that upstream applications see their own bytes. What the
+host text then means (UTS #46, IP addresses) and which target it matches is :mod:`gateway.hosts`'
+business.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import ipaddress
 import json
 import re
 import uuid
@@ -25,15 +26,22 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import quote, unquote
 
-import idna
-from publicsuffixlist import PublicSuffixList
-
 from gateway.options import Identity
+
+from .hosts import (
+    Pattern,
+    compile_patterns,
+    first_match,
+    hostname,
+    is_ip,
+    is_name,
+    is_public_suffix,
+    registrable_domain,
+    url_domain,
+)
 
 ANON_COOKIE = "ajs_anonymous_id"
 USER_COOKIE = "ajs_user_id"
-AID_PARAM = "ajs_aid"
-UID_PARAM = "ajs_uid"
 
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 # A UUID (what analytics.js mints) or a conservative token. The explicit ASCII ranges matter:
@@ -131,8 +139,6 @@ def _decode_cookie_value(raw: str) -> str:
 # cookie-octet (RFC 6265 section 4.1.1) minus "%", which we use to escape everything else; so the
 # written value is always a valid cookie value and a ``%`` in an id survives a decode round trip.
 _COOKIE_SAFE = "!#$&'()*+/:<=>?@[]^`{|}"
-# Lower-case dot-separated labels: what we accept as a host name and emit as a Domain attribute.
-_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 
 
 def identity_cookies(
@@ -155,7 +161,7 @@ def identity_cookies(
     """
     if max_age < 0:
         raise ValueError(f"max_age must be >= 0, got {max_age}")
-    if domain is not None and not _HOSTNAME.fullmatch(domain):
+    if domain is not None and not is_name(domain):
         raise ValueError(f"not a cookie domain: {domain!r}")
     attrs = ""
     if domain is not None:
@@ -171,17 +177,12 @@ def identity_cookies(
     ]
 
 
-@functools.cache
-def _psl() -> PublicSuffixList:
-    # Parsing the bundled list takes a noticeable moment; do it once, on first use.
-    return PublicSuffixList()
-
-
 def cookie_domain(host: str, configured: str | None) -> str | None:
     """The ``Domain`` attribute for the identity cookies on ``host``, or None for host-only.
 
-    - IP addresses (v4, v6, and the numeric forms browsers read as IPv4) and single-label hosts
-      such as ``localhost`` get host-only cookies: browsers refuse a Domain attribute there.
+    - IP addresses (v4, v6, and the numeric forms browsers read as IPv4, see
+      :func:`gateway.hosts.is_ip`) and single-label hosts such as ``localhost`` get host-only
+      cookies: browsers refuse a Domain attribute there.
     - ``configured`` is used when ``host`` is it or a subdomain of it and it is not itself a
       public suffix. Otherwise it cannot work for this host (the browser would drop the cookie),
       so we fall back to the automatic choice below rather than lose the cookie.
@@ -192,66 +193,19 @@ def cookie_domain(host: str, configured: str | None) -> str | None:
       Chromium's cookie code (which resolves unknown registries the same way) accepts those.
     - A host that is itself a public suffix (``github.io``) gets host-only cookies.
     """
-    name = _hostname(host)
-    if name is None or "." not in name or _is_ip(name):
+    name = hostname(host)
+    if name is None or "." not in name or is_ip(name):
         return None
     if configured:
         want = configured.strip().lower().strip(".")
         if (
             (name == want or name.endswith("." + want))
             and "." in want
-            and _HOSTNAME.fullmatch(want)
-            and not _psl().is_public(want)
+            and is_name(want)
+            and not is_public_suffix(want)
         ):
             return want
-    registrable: str | None = _psl().privatesuffix(name)
-    return registrable
-
-
-def _hostname(host: str) -> str | None:
-    """Lower-cased host name without port or trailing dot; bracketed IPv6 kept; None if invalid."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        end = h.find("]")
-        return h[: end + 1] if end > 0 else None
-    if h.count(":") > 1:  # a bare IPv6 address
-        return f"[{h}]"
-    h = h.partition(":")[0].rstrip(".")
-    return h if _HOSTNAME.fullmatch(h) else None
-
-
-def _is_ip(name: str) -> bool:
-    if name.startswith("["):
-        return True
-    # WHATWG URL parsing treats a host whose last label is numeric as IPv4 (``127.1``, ``0x7f.1``).
-    last = name.rsplit(".", 1)[-1]
-    if last.isdigit() or re.fullmatch(r"0x[0-9a-f]*", last):
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def host_matches(host: str, pattern: str) -> bool:
-    """Whether ``host`` is the target ``pattern``: exact, or ``*.example.com`` for subdomains.
-
-    Case-insensitive; ports and a trailing dot are ignored. ``*.example.com`` matches one or more
-    labels in front of ``example.com`` but not ``example.com`` itself, and never look-alikes such
-    as ``evilexample.com`` or ``example.com.evil.net`` (the substring test in the guide does).
-    """
-    name = _hostname(host)
-    if name is None:
-        return False
-    p = pattern.strip().lower()
-    if p.startswith("*."):
-        suffix = _hostname(p[2:])
-        if suffix is None:
-            return False
-        prefix = name[: -len(suffix) - 1]
-        return name.endswith("." + suffix) and bool(prefix) and not prefix.endswith(".")
-    return name == _hostname(p)
+    return registrable_domain(name)
 
 
 # --- Query strings and the clean-up redirect -----------------------------------------------------
@@ -357,9 +311,6 @@ def decorate_url(url: str, params: Sequence[tuple[str, str]], replace: Collectio
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _WEB_SCHEMES = ("http", "https")
-# Host code points the WHATWG host parser rejects (forbidden domain code points), plus any
-# C0 control or space, which we must never pass on.
-_FORBIDDEN_HOST = re.compile(r"[\x00-\x20#%/:<>?@\[\\\]^|\x7f]")
 _Origin = tuple[str, str]  # (scheme, host)
 
 
@@ -408,83 +359,12 @@ def _authority(scheme: str, s: str) -> _Origin | None:
     return scheme, host.lower()
 
 
-def url_domain(raw: str) -> str | None:
-    """The ASCII host name a browser makes of the host text ``raw`` of an http(s) URL, or None
-    where it fails (or where browsers disagree; see :func:`domain_to_ascii`).
-
-    The WHATWG host parser: percent-decode, UTF-8 decode, domain to ASCII. So
-    ``gro%C3%9Fbank.test`` is ``großbank.test`` is ``xn--grobank-2va.test``, and an escape
-    that is not UTF-8 fails (the browser's U+FFFD is not allowed in a host either).
-    """
-    if "%" in raw:
-        try:
-            raw = unquote(raw, errors="strict")
-        except UnicodeDecodeError:
-            return None
-    return domain_to_ascii(raw)
-
-
-# UTS #46 changed the mapping of these between versions, so browsers of different ages go to
-# different hosts: U+1E9E (capital sharp s) maps to "ss" up to Unicode 15.0 (node 20's URL
-# parser, older Safari) and to "ß" from 15.1 (current ICU, so Chrome, and the idna package).
-# A host that means one thing to one browser and another to the next is no one's target.
-_UNSTABLE_MAPPING = frozenset("\u1e9e")
-
-
-def domain_to_ascii(domain: str) -> str | None:
-    """``domain`` as browsers put it on the wire, or None if they refuse it (never raises).
-
-    The WHATWG URL Standard's *domain to ASCII* (UTS #46 ToASCII, non-transitional, without
-    STD3 rules, hyphen or DNS length checks; joiners and bidi checked), then its check for
-    forbidden domain code points. Non-transitional matters: ``ß`` and ``ς`` stay themselves
-    (``xn--grobank-2va``), where IDNA 2003 (Python's ``"idna"`` codec) maps them to ``ss`` and
-    ``σ``, another registrable domain. Case, full-width forms, ideographic full stops and
-    ignorable code points (soft hyphen) are mapped as browsers map them.
-
-    - An ASCII name with no ``xn--`` label is only lower-cased: the Standard notes that this is
-      all ToASCII does to one, and it keeps plain hosts off the slow path below.
-    - Otherwise the name is mapped by the ``idna`` package. Its non-ASCII and ``xn--`` labels
-      must also pass that package's IDNA 2008 checks, which are stricter than UTS #46 (emoji,
-      ``_``, a hyphen at either end or in positions 3-4, empty or over-long labels, names over
-      1024 characters): browsers accept some of those, we refuse them. That direction is safe:
-      nothing is decorated or redirected to such a host, and none can be configured as a
-      target (config.py reads hosts with this function); only a link to one under a ``*.``
-      target goes undecorated. Other ASCII labels are kept, as browsers keep them.
-    - Names whose meaning changed between Unicode versions (``_UNSTABLE_MAPPING``) are refused.
-
-    What is left is the IPv4 reading of names that end in a number, which the caller does.
-    """
-    if domain.isascii():
-        name = domain.lower()
-        if "xn--" not in name:
-            return name if name and not _FORBIDDEN_HOST.search(name) else None
-    elif not _UNSTABLE_MAPPING.isdisjoint(domain):
-        return None
-    try:
-        # Non-transitional processing is the default (and since UTS #46 15.1 the only one).
-        mapped = idna.uts46_remap(domain, std3_rules=False)
-        name = ".".join(
-            label
-            if label.isascii() and not label.startswith("xn--")
-            else idna.alabel(label).decode("ascii")
-            for label in mapped.split(".")
-        )
-    except UnicodeError:  # idna.IDNAError and the codecs' errors alike
-        return None
-    return name if name and not _FORBIDDEN_HOST.search(name) else None
-
-
 _MEMO_LIMIT = 4096
 
 
-@functools.lru_cache(maxsize=64)
-def _patterns_of(targets: tuple[str, ...]) -> tuple[tuple[str, str | None, str | None], ...]:
-    return tuple(_pattern_parts(t) for t in targets)
-
-
 @functools.lru_cache(maxsize=1024)
-def _no_target(host: str, own: str | None, targets: tuple[str, ...]) -> bool:
-    return host == own or not any(host_matches(host, t) for t in targets)
+def _no_target(host: str, own: str | None, patterns: tuple[Pattern, ...]) -> bool:
+    return host == own or first_match(host, patterns) is None
 
 
 def _quick_page_host(page_url: str) -> str | None:
@@ -497,14 +377,6 @@ def _quick_page_host(page_url: str) -> str | None:
         return None
     host = authority.group(1).lower()
     return None if "xn--" in host else host
-
-
-def _pattern_parts(pattern: str) -> tuple[str, str | None, str | None]:
-    p = pattern.strip().lower()
-    if p.startswith("*."):
-        suffix = _hostname(p[2:])
-        return pattern, None, None if suffix is None else "." + suffix
-    return pattern, _hostname(p), None
 
 
 ParamsFor = Callable[[str, str], Sequence[tuple[str, str]] | None]
@@ -520,6 +392,7 @@ class LinkDecorator:
     alone. ``params`` is either the params for every target, or a function of the matched
     pattern and host (targets differ by strategy: raw id, token, or a signature that covers the
     target host). ``targets_hit`` counts decorations per matched target pattern, for metrics.
+    Hosts match targets as :func:`gateway.hosts.matches` says, the first target listed first.
     """
 
     def __init__(
@@ -527,26 +400,24 @@ class LinkDecorator:
         own_host: str,
         page_url: str,
         targets: Sequence[str],
-        params: Sequence[tuple[str, str]] | ParamsFor,
+        params: Sequence[tuple[str, str]] | ParamsFor = (),
         *,
         replace: Collection[str] = (),
     ) -> None:
-        self._own = _hostname(own_host)
-        self._replace = replace
+        self._own = hostname(own_host)
+        # A frozenset once here, so decorate_url's own frozenset() of it costs nothing per link.
+        self._replace = frozenset(replace)
         self._page_url = page_url
         self._page_parsed: _Origin | object | None = _UNKNOWN
-        self._targets = tuple(targets)
-        # Each pattern as (pattern, exact host, ".suffix" of a "*." pattern), in order: the
-        # first that matches decides, as host_matches would.
-        self._patterns = _patterns_of(self._targets)
+        self._patterns = compile_patterns(tuple(targets))
         # Relative links resolve to the page's host: they can skip the full parse only when
         # that host is no target (it normally is the site's own).
         page_host = _quick_page_host(page_url)
         if page_host is None:
             page = self._page
-            page_host = _hostname(page[1]) if page is not None else None
+            page_host = hostname(page[1]) if page is not None else None
         self._relative_is_safe = page_host is not None and _no_target(
-            page_host, self._own, self._targets
+            page_host, self._own, self._patterns
         )
         if callable(params):
             self._params_for: ParamsFor = params
@@ -590,7 +461,16 @@ class LinkDecorator:
             return None
         return self._params(action, base)
 
-    def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+    def target_of(self, url: str, base: str | None = None) -> str | None:
+        """The target pattern ``url`` leads to, the one :meth:`decorate` would decorate it for
+        (whatever the params), or None. Counts nothing."""
+        if not url.strip(_C0_OR_SPACE):
+            return None
+        target = self._target(url, base)
+        return None if target is None else target[0]
+
+    def _target(self, url: str, base: str | None) -> tuple[str, str] | None:
+        """(the target pattern, the host) of a link that leaves for a target, else None."""
         host = _quick_host(self, url) if base is None else _UNKNOWN
         if host is _UNKNOWN:
             try:
@@ -599,18 +479,23 @@ class LinkDecorator:
                 target = _web_target(url, base_origin)
             except (UnicodeError, ValueError):
                 return None
-            host = None if target is None else _hostname(target[1])
+            host = None if target is None else hostname(target[1])
         if not isinstance(host, str) or host == self._own:
             return None
-        for pattern, exact, suffix in self._patterns:
-            if host == exact or (suffix is not None and host.endswith(suffix)):
-                params = self._params_for(pattern, host)
-                if not params:
-                    return None
-                self.targets_hit[pattern] += 1
-                self._last_pattern = pattern
-                return params
-        return None
+        pattern = first_match(host, self._patterns)
+        return None if pattern is None else (pattern, host)
+
+    def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        target = self._target(url, base)
+        if target is None:
+            return None
+        pattern, host = target
+        params = self._params_for(pattern, host)
+        if not params:
+            return None
+        self.targets_hit[pattern] += 1
+        self._last_pattern = pattern
+        return params
 
 
 _UNKNOWN = object()
@@ -649,7 +534,7 @@ def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
     if port and int(port) > 65535:
         return None  # the browser cannot follow it either
     host = authority.group(1).lower()
-    # An xn-- label is only a host if its Punycode is valid: domain_to_ascii checks that.
+    # An xn-- label is only a host if its Punycode is valid: hosts.domain_to_ascii checks that.
     return _UNKNOWN if "xn--" in host else host
 
 
@@ -672,22 +557,17 @@ def decorate_location(
 
 
 __all__ = [
-    "AID_PARAM",
     "ANON_COOKIE",
     "DEFAULT_ID_PATTERN",
-    "UID_PARAM",
     "USER_COOKIE",
     "IdRules",
     "LinkDecorator",
     "cookie_domain",
     "decorate_location",
     "decorate_url",
-    "domain_to_ascii",
-    "host_matches",
     "identity_cookies",
     "mint_id",
     "read_cookie",
     "same_origin_location",
     "split_identity_params",
-    "url_domain",
 ]

@@ -13,11 +13,12 @@ import re
 from collections.abc import Mapping, Sequence
 
 from .config import CrossDomain, Strategy
-from .identity import AID_PARAM, UID_PARAM, LinkDecorator
-from .strategies import TOKEN_PARAM, SigningKeys, sign_params
+from .identity import LinkDecorator
+from .params import AID_PARAM, TOKEN_PARAM, UID_PARAM
+from .strategies import SigningKeys, sign_params
 
-# The freshness endpoint, on every site's own origin (see proxy.ProxyHandler.fresh_link). The
-# name is unlikely to collide with a legacy site's own paths.
+# The freshness endpoint, on every site's own origin (see exchange.IdentityFlow.fresh_link).
+# The name is unlikely to collide with a legacy site's own paths.
 LINK_PATH = "/_ajs_gateway/link"
 # An absolute http(s) URL of printable ASCII without backslashes: nothing a browser could read
 # differently from us (it strips tabs and newlines and treats "\\" as "/").
@@ -29,14 +30,7 @@ def protected_target(to: str, own_host: str, patterns: Sequence[str]) -> str | N
     other than ``own_host`` (the freshness endpoint redirects nowhere else)."""
     if not patterns or not _ABSOLUTE_URL.fullmatch(to):
         return None
-    hits: list[str] = []
-
-    def record(pattern: str, host: str) -> Sequence[tuple[str, str]]:
-        hits.append(pattern)
-        return [("", "")]
-
-    LinkDecorator(own_host, f"http://{own_host}/", patterns, record).decorate(to, None)
-    return hits[0] if hits else None
+    return LinkDecorator(own_host, f"http://{own_host}/", patterns).target_of(to)
 
 
 class TargetParams:
@@ -63,29 +57,25 @@ class TargetParams:
         self._user_agent = user_agent
         # A signature covers its target host: one per host and page view.
         self._signed: dict[str, Sequence[tuple[str, str]] | None] = {}
-        self.strategies_used: set[Strategy] = set()
 
     def __call__(self, pattern: str, host: str) -> Sequence[tuple[str, str]] | None:
         strategy = self._strategy.get(pattern)
-        params: Sequence[tuple[str, str]] | None = None
         if strategy == "query":
-            params = self._query
-        elif strategy == "token" and self._token is not None:
-            params = [(TOKEN_PARAM, self._token)]
-        elif strategy == "signed" and self._keys is not None:
-            if host not in self._signed:
-                try:
-                    self._signed[host] = sign_params(
-                        aid=self._aid,
-                        uid=self._uid,
-                        target_host=host,
-                        expires=self._expires,
-                        keys=self._keys,
-                        user_agent=self._user_agent,
-                    )
-                except ValueError:
-                    self._signed[host] = None
-            params = self._signed[host]
-        if params is not None and strategy is not None:
-            self.strategies_used.add(strategy)
-        return params
+            return self._query
+        if strategy == "token":
+            return None if self._token is None else [(TOKEN_PARAM, self._token)]
+        if strategy != "signed" or self._keys is None:
+            return None
+        if host not in self._signed:
+            try:
+                self._signed[host] = sign_params(
+                    aid=self._aid,
+                    uid=self._uid,
+                    target_host=host,
+                    expires=self._expires,
+                    keys=self._keys,
+                    user_agent=self._user_agent,
+                )
+            except ValueError:
+                self._signed[host] = None
+        return self._signed[host]

@@ -26,6 +26,8 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .hosts import split_port
+
 # Flow control: stop reading from the upstream while this much body is waiting for a slow
 # client, resume below the low mark.
 _HIGH_WATER = 256 * 1024
@@ -74,15 +76,12 @@ class Origin:
 
     @classmethod
     def parse(cls, url: str) -> Origin:
+        """The origin of a configured upstream URL (config.py has checked it): ``host`` is what
+        to connect to, so an IPv6 address is given without its brackets."""
         scheme, _, rest = url.partition("://")
-        authority = rest.split("/", 1)[0]
-        if authority.startswith("["):
-            host, _, port = authority[1:].partition("]")
-            port = port.lstrip(":")
-        else:
-            host, _, port = authority.rpartition(":") if ":" in authority else (authority, "", "")
+        host, port = split_port(rest.split("/", 1)[0])
         default = 443 if scheme == "https" else 80
-        return cls(scheme, host, int(port) if port else default)
+        return cls(scheme, host.removeprefix("[").removesuffix("]"), int(port) if port else default)
 
 
 class _Connection(asyncio.Protocol):
