@@ -9,6 +9,7 @@ proxy.py.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs
@@ -36,18 +37,12 @@ from .links import LINK_PATH, TargetParams, protected_target
 from .logs import write_event
 from .metrics import HtmlSkip
 from .outbound import (
-    HTML_TYPES,
-    accepts_coding,
-    add_vary,
     content_coding,
     decodable_accept_encoding,
-    is_html_page,
-    is_rewritable_html,
     make_private,
-    media_type,
-    script_policy,
-    weaken_etag,
+    prepare_for_rewrite,
 )
+from .outbound import plan as outbound_plan
 from .params import IDENTITY_PARAMS
 from .responses import plain_response
 from .state import ProxyState
@@ -276,103 +271,78 @@ class IdentityFlow:
         config = state.config
         index = state.index
         own_host = normalize_host(request.host)
-        mtype, charset = media_type(headers.get("Content-Type"))
-        html = mtype in HTML_TYPES
-        personal = redirected = False
-        targets = index.targets
-        if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
-            page_url = self.page_url(request, arrival)
-            location = headers["Location"]
-            # Find the target first, so a token is minted only for a redirect that needs one.
-            hit = LinkDecorator(own_host, page_url, targets).target_of(location)
-            if hit is not None:
-                token_for = (hit,) if index.strategies[hit] == "token" else ()
-                params = await self.target_params(request, arrival, token_for=token_for)
-                new = decorate_location(
-                    location,
-                    page_url,
-                    own_host=own_host,
-                    targets=targets,
-                    params=params,
-                    replace=IDENTITY_PARAMS,
-                )
-                if new is not None:
-                    headers["Location"] = new
-                    personal = True
-                    redirected = True
-                    state.metrics.links_decorated.labels(site.host, "redirect").inc()
-        # Ids from the URL are always stored; on HTML responses the visitor's id is (re)written
-        # so that a minted id sticks and a server-set cookie outlives Safari's script cap. An id
-        # just handed to another domain in a redirect is stored here too, or the two would part.
-        aid, uid = arrival.write_aid, arrival.write_uid
-        if config.identity.mint and (html or (redirected and arrival.minted)):
-            aid = aid or arrival.aid
-            uid = uid or arrival.uid
-        for cookie in self.cookies(request, site, aid, uid):
+        page_url = functools.cache(lambda: self.page_url(request, arrival))
+        decided = outbound_plan(
+            method=request.method,
+            status=status,
+            headers=headers,
+            accept_encoding=request.headers.get("Accept-Encoding"),
+            arrival=arrival,
+            own_host=own_host,
+            page_url=page_url,
+            targets=index.targets,
+            mint=config.identity.mint,
+            bootstrap=bool(config.analytics.write_key and site.bootstrap),
+        )
+        personal = False
+        hit = decided.redirect_target
+        if hit is not None:
+            # A token is minted only for a redirect that needs one.
+            token_for = (hit,) if index.strategies[hit] == "token" else ()
+            params = await self.target_params(request, arrival, token_for=token_for)
+            new = decorate_location(
+                headers["Location"],
+                page_url(),
+                own_host=own_host,
+                targets=index.targets,
+                params=params,
+                replace=IDENTITY_PARAMS,
+            )
+            if new is not None:
+                headers["Location"] = new
+                personal = True
+                state.metrics.links_decorated.labels(site.host, "redirect").inc()
+        for cookie in self.cookies(request, site, decided.cookie_aid, decided.cookie_uid):
             headers.add("Set-Cookie", cookie)
             personal = True
         body = None
-        # A HEAD gets the headers its GET would get (the body it does not have is not built).
-        head = request.method == "HEAD"
-        # Where the browser may have withheld the cookies, nothing was minted and the id is
-        # unknown unless the URL brought one. The page still gets the bootstrap, without ids:
-        # it cleans the address bar, and analytics.js keeps the id in its own cookie and
-        # storage, which the browser does give the page. Links carry that id from click time
-        # (token and signed ones via the freshness endpoint, a GET that has the cookies).
-        idless = arrival.aid is None and arrival.cookies_withheld
-        if (arrival.aid or idless) and is_rewritable_html(
-            "GET" if head else request.method, status, headers
-        ):
+        rewrite = decided.rewrite
+        if rewrite is not None:
             inject = None
-            if config.analytics.write_key and site.bootstrap:
-                allowed, nonce = script_policy(headers)
-                if allowed:
-                    inject = render_bootstrap(
-                        write_key=config.analytics.write_key,
-                        cdn_url=config.analytics.cdn_url,
-                        anonymous_id=arrival.aid,
-                        user_id=None if idless else arrival.uid,
-                        targets=index.query_targets,
-                        own_host=own_host,
-                        nonce=nonce,
-                        refresh=self.refresh_plan(),
-                    )
+            if rewrite.bootstrap:
+                assert config.analytics.write_key is not None
+                inject = render_bootstrap(
+                    write_key=config.analytics.write_key,
+                    cdn_url=config.analytics.cdn_url,
+                    anonymous_id=arrival.aid,
+                    user_id=None if rewrite.idless else arrival.uid,
+                    targets=index.query_targets,
+                    own_host=own_host,
+                    nonce=rewrite.nonce,
+                    refresh=self.refresh_plan(),
+                )
             policy = None
-            if targets and not idless:
+            if rewrite.links:
                 # The body streams, so whether it links a token target is not known yet.
                 params = await self.target_params(
-                    request, arrival, token_for=() if head else index.token_targets
+                    request, arrival, token_for=index.token_targets if rewrite.build_body else ()
                 )
                 policy = LinkDecorator(
-                    own_host,
-                    self.page_url(request, arrival),
-                    targets,
-                    params,
-                    replace=IDENTITY_PARAMS,
+                    own_host, page_url(), index.targets, params, replace=IDENTITY_PARAMS
                 )
-            if inject is not None or policy is not None:
-                coding = content_coding(headers)
-                # Re-encode as the upstream did, unless the visitor never accepted that coding
-                # (an upstream that ignores Accept-Encoding): then send it plain.
-                accepted = accepts_coding(request.headers.get("Accept-Encoding"), coding)
-                if not head:
-                    body = HtmlBody(
-                        HtmlRewriter(policy, inject=inject, charset=charset),
-                        coding,
-                        self.rewrite_failed(site),
-                        policy,
-                        output_coding=coding if accepted else "",
-                        max_decoded=config.proxy.max_decoded_html,
-                    )
-                headers.popall("Content-Length", None)
-                weaken_etag(headers)
-                if coding:
-                    add_vary(headers, "Accept-Encoding")
-                    if not accepted:
-                        headers.popall("Content-Encoding", None)
-                personal = True
-        elif arrival.aid and is_html_page(request.method, status, headers) and self.rewrites(site):
-            self.html_skipped(site, "unknown_coding", content_coding(headers))
+            if rewrite.build_body:
+                body = HtmlBody(
+                    HtmlRewriter(policy, inject=inject, charset=rewrite.charset),
+                    rewrite.coding,
+                    self.rewrite_failed(site),
+                    policy,
+                    output_coding=rewrite.output_coding,
+                    max_decoded=config.proxy.max_decoded_html,
+                )
+            prepare_for_rewrite(rewrite, headers)
+            personal = True
+        elif decided.skipped is not None:
+            self.html_skipped(site, decided.skipped, content_coding(headers))
         if personal:
             make_private(headers)
         return body
