@@ -17,7 +17,7 @@ from .identity import LinkDecorator
 from .params import AID_PARAM, TOKEN_PARAM, UID_PARAM
 from .strategies import SigningKeys, sign_params
 
-# The freshness endpoint, on every site's own origin (see exchange.IdentityFlow.fresh_link).
+# The freshness endpoint, on every site's own origin (see identity_flow.IdentityFlow.fresh_link).
 # The name is unlikely to collide with a legacy site's own paths.
 LINK_PATH = "/_ajs_gateway/link"
 # An absolute http(s) URL of printable ASCII without backslashes: nothing a browser could read

@@ -1,6 +1,6 @@
 """The aiohttp glue: one handler that streams a request to its site's upstream and back.
 
-What to send is decided elsewhere (identity in exchange.py over the pure modules, header
+What to send is decided elsewhere (identity in identity_flow.py over the pure modules, header
 hygiene in headers.py, the upstream client in upstream.py); this file only moves bytes:
 it routes by Host, strips hop-by-hop headers, streams bodies both ways with back-pressure,
 turns upstream faults into 502/504, and aborts the client connection when an upstream body is
@@ -24,9 +24,9 @@ from . import responses
 from .body import DecodedTooLarge, HtmlBody
 from .codings import STEP, DecodeError
 from .config import Config, Site
-from .exchange import IdentityFlow
 from .headers import end_to_end, forwarded_headers, routed_authority, upstream_target
 from .hosts import Authority
+from .identity_flow import IdentityFlow
 from .inbound import Arrival
 from .links import LINK_PATH
 from .logs import write_event

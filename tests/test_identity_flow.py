@@ -1501,7 +1501,7 @@ def fail_rewriter(monkeypatch: pytest.MonkeyPatch, after: int) -> list[int]:
                 raise RuntimeError("injected rewriter fault")
             return super().feed(data)
 
-    monkeypatch.setattr("gateway.exchange.HtmlRewriter", Failing)
+    monkeypatch.setattr("gateway.identity_flow.HtmlRewriter", Failing)
     return fed
 
 

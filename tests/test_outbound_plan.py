@@ -1,5 +1,5 @@
 """outbound.plan: what identity does to a response, decided without a socket (the glue in
-exchange.py only mints tokens, renders the bootstrap and builds the body it says)."""
+identity_flow.py only mints tokens, renders the bootstrap and builds the body it says)."""
 
 from __future__ import annotations
 
