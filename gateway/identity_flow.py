@@ -25,7 +25,7 @@ from .crossings import cross_domain_arrival, marker_cookie
 from .headers import visitor_scheme
 from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
-from .identity import LinkDecorator, decorate_location, identity_cookies
+from .identity import identity_cookies
 from .inbound import (
     Arrival,
     cookies_may_be_withheld,
@@ -33,7 +33,7 @@ from .inbound import (
     settle,
     split_target,
 )
-from .links import LINK_PATH, TargetParams, protected_target
+from .links import FRESH_LINK_PATH, LinkDecorator, TargetParams, decorate_location, protected_target
 from .logs import write_event
 from .metrics import HtmlSkip
 from .outbound import (
@@ -383,7 +383,9 @@ class IdentityFlow:
         if index.signing_keys is not None:
             lifetimes.append(config.signing.lifetime)
         fresh_for = max(1, min(lifetimes, default=config.tokens.ttl) - 30)
-        return RefreshPlan(endpoint=LINK_PATH, targets=index.protected_targets, fresh_for=fresh_for)
+        return RefreshPlan(
+            endpoint=FRESH_LINK_PATH, targets=index.protected_targets, fresh_for=fresh_for
+        )
 
     def rewrite_failed(self, site: Site) -> Callable[[BaseException], None]:
         def report(exc: BaseException) -> None:

@@ -16,8 +16,8 @@ from typing import Literal
 
 from multidict import CIMultiDict
 
-from .identity import LinkDecorator
 from .inbound import Arrival
+from .links import LinkDecorator
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Content codings we can decode and re-encode while streaming (codings.py); anything else passes

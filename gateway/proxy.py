@@ -28,7 +28,7 @@ from .headers import end_to_end, forwarded_headers, routed_authority, upstream_t
 from .hosts import Authority
 from .identity_flow import IdentityFlow
 from .inbound import Arrival
-from .links import LINK_PATH
+from .links import FRESH_LINK_PATH
 from .logs import write_event
 from .metrics import HtmlSkip
 from .responses import fault, plain_response
@@ -123,7 +123,7 @@ class ProxyHandler:
         state = self.state
         target = upstream_target(request.raw_path)
         identity = self.identity
-        if target.startswith(LINK_PATH) and target[len(LINK_PATH) : len(LINK_PATH) + 1] in "?":
+        if target.partition("?")[0] == FRESH_LINK_PATH:
             response = await identity.fresh_link(request, site, target)
             outcome.status = response.status
             return response

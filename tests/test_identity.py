@@ -23,9 +23,7 @@ from gateway.identity import (
     DEFAULT_ID_PATTERN,
     USER_COOKIE,
     IdRules,
-    LinkDecorator,
     cookie_domain,
-    decorate_location,
     decorate_url,
     identity_cookies,
     mint_id,
@@ -33,7 +31,7 @@ from gateway.identity import (
     same_origin_location,
     split_identity_params,
 )
-from gateway.links import protected_target
+from gateway.links import LinkDecorator, decorate_location, protected_target
 from gateway.params import AID_PARAM, UID_PARAM
 
 RULES = IdRules()

@@ -12,8 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import CrossDomain
-from gateway.identity import LinkDecorator
-from gateway.links import LINK_PATH, TargetParams, protected_target
+from gateway.links import FRESH_LINK_PATH, LinkDecorator, TargetParams, protected_target
 from gateway.params import AID_PARAM, EXP_PARAM, SIG_PARAM, TOKEN_PARAM, UID_PARAM
 from gateway.strategies import SigningKeys, verify_signed
 
@@ -234,7 +233,7 @@ def test_target_of_agrees_with_decorate(url: str, base: str | None) -> None:
 
 
 def test_the_endpoint_path() -> None:
-    assert LINK_PATH.startswith("/") and "?" not in LINK_PATH
+    assert FRESH_LINK_PATH.startswith("/") and "?" not in FRESH_LINK_PATH
 
 
 PROTECTED = ["*.pay.test", "sso.test"]
