@@ -24,6 +24,12 @@ The script does the following, written from scratch for this gateway:
    ``setAnonymousId`` directly. No ``identify``: that sends an event, and the user id already
    reaches analytics.js through the ``ajs_user_id`` cookie the gateway sets; the embedded user id
    is only used for decorating links.
+   It also has analytics.js choose a new id as soon as ``analytics.reset()`` drops the old one
+   (a listener for the library's ``reset`` event asks it for its id, which makes one): the id
+   lives in the readable cookie and in the gateway's server-only copy, and a request made while
+   the readable cookie is missing would get the old id back from the copy. With the new id in
+   the readable cookie at once, the gateway sees an id the page changed, which wins (see
+   :func:`gateway.inbound.cookie_identity`).
 3. It loads analytics.js only if the page does not. Segment's snippet does nothing when it finds
    ``analytics.invoked`` set (it logs "snippet included twice"), so we must not set it early. We
    only fill in ``_writeKey``/``_cdn`` where unset and wait for DOMContentLoaded; by then any
@@ -94,11 +100,17 @@ _JS = (
     "function seed(a){if(!c.a||!a)return;"
     "if(a.initialize){a.setAnonymousId&&a.setAnonymousId(c.a)}else if(a.unshift){"
     'a.unshift(["setAnonymousId",c.a])}}'
-    "seed(q);"
+    # 2b. after analytics.reset() the library has no id until something asks for one: ask at
+    # once, so that the readable cookie is never missing while the server-only copy still holds
+    # the old id (the gateway would bring it back)
+    "function R(){try{w.analytics.user().anonymousId()}catch(e){}}"
+    'function hook(a){if(a.initialize){a.on&&a.on("reset",R)}'
+    'else if(a.push){a.push(["on","reset",R])}}'
+    "seed(q);hook(q);"
     "if(!q.initialize){q._writeKey=q._writeKey||c.k;q._cdn=q._cdn||c.c}"
     # 3. load, unless the page's own snippet or library took over by DOMContentLoaded
     "function go(){var a=w.analytics;if(!a||!a.push||a.initialize||a.invoked)return;"
-    "if(a!==q){seed(a);a._writeKey=a._writeKey||c.k;a._cdn=a._cdn||c.c}"
+    "if(a!==q){seed(a);hook(a);a._writeKey=a._writeKey||c.k;a._cdn=a._cdn||c.c}"
     # the gateway reads identity in URLs itself; the library must not (see 0.)
     "a.invoked=!0;a._loadOptions=a._loadOptions||{};a._loadOptions.useQueryString=!1;"
     'a.push(["page"]);'

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .hosts import PATTERN, HostIndex, configured_host, hostname, is_public_suffix
+from .identity import ANON_COOKIE, USER_COOKIE
 from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, weakness
 from .options import (
     STRATEGIES,
@@ -335,7 +336,20 @@ class _Reader:
             )
         self._check_signing_keys(config, top)
         self._check_token_store(config, top, root)
+        self._check_shadow_cookie(config, top)
         return config
+
+    def _check_shadow_cookie(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
+        """The server-only copy needs a name of its own: written under analytics.js' name it
+        would be an HttpOnly ``ajs_anonymous_id`` that analytics.js could no longer update."""
+        name = config.identity.shadow_cookie
+        if name in (ANON_COOKIE, USER_COOKIE):
+            self.problem(
+                _child(top.get("identity"), "shadow_cookie") or top.get("identity"),
+                "identity.shadow_cookie",
+                f"{name} is analytics.js' own cookie (use a name of the gateway's, such as "
+                f"{Identity.shadow_cookie})",
+            )
 
     def _check_signing_keys(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
         signed = [c.host for c in config.cross_domains if c.strategy == "signed"]

@@ -145,18 +145,45 @@ def identity_cookies(
     max_age: int,
     secure: bool,
     now: float,
+    shadow: str | None = None,
 ) -> list[str]:
-    """``Set-Cookie`` values that persist the ids where analytics.js will find them.
+    """``Set-Cookie`` values that persist the ids where analytics.js will find them, and the
+    anonymous id's server-only copy in the cookie called ``shadow`` (when given).
 
-    Not HttpOnly: analytics.js reads these cookies from ``document.cookie``. ``SameSite=Lax`` so the
-    cookie comes along on top-level navigations from the other domains. ``Expires`` accompanies
-    ``Max-Age`` for old clients that only know the former. Values are written in the plain form
-    current analytics.js writes, with anything outside cookie-octet percent-encoded (which
-    analytics.js's cookie reader decodes), so no input can inject an attribute or a header.
-    ``domain=None`` makes host-only cookies.
+    The readable cookies are not HttpOnly: analytics.js reads them from ``document.cookie``.
+    The server-only copy is the same id with the same scope and lifetime, ``HttpOnly`` so that
+    no script can shorten or remove it: Safari caps every cookie a script writes to 7 days, and
+    analytics.js rewrites ``ajs_anonymous_id`` through ``document.cookie`` on every event, so
+    the readable one soon carries that cap whoever set it first (see
+    :func:`gateway.inbound.cookie_identity` for how the two are read back).
+
+    ``SameSite=Lax`` so the cookies come along on top-level navigations from the other domains.
+    ``Expires`` accompanies ``Max-Age`` for old clients that only know the former. Values are
+    written in the plain form current analytics.js writes, with anything outside cookie-octet
+    percent-encoded (which analytics.js's cookie reader decodes), so no input can inject an
+    attribute or a header. ``domain=None`` makes host-only cookies.
     """
     if max_age < 0:
         raise ValueError(f"max_age must be >= 0, got {max_age}")
+    attrs = _attributes(domain, max_age, now, secure)
+    cookies = [
+        f"{name}={quote(value, safe=_COOKIE_SAFE)}{attrs}"
+        for name, value in ((ANON_COOKIE, aid), (USER_COOKIE, uid))
+        if value is not None
+    ]
+    if shadow is not None and aid is not None:
+        cookies.append(f"{shadow}={quote(aid, safe=_COOKIE_SAFE)}{attrs}; HttpOnly")
+    return cookies
+
+
+def expired_cookie(name: str, *, domain: str | None, secure: bool) -> str:
+    """A ``Set-Cookie`` value that removes the server-only cookie ``name`` (set by
+    :func:`identity_cookies` with the same ``domain``): a browser matches a cookie by name,
+    domain and path, and drops it on a ``Max-Age`` of 0."""
+    return f"{name}={_attributes(domain, 0, 0, secure)}; HttpOnly"
+
+
+def _attributes(domain: str | None, max_age: int, now: float, secure: bool) -> str:
     if domain is not None and not is_name(domain):
         raise ValueError(f"not a cookie domain: {domain!r}")
     attrs = ""
@@ -166,11 +193,7 @@ def identity_cookies(
     attrs += "; SameSite=Lax"
     if secure:
         attrs += "; Secure"
-    return [
-        f"{name}={quote(value, safe=_COOKIE_SAFE)}{attrs}"
-        for name, value in ((ANON_COOKIE, aid), (USER_COOKIE, uid))
-        if value is not None
-    ]
+    return attrs
 
 
 def cookie_domain(host: str, configured: str | None) -> str | None:
@@ -312,6 +335,7 @@ __all__ = [
     "IdRules",
     "cookie_domain",
     "decorate_url",
+    "expired_cookie",
     "identity_cookies",
     "mint_id",
     "read_cookie",

@@ -134,6 +134,7 @@ class IdentityFlow:
             cookies_withheld=cookies_may_be_withheld(
                 request.method, request.headers.get("Sec-Fetch-Site")
             ),
+            shadow_cookie=config.identity.shadow_cookie,
         )
         if arrival.source != "none":
             state.metrics.id_source.labels(site.host, arrival.source).inc()
@@ -244,6 +245,7 @@ class IdentityFlow:
             max_age=config.identity.cookie_max_age,
             secure=_scheme(request, config) == "https",
             now=time.time(),
+            shadow=config.identity.shadow_cookie,
         )
 
     def page_url(self, request: web.BaseRequest, arrival: Arrival) -> str:

@@ -10,6 +10,10 @@ Three forms of identity can arrive in the URL, and a site trusts only those in i
 - ``signed``: the same plus ``ajs_exp`` and ``ajs_sig``, an HMAC only the fleet can make;
 - ``token``: ``ajs_token``, an opaque key exchanged in the token store (the exchange is I/O,
   so it happens in the proxy between :func:`read_url_identity` and :func:`settle`).
+
+Two cookies can hold the visitor's id: ``ajs_anonymous_id``, which analytics.js reads and
+rewrites, and the gateway's server-only ``HttpOnly`` copy of it (``identity.shadow_cookie``);
+:func:`cookie_identity` says which of them the visitor's id is.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
-from .config import Config, Site, Strategy
+from .config import Config, Identity, Site, Strategy
 from .hosts import matches
 from .identity import (
     ANON_COOKIE,
@@ -40,7 +44,7 @@ from .strategies import (
     verify_signed,
 )
 
-Source = Literal["url", "cookie", "minted", "rejected", "none"]
+Source = Literal["url", "cookie", "shadow", "minted", "rejected", "none"]
 _REDIRECT_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -100,8 +104,10 @@ class Arrival:
     # The visitor's ids for this response (decoration, bootstrap); None when unknown.
     aid: str | None
     uid: str | None
-    # Ids that came in the URL and must be written to the visitor's cookies on this response
-    # (None: leave the cookie as it is). Nothing to do with the token store.
+    # Ids to write to the visitor's cookies on this response, whatever the response is (None:
+    # leave the cookie as it is): ids that came in the URL, and an id restored from the
+    # server-only copy or that copy's correction (see cookie_identity). Nothing to do with the
+    # token store.
     write_aid: str | None
     write_uid: str | None
     # The id exists only because we minted it: write it only if the response is HTML.
@@ -185,6 +191,36 @@ def read_url_identity(
     return UrlIdentity(form=form, aid=valid_aid, uid=valid_uid)
 
 
+CookieId = Literal["kept", "restored", "corrected", "none"]
+
+
+def cookie_identity(readable: str | None, shadow: str | None) -> tuple[str | None, CookieId]:
+    """The visitor's id from their two id cookies (each already validated, None if absent or
+    refused), and what must become of the cookies.
+
+    - The readable ``ajs_anonymous_id`` wins whenever it holds a valid id. If the server-only
+      copy holds another one, the page changed the id on purpose (``analytics.reset()``,
+      ``setAnonymousId``): the copy follows it, written on this response whatever it is
+      (``corrected``). Otherwise ``kept``: a copy that is missing (a visitor from before the
+      copy existed, a response that wrote no cookies) is written with the next identity
+      cookies, as on every HTML page.
+    - Without a readable id, the server-only copy brings the id back (``restored``): Safari
+      expired the script-written cookie after 7 days (ITP), or the visitor's storage was
+      cleared by a script; the readable cookie is written again from the copy, on this
+      response whatever it is.
+    - Neither: no id (``none``).
+
+    Only an HttpOnly cookie can be the copy: no script can read, shorten or remove it, so it
+    outlives Safari's cap on script-written cookies. A visitor who clears all cookies for the
+    site clears it too.
+    """
+    if readable is not None:
+        return readable, "kept" if shadow in (None, readable) else "corrected"
+    if shadow is not None:
+        return shadow, "restored"
+    return None, "none"
+
+
 def settle(
     *,
     method: str,
@@ -198,17 +234,24 @@ def settle(
     rules: IdRules,
     mint: bool,
     cookies_withheld: bool,
+    shadow_cookie: str = Identity.shadow_cookie,
 ) -> Arrival:
     """Combine the URL's checked identity with the visitor's cookies.
 
     ``cookies_withheld`` (see :func:`cookies_may_be_withheld`): no cookie here does not mean a
     new visitor, so no id is minted; identity in the URL is taken as on any other request.
+    ``shadow_cookie``: the name of the server-only copy of the id (see :func:`cookie_identity`).
     """
-    cookie_aid = rules.valid_aid(read_cookie(cookie_headers, ANON_COOKIE))
+    readable = rules.valid_aid(read_cookie(cookie_headers, ANON_COOKIE))
+    shadow = rules.valid_aid(read_cookie(cookie_headers, shadow_cookie))
+    cookie_aid, kept = cookie_identity(readable, shadow)
     cookie_uid = rules.valid_uid(read_cookie(cookie_headers, USER_COOKIE))
     keep_cookie = site.on_id_conflict == "cookie"
     write_aid = url.aid if url.aid and not (keep_cookie and cookie_aid) else None
     write_uid = url.uid if url.uid and not (keep_cookie and cookie_uid) else None
+    if write_aid is None and kept in ("restored", "corrected"):
+        # Either cookie is out of step with the visitor's id: write both, on any response.
+        write_aid = cookie_aid
     aid = write_aid or cookie_aid
     uid = write_uid or cookie_uid
 
@@ -217,6 +260,8 @@ def settle(
         source = "url"
     elif url.form is not None and url.refused is not None:
         source = "rejected"
+    elif kept == "restored":
+        source = "shadow"
     elif cookie_aid:
         source = "cookie"
     else:

@@ -59,7 +59,7 @@ HtmlSkip = _BodySkip | GaveUpReason
 HTML_SKIP_REASONS: tuple[str, ...] = (*get_args(_BodySkip), *GAVE_UP_REASONS)
 # Series created at start for every site, so that the first event is an increase from 0
 # (rate() and increase() see nothing in a series that appears with its first count).
-_SOURCES = ("url", "cookie", "minted", "rejected")
+_SOURCES = ("url", "cookie", "shadow", "minted", "rejected")
 _STORE_OPERATIONS = ("put", "take", "health")
 
 
@@ -222,7 +222,8 @@ class Metrics:
             id_source=counter(
                 "gateway_identity_source",
                 "Where each request's anonymous id came from, by site (url: restored from a "
-                "hand-off; cookie; minted: a new visitor; rejected: the URL's identity was "
+                "hand-off; cookie; shadow: restored from the server-only copy after the readable "
+                "cookie was lost; minted: a new visitor; rejected: the URL's identity was "
                 "refused).",
                 ("site", "source"),
             ),

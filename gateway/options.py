@@ -149,6 +149,8 @@ def _store_url(v: str) -> str | None:
     return v
 
 
+# The cookie names the gateway may be configured with: an RFC 6265 token, more narrowly.
+_COOKIE_NAME = r"[A-Za-z0-9_-]{1,64}"
 _HOST = (
     "a name like www.example.com, or *.example.com, or an IP address as browsers send it "
     "(127.0.0.1, [::1]); no scheme, port or path"
@@ -280,8 +282,18 @@ class Identity:
     mint: bool = field(
         default=True,
         metadata=option(
-            "mint ids for new visitors and renew the id cookie on HTML responses (server-set "
+            "mint ids for new visitors and renew the id cookies on HTML responses (server-set "
             "cookies escape Safari's 7-day cap on script cookies)"
+        ),
+    )
+    shadow_cookie: str = field(
+        default="ajs_gw_aid",
+        metadata=option(
+            "name of the `HttpOnly` server-only copy of the anonymous id, written next to "
+            "`ajs_anonymous_id` with the same scope and lifetime; a visitor whose readable "
+            "cookie is gone gets the id back from it (see Identity rules)",
+            check=_matching(_COOKIE_NAME),
+            expected="1-64 of letters, digits, '_' or '-', not ajs_anonymous_id or ajs_user_id",
         ),
     )
 

@@ -208,6 +208,51 @@ def test_library_already_running_gets_the_id_directly() -> None:
 
 
 @needs_node
+@pytest.mark.parametrize("loaded", ["after", "before"])
+def test_a_reset_makes_the_library_choose_its_new_id_at_once(loaded: str) -> None:
+    # analytics.reset() leaves analytics.js without an id until something asks for one; the
+    # bootstrap asks at once, so the readable cookie never goes missing while the gateway's
+    # server-only copy still holds the old id. Whether the library loads after the bootstrap
+    # (the listener waits in the queue) or was running already.
+    steps: list[dict[str, Any]] = [
+        {"do": "bootstrap"},
+        {"do": "state"},
+        {"do": "dcl"},
+        {"do": "library", "aid": "stale"},
+        {"do": "reset"},
+        {"do": "reset"},
+    ]
+    if loaded == "before":
+        steps = [
+            {"do": "snippet", "key": "PAGEKEY"},
+            {"do": "library", "aid": "old"},
+            {"do": "bootstrap"},
+            {"do": "reset"},
+        ]
+    out = run_js(steps)
+    if loaded == "after":
+        state, library, first, second = out["results"]
+        assert state["listening"] == ["reset"]
+        assert library["calls"] == [SET_AID, ["page"]]
+        assert [first, second] == [
+            {"afterReset": "made-by-library-1"},
+            {"afterReset": "made-by-library-2"},
+        ]
+    else:
+        _, first = out["results"]
+        assert first == {"afterReset": "made-by-library-1"}
+    assert out["errors"] == []
+
+
+@needs_node
+def test_without_a_reset_listener_the_library_has_no_id_after_a_reset() -> None:
+    # The control for the test above: the harness' library, like analytics.js, has no id
+    # after reset() until something asks.
+    out = run_js([{"do": "snippet", "key": "K"}, {"do": "library", "aid": "old"}, {"do": "reset"}])
+    assert out["results"][-1] == {"afterReset": None}
+
+
+@needs_node
 def test_without_anonymous_id_nothing_is_seeded() -> None:
     out = run_js([{"do": "bootstrap"}, {"do": "dcl"}, {"do": "state"}], render(anonymous_id=None))
     (state,) = out["results"]

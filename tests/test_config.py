@@ -184,6 +184,16 @@ def test_every_problem_is_reported_with_line_and_path() -> None:
             "sites:\n  - {host: a.test, upstream: 'http://x:1'}\nidentity: {id_pattern: '('}\n",
             "bad.yaml:3: identity.id_pattern: '(' is not valid (a valid regular expression)",
         ),
+        (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1'}\n"
+            "identity:\n  shadow_cookie: ajs_anonymous_id\n",
+            "bad.yaml:4: identity.shadow_cookie: ajs_anonymous_id is analytics.js' own cookie",
+        ),
+        (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1'}\n"
+            "identity: {shadow_cookie: 'a b'}\n",
+            "bad.yaml:3: identity.shadow_cookie: 'a b' is not valid (1-64 of letters",
+        ),
     ],
 )
 def test_single_problems(text: str, message: str) -> None:

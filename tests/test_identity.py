@@ -25,6 +25,7 @@ from gateway.identity import (
     IdRules,
     cookie_domain,
     decorate_url,
+    expired_cookie,
     identity_cookies,
     mint_id,
     read_cookie,
@@ -210,6 +211,36 @@ def test_identity_cookies_only_user() -> None:
     (cookie,) = identity_cookies(None, "u", domain=None, max_age=5, secure=False, now=0)
     assert cookie.startswith(f"{USER_COOKIE}=u;")
     assert identity_cookies(None, None, domain=None, max_age=5, secure=False, now=0) == []
+
+
+def test_server_only_copy_has_the_same_scope_and_lifetime_and_is_http_only() -> None:
+    cookies = identity_cookies(
+        UUID, "42", domain="shop.test", max_age=31536000, secure=True, now=784111777, shadow="gw"
+    )
+    expires = "Expires=Mon, 06 Nov 1995 08:49:37 GMT"
+    attrs = f"; Domain=shop.test; Path=/; Max-Age=31536000; {expires}; SameSite=Lax; Secure"
+    assert cookies == [
+        f"{ANON_COOKIE}={UUID}{attrs}",
+        f"{USER_COOKIE}=42{attrs}",
+        f"gw={UUID}{attrs}; HttpOnly",
+    ]
+    # Only the anonymous id has a server-only copy.
+    (only_user,) = identity_cookies(
+        None, "u", domain=None, max_age=5, secure=False, now=0, shadow="gw"
+    )
+    assert only_user.startswith(f"{USER_COOKIE}=u;")
+
+
+def test_expired_server_only_cookie_matches_the_one_written() -> None:
+    assert expired_cookie("gw", domain="shop.test", secure=True) == (
+        "gw=; Domain=shop.test; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; "
+        "SameSite=Lax; Secure; HttpOnly"
+    )
+    assert expired_cookie("gw", domain=None, secure=False) == (
+        "gw=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; SameSite=Lax; HttpOnly"
+    )
+    with pytest.raises(ValueError, match="cookie domain"):
+        expired_cookie("gw", domain="a.test; Secure", secure=False)
 
 
 @given(st.text(), st.text())

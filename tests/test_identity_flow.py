@@ -32,6 +32,7 @@ from yarl import URL
 
 from gateway.bootstrap import render_bootstrap
 from gateway.html import HtmlRewriter
+from gateway.options import Identity
 
 from .conftest import RunningGateway, StartGateway, StartUpstream, zstd
 
@@ -43,6 +44,8 @@ TRUSTED = "proxy: {trusted_proxies: [127.0.0.0/8]}"
 YEAR = 31536000
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 HTML = "text/html; charset=utf-8"
+# The server-only copy of the anonymous id (identity.shadow_cookie).
+SHADOW = Identity.shadow_cookie
 
 # --- The upstream ---------------------------------------------------------------------------
 
@@ -208,8 +211,10 @@ class Cookie:
         domain: str | None = "example.com",
         max_age: int = YEAR,
         secure: bool = False,
+        http_only: bool = False,
     ) -> None:
-        """Exactly the attributes analytics.js needs, in the gateway's order."""
+        """Exactly the attributes analytics.js needs, in the gateway's order (``http_only``:
+        the server-only copy of the id, which analytics.js must not see)."""
         assert self.value == value
         names = [k for k, _ in self.attrs]
         expected = ["Path", "Max-Age", "Expires", "SameSite"]
@@ -217,6 +222,8 @@ class Cookie:
             expected.insert(0, "Domain")
         if secure:
             expected.append("Secure")
+        if http_only:
+            expected.append("HttpOnly")
         assert names == expected, self.attrs
         attrs = dict(self.attrs)
         assert attrs.get("Domain") == domain
@@ -382,12 +389,14 @@ async def test_cleanup_redirect_sets_identity_cookies(
     reply = await fetch(gw, f"/x?{query}", headers=headers)
     assert reply.status == 302
     assert reply.headers["Location"] == "/x"
+    # The anonymous id comes with its server-only copy: same value, scope and lifetime.
+    if "ajs_anonymous_id" in cookies:
+        cookies = {**cookies, SHADOW: cookies["ajs_anonymous_id"]}
     assert {c.name for c in reply.cookies()} == set(cookies)
     for name, (value, max_age, secure) in cookies.items():
         cookie = reply.cookie(name)
         assert cookie is not None
-        cookie.check(value, max_age=max_age, secure=secure)
-        assert "HttpOnly" not in reply.headers["Set-Cookie"]
+        cookie.check(value, max_age=max_age, secure=secure, http_only=name == SHADOW)
 
 
 HOSTS = (WWW, "www.shop.test", "www.example.co.uk", "127.0.0.1", "localhost", "a.b.sub.test")
@@ -681,6 +690,86 @@ async def test_no_minting_when_disabled(launch: Launch) -> None:
     assert "Cache-Control" not in reply.headers
     found = await metrics(gw)
     assert sample(found, "gateway_identity_source_total", site=WWW, source="minted") == 0
+
+
+# --- The server-only copy of the id ----------------------------------------------------------
+#
+# analytics.js rewrites ajs_anonymous_id through document.cookie on every event, and Safari caps
+# every script-written cookie to 7 days: the HttpOnly copy is what survives, and brings it back.
+
+
+async def test_every_id_cookie_comes_with_its_server_only_copy(launch: Launch) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS, TRUSTED])
+    reply = await fetch(gw, "/", headers=[("X-Forwarded-Proto", "https")])
+    readable, copy = reply.cookie("ajs_anonymous_id"), reply.cookie(SHADOW)
+    assert readable is not None and copy is not None
+    copy.check(readable.value, secure=True, http_only=True)
+    readable.check(readable.value, secure=True)
+
+
+@pytest.mark.parametrize(
+    ("cookie", "readable"),
+    [
+        (f"{SHADOW}=abc", None),
+        # A readable cookie the rules refuse counts as gone.
+        (f"ajs_anonymous_id=%3Cscript%3E; {SHADOW}=abc", None),
+    ],
+)
+async def test_a_lost_readable_cookie_comes_back_from_the_copy(
+    launch: Launch, cookie: str, readable: str | None
+) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    origin.page("/data", b"{}", content_type="application/json")
+    gw = await launch(origin, extra=[ANALYTICS])
+    reply = await fetch(gw, "/", headers=[("Cookie", f"{cookie}; ajs_user_id=u1")])
+    # The page gets the id (the bootstrap sets it), and both cookies are written again.
+    assert reply.body == edited(
+        PAGE,
+        (b"<head>", b"<head>" + bootstrap("abc", "u1")),
+        (b"/pay", b"/pay?ajs_aid=abc&amp;ajs_uid=u1"),
+    )
+    for name in ("ajs_anonymous_id", SHADOW):
+        written = reply.cookie(name)
+        assert written is not None
+        written.check("abc", http_only=name == SHADOW)
+    # On any response: the next request of the page may not be for HTML.
+    data = await fetch(gw, "/data", headers=[("Cookie", cookie)])
+    assert {c.name: c.value for c in data.cookies()} == {"ajs_anonymous_id": "abc", SHADOW: "abc"}
+    assert data.headers["Cache-Control"] == "private"
+    found = await metrics(gw)
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="shadow") == 2
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="minted") == 0
+
+
+async def test_an_id_the_page_changed_wins_over_the_copy(launch: Launch) -> None:
+    # analytics.reset() or setAnonymousId() on the page: the readable cookie holds the new id,
+    # the copy the old one. The new one is the visitor's, and the copy follows it.
+    origin = Origin()
+    origin.page("/", PAGE)
+    origin.page("/data", b"{}", content_type="application/json")
+    gw = await launch(origin, extra=[ANALYTICS])
+    changed = [("Cookie", f"{SHADOW}=old-id; ajs_anonymous_id=new-id")]
+    data = await fetch(gw, "/data", headers=changed)
+    assert {c.name: c.value for c in data.cookies()} == {
+        "ajs_anonymous_id": "new-id",
+        SHADOW: "new-id",
+    }
+    reply = await fetch(gw, "/", headers=changed)
+    assert reply.body == edited(
+        PAGE, (b"<head>", b"<head>" + bootstrap("new-id")), (b"/pay", b"/pay?ajs_aid=new-id")
+    )
+    copy = reply.cookie(SHADOW)
+    assert copy is not None
+    copy.check("new-id", http_only=True)
+    # Once they agree, a response that writes no cookies writes neither.
+    agreed = [("Cookie", f"{SHADOW}=new-id; ajs_anonymous_id=new-id")]
+    same = await fetch(gw, "/data", headers=agreed)
+    assert same.cookies() == []
+    found = await metrics(gw)
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="shadow") == 0
 
 
 # --- Requests that may lack the visitor's cookies --------------------------------------------
@@ -1850,7 +1939,7 @@ async def test_a_marker_hides_only_its_own_target(launch: Launch) -> None:
     referer = ("Referer", f"https://{PAY}/")
     first = await fetch(gw, "/a?ajs_aid=abc", headers=[NAVIGATION, referer])
     cookies = jar(first)
-    assert set(cookies) == {"ajs_anonymous_id", "ajs_gw_leg"}
+    assert set(cookies) == {"ajs_anonymous_id", SHADOW, "ajs_gw_leg"}
     await fetch(gw, "/b", headers=[NAVIGATION, referer, *cookie_header(cookies)])
     await fetch(gw, "/a?x=1", headers=[NAVIGATION, referer, *cookie_header(cookies)])
     await fetch(gw, "/a", headers=[NAVIGATION, referer, *cookie_header(cookies)])

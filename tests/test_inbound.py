@@ -17,6 +17,7 @@ from gateway.config import Site, Strategy
 from gateway.identity import IdRules
 from gateway.inbound import (
     Arrival,
+    cookie_identity,
     cookies_may_be_withheld,
     read_url_identity,
     settle,
@@ -173,3 +174,58 @@ def test_an_id_is_minted_only_where_the_cookies_surely_arrived(
         assert arrival.aid in (arrival.write_aid, cookie_aid)
     elif mint:
         assert arrival.aid is not None
+
+
+# --- The server-only copy of the id -------------------------------------------------------------
+
+SHADOW = "ajs_gw_aid"
+
+
+@pytest.mark.parametrize(
+    ("readable", "shadow", "expected"),
+    [
+        # The page's id wins; a copy that disagrees follows it.
+        ("page-id", "page-id", ("page-id", "kept")),
+        ("page-id", None, ("page-id", "kept")),
+        ("new-after-reset", "old-id", ("new-after-reset", "corrected")),
+        # The readable cookie is gone (Safari's cap, cleared storage): the copy brings it back.
+        (None, "old-id", ("old-id", "restored")),
+        (None, None, (None, "none")),
+    ],
+)
+def test_which_cookie_is_the_visitors_id(
+    readable: str | None, shadow: str | None, expected: tuple[str | None, str]
+) -> None:
+    assert cookie_identity(readable, shadow) == expected
+
+
+def test_a_lost_readable_cookie_is_restored_from_the_copy() -> None:
+    arrival = decide("GET", "/", [f"{SHADOW}=kept-id; ajs_user_id=u1"])
+    assert (arrival.aid, arrival.uid, arrival.minted) == ("kept-id", "u1", False)
+    # Written back on this response, whatever it is; the user id cookie is still there.
+    assert (arrival.write_aid, arrival.write_uid) == ("kept-id", None)
+    assert arrival.source == "shadow"
+
+
+def test_an_id_the_page_changed_wins_and_the_copy_follows() -> None:
+    arrival = decide("GET", "/", [f"ajs_anonymous_id=after-reset; {SHADOW}=before-reset"])
+    assert (arrival.aid, arrival.write_aid) == ("after-reset", "after-reset")
+    assert arrival.source == "cookie"
+    agreed = decide("GET", "/", [f"ajs_anonymous_id=same; {SHADOW}=same"])
+    assert (agreed.aid, agreed.write_aid, agreed.source) == ("same", None, "cookie")
+
+
+def test_a_refused_readable_cookie_counts_as_gone() -> None:
+    arrival = decide("GET", "/", [f'ajs_anonymous_id="<script>"; {SHADOW}=kept-id'])
+    assert (arrival.aid, arrival.write_aid, arrival.source) == ("kept-id", "kept-id", "shadow")
+    hostile = decide("GET", "/", [f"{SHADOW}=<script>"])
+    assert (hostile.minted, hostile.source) == (True, "minted")
+
+
+def test_the_url_beats_both_cookies_unless_the_site_keeps_its_own() -> None:
+    cookies = [f"{SHADOW}=kept-id"]
+    arrival = decide("GET", "/?ajs_aid=carried", cookies)
+    assert (arrival.aid, arrival.write_aid, arrival.source) == ("carried", "carried", "url")
+    keep = Site(host="www.shop.test", upstream="http://127.0.0.1:1", on_id_conflict="cookie")
+    kept = decide("GET", "/?ajs_aid=carried", cookies, site=keep)
+    assert (kept.aid, kept.write_aid, kept.source) == ("kept-id", "kept-id", "url")

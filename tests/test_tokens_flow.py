@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from yarl import URL
 
+from gateway.options import Identity
 from gateway.strategies import SigningKeys, TokenRecord, new_token, sign_params
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server
@@ -41,6 +42,8 @@ SSO = "sso.example-id.com"
 SHOP = "shop.example-query.com"
 AID = "5f0c2d2e-8a1b-4c3d-9e4f-0a1b2c3d4e5f"
 UID = "user-42"
+# The server-only copy of the anonymous id (identity.shadow_cookie), written with it.
+SHADOW = Identity.shadow_cookie
 VISITOR = f"ajs_anonymous_id={AID}; ajs_user_id={UID}"
 KEY_NEW = "kN7qW2xZ9pL4vR8tY6uB3mC5dF1gH0jS"
 KEY_OLD = "oA1sD2fG3hJ4kL5zX6cV7bN8mQ9wE0rT"
@@ -161,10 +164,14 @@ class Reply:
         return self.headers.get("Location")
 
     def cookies(self) -> dict[str, str]:
+        """The cookies analytics.js reads. The server-only copy of the id is checked here, once
+        for every test: it comes with the readable id, and holds the same value."""
         out: dict[str, str] = {}
         for header in self.headers.getall("Set-Cookie", ()):
             name, _, value = header.partition(";")[0].partition("=")
             out[name] = value
+        shadow = out.pop(SHADOW, None)
+        assert shadow == out.get("ajs_anonymous_id"), self.headers.getall("Set-Cookie", ())
         return out
 
 

@@ -12,6 +12,7 @@
 //   {"do": "snippet", "key": "K"}         run a Segment-like snippet (same decision logic)
 //   {"do": "dcl"}                         fire DOMContentLoaded
 //   {"do": "library", "aid": "..", "uid": ".."}  "load" analytics.js: replay the queue
+//   {"do": "reset"}                       analytics.reset() on the loaded library
 //   {"do": "state"}                       record the queue and flags
 //   {"do": "location"}                    record location.href and history.state
 //   {"do": "exec", "code": "..."}          run arbitrary page code
@@ -149,7 +150,11 @@ function run(spec) {
   const state = () => {
     const a = window.analytics;
     return {
-      queue: Array.isArray(a) ? JSON.parse(JSON.stringify(Array.from(a))) : null,
+      // Listeners queued with "on" are reported apart, by event: they are not calls.
+      queue: Array.isArray(a)
+        ? JSON.parse(JSON.stringify(Array.from(a).filter((c) => c[0] !== "on")))
+        : null,
+      listening: Array.isArray(a) ? Array.from(a).filter((c) => c[0] === "on").map((c) => c[1]) : [],
       invoked: !!(a && a.invoked),
       writeKey: a ? a._writeKey || null : null,
       cdn: a ? a._cdn || null : null,
@@ -176,9 +181,13 @@ function run(spec) {
         break;
       case "library": {
         // What analytics.js does on load: replace the queue and replay it in order.
+        // Like analytics.js: after reset() there is no id until the next anonymousId() call,
+        // which makes one; "on" listeners are kept (not recorded as calls).
         const queue = Array.from(window.analytics || []);
         const calls = [];
+        const listeners = {};
         let aid = step.aid;
+        let made = 0;
         const lib = {
           initialize() {},
           initialized: true,
@@ -186,11 +195,23 @@ function run(spec) {
             aid = id;
             calls.push(["setAnonymousId", id]);
           },
-          user: () => ({ anonymousId: () => aid, id: () => step.uid || null }),
+          on(event, fn) {
+            (listeners[event] = listeners[event] || []).push(fn);
+          },
+          reset() {
+            aid = null;
+            for (const fn of listeners.reset || []) fn();
+          },
+          user: () => ({
+            anonymousId: () => (aid === null ? (aid = `made-by-library-${++made}`) : aid),
+            id: () => step.uid || null,
+          }),
         };
+        lib.peek = () => aid;
         window.analytics = lib;
         for (const [method, ...args] of queue) {
           if (method === "setAnonymousId") lib.setAnonymousId(...args);
+          else if (method === "on") lib.on(...args);
           else calls.push([method, ...args]);
         }
         lib.calls = calls;
@@ -200,6 +221,12 @@ function run(spec) {
       case "state":
         log.results.push(state());
         break;
+      case "reset": {
+        // analytics.reset() on the loaded library: the id it holds right after the call.
+        window.analytics.reset();
+        log.results.push({ afterReset: window.analytics.peek() });
+        break;
+      }
       case "location":
         log.results.push({ href: location.href, state: history.state });
         break;
