@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from .app import Overrides, run_process, supervise
 from .config import ConfigError, load_config
 from .keys import generate_key
+from .logs import install
 from .options import Admin, Server, declared_key
 
 _WORKERS = declared_key(Server, "workers")
@@ -110,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ports = (args.direct_shop_port, args.direct_checkout_port)
         return run_demo(args.config, args.analytics_js, ports)
+    # From here on, everything this process (and each worker) writes is a JSON line.
+    install(sys.stdout)
     overrides = Overrides(args.host, args.port, args.admin_host, args.admin_port, args.workers)
     workers = args.workers
     if workers is None:

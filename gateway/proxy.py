@@ -29,7 +29,7 @@ from .headers import end_to_end, forwarded_headers, routed_authority, upstream_t
 from .hosts import Authority
 from .inbound import Arrival
 from .links import LINK_PATH
-from .logs import write_event
+from .logs import Timestamps, write_event
 from .metrics import HtmlSkip
 from .responses import fault, plain_response
 from .state import Outcome, ProxyState
@@ -72,6 +72,7 @@ class ProxyHandler:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
         self.identity = IdentityFlow(state)
+        self._stamp = Timestamps()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         state = self.state
@@ -419,8 +420,11 @@ class ProxyHandler:
         # visitor controls go through the JSON string encoder; never the query string or
         # cookies, which carry identities.
         upstream = "null" if outcome.upstream_status is None else outcome.upstream_status
+        # As Caddy does: a request the gateway or the upstream failed is an error.
+        level = "error" if outcome.status >= 500 else "info"
         line = (
-            f'{{"time":{time.time():.6f},"event":"request","site":{_json_str(label)},'
+            f'{{"time":"{self._stamp(time.time())}","level":"{level}","event":"request",'
+            f'"site":{_json_str(label)},'
             f'"method":{_json_str(request.method)},'
             f'"path":{_json_str(_log_path(request))},'
             f'"status":{outcome.status},"bytes":{outcome.sent},'

@@ -11,7 +11,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from .conftest import GatewayProcess, StartUpstream, spawn_gateway
+from .conftest import GatewayProcess, StartUpstream, refused_port, spawn_gateway
+
+SECRET = "SECRET-aid-4711"
 
 
 def _write_config(path: Path, upstream: str, host: str = "www.example.com") -> Path:
@@ -190,3 +192,54 @@ async def test_large_bodies_stream_with_bounded_memory(
     # jemalloc and musl cache differently), and still fails a body buffered whole (256 MiB),
     # or even a fifth of one.
     assert growth_mib < 48, f"peak RSS grew by {growth_mib:.0f} MiB"
+
+
+async def _send_raw(port: int, raw: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def _finish(gp: GatewayProcess) -> tuple[int, str]:
+    """Stop the process; its exit status and everything it wrote on stderr."""
+    code = gp.stop()
+    gp.read_available()
+    assert gp.proc.stderr is not None
+    return code, gp.proc.stderr.read()
+
+
+async def test_a_bad_request_is_one_json_line_and_nothing_on_stderr(
+    tmp_path: Path, gateway_process: Callable[..., GatewayProcess]
+) -> None:
+    with refused_port() as port:
+        config = _write_config(tmp_path / "gw.yaml", f"http://127.0.0.1:{port}")
+        gp = await asyncio.to_thread(gateway_process, config)
+        host = b"Host: www.example.com\r\n"
+        bad = [
+            # A first request with a bad method (aiohttp logs it at debug: TLS, scanners).
+            b"GARBAGE\r\n\r\n",
+            f"GET /?ajs_aid={SECRET} HTTP/1.1 x\r\n\r\n".encode(),
+            b"GET / HTTP/1.1\r\n"
+            + host
+            + f"Cookie: ajs_anonymous_id={SECRET}".encode()
+            + b"a" * 20000
+            + b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\n" + host + f"Cookie ajs_anonymous_id={SECRET}\r\n\r\n".encode(),
+            f"GET http://?ajs_aid={SECRET} HTTP/1.1\r\n".encode() + host + b"\r\n",
+        ]
+        for raw in bad:
+            assert (await _send_raw(gp.port, raw)).startswith(b"HTTP/1.0 400 "), raw[:40]
+        code, stderr = await asyncio.to_thread(_finish, gp)
+    assert code == 0
+    assert stderr == ""
+    assert not gp.events("text"), "a line on stdout that is not JSON"
+    found = gp.events("bad_request")
+    assert len(found) == len(bad)
+    assert {line["client_ip"] for line in found} == {"127.0.0.1"}
+    assert {line["status"] for line in found} == {400}
+    assert [line["level"] for line in found] == ["info"] + ["warning"] * (len(bad) - 1)
+    assert all("traceback" not in line for line in found)
+    assert SECRET not in repr(gp.lines)
