@@ -12,6 +12,9 @@ Guarantees:
   client sent: aiohttp's parser errors quote the raw request line or header, which can carry
   identity parameters and cookies.
 * A closed or broken log stream never takes a request down with it.
+
+:class:`Throttle` is the pure rate limit for repeated faults (the clock is passed in); the
+glue that writes its lines is in responses.py.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Hashable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, NamedTuple, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
 
@@ -222,3 +227,60 @@ def install(stream: TextIO) -> None:
 
     sys.excepthook = excepthook
     sys.unraisablehook = unraisablehook
+
+
+class Verdict(NamedTuple):
+    """What :meth:`Throttle.admit` decided about one line."""
+
+    # Write the line now.
+    write: bool
+    # Lines held back before this one and not yet reported: say so on this one (write only).
+    suppressed: int
+    # The line is held back and is the first of its window: call Throttle.due at this time
+    # to report the window (None: a report is already due).
+    flush_at: float | None
+
+
+@dataclass
+class _Window:
+    until: float
+    held: int = 0
+
+
+class Throttle:
+    """At most one line per key (say, site and kind of fault) per ``interval`` seconds.
+
+    A line written opens a window of ``interval``; lines of the same key within it are held
+    back and counted. When the window closes, :meth:`due` reports the count (one line, which
+    opens the next window); should another line of the key come first, it carries the count
+    itself. A dead upstream hit 100 times a second thus writes one full line, then one
+    ``suppressed: N`` line a second, never more. Pure: the caller passes the clock in and
+    writes the lines.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._windows: dict[Hashable, _Window] = {}
+
+    def admit(self, key: Hashable, now: float) -> Verdict:
+        window = self._windows.get(key)
+        if window is None or now >= window.until:
+            held = window.held if window is not None else 0
+            self._windows[key] = _Window(now + self.interval)
+            return Verdict(True, held, None)
+        window.held += 1
+        return Verdict(False, 0, window.until if window.held == 1 else None)
+
+    def due(self, now: float) -> list[tuple[Hashable, int]]:
+        """The keys whose window has closed with lines held back, and how many; each report
+        opens a new window. Closed windows with nothing held are forgotten."""
+        reports = []
+        for key, window in list(self._windows.items()):
+            if now < window.until:
+                continue
+            if window.held:
+                reports.append((key, window.held))
+                self._windows[key] = _Window(now + self.interval)
+            else:
+                del self._windows[key]
+        return reports

@@ -24,7 +24,9 @@ from aiohttp.http_exceptions import (
 
 from gateway.logs import (
     JsonLogHandler,
+    Throttle,
     Timestamps,
+    Verdict,
     describe,
     exception_fields,
     parser_error,
@@ -180,3 +182,51 @@ def test_exception_fields_name_non_builtin_types_fully() -> None:
     fields = exception_fields(_raised(LineTooLong(b"x", 10)))
     assert fields["error_type"] == "aiohttp.http_exceptions.LineTooLong"
     assert exception_fields(_raised(KeyError("k")))["error_type"] == "KeyError"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self, seconds: float = 0.0) -> float:
+        self.now += seconds
+        return self.now
+
+
+def test_throttle_writes_one_line_a_window_and_reports_the_rest_when_it_closes() -> None:
+    clock = FakeClock()
+    throttle = Throttle(interval=1.0)
+    key = ("upstream_error", "www.example.com", "connect")
+    assert throttle.admit(key, clock()) == Verdict(True, 0, None)
+    # The first line held back says when the window closes; the others do not ask again.
+    assert throttle.admit(key, clock(0.1)) == Verdict(False, 0, 1001.0)
+    for _ in range(98):
+        assert throttle.admit(key, clock(0.001)) == Verdict(False, 0, None)
+    assert throttle.due(clock(0.1)) == []  # still open
+    assert throttle.due(1001.0) == [(key, 99)]
+    # The report opened the next window: one line a second at most, however many faults.
+    assert throttle.admit(key, 1001.5) == Verdict(False, 0, 1002.0)
+    assert throttle.due(1002.0) == [(key, 1)]
+    # A quiet window is forgotten and reports nothing; the next fault is written at once.
+    assert throttle.due(1003.5) == []
+    assert throttle.admit(key, 1003.6) == Verdict(True, 0, None)
+
+
+def test_throttle_reports_on_the_next_line_when_it_comes_before_the_report() -> None:
+    throttle = Throttle(interval=1.0)
+    assert throttle.admit("k", 0.0).write
+    assert throttle.admit("k", 0.5) == Verdict(False, 0, 1.0)
+    assert throttle.admit("k", 0.9) == Verdict(False, 0, None)
+    # The report's timer has not run yet (a busy loop): the next line carries the count.
+    assert throttle.admit("k", 1.2) == Verdict(True, 2, None)
+    assert throttle.due(1.2) == []
+
+
+def test_throttle_keys_are_independent() -> None:
+    throttle = Throttle(interval=1.0)
+    keys = [
+        ("upstream_error", site, kind) for site in ("a", "b") for kind in ("connect", "timeout")
+    ]
+    assert all(throttle.admit(key, 5.0).write for key in keys)
+    assert not any(throttle.admit(key, 5.5).write for key in keys)
+    assert sorted(throttle.due(6.0)) == sorted((key, 1) for key in keys)
