@@ -29,11 +29,12 @@ import traceback
 from collections.abc import Hashable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, TextIO
+from typing import Any, Generic, Literal, NamedTuple, TextIO, TypeVar
 
 from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
 
 Level = Literal["info", "warning", "error"]
+K = TypeVar("K", bound=Hashable)
 
 # The level of each event that is not "info", in one place: the callers name the event only.
 EVENT_LEVELS: dict[str, Level] = {
@@ -247,7 +248,7 @@ class _Window:
     held: int = 0
 
 
-class Throttle:
+class Throttle(Generic[K]):
     """At most one line per key (say, site and kind of fault) per ``interval`` seconds.
 
     A line written opens a window of ``interval``; lines of the same key within it are held
@@ -260,9 +261,9 @@ class Throttle:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self._windows: dict[Hashable, _Window] = {}
+        self._windows: dict[K, _Window] = {}
 
-    def admit(self, key: Hashable, now: float) -> Verdict:
+    def admit(self, key: K, now: float) -> Verdict:
         window = self._windows.get(key)
         if window is None or now >= window.until:
             held = window.held if window is not None else 0
@@ -271,7 +272,7 @@ class Throttle:
         window.held += 1
         return Verdict(False, 0, window.until if window.held == 1 else None)
 
-    def due(self, now: float) -> list[tuple[Hashable, int]]:
+    def due(self, now: float) -> list[tuple[K, int]]:
         """The keys whose window has closed with lines held back, and how many; each report
         opens a new window. Closed windows with nothing held are forgotten."""
         reports = []

@@ -31,7 +31,7 @@ from .inbound import Arrival
 from .links import LINK_PATH
 from .logs import Timestamps, write_event
 from .metrics import HtmlSkip
-from .responses import fault, plain_response
+from .responses import fault, log_fault, plain_response
 from .state import Outcome, ProxyState
 from .upstream import (
     Origin,
@@ -398,7 +398,7 @@ class ProxyHandler:
     ) -> None:
         """Cut the client connection so a truncated body never looks complete."""
         self.state.metrics.upstream_errors.labels(site.host, "aborted_body").inc()
-        self.log_event("upstream_body_aborted", site=site.host, error=str(exc))
+        log_fault(self.state, "upstream_body_aborted", site, "aborted_body", error=str(exc)[:200])
         outcome.status = outcome.status or 502
         transport = request.transport
         if transport is not None:

@@ -15,6 +15,7 @@ import aiohttp
 from .config import Config, Strategy
 from .identity import IdRules, cookie_domain
 from .inbound import identity_rules
+from .logs import Throttle
 from .metrics import Metrics
 from .store import TokenStore
 from .strategies import SigningKeys
@@ -91,6 +92,8 @@ class ProxyState:
         self.metrics = metrics
         self.store = store
         self.log: TextIO = sys.stdout
+        # Repeated faults: at most one line a second per (event, site, kind); responses.py.
+        self.faults: Throttle[tuple[str, str, str]] = Throttle(interval=1.0)
         self.in_flight = 0
         self.draining = False
         self.reconfigure(config)

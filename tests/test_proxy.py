@@ -367,6 +367,49 @@ async def test_unreachable_upstream_is_502(start_gateway: StartGateway) -> None:
     assert any(line["event"] == "upstream_error" for line in gw.log)
 
 
+async def test_a_dead_upstream_is_logged_once_a_second_and_the_rest_counted(
+    start_gateway: StartGateway,
+) -> None:
+    requests = 40
+    with refused_port() as port:
+        gw = await start_gateway(site_yaml(f"http://127.0.0.1:{port}"))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for _ in range(requests):
+            async with gw.request("GET", "/") as resp:
+                assert resp.status == 502
+
+        def faults() -> list[dict]:
+            return [line for line in gw.log if line["event"] == "upstream_error"]
+
+        # The last line is a report once the window of the last fault has closed.
+        deadline = loop.time() + 10
+        while "suppressed" not in faults()[-1] or "error" in faults()[-1]:
+            assert loop.time() < deadline, faults()
+            await asyncio.sleep(0.05)
+        elapsed = loop.time() - began
+        await asyncio.sleep(1.2)
+    lines = faults()
+    # Every fault is accounted for: written in full, or counted on a later line.
+    assert sum(("error" in line) + line.get("suppressed", 0) for line in lines) == requests
+    # One line a second at most (each opens a window of a second), however many faults.
+    assert len(lines) <= elapsed + 1
+    first, last = lines[0], lines[-1]
+    assert (first["level"], first["site"], first["kind"]) == (
+        "warning",
+        "www.example.com",
+        "connect",
+    )
+    assert "suppressed" not in first and first["error"]
+    assert set(last) == {"time", "level", "event", "site", "kind", "suppressed"}
+    async with gw.session.get(gw.admin_url + "/metrics") as resp:
+        text = await resp.text()
+    assert (
+        f'gateway_upstream_errors_total{{kind="connect",site="www.example.com"}} {requests}.0'
+        in text
+    )
+
+
 async def test_slow_upstream_is_504(
     start_upstream: StartUpstream, start_gateway: StartGateway
 ) -> None:
