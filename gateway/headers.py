@@ -76,6 +76,13 @@ CLIENT_ADDRESS = frozenset(
 )
 
 
+# The request id a front proxy may send and the gateway passes on, returns and logs: the form
+# nginx's $request_id, Envoy's x-request-id and Heroku's router ids all take (hex, UUIDs,
+# dotted or colon-separated hops), and nothing that could carry a line break or a quote.
+REQUEST_ID = "X-Request-Id"
+_REQUEST_ID_FORM = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def end_to_end(headers: Headers) -> CIMultiDict[str]:
     """Copy headers minus hop-by-hop ones, keeping order and repetitions (Set-Cookie)."""
     extra = connection_tokens(headers) - _NEVER_HOP
@@ -98,6 +105,16 @@ def is_trusted(peer: str | None, trusted: Networks) -> bool:
     return any(addr in net for net in trusted)
 
 
+def kept_request_id(headers: Headers, peer: str | None, trusted_proxies: Networks) -> str | None:
+    """The request id to keep: ``X-Request-Id`` as a trusted front proxy sent it, if it has
+    the form of one (1-128 of ``[A-Za-z0-9._:-]``). None: the gateway makes its own, as for
+    any id a visitor sends directly, which could be chosen to confuse the logs."""
+    value = headers.get(REQUEST_ID)
+    if value is None or not _REQUEST_ID_FORM.fullmatch(value):
+        return None
+    return value if is_trusted(peer, trusted_proxies) else None
+
+
 def forwarded_headers(
     headers: Headers,
     *,
@@ -106,10 +123,12 @@ def forwarded_headers(
     trusted_proxies: Networks,
     site: Site,
     routed: Authority,
+    request_id: str,
 ) -> CIMultiDict[str]:
     """The request headers as the upstream should see them, for a request from ``peer`` over
-    ``scheme`` routed on ``routed``. Never a framing header: the upstream client writes the
-    framing of the body it actually sends."""
+    ``scheme`` routed on ``routed``, known as ``request_id`` (sent as X-Request-Id, in place
+    of any the request had). Never a framing header: the upstream client writes the framing
+    of the body it actually sends."""
     out = end_to_end(headers)
     out.popall("Content-Length", None)
     # We answer Expect ourselves (see proxy._expect_continue); the upstream gets the body anyway.
@@ -125,6 +144,7 @@ def forwarded_headers(
     # Host and X-Forwarded-Host name the host the request was routed on, checked and
     # normalised (hosts.parse_authority), never the raw value the visitor sent.
     out["X-Forwarded-Host"] = str(routed)
+    out[REQUEST_ID] = request_id
     out["Host"] = str(routed) if site.preserve_host else _authority_of(site.upstream)
     return out
 

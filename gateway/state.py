@@ -70,6 +70,10 @@ class ConfigIndex:
 class Outcome:
     """What the access log and metrics record about one request."""
 
+    # The id the request is known by upstream, to the visitor and in the log line.
+    request_id: str = ""
+    # The host of the site it was routed to ("-": none).
+    site: str = "-"
     status: int = 0
     upstream_status: int | None = None
     sent: int = 0

@@ -7,12 +7,13 @@ import asyncio
 import gzip
 import hashlib
 import json
+import re
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import StartGateway, StartUpstream, refused_port
+from .conftest import RunningGateway, StartGateway, StartUpstream, refused_port
 
 
 def site_yaml(upstream: str, host: str = "www.example.com", extra: str = "") -> str:
@@ -571,6 +572,94 @@ async def test_access_log_line_has_no_query_or_cookies(
     assert line["site"] == "www.example.com" and line["method"] == "GET"
     assert line["bytes"] > 0 and "duration_ms" in line and "time" in line
     assert "secret-id" not in json.dumps(gw.log)
+
+
+def _seen_header(seen: dict, name: str) -> list[str]:
+    return [v for k, v in seen["headers"] if k.lower() == name.lower()]
+
+
+async def test_the_request_id_is_made_or_kept_sent_upstream_returned_and_logged(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    app = echo_app()
+
+    async def large(request: web.Request) -> web.Response:
+        # Streamed to the visitor (larger than the small-body limit): its headers go first.
+        seen = request.headers.get("X-Request-Id", "")
+        return web.Response(body=seen.encode() * 40000, headers={"X-Request-Id": "upstream's"})
+
+    app.router.add_get("/large", large)
+    up = await start_upstream(app)
+    plain = await start_gateway(site_yaml(up))
+    # The test client's address (127.0.0.1) is a trusted front proxy here.
+    behind = await start_gateway(site_yaml(up, extra="proxy: {trusted_proxies: [127.0.0.0/8]}"))
+
+    returned_by: dict[int, list[str]] = {id(plain): [], id(behind): []}
+
+    async def through(gw: RunningGateway, sent: str | None, path: str = "/x") -> tuple[str, str]:
+        headers = {} if sent is None else {"X-Request-Id": sent}
+        async with gw.request("GET", path, headers=headers) as resp:
+            returned = resp.headers.getall("X-Request-Id")
+            assert len(returned) == 1
+            returned_by[id(gw)].append(returned[0])
+            body = await resp.read()
+        if path == "/large":
+            return returned[0], body[: len(returned[0])].decode()
+        [upstream_saw] = _seen_header(json.loads(body), "X-Request-Id")
+        return returned[0], upstream_saw
+
+    made = re.compile(r"[0-9a-f]{32}")
+    # A visitor's own id is not believed; a trusted front proxy's is, if well formed.
+    for gw, sent in ((plain, "chosen-by-visitor"), (plain, None), (behind, None)):
+        returned, upstream_saw = await through(gw, sent)
+        assert made.fullmatch(returned) and upstream_saw == returned
+    assert await through(behind, "edge-7f3a.1:2") == ("edge-7f3a.1:2", "edge-7f3a.1:2")
+    for malformed in ("has space", "x" * 129, 'quote"d'):
+        returned, upstream_saw = await through(behind, malformed)
+        assert made.fullmatch(returned) and upstream_saw == returned
+    # A streamed body's headers carry it too, in place of the upstream's own.
+    assert await through(behind, "big-1", "/large") == ("big-1", "big-1")
+    # Each made id is new.
+    ids = {(await through(plain, None))[0] for _ in range(5)}
+    assert len(ids) == 5
+    # The gateway's own answers carry one as well.
+    async with plain.request("GET", "/", host="not-served.example") as resp:
+        assert resp.status == 421 and made.fullmatch(resp.headers["X-Request-Id"])
+        returned_by[id(plain)].append(resp.headers["X-Request-Id"])
+    async with behind.request("GET", "/p?ajs_aid=abc", headers={"X-Request-Id": "r-302"}) as resp:
+        assert resp.status == 302 and resp.headers["X-Request-Id"] == "r-302"
+        returned_by[id(behind)].append("r-302")
+    # The log line of each request names the id the visitor and the upstream got.
+    for gw in (plain, behind):
+        logged = [line["request_id"] for line in gw.log if line["event"] == "request"]
+        assert logged == returned_by[id(gw)]
+
+
+async def test_a_websocket_upgrade_carries_the_request_id_both_ways(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    async def ws_id(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(request.headers.get("X-Request-Id", "none"))
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_id)
+    gw = await start_gateway(site_yaml(await start_upstream(app)))
+    async with gw.session.ws_connect(gw.url + "/ws", headers={"Host": "www.example.com"}) as ws:
+        upstream_saw = await ws.receive_str(timeout=5)
+        returned = ws._response.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", returned) and upstream_saw == returned
+    # The relay's log line is written once both sides have closed.
+    for _ in range(100):
+        lines = [line for line in gw.log if line["event"] == "request"]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    [line] = lines
+    assert (line["request_id"], line["status"]) == (returned, 101)
 
 
 async def test_expect_100_continue_is_answered_and_the_body_forwarded(
