@@ -115,6 +115,30 @@ def kept_request_id(headers: Headers, peer: str | None, trusted_proxies: Network
     return value if is_trusted(peer, trusted_proxies) else None
 
 
+def client_address(headers: Headers, peer: str | None, trusted_proxies: Networks) -> str | None:
+    """The visitor's address, as far as it can be believed: the peer's, unless the peer is a
+    trusted proxy; then the right-most address of X-Forwarded-For that is not a trusted proxy.
+
+    Each trusted proxy appends the address it saw, so the chain is walked from the right, over
+    the trusted hops, to the first address none of them vouches for. Anything to the left of
+    it is the visitor's own claim (a client may send any X-Forwarded-For it likes), so the
+    left-most entry is taken only when every entry is a trusted proxy. An entry that is not
+    an IP address ends the walk at the last hop that was one.
+    """
+    if not is_trusted(peer, trusted_proxies):
+        return peer
+    believed = peer
+    for entry in reversed(",".join(headers.getall("X-Forwarded-For", ())).split(",")):
+        try:
+            addr = ipaddress.ip_address(entry.strip())
+        except ValueError:
+            return believed
+        believed = str(addr)
+        if not any(addr in net for net in trusted_proxies):
+            return believed
+    return believed
+
+
 def forwarded_headers(
     headers: Headers,
     *,

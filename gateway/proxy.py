@@ -28,6 +28,7 @@ from .config import Config, Site
 from .exchange import IdentityFlow
 from .headers import (
     REQUEST_ID,
+    client_address,
     end_to_end,
     forwarded_headers,
     kept_request_id,
@@ -149,6 +150,8 @@ class ProxyHandler:
             outcome.status = response.status
             return response
         arrival = await identity.arrival(request, site, target)
+        outcome.identity = _IDENTITY[arrival.source]
+        outcome.refused_reason = arrival.refused
         if arrival.redirect is not None:
             outcome.status = 302
             return identity.cleanup_redirect(request, site, arrival)
@@ -176,7 +179,9 @@ class ProxyHandler:
             )
         except UpstreamError as exc:
             return self.fault(site, outcome, exc)
-        state.metrics.upstream_latency.labels(site.host).observe(time.monotonic() - sent_at)
+        waited = time.monotonic() - sent_at
+        state.metrics.upstream_latency.labels(site.host).observe(waited)
+        outcome.upstream_ms = waited * 1000
         outcome.upstream_status = upstream.status
         try:
             return await self.respond(request, site, arrival, upstream, outcome)
@@ -195,7 +200,10 @@ class ProxyHandler:
         headers[REQUEST_ID] = outcome.request_id
         status = upstream.status
         outcome.status = status
+        location = headers.get("Location") if 300 <= status < 400 else None
         body = await self.identity.outbound(request, site, arrival, status, headers)
+        if location is not None and headers.get("Location") != location:
+            outcome.decorated += 1
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         length = upstream.content_length
         if no_body:
@@ -267,7 +275,7 @@ class ProxyHandler:
                     break
                 mark = await _pace(body, mark)
             else:
-                self.identity.rewrite_done(site, body)
+                self._rewrite_done(site, body, outcome)
                 response = responses.Response(
                     status=upstream.status, reason=upstream.reason, headers=headers
                 )
@@ -276,6 +284,7 @@ class ProxyHandler:
                 return response
         except DecodedTooLarge:
             self.identity.html_skipped(site, "too_large", body.coding)
+            outcome.skipped = "too_large"
             if body.output_coding != body.coding:
                 headers["Content-Encoding"] = body.coding
             response = responses.Response(
@@ -286,6 +295,7 @@ class ProxyHandler:
             return response
         except DecodeError as exc:
             self.identity.html_skipped(site, "decode_error", body.coding)
+            outcome.skipped = "decode_error"
             return self._abort_before_headers(request, site, outcome, exc)
         stream = responses.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
@@ -302,7 +312,7 @@ class ProxyHandler:
                 if piece:
                     await self._send(stream, piece)
                     outcome.sent += len(piece)
-            self.identity.rewrite_done(site, body)
+            self._rewrite_done(site, body, outcome)
             await self._send(stream, b"", eof=True)
         except DecodeError as exc:
             self._html_aborted(request, site, body, outcome, exc)
@@ -353,7 +363,7 @@ class ProxyHandler:
                 raise UpstreamBodyError("upstream body not complete")
             if body is not None:
                 tail = body.close()
-                self.identity.rewrite_done(site, body)
+                self._rewrite_done(site, body, outcome)
                 if tail:
                     await self._send(response, tail)
                     outcome.sent += len(tail)
@@ -377,6 +387,14 @@ class ProxyHandler:
             return response
         await self._send(response, b"", eof=True)
         return response
+
+    def _rewrite_done(self, site: Site, body: HtmlBody, outcome: Outcome) -> None:
+        self.identity.rewrite_done(site, body)
+        outcome.decorated += sum(body.targets_hit.values())
+        if body.failed:
+            outcome.skipped = "rewrite_failed"
+        elif body.gave_up is not None:
+            outcome.skipped = body.gave_up
 
     def _send_timed_out(self, request: web.BaseRequest, site: Site, outcome: Outcome) -> None:
         """The visitor stopped reading (report F5): cut it off, so that it cannot hold an
@@ -406,6 +424,7 @@ class ProxyHandler:
     ) -> None:
         reason: HtmlSkip = "too_large" if isinstance(exc, DecodedTooLarge) else "decode_error"
         self.identity.html_skipped(site, reason, body.coding)
+        outcome.skipped = reason
         self._abort(request, site, outcome, exc)
 
     def _abort_before_headers(
@@ -438,23 +457,47 @@ class ProxyHandler:
         # Written by hand rather than json.dumps(dict): this runs on every request and the
         # generic encoder costs as much as the rest of the bookkeeping together. Strings a
         # visitor controls go through the JSON string encoder; never the query string or
-        # cookies, which carry identities.
+        # cookies, which carry identities. The request id is of a form that needs no escaping
+        # (headers.kept_request_id), and identity is one of the gateway's own words.
+        client = client_address(
+            request.headers, request.remote, self.state.config.proxy.trusted_proxies
+        )
         upstream = "null" if outcome.upstream_status is None else outcome.upstream_status
+        waited = "null" if outcome.upstream_ms is None else f"{outcome.upstream_ms:.3f}"
+        identity = "null" if outcome.identity is None else f'"{outcome.identity}"'
+        extra = ""
+        if outcome.refused_reason is not None:
+            extra += f',"refused_reason":{_json_str(outcome.refused_reason)}'
+        if outcome.skipped is not None:
+            extra += f',"skipped":{_json_str(outcome.skipped)}'
         # As Caddy does: a request the gateway or the upstream failed is an error.
         level = "error" if outcome.status >= 500 else "info"
         line = (
             f'{{"time":"{self._stamp(time.time())}","level":"{level}","event":"request",'
-            f'"request_id":"{outcome.request_id}","site":{_json_str(label)},'
-            f'"method":{_json_str(request.method)},'
+            f'"request_id":"{outcome.request_id}",'
+            f'"client_ip":{"null" if client is None else _json_str(client)},'
+            f'"site":{_json_str(label)},"method":{_json_str(request.method)},'
             f'"path":{_json_str(_log_path(request))},'
             f'"status":{outcome.status},"bytes":{outcome.sent},'
-            f'"duration_ms":{duration * 1000:.3f},"upstream_status":{upstream}}}\n'
+            f'"duration_ms":{duration * 1000:.3f},"upstream_ms":{waited},'
+            f'"upstream_status":{upstream},"identity":{identity},'
+            f'"decorated":{outcome.decorated}{extra}}}\n'
         )
         with contextlib.suppress(OSError, ValueError):
             self.state.log.write(line)
 
     def log_event(self, event: str, **fields: object) -> None:
         write_event(self.state.log, event, **fields)
+
+
+# The log's words for inbound.Arrival.source.
+_IDENTITY = {
+    "url": "restored",
+    "cookie": "cookie",
+    "minted": "minted",
+    "rejected": "refused",
+    "none": "none",
+}
 
 
 def new_request_id() -> str:

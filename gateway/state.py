@@ -77,6 +77,17 @@ class Outcome:
     status: int = 0
     upstream_status: int | None = None
     sent: int = 0
+    # Until the upstream's response head arrived, in milliseconds (None: not asked).
+    upstream_ms: float | None = None
+    # What the gateway did about identity: "restored" (from the URL, a hand-off), "cookie",
+    # "minted", "refused" (the URL's identity was not taken: ``refused_reason`` says why) or
+    # "none"; None when the request never reached the identity step.
+    identity: str | None = None
+    refused_reason: str | None = None
+    # Links (and redirect Locations) given identity in the response.
+    decorated: int = 0
+    # Why an HTML page that should have been rewritten went out (in part) without it.
+    skipped: str | None = None
 
 
 class ProxyState:

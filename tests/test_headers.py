@@ -14,6 +14,7 @@ from gateway.config import Site
 from gateway.headers import (
     CLIENT_ADDRESS,
     HOP_BY_HOP,
+    client_address,
     connection_tokens,
     end_to_end,
     forwarded_headers,
@@ -215,3 +216,30 @@ def test_a_malformed_request_id_is_never_kept(value: str) -> None:
 
 def test_no_request_id_is_none() -> None:
     assert kept_request_id(h(), "10.1.2.3", TRUSTED) is None
+
+
+@pytest.mark.parametrize(
+    ("xff", "peer", "client"),
+    [
+        # Not from a trusted proxy: the peer, whatever X-Forwarded-For claims.
+        (["198.51.100.1"], "203.0.113.7", "203.0.113.7"),
+        ([], "203.0.113.7", "203.0.113.7"),
+        # From one: the address it saw.
+        (["198.51.100.1"], "10.1.2.3", "198.51.100.1"),
+        ([], "10.1.2.3", "10.1.2.3"),
+        # A visitor's forged entries are left of the address the trusted proxy appended.
+        (["6.6.6.6, 198.51.100.1"], "10.1.2.3", "198.51.100.1"),
+        # Through a chain of trusted proxies, over the trusted hops.
+        (["198.51.100.1, 10.9.9.9", "10.8.8.8"], "10.1.2.3", "198.51.100.1"),
+        # Every hop trusted: the left-most.
+        (["10.7.7.7, 10.8.8.8"], "10.1.2.3", "10.7.7.7"),
+        # Not an address: the walk stops at the last hop that was one.
+        (["198.51.100.1, unknown"], "10.1.2.3", "10.1.2.3"),
+        (["junk, 10.8.8.8"], "10.1.2.3", "10.8.8.8"),
+        ([" 2001:DB8::1 "], "10.1.2.3", "2001:db8::1"),
+        ([], None, None),
+    ],
+)
+def test_client_address(xff: list[str], peer: str | None, client: str | None) -> None:
+    headers = h(*(("X-Forwarded-For", value) for value in xff))
+    assert client_address(headers, peer, TRUSTED) == client

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import RunningGateway, StartGateway, StartUpstream, refused_port
+from .conftest import RunningGateway, StartGateway, StartUpstream, bomb, refused_port
 
 
 def site_yaml(upstream: str, host: str = "www.example.com", extra: str = "") -> str:
@@ -570,8 +570,102 @@ async def test_access_log_line_has_no_query_or_cookies(
     assert line["path"] == "/page"
     assert line["status"] == 200 and line["upstream_status"] == 200
     assert line["site"] == "www.example.com" and line["method"] == "GET"
-    assert line["bytes"] > 0 and "duration_ms" in line and "time" in line
+    assert line["bytes"] > 0 and line["duration_ms"] >= line["upstream_ms"] > 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+    assert line["level"] == "info" and line["client_ip"] == "127.0.0.1"
     assert "secret-id" not in json.dumps(gw.log)
+
+
+async def test_the_access_line_says_what_was_done_about_identity(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    page = (
+        b"<html><head></head><body><a href='https://other.test/a'>a</a>"
+        b"<a href='https://other.test/b'>b</a></body></html>"
+    )
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/html")
+
+    async def go(request: web.Request) -> web.Response:
+        raise web.HTTPFound("https://other.test/checkout")
+
+    async def huge(request: web.Request) -> web.Response:
+        body = bomb("gzip", 1 << 20)
+        headers = {"Content-Type": "text/html", "Content-Encoding": "gzip"}
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/page", html)
+    app.router.add_get("/go", go)
+    app.router.add_get("/huge", huge)
+    up = await start_upstream(app)
+    gw = await start_gateway(
+        f"""
+        sites:
+          - host: www.example.com
+            upstream: {up}
+        cross_domains: [other.test]
+        proxy: {{trusted_proxies: [127.0.0.0/8], max_decoded_html: 65536}}
+        """
+    )
+    aid = "secret-aid-4711"
+    cookie = {"Cookie": f"ajs_anonymous_id={aid}"}
+    asked = [
+        ("/page", {}),
+        ("/page", cookie),
+        (f"/page?ajs_aid={aid}&x=1", {}),
+        ("/page?ajs_aid=not%20an%20id", cookie),
+        ("/go", cookie),
+        ("/huge", {**cookie, "Accept-Encoding": "gzip"}),
+        ("/page", {**cookie, "X-Forwarded-For": "6.6.6.6, 198.51.100.7"}),
+    ]
+    minted = None
+    for path, headers in asked:
+        async with gw.request("GET", path, headers=headers) as resp:
+            await resp.read()
+            minted = minted or resp.cookies.get("ajs_anonymous_id")
+    async with gw.request("GET", "/", host="not-served.example") as resp:
+        assert resp.status == 421
+    lines = [line for line in gw.log if line["event"] == "request"]
+    got = [
+        (
+            line["status"],
+            line["identity"],
+            line.get("refused_reason"),
+            line["decorated"],
+            line.get("skipped"),
+        )
+        for line in lines
+    ]
+    assert got == [
+        (200, "minted", None, 2, None),
+        (200, "cookie", None, 2, None),
+        (302, "restored", None, 0, None),
+        (302, "refused", "invalid", 0, None),
+        (302, "cookie", None, 1, None),
+        (200, "cookie", None, 0, "too_large"),
+        (200, "cookie", None, 2, None),
+        (421, None, None, 0, None),
+    ]
+    # Behind a trusted proxy, the address it saw; the visitor's own claim is ignored.
+    assert [line["client_ip"] for line in lines][-2:] == ["198.51.100.7", "127.0.0.1"]
+    # Answered by the gateway itself: no upstream time.
+    assert [line["upstream_ms"] is None for line in lines] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert lines[-1]["site"] == "-"
+    dump = json.dumps(gw.log)
+    assert minted is not None
+    for secret in (aid, minted.value, "not an id", "not%20an%20id"):
+        assert secret not in dump
 
 
 def _seen_header(seen: dict, name: str) -> list[str]:
