@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import os
 import signal
 import socket
@@ -61,6 +62,23 @@ def log_line(event: str, **fields: Any) -> None:
         sys.stdout.flush()
 
 
+def start_failed(error: str, **fields: Any) -> int:
+    """Say in one line why the gateway does not start; the exit status to return."""
+    log_line("start_failed", error=error, **fields)
+    return 1
+
+
+def config_failed(path: str, exc: ConfigError) -> int:
+    """A config that does not load: every problem, each as check-config words it."""
+    problems = [str(p) for p in exc.problems]
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    return start_failed(
+        f"cannot load the config {path} ({count}; `check-config {path}` lists them too)",
+        config=path,
+        problems=problems,
+    )
+
+
 class Gateway:
     """One serving process: the proxy listener, the admin listener and their shared state."""
 
@@ -108,7 +126,7 @@ class Gateway:
         site = web.TCPSite(
             runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=2048
         )
-        await site.start()
+        await _listen(site, "proxy", config.server.host, config.server.port, "--port, server.port")
         self._proxy_sites.append(site)
         self.bound_port = _bound_port(runner)
         admin = web.AppRunner(
@@ -117,7 +135,13 @@ class Gateway:
         await admin.setup()
         self._runners.append(admin)
         admin_site = web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=reuse_port)
-        await admin_site.start()
+        await _listen(
+            admin_site,
+            "admin port",
+            config.admin.host,
+            config.admin.port,
+            "--admin-port, admin.port",
+        )
         self.bound_admin_port = _bound_port(admin)
         log_line(
             "started",
@@ -185,11 +209,36 @@ class Gateway:
         while self.state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         log_line("drained", in_flight_left=self.state.in_flight)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the listeners and every client (also after a failed start)."""
         for runner in self._runners:
             await runner.cleanup()
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.store.close()
+
+
+class StartError(OSError):
+    """A listener cannot be opened; the message says which, why and what to change. (An
+    OSError, as the failure it words, for callers that catch that: the demo.)"""
+
+
+async def _listen(site: web.TCPSite, role: str, host: str, port: int, setting: str) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        # create_server's own message repeats the address in Python's tuple form: name the
+        # cause alone (EADDRINUSE: "Address already in use"), or a resolver's answer.
+        if exc.errno and exc.errno > 0:
+            reason = f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+        else:
+            reason = exc.strerror or str(exc)
+        raise StartError(
+            f"the {role} cannot listen on {host}:{port}: {reason}; stop what holds it or "
+            f"choose another ({setting})"
+        ) from exc
 
 
 def _listeners(config: Config) -> tuple[object, ...]:
@@ -209,7 +258,11 @@ async def serve(config: Config, config_path: str, overrides: Overrides, reuse_po
     loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
     loop.add_signal_handler(signal.SIGINT, gateway.request_stop)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
-    await gateway.start(reuse_port=reuse_port)
+    try:
+        await gateway.start(reuse_port=reuse_port)
+    except StartError as exc:
+        await gateway.close()
+        return start_failed(str(exc), pid=os.getpid())
     await gateway.wait_stopped()
     log_line("stopping", pid=os.getpid())
     await gateway.drain_and_close()
@@ -222,8 +275,7 @@ def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False
     try:
         config = overrides.apply(load_config(config_path, workers=overrides.workers))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return config_failed(config_path, exc)
     try:
         import uvloop
 
@@ -240,8 +292,7 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
     try:
         config = overrides.apply(load_config(config_path, workers=workers))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return config_failed(config_path, exc)
     # Port 0 (any free port) must be one port for every worker: it is chosen here, once, and
     # held for the supervisor's life (bound with SO_REUSEPORT, never listening, so it takes no
     # connections) so that nothing else can take it before a worker, or a replacement, binds.

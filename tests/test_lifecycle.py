@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
-from .conftest import GatewayProcess, StartUpstream, refused_port, spawn_gateway
+from .conftest import REPO, GatewayProcess, StartUpstream, refused_port, spawn_gateway
 
 SECRET = "SECRET-aid-4711"
 
@@ -243,3 +248,68 @@ async def test_a_bad_request_is_one_json_line_and_nothing_on_stderr(
     assert [line["level"] for line in found] == ["info"] + ["warning"] * (len(bad) - 1)
     assert all("traceback" not in line for line in found)
     assert SECRET not in repr(gp.lines)
+
+
+def _serve(*args: str, timeout: float = 30) -> tuple[int, list[dict[str, object]], str]:
+    """Run ``python -m gateway serve ARGS`` to its end: exit status, stdout lines, stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
+    return done.returncode, [json.loads(line) for line in done.stdout.splitlines()], done.stderr
+
+
+def _taken_port() -> socket.socket:
+    """A loopback port something else listens on (without SO_REUSEPORT, as most servers)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_a_port_in_use_is_one_json_line_and_exit_1(tmp_path: Path) -> None:
+    config = _write_config(tmp_path / "gw.yaml", "http://127.0.0.1:9")
+    with _taken_port() as taken:
+        port = str(taken.getsockname()[1])
+        listen = ("--host", "127.0.0.1", "--admin-host", "127.0.0.1")
+        for ports, flag in (
+            (("--port", port, "--admin-port", "0"), "--port"),
+            (("--port", "0", "--admin-port", port), "--admin-port"),
+        ):
+            code, lines, stderr = _serve("--config", str(config), *listen, *ports)
+            assert (code, stderr) == (1, "")
+            [line] = lines
+            assert (line["level"], line["event"]) == ("error", "start_failed")
+            error = str(line["error"])
+            assert f"127.0.0.1:{port}" in error and "Address already in use" in error
+            assert flag in error
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--config", "{missing}"), "cannot read the file"),
+        (("--config", "{invalid}"), "upstrem: unknown key"),
+        (("--config", "{valid}", "--port", "http"), "'http' is not a port"),
+        (("--config", "{valid}", "--workers", "0"), "is not a worker count"),
+        (("--config", "{valid}", "--no-such-flag"), "unrecognized arguments: --no-such-flag"),
+        ((), "required: --config"),
+    ],
+)
+def test_a_config_or_flag_that_cannot_serve_is_one_json_line_and_exit_1(
+    tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    paths = {
+        "missing": str(tmp_path / "missing.yaml"),
+        "invalid": str(tmp_path / "invalid.yaml"),
+        "valid": str(_write_config(tmp_path / "valid.yaml", "http://127.0.0.1:9")),
+    }
+    (tmp_path / "invalid.yaml").write_text("sites:\n  - host: a.example\n    upstrem: x\n")
+    code, lines, stderr = _serve(*(arg.format(**paths) for arg in args))
+    assert (code, stderr) == (1, "")
+    [line] = lines
+    assert (line["level"], line["event"]) == ("error", "start_failed")
+    assert says in json.dumps(line)
