@@ -321,7 +321,11 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
         "--reuse-port",
     ]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
-    stopping = False
+    started = [time.monotonic()] * workers
+    # When each dead worker's replacement is due (None: alive, or not yet seen dead).
+    due: list[float | None] = [None] * workers
+    restarts = Restarts()
+    stopping = gave_up = False
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -338,12 +342,35 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
             alive = [p for p in procs if p.poll() is None]
             if stopping and not alive:
                 break
-            if not stopping:
-                for i, proc in enumerate(procs):
-                    if proc.poll() is not None:
-                        log_line("worker_restarted", pid=proc.pid, exit_code=proc.returncode)
-                        time.sleep(0.5)
-                        procs[i] = subprocess.Popen(cmd, env=env)
+            now = time.monotonic()
+            for i, proc in enumerate(procs):
+                if stopping or proc.poll() is None:
+                    continue
+                when = due[i]
+                if when is None:
+                    delay = restarts.died(i, started[i], now)
+                    if delay is None:
+                        log_line(
+                            "supervisor_gave_up",
+                            error=f"worker {i} exited {restarts.give_up_after} times in a row "
+                            f"within {restarts.fast:g} s of its start (last exit status "
+                            f"{proc.returncode}); its own lines above say why. Stopping "
+                            "the other workers and exiting 1",
+                            pid=os.getpid(),
+                        )
+                        gave_up = True
+                        forward(signal.SIGTERM, None)
+                        break
+                    log_line(
+                        "worker_restarted",
+                        pid=proc.pid,
+                        exit_code=proc.returncode,
+                        restart_in=delay,
+                    )
+                    due[i] = now + delay
+                elif now >= when:
+                    procs[i] = subprocess.Popen(cmd, env=env)
+                    started[i], due[i] = now, None
             time.sleep(0.2)
     finally:
         for sock in held:
@@ -353,7 +380,36 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
                 os.unlink(os.path.join(metrics_dir, path))
         with contextlib.suppress(OSError):
             os.rmdir(metrics_dir)
-    return 0 if all(p.returncode == 0 for p in procs) else 1
+    return 1 if gave_up or any(p.returncode != 0 for p in procs) else 0
+
+
+@dataclass
+class Restarts:
+    """When the supervisor replaces a worker that died, and when it stops trying.
+
+    A worker that dies within ``fast`` seconds of its start crashed fast: each fast crash in
+    a row doubles the wait before the next start (from ``first_delay``, at most
+    ``max_delay``), and ``give_up_after`` of them in a row end the supervisor. What kills a
+    worker that soon (a port taken, a config that no longer loads) is not cured by trying
+    again for ever, and whatever runs the gateway (systemd, Kubernetes) should see it fail. A
+    worker that lived longer starts its slot's count afresh. Pure: the clock is passed in.
+    """
+
+    fast: float = 10.0
+    first_delay: float = 0.5
+    max_delay: float = 8.0
+    give_up_after: int = 5
+    _streaks: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def died(self, slot: int, started_at: float, now: float) -> float | None:
+        """The wait before slot ``slot`` gets a new worker, or None: give up."""
+        if now - started_at >= self.fast:
+            self._streaks[slot] = 0
+            return self.first_delay
+        streak = self._streaks[slot] = self._streaks.get(slot, 0) + 1
+        if streak >= self.give_up_after:
+            return None
+        return min(self.first_delay * (1 << (streak - 1)), self.max_delay)
 
 
 def _hold_free_port(host: str) -> socket.socket:

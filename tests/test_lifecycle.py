@@ -9,12 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+
+from gateway.app import Restarts
 
 from .conftest import REPO, GatewayProcess, StartUpstream, refused_port, spawn_gateway
 
@@ -313,3 +316,55 @@ def test_a_config_or_flag_that_cannot_serve_is_one_json_line_and_exit_1(
     [line] = lines
     assert (line["level"], line["event"]) == ("error", "start_failed")
     assert says in json.dumps(line)
+
+
+def test_the_supervisor_gives_up_on_workers_that_cannot_start(tmp_path: Path) -> None:
+    config = _write_config(tmp_path / "gw.yaml", "http://127.0.0.1:9")
+    with _taken_port() as taken:
+        port = str(taken.getsockname()[1])
+        began = time.monotonic()
+        code, lines, stderr = _serve(
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--admin-host",
+            "127.0.0.1",
+            "--admin-port",
+            "0",
+            "--workers",
+            "2",
+            timeout=90,
+        )
+        took = time.monotonic() - began
+    assert (code, stderr) == (1, "")
+    events = [line["event"] for line in lines]
+    # Each worker says why it could not start; the supervisor waits longer each time...
+    assert events.count("start_failed") >= 5
+    waits = [line["restart_in"] for line in lines if line["event"] == "worker_restarted"]
+    assert sorted(set(waits)) == [0.5, 1.0, 2.0, 4.0]
+    # ...and after the fifth fast crash of one worker, gives up with one line.
+    assert events[-1] == "supervisor_gave_up" and events.count("supervisor_gave_up") == 1
+    assert lines[-1]["level"] == "error"
+    # 0.5 + 1 + 2 + 4 s of waiting, plus five starts of Python.
+    assert 7.5 <= took < 60
+
+
+def test_restarts_back_off_and_give_up_after_five_fast_crashes_in_a_row() -> None:
+    restarts = Restarts()
+    now = 100.0
+    waits = []
+    for _ in range(5):
+        waits.append(restarts.died(0, now, now + 1.0))
+        now += 1.0 + (waits[-1] or 0)
+    assert waits == [0.5, 1.0, 2.0, 4.0, None]
+    # Slots count apart, and a worker that stayed up for a while starts the count afresh.
+    other = Restarts(give_up_after=3, max_delay=1.5)
+    assert [other.died(1, 0.0, 1.0), other.died(1, 0.0, 1.0)] == [0.5, 1.0]
+    assert other.died(2, 0.0, 1.0) == 0.5
+    assert other.died(1, 0.0, 60.0) == 0.5
+    assert [other.died(1, 0.0, 1.0) for _ in range(3)] == [0.5, 1.0, None]
+    capped = Restarts(give_up_after=10, max_delay=1.5)
+    assert [capped.died(0, 0.0, 1.0) for _ in range(4)] == [0.5, 1.0, 1.5, 1.5]
