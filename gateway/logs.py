@@ -1,5 +1,5 @@
-"""JSON log lines on stdout: one object a line, written whole so that lines from several
-worker processes sharing the stream never interleave.
+"""JSON log lines on stdout: one object a line, each written whole (the stream is
+line-buffered) so that lines from several worker processes sharing it never interleave.
 
 Guarantees:
 
@@ -20,6 +20,7 @@ glue that writes its lines is in responses.py.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -201,6 +202,10 @@ def install(stream: TextIO) -> None:
     """Make every line the process writes one JSON line on ``stream``: the root logger (which
     aiohttp's and asyncio's loggers propagate to), warnings, uncaught exceptions and
     unraisable ones. Called once, at the start of a serving process."""
+    if isinstance(stream, io.TextIOWrapper):
+        # A pipe (a container runtime, a supervisor's workers sharing one) would otherwise get
+        # 8 KiB blocks that end mid-line, and the lines of two processes could splice.
+        stream.reconfigure(line_buffering=True)
     handler = JsonLogHandler(stream)
     root = logging.getLogger()
     for old in root.handlers[:]:

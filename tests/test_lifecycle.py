@@ -202,6 +202,23 @@ async def test_large_bodies_stream_with_bounded_memory(
     assert growth_mib < 48, f"peak RSS grew by {growth_mib:.0f} MiB"
 
 
+async def test_request_lines_reach_stdout_at_once_one_write_each(
+    tmp_path: Path, start_upstream: StartUpstream, gateway_process: Callable[..., GatewayProcess]
+) -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    up = await start_upstream(_app({"/": ok}))
+    config = _write_config(tmp_path / "gw.yaml", up)
+    # As the gateway runs outside the container image (which sets PYTHONUNBUFFERED).
+    gp = await asyncio.to_thread(gateway_process, config, env={"PYTHONUNBUFFERED": ""})
+    assert await _get(gp.port) == (200, b"ok")
+    # Line-buffered: not held in an 8 KiB block until the process exits, where the lines of
+    # several workers sharing a pipe could splice mid-line.
+    [line] = await asyncio.to_thread(gp.wait_for, "request", 5)
+    assert (line["status"], line["path"]) == (200, "/")
+
+
 async def _send_raw(port: int, raw: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw)
