@@ -29,6 +29,7 @@ from .config import Config, ConfigError, load_config
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
+from .responses import ProxyServer
 from .state import ProxyState
 from .store import open_store
 
@@ -147,7 +148,7 @@ class Gateway:
 
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
-        server = web.Server(
+        server = ProxyServer(
             ProxyHandler(self.state),
             access_log=None,
             max_field_size=config.proxy.max_header_size,
