@@ -604,15 +604,28 @@ class _Reader:
     def _trusted_proxies(
         self, node: yaml.Node, path: str
     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """A list, or one string of comma-separated entries: ``${GATEWAY_TRUSTED_PROXIES}``
+        lets a deployment set them from its environment (an empty string is none)."""
+        entries: list[tuple[yaml.Node, str, Any]] = []
+        if isinstance(node, yaml.ScalarNode) and not _is_null(node):
+            before = len(self.problems)
+            text = self.scalar(node, path)
+            if len(self.problems) > before:
+                return ()
+            for part in str(text).split(","):
+                if part.strip():
+                    entries.append((node, path, part.strip()))
+        else:
+            for i, item in enumerate(self.sequence(node, path)):
+                entries.append((item, f"{path}[{i}]", self.scalar(item, f"{path}[{i}]")))
         trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for i, item in enumerate(self.sequence(node, path)):
-            value = self.scalar(item, f"{path}[{i}]")
+        for where, where_path, value in entries:
             try:
                 trusted.append(ipaddress.ip_network(str(value), strict=False))
             except ValueError:
                 self.problem(
-                    item,
-                    f"{path}[{i}]",
+                    where,
+                    where_path,
                     f"{value!r} is not an IP address or CIDR (e.g. 10.0.0.0/8)",
                 )
         return tuple(trusted)

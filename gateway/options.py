@@ -482,8 +482,11 @@ class Proxy:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(),
         metadata=option(
-            "front proxies whose `X-Forwarded-*` are trusted and appended to",
-            expected="a list of IP addresses or CIDRs, e.g. [10.0.0.0/8]",
+            "front proxies (the ingress or load balancer that ends TLS) whose `X-Forwarded-For` "
+            "and `X-Forwarded-Proto` are trusted and appended to; from any other peer they are "
+            "replaced, so the upstream sees `http` and the proxy's address",
+            expected="a list of IP addresses or CIDRs, e.g. [10.0.0.0/8], or one comma-separated "
+            "string of them (for ${ENV})",
             default_text="none",
             bespoke=True,
         ),

@@ -488,3 +488,34 @@ def test_a_key_without_a_declaration_is_a_programming_error() -> None:
         declared(Undeclared)
     with pytest.raises(TypeError, match="needs min= and max="):
         declared(Unbounded)
+
+
+# --- Front proxies from the environment ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("10.0.0.0/8", ["10.0.0.0/8"]),
+        ("10.0.0.0/8, 192.168.0.0/16,fd00::/8", ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"]),
+        ("", []),
+    ],
+)
+def test_trusted_proxies_from_one_environment_variable(value: str, expected: list[str]) -> None:
+    config = parse_config(
+        f"{MINIMAL}proxy: {{trusted_proxies: '${{TRUSTED}}'}}\n", "f.yaml", {"TRUSTED": value}
+    )
+    assert [str(n) for n in config.proxy.trusted_proxies] == expected
+
+
+def test_a_bad_entry_in_the_trusted_proxies_string_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            f"{MINIMAL}proxy: {{trusted_proxies: '${{TRUSTED}}'}}\n",
+            "f.yaml",
+            {"TRUSTED": "10.0.0.0/8,REPLACE_ME-ingress-pod-CIDR"},
+        )
+    assert str(info.value) == (
+        "f.yaml:2: proxy.trusted_proxies: 'REPLACE_ME-ingress-pod-CIDR' is not an IP address "
+        "or CIDR (e.g. 10.0.0.0/8)"
+    )
