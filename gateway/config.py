@@ -39,7 +39,7 @@ import yaml
 from publicsuffixlist import PublicSuffixList
 
 from .identity import domain_to_ascii
-from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, weakness
+from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, placeholder, weakness
 from .options import (
     STRATEGIES,
     Admin,
@@ -384,6 +384,7 @@ class _Reader:
             )
         self._check_signing_keys(config, top)
         self._check_token_store(config, top, root)
+        self._check_store_password(config, top)
         return config
 
     def _check_signing_keys(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
@@ -426,6 +427,20 @@ class _Reader:
             "visitors lose their id (use a store the workers share, such as "
             "redis://host:6379/0, or run one worker)",
         )
+
+    def _check_store_password(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
+        """A placeholder Redis password (deploy/kubernetes/secret.yaml's, say) would work, with
+        Redis started on the same value, and be known to anyone who read the example."""
+        if any(p.path.startswith("store.") for p in self.problems):
+            return
+        password = parse_store_url(config.store.url).password
+        reason = placeholder(password) if password else None
+        if reason is not None:
+            self.problem(
+                _child(top.get("store"), "url") or top.get("store"),
+                "store.url",
+                f"the password {reason} (give Redis and the gateway a real one; {GEN_KEY_ADVICE})",
+            )
 
     def sites(self, node: yaml.Node | None, root: yaml.Node) -> list[Site]:
         if node is None:

@@ -623,3 +623,15 @@ def test_a_bad_entry_in_the_trusted_proxies_string_is_named() -> None:
         "f.yaml:2: proxy.trusted_proxies: 'REPLACE_ME-ingress-pod-CIDR' is not an IP address "
         "or CIDR (e.g. 10.0.0.0/8)"
     )
+
+
+def test_a_placeholder_redis_password_is_refused_and_not_repeated() -> None:
+    text = f"{MINIMAL}store: {{url: 'redis://:${{REDIS_PASSWORD}}@redis:6379/0'}}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", {"REDIS_PASSWORD": "REPLACE_ME-redis-password"})
+    assert str(info.value) == (
+        "f.yaml:2: store.url: the password contains the placeholder text 'replace' (give Redis "
+        "and the gateway a real one; generate one with: python -m gateway gen-key)"
+    )
+    # Only placeholder text: a managed Redis's password has whatever form its provider gives.
+    assert parse_config(text, "f.yaml", {"REDIS_PASSWORD": "short-but-real"}).store.url
