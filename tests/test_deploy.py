@@ -168,6 +168,15 @@ def _seconds(duration: str | int) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+def _hpa_targets(docs: list[dict[str, Any]]) -> set[str]:
+    return {
+        d["spec"]["scaleTargetRef"]["name"]
+        for d in docs
+        if d["kind"] == "HorizontalPodAutoscaler"
+        and d["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    }
+
+
 def _gateway_config_text(docs: list[dict[str, Any]]) -> str:
     container = _gateway_container(docs)
     pod = _gateway(docs)["spec"]["template"]["spec"]
@@ -231,7 +240,7 @@ def test_kustomization_lists_every_manifest_and_namespace_is_consistent(
 def test_gateway_deployment_replicas_and_selector(manifests: list[dict[str, Any]]) -> None:
     deployment = _gateway(manifests)
     assert deployment["apiVersion"] == "apps/v1"
-    assert deployment["spec"]["replicas"] >= 2
+    assert GATEWAY in _hpa_targets(manifests), "the HPA keeps at least two replicas"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert _selects(selector, _pod_labels(deployment))
     rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
@@ -271,6 +280,21 @@ def test_gateway_references_existing_configmap_and_secret(
             if "configMapRef" in source:
                 _find(manifests, "ConfigMap", source["configMapRef"]["name"])
     assert checked_secret_refs >= 1, "secrets should come from the Secret"
+
+
+def test_the_hpa_alone_owns_the_replica_count(manifests: list[dict[str, Any]]) -> None:
+    """Every ``kubectl apply`` re-applies a Deployment's ``replicas``: under an HPA that snaps a
+    scaled-out gateway back to the file's number until the HPA notices again."""
+    targets = _hpa_targets(manifests)
+    assert targets, "no HorizontalPodAutoscaler"
+    for deployment in (d for d in manifests if d["kind"] == "Deployment"):
+        if deployment["metadata"]["name"] in targets:
+            assert "replicas" not in deployment["spec"], deployment["metadata"]["name"]
+    # The one way to set a count by hand under kustomize would be a replicas: entry there.
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert not {r["name"] for r in kustomization.get("replicas", [])} & targets
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert "edit-last-applied" in readme, "say how to drop replicas from a live Deployment"
 
 
 def test_gateway_secrets_come_from_the_secret_not_literals(
@@ -392,11 +416,39 @@ def test_container_commands_parse_with_the_gateway_cli(manifests: list[dict[str,
     assert (args.command, args.config, args.admin_host) == ("serve", CONFIG_PATH, "0.0.0.0")
 
 
+def _quantity(value: str | int) -> float:
+    """A Kubernetes CPU or memory quantity as a number (cores, bytes)."""
+    text = str(value)
+    units = {"m": 1e-3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * units[suffix]
+    return float(text)
+
+
+def test_resources_do_not_throttle_and_bound_memory(manifests: list[dict[str, Any]]) -> None:
+    """A CPU limit below what a CPU-bound process uses stalls it for the rest of each CFS
+    period (latency spikes with idle cores on the node); memory is not compressible, so it is
+    bounded. Either no CPU limit, or one equal to the request."""
+    for deployment in (d for d in manifests if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            name = f"{deployment['metadata']['name']}/{container['name']}"
+            requests = container["resources"]["requests"]
+            limits = container["resources"]["limits"]
+            assert {"cpu", "memory"} <= set(requests), name
+            assert "memory" in limits, f"{name}: no memory limit"
+            assert _quantity(limits["memory"]) >= _quantity(requests["memory"]), name
+            if "cpu" in limits:
+                assert _quantity(limits["cpu"]) == _quantity(requests["cpu"]), name
+    # The HPA's utilization target is a share of the request, so the request must be there,
+    # and the choice is explained where it is made.
+    text = (K8S_DIR / "deployment.yaml").read_text(encoding="utf-8")
+    assert "No CPU limit, on purpose" in text
+
+
 def test_resources_and_security_context(manifests: list[dict[str, Any]]) -> None:
     pod = _gateway(manifests)["spec"]["template"]["spec"]
     container = _gateway_container(manifests)
-    for section in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(container["resources"][section]), section
     pod_sc = pod.get("securityContext", {})
     sc = container["securityContext"]
     assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
@@ -492,8 +544,9 @@ def test_pdb_targets_gateway(manifests: list[dict[str, Any]]) -> None:
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["minAvailable"] == 1
     assert _selects(pdb["spec"]["selector"]["matchLabels"], _pod_labels(deployment))
-    # minAvailable below the replica count, or node drains would block forever.
-    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    # minAvailable below the least replicas the HPA keeps, or node drains would block forever.
+    hpa = _find(manifests, "HorizontalPodAutoscaler", GATEWAY)
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
 
 def test_hpa_targets_gateway_on_cpu(manifests: list[dict[str, Any]]) -> None:
