@@ -48,7 +48,7 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Secrets whose committed values are placeholders the gateway refuses: tests that load the
 # shipped configs supply freshly generated keys instead, as an operator would.
-GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN")
+GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN", "REDIS_PASSWORD")
 
 
 # --------------------------------------------------------------------------- helpers ---
@@ -166,6 +166,29 @@ def _seconds(duration: str | int) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
     assert parts and "".join(n + u for n, u in parts) == duration, duration
     return sum(float(n) * units[u] for n, u in parts)
+
+
+def _committed_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment with the values committed in the Secret and ConfigMaps."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        source = item.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[item["name"]] = _secret_data(_find(docs, "Secret", ref["name"]))[ref["key"]]
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            env[item["name"]] = _find(docs, "ConfigMap", ref["name"])["data"][ref["key"]]
+        elif "value" in item:
+            env[item["name"]] = item["value"]
+    return env
+
+
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The gateway's environment once an operator has replaced the placeholders."""
+    env = _committed_env(docs, _gateway_container(docs))
+    env.update({name: generate_key() for name in GENERATED_SECRETS})
+    return env
 
 
 def _hpa_targets(docs: list[dict[str, Any]]) -> set[str]:
@@ -307,7 +330,7 @@ def test_gateway_secrets_come_from_the_secret_not_literals(
     for name in (
         "SEGMENT_WRITE_KEY",
         "GATEWAY_SIGNING_KEYS",
-        "GATEWAY_STORE_URL",
+        "REDIS_PASSWORD",
         "GATEWAY_ADMIN_TOKEN",
     ):
         assert name in from_secret, f"{name} should be read from the Secret"
@@ -320,27 +343,29 @@ def test_secret_placeholders_are_clearly_marked(manifests: list[dict[str, Any]])
     assert "PLACEHOLDER" in text.upper()
     for secret in secrets:
         data = secret.get("stringData", {})
-        for key in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN"):
+        for key in (
+            "SEGMENT_WRITE_KEY",
+            "GATEWAY_SIGNING_KEYS",
+            "GATEWAY_ADMIN_TOKEN",
+            "REDIS_PASSWORD",
+        ):
             assert "REPLACE_ME" in data.get(key, ""), f"{key} should be an obvious placeholder"
 
 
 def test_committed_placeholder_secrets_are_refused(
     manifests: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    """A forgotten replace fails start-up instead of signing with a publicly known key."""
+    """A forgotten replace fails start-up instead of signing with a publicly known key, or using
+    a publicly known Redis password."""
     from gateway.config import ConfigError, load_config
 
-    env: dict[str, str] = {}
-    for item in _gateway_container(manifests).get("env", []):
-        ref = item.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            env[item["name"]] = _secret_data(_find(manifests, "Secret", ref["name"]))[ref["key"]]
+    env = _committed_env(manifests, _gateway_container(manifests))
     path = tmp_path / "domains.yaml"
     path.write_text(_gateway_config_text(manifests), encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path, env=env)
     refused = {p.path for p in info.value.problems}
-    assert refused == {"signing.keys", "admin.token"}, info.value
+    assert refused == {"signing.keys", "admin.token", "store.url"}, info.value
     assert "placeholder" in str(info.value)
 
 
@@ -583,34 +608,53 @@ def test_redis_deployment_service_and_store_url(manifests: list[dict[str, Any]])
     assert _container_port(container, svc_port["targetPort"]) == 6379
 
     # The store URL the gateway gets points at this Service.
-    env = next(e for e in _gateway_container(manifests)["env"] if e["name"] == "GATEWAY_STORE_URL")
-    ref = env["valueFrom"]["secretKeyRef"]
-    url = urlsplit(_secret_data(_find(manifests, "Secret", ref["name"]))[ref["key"]])
+    store = yaml.safe_load(_gateway_config_text(manifests))["store"]["url"]
+    url = urlsplit(store)
     assert url.scheme == "redis"
     assert url.hostname is not None
     assert url.hostname.split(".")[0] == "redis"
     assert url.port == int(svc_port["port"])
 
 
+def test_redis_requires_the_password_the_gateway_sends(manifests: list[dict[str, Any]]) -> None:
+    """Redis starts with ``--requirepass`` from the Secret, and the gateway's store URL carries
+    the same Secret key through ``${ENV}``; the readiness probe authenticates too."""
+    redis = _find(manifests, "Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
+    refs = {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in redis["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    password = _arg_value(_container_argv(redis), "--requirepass")
+    assert password is not None, "Redis must require a password"
+    var = re.fullmatch(r"\$\((\w+)\)", password)
+    assert var, f"--requirepass should expand an env var, not hold a literal: {password!r}"
+    secret_ref = refs[var.group(1)]
+
+    store = yaml.safe_load(_gateway_config_text(manifests))["store"]["url"]
+    url = urlsplit(store)
+    assert url.username in ("", None)
+    (gateway_var,) = ENV_REF.findall(url.password or "")
+    assert url.password == f"${{{gateway_var}}}", "the password comes from the environment"
+    gateway_env = {e["name"]: e for e in _gateway_container(manifests)["env"]}
+    ref = gateway_env[gateway_var]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == secret_ref, "Redis and the gateway use the same Secret key"
+
+    # redis-cli answers an error reply with exit code 0: the probe must check for PONG.
+    assert refs.get("REDISCLI_AUTH") == secret_ref
+    probe = " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert "redis-cli ping" in probe and "PONG" in probe
+
+
 def test_kubernetes_config_loads(manifests: list[dict[str, Any]], tmp_path: Path, monkeypatch):
     from gateway.config import load_config
 
-    secret_values: dict[str, str] = {}
-    for env in _gateway_container(manifests).get("env", []):
-        ref = env.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            secret_values[env["name"]] = _secret_data(_find(manifests, "Secret", ref["name"]))[
-                ref["key"]
-            ]
-        elif "value" in env:
-            secret_values[env["name"]] = env["value"]
-    for name, value in secret_values.items():
+    for name, value in _operator_env(manifests).items():
         monkeypatch.setenv(name, value)
-    for name in GENERATED_SECRETS:
-        monkeypatch.setenv(name, generate_key())
     path = tmp_path / "domains.yaml"
     path.write_text(_gateway_config_text(manifests), encoding="utf-8")
-    assert load_config(path) is not None
+    config = load_config(path)
+    assert config.warnings == (), "the shipped config should need no warning"
 
 
 # ---------------------------------------------------------- kubernetes: network policy ---
