@@ -49,6 +49,10 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Secrets whose committed values are placeholders the gateway refuses: tests that load the
 # shipped configs supply freshly generated keys instead, as an operator would.
 GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN", "REDIS_PASSWORD")
+# The other value an operator must supply: the ingress controller's pod addresses (a typical
+# pod CIDR here), whose committed placeholder the gateway refuses too.
+TRUSTED_PROXIES_ENV = "GATEWAY_TRUSTED_PROXIES"
+POD_CIDR = "10.244.0.0/16"
 
 
 # --------------------------------------------------------------------------- helpers ---
@@ -188,6 +192,7 @@ def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
     """The gateway's environment once an operator has replaced the placeholders."""
     env = _committed_env(docs, _gateway_container(docs))
     env.update({name: generate_key() for name in GENERATED_SECRETS})
+    env[TRUSTED_PROXIES_ENV] = POD_CIDR
     return env
 
 
@@ -355,8 +360,8 @@ def test_secret_placeholders_are_clearly_marked(manifests: list[dict[str, Any]])
 def test_committed_placeholder_secrets_are_refused(
     manifests: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    """A forgotten replace fails start-up instead of signing with a publicly known key, or using
-    a publicly known Redis password."""
+    """A forgotten replace fails start-up instead of signing with a publicly known key, using a
+    publicly known Redis password, or trusting no front proxy (or the wrong one)."""
     from gateway.config import ConfigError, load_config
 
     env = _committed_env(manifests, _gateway_container(manifests))
@@ -365,8 +370,11 @@ def test_committed_placeholder_secrets_are_refused(
     with pytest.raises(ConfigError) as info:
         load_config(path, env=env)
     refused = {p.path for p in info.value.problems}
-    assert refused == {"signing.keys", "admin.token", "store.url"}, info.value
+    assert refused == {"signing.keys", "admin.token", "store.url", "proxy.trusted_proxies"}, (
+        info.value
+    )
     assert "placeholder" in str(info.value)
+    assert "REPLACE_ME-ingress-pod-CIDR" in str(info.value), "name the value to replace"
 
 
 def test_admin_port_on_the_pod_ip_needs_the_token(manifests: list[dict[str, Any]]) -> None:
@@ -644,6 +652,30 @@ def test_redis_requires_the_password_the_gateway_sends(manifests: list[dict[str,
     assert refs.get("REDISCLI_AUTH") == secret_ref
     probe = " ".join(redis["readinessProbe"]["exec"]["command"])
     assert "redis-cli ping" in probe and "PONG" in probe
+
+
+def test_trusted_proxies_come_from_a_value_the_operator_sets(
+    manifests: list[dict[str, Any]],
+) -> None:
+    """The gateway speaks plain HTTP behind the ingress, which ends TLS: only the ingress's
+    X-Forwarded-Proto tells it (and the upstream) that the visitor used https, and only its
+    X-Forwarded-For the visitor's address. The ConfigMap holds the ingress pods' CIDR."""
+    from gateway.config import parse_config
+
+    config = yaml.safe_load(_gateway_config_text(manifests))
+    assert config["proxy"]["trusted_proxies"] == f"${{{TRUSTED_PROXIES_ENV}}}"
+    env = {e["name"]: e for e in _gateway_container(manifests)["env"]}
+    ref = env[TRUSTED_PROXIES_ENV]["valueFrom"]["configMapKeyRef"]
+    committed = _find(manifests, "ConfigMap", ref["name"])["data"][ref["key"]]
+    assert "REPLACE_ME" in committed, "no one CIDR fits every cluster: the operator sets it"
+
+    operator = _operator_env(manifests)
+    operator[TRUSTED_PROXIES_ENV] = f"{POD_CIDR},fd00:10:244::/56"
+    loaded = parse_config(_gateway_config_text(manifests), "configmap", operator)
+    assert [str(n) for n in loaded.proxy.trusted_proxies] == [POD_CIDR, "fd00:10:244::/56"]
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for needed in (TRUSTED_PROXIES_ENV, "X-Forwarded-Proto", "X-Forwarded-For", "Secure"):
+        assert needed in readme, f"deploy/README.md should explain {needed}"
 
 
 def test_kubernetes_config_loads(manifests: list[dict[str, Any]], tmp_path: Path, monkeypatch):
