@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from gateway.keys import generate_key
 
@@ -33,6 +35,7 @@ K8S_DIR = DEPLOY / "kubernetes"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+LOCK = REPO / "requirements.lock"
 
 # Kubernetes version whose schemas the manifests must satisfy.
 K8S_VERSION = "1.31"
@@ -1041,20 +1044,135 @@ def _copies() -> list[tuple[list[str], str]]:
     return copies
 
 
-def test_dockerfile_base_image_and_install() -> None:
-    instructions = _dockerfile_instructions()
-    args = {}
-    for keyword, rest in instructions:
+# The platform the image runs on, for the environment markers of the dependencies.
+IMAGE_MARKERS = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.16",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _base_images() -> list[str]:
+    """Each FROM's image, ARG defaults substituted; a FROM of an earlier stage is left out."""
+    args: dict[str, str] = {}
+    stages: set[str] = set()
+    bases = []
+    for keyword, rest in _dockerfile_instructions():
         if keyword == "ARG" and "=" in rest:
             key, value = rest.split("=", 1)
-            args[key] = value
-    bases = [
-        re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), rest.split()[0])
-        for keyword, rest in instructions
-        if keyword == "FROM"
-    ]
-    assert bases and all(b == "python:3.11-slim" for b in bases), bases
-    assert any(k == "RUN" and re.search(r"pip install (\S+ )*\.(\s|$)", r) for k, r in instructions)
+            args.setdefault(key, value)
+        elif keyword == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--platform")]
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0])
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages.add(words[2])
+            if image not in stages - {words[-1]}:
+                bases.append(image)
+    return bases
+
+
+def _lock() -> dict[str, tuple[Requirement, list[str]]]:
+    """requirements.lock (pip-compile's format) as {normalised name: (requirement, hashes)}."""
+    entries: dict[str, tuple[Requirement, list[str]]] = {}
+    logical = ""
+    for raw in LOCK.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("--hash") else raw
+        line = line.strip()
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical += line
+        if logical.strip():
+            spec, *hashes = re.split(r"\s+--hash=", logical.strip())
+            requirement = Requirement(spec)
+            entries[canonicalize_name(requirement.name)] = (requirement, hashes)
+        logical = ""
+    return entries
+
+
+def test_dockerfile_base_images_are_pinned_by_digest() -> None:
+    """A tag moves (python:3.11-slim moved from Debian bookworm to trixie); a digest does not.
+    deploy/README.md says how to refresh it."""
+    bases = _base_images()
+    assert bases, "no FROM"
+    for image in bases:
+        name, _, digest = image.partition("@")
+        assert SHA256.fullmatch(digest), f"{image} is not pinned by digest (name@sha256:<64 hex>)"
+        assert re.fullmatch(r"python:3\.11-slim(-bookworm)?", name), f"unexpected base {name}"
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert "imagetools inspect" in readme, "say how to find the digest to refresh the pin"
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """Every dependency pyproject.toml names for the image's platform is in requirements.lock at
+    one exact version, within the range pyproject.toml allows, with the hashes pip checks; so is
+    the build backend, which the Dockerfile takes from the lock too (no build isolation)."""
+    lock = _lock()
+    for name, (requirement, hashes) in lock.items():
+        assert len(requirement.specifier) == 1, f"{name}: not one exact version"
+        (pin,) = requirement.specifier
+        assert pin.operator == "==", f"{name}: {pin} is not an exact pin"
+        assert hashes and all(SHA256.fullmatch(h) for h in hashes), f"{name}: no sha256 hashes"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = [Requirement(d) for d in pyproject["project"]["dependencies"]]
+    wanted += [Requirement(d) for d in pyproject["build-system"]["requires"]]
+    checked = 0
+    for dependency in wanted:
+        if dependency.marker is not None and not dependency.marker.evaluate(IMAGE_MARKERS):
+            continue
+        name = canonicalize_name(dependency.name)
+        assert name in lock, f"{dependency.name} is not in requirements.lock: run make lock"
+        (pin,) = lock[name][0].specifier
+        assert dependency.specifier.contains(pin.version, prereleases=True), (
+            f"requirements.lock pins {name}=={pin.version}, outside {dependency.specifier}: "
+            "run make lock"
+        )
+        checked += 1
+    assert checked >= 10
+
+
+def test_dockerfile_installs_from_the_lock_with_hashes_only() -> None:
+    """Dependencies come only from the lock, hash-checked and unresolved; the package adds none
+    and is built with the locked setuptools. The lock is copied first, so the dependency layer
+    is rebuilt only when it changes."""
+    instructions = _dockerfile_instructions()
+    installs: list[tuple[int, list[str]]] = []  # (instruction index, pip install arguments)
+    for i, (keyword, rest) in enumerate(instructions):
+        if keyword != "RUN":
+            continue
+        for command in re.split(r"&&|;", rest):
+            words = shlex.split(command)
+            if words[:2] == ["pip", "install"] or words[1:3] == ["-m", "pip"]:
+                installs.append((i, words[words.index("install") + 1 :]))
+    steps = [arguments for _, arguments in installs]
+    assert steps, "no pip install"
+    from_lock = [s for s in steps if "-r" in s and s[s.index("-r") + 1] == LOCK.name]
+    assert len(from_lock) == 1, "one install from requirements.lock"
+    assert {"--require-hashes", "--no-deps"} <= set(from_lock[0])
+    package = [s for s in steps if "." in s]
+    assert len(package) == 1, "one install of the package itself"
+    assert {"--no-deps", "--no-build-isolation"} <= set(package[0])
+    for step in steps:
+        assert "--no-deps" in step, f"pip would resolve dependencies: pip install {step}"
+    lock_copy = next(
+        i
+        for i, (keyword, rest) in enumerate(instructions)
+        if keyword == "COPY" and LOCK.name in shlex.split(rest)[:-1]
+    )
+    first_install = installs[0][0]
+    assert lock_copy < first_install
+    source_copy = min(
+        i
+        for i, (keyword, rest) in enumerate(instructions)
+        if keyword == "COPY" and "gateway" in shlex.split(rest)[:-1]
+    )
+    assert first_install < source_copy, "install the locked dependencies before the source"
 
     # Everything `pip install .` needs is copied before it runs.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
