@@ -60,6 +60,17 @@ def plain_response(status: int, text: str) -> web.Response:
     )
 
 
+def redirect(location: str) -> Response:
+    """A 302 of the gateway's own (the clean-up redirect, the freshness endpoint): never
+    cached, since it may set identity cookies or carry a credential, and it tells the next
+    site no more than the origin of the page it came from."""
+    response = Response(status=302)
+    response.headers["Location"] = location
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+    return response
+
+
 async def drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
     """An ``on_response_prepare`` signal handler for aiohttp applications (the admin port)."""
     response.headers.popall("Server", None)
