@@ -429,8 +429,8 @@ class _Reader:
             upstream = self._upstream(fields, path, item)
             cookie_domain = self._cookie_domain(fields, path, host)
             accept = self._accept(fields.get("accept"), f"{path}.accept")
-            if upstream is not None and isinstance(fields.get("tls"), yaml.MappingNode):
-                self._check_tls(values["tls"], upstream, fields["tls"], f"{path}.tls", i, tls_of)
+            if upstream is not None:
+                self._check_tls(values.get("tls"), upstream, fields, item, f"{path}.tls", i, tls_of)
             if host is None or upstream is None:
                 continue
             if host in seen:
@@ -518,35 +518,40 @@ class _Reader:
 
     def _check_tls(
         self,
-        tls: UpstreamTLS,
+        tls: UpstreamTLS | None,
         upstream: str,
-        node: yaml.Node,
+        fields: Mapping[str, yaml.Node],
+        site: yaml.Node,
         path: str,
         index: int,
         seen: dict[tuple[str, int], tuple[int, UpstreamTLS]],
     ) -> None:
         """``tls`` belongs to an https upstream, and one upstream has one setting: connections
-        are pooled per upstream origin, whichever site they serve."""
+        are pooled per upstream origin, whichever site they serve. A site without ``tls`` has
+        the defaults, so it cannot share an upstream with one that weakens them."""
+        node = fields.get("tls")
         parts = urlsplit(upstream)
         if parts.scheme != "https":
-            self.problem(
-                node,
-                path,
-                f"the upstream {upstream} is not https://, so no TLS setting applies (write "
-                "https:// if the upstream speaks TLS, or remove tls)",
-            )
+            if isinstance(node, yaml.MappingNode):
+                self.problem(
+                    node,
+                    path,
+                    f"the upstream {upstream} is not https://, so no TLS setting applies (write "
+                    "https:// if the upstream speaks TLS, or remove tls)",
+                )
             return
+        tls = tls or UpstreamTLS()
         origin = ((parts.hostname or "").lower(), parts.port or 443)
         first = seen.setdefault(origin, (index, tls))
         if first[1] != tls:
             self.problem(
-                node,
+                node or site,
                 path,
                 f"differs from the tls of sites[{first[0]}], which has the same upstream "
                 f"{upstream}: connections to one upstream are shared, so give both the same "
                 "tls (or name the upstream as its certificate does, and drop server_name)",
             )
-        if not tls.verify:
+        if node is not None and not tls.verify:
             self.warning(
                 _child(node, "verify") or node,
                 f"{path}.verify",

@@ -579,6 +579,16 @@ def test_sites_sharing_an_upstream_share_its_tls(ca_pem: str) -> None:
     # Another port is another upstream.
     other = differs.replace("10.0.0.7:8443\n    tls: {server", "10.0.0.7:9443\n    tls: {server")
     assert parse_config(other, "f.yaml", {}).sites[1].tls.server_name == "b"
+    # A site without tls has the defaults: it must not end up on connections another site
+    # made with verify: false, whichever comes first.
+    unverified = "  - {host: a.test, upstream: 'https://10.0.0.7:8443', tls: {verify: false}}\n"
+    default = "  - {host: b.test, upstream: 'https://10.0.0.7:8443'}\n"
+    for sites in (unverified + default, default + unverified):
+        with pytest.raises(ConfigError) as info:
+            parse_config("sites:\n" + sites, "f.yaml", {})
+        assert str(info.value).startswith(
+            "f.yaml:3: sites[1].tls: differs from the tls of sites[0]"
+        )
 
 
 def test_verify_false_is_valid_but_a_warning_check_config_prints(tmp_path: Path) -> None:
