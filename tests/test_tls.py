@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -141,13 +142,17 @@ async def test_a_server_name_the_certificate_does_not_carry_is_a_502(
 
 
 async def test_verify_false_connects_to_any_certificate(
-    start_gateway: StartGateway, tls_upstream: int
+    start_gateway: StartGateway, tls_upstream: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gw = await start_gateway(site_yaml(tls_upstream, "{verify: false, server_name: other.test}"))
     async with gw.request("GET", "/") as resp:
         assert resp.status == 200
         assert await resp.text() == "hello over https"
     assert [w.path for w in gw.gateway.state.config.warnings] == ["sites[0].tls.verify"]
+    # Said at start-up too, for deployments that never run check-config.
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    (warning,) = [line for line in lines if line["event"] == "config_warning"]
+    assert (warning["level"], warning["path"]) == ("warning", "sites[0].tls.verify")
 
 
 async def test_plain_http_on_an_https_upstream_is_a_tls_error(
