@@ -137,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
+        for warning in config.warnings:
+            print(f"WARNING: {warning}", file=sys.stderr)
         print(config.summary())
         return 0
     if args.command == "gen-key":

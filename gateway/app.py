@@ -189,6 +189,7 @@ class Gateway:
             admin=f"{config.admin.host}:{self.bound_admin_port}",
             sites=[s.host for s in config.sites],
         )
+        _log_warnings(config)
 
     def reload(self) -> bool:
         """Re-read the config file; on any problem keep the running config."""
@@ -235,6 +236,7 @@ class Gateway:
         self.config_version = config_version(self.config_path, now)
         self.metrics.config_reloaded(True, now)
         log_line("reloaded", summary=new.summary())
+        _log_warnings(new)
         return True
 
     def request_stop(self) -> None:
@@ -261,6 +263,13 @@ class Gateway:
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.store.close()
+
+
+def _log_warnings(config: Config) -> None:
+    """Settings that are valid but weaken something (``tls.verify: false``), one line each:
+    check-config prints them, but a deployment may never run it."""
+    for warning in config.warnings:
+        log_line("config_warning", path=warning.path, message=warning.message)
 
 
 class StartError(OSError):

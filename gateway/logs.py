@@ -44,6 +44,7 @@ EVENT_LEVELS: dict[str, Level] = {
     "html_skipped": "warning",
     "rewrite_failed": "error",
     "reload_failed": "error",
+    "config_warning": "warning",
     "worker_restarted": "warning",
     "start_failed": "error",
     "supervisor_gave_up": "error",

@@ -59,6 +59,7 @@ __all__ = [
     "Store",
     "Strategy",
     "Tokens",
+    "UpstreamTLS",
     "declared",
     "declared_key",
     "option",
@@ -159,6 +160,41 @@ _KEYS = f"comma-separated keys of {MIN_LENGTH}+ random characters"
 
 
 @dataclass(frozen=True)
+class UpstreamTLS:
+    """How the gateway checks an ``https://`` upstream (``sites[].tls``). The gateway is a TLS
+    client here only: visitors reach it in plain HTTP behind a TLS-terminating ingress or load
+    balancer. Sites that share an upstream share its setting (connections are pooled per
+    upstream), so config.py refuses two different ones."""
+
+    verify: bool = field(
+        default=True,
+        metadata=option(
+            "check the upstream's certificate: a chain to a trusted CA, issued to `server_name`; "
+            "`false` encrypts without knowing who answers (check-config warns)"
+        ),
+    )
+    ca_file: str | None = field(
+        default=None,
+        metadata=option(
+            "PEM file of the CA certificate(s) the upstream's chain must end in, for a private CA",
+            expected="a readable PEM file holding at least one CA certificate",
+            default_text="the system's CAs",
+            bespoke=True,
+        ),
+    )
+    server_name: str | None = field(
+        default=None,
+        metadata=option(
+            "the name sent in SNI and that the certificate must carry, when the upstream URL "
+            "names the server otherwise (an IP address, a Service name)",
+            expected="a host name such as legacy.internal, or an IP address",
+            default_text="the upstream URL's host",
+            bespoke=True,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Site:
     """A host the gateway answers for and the upstream that serves it."""
 
@@ -208,6 +244,7 @@ class Site:
             bespoke=True,
         ),
     )
+    tls: UpstreamTLS = field(default_factory=UpstreamTLS)
 
     @property
     def is_wildcard(self) -> bool:
@@ -485,8 +522,11 @@ class Proxy:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(),
         metadata=option(
-            "front proxies whose `X-Forwarded-*` are trusted and appended to",
-            expected="a list of IP addresses or CIDRs, e.g. [10.0.0.0/8]",
+            "front proxies (the ingress or load balancer that ends TLS) whose `X-Forwarded-For` "
+            "and `X-Forwarded-Proto` are trusted and appended to; from any other peer they are "
+            "replaced, so the upstream sees `http` and the proxy's address",
+            expected="a list of IP addresses or CIDRs, e.g. [10.0.0.0/8], or one comma-separated "
+            "string of them (for ${ENV})",
             default_text="none",
             bespoke=True,
         ),

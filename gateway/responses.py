@@ -83,6 +83,7 @@ async def drop_server_header(request: web.Request, response: web.StreamResponse)
 # What the visitor is told for each kind of upstream fault (UpstreamError.kind).
 FAULTS: dict[str, tuple[int, str]] = {
     "connect": (502, "502 Bad Gateway: the upstream could not be reached"),
+    "tls": (502, "502 Bad Gateway: the upstream could not be reached securely"),
     "reset": (502, "502 Bad Gateway: the upstream did not give a valid response"),
     "aborted_body": (502, "502 Bad Gateway: the upstream's response ended early"),
     "ws_handshake": (502, "502 Bad Gateway: the upstream refused the WebSocket upgrade"),

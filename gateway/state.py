@@ -17,9 +17,10 @@ from .identity import IdRules, cookie_domain
 from .inbound import identity_rules
 from .logs import Throttle
 from .metrics import Metrics
+from .options import UpstreamTLS
 from .store import TokenStore
 from .strategies import SigningKeys
-from .upstream import UpstreamPool
+from .upstream import Origin, UpstreamPool
 
 
 @dataclass
@@ -119,6 +120,18 @@ class ProxyState:
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a (reloaded) config together with its index: requests that start from now
-        on see both; those in flight keep the ones they started with."""
+        on see both; those in flight keep the ones they started with. The upstream pool takes
+        the sites' TLS settings for its new connections."""
         self.index = ConfigIndex.of(config)
         self._config = config
+        self.upstreams.configure_tls(upstream_tls(config))
+
+
+def upstream_tls(config: Config) -> dict[Origin, UpstreamTLS]:
+    """The TLS setting of each https upstream origin (config.py has made sure that sites
+    sharing an upstream share its setting)."""
+    return {
+        Origin.parse(site.upstream): site.tls
+        for site in config.sites
+        if site.upstream.startswith("https://")
+    }
