@@ -173,6 +173,29 @@ def visitor_scheme(
     return scheme
 
 
+def visitor_ip(headers: Headers, peer: str | None, trusted_proxies: Networks) -> str | None:
+    """The visitor's IP address: the peer's, or, when the peer is a trusted proxy, the nearest
+    address in ``X-Forwarded-For`` that is not one (read right to left: each trusted proxy
+    appends the address it was connected from, and only those entries are worth believing).
+
+    When every address in the chain is trusted the leftmost is the visitor; an entry that is
+    not an IP address ends the walk at the last address vouched for. None without a peer.
+    """
+    if not is_trusted(peer, trusted_proxies):
+        return peer or None
+    nearest = peer
+    hops = [h.strip() for v in headers.getall("X-Forwarded-For", ()) for h in v.split(",")]
+    for hop in reversed(hops):
+        try:
+            address = str(ipaddress.ip_address(hop))
+        except ValueError:
+            break
+        nearest = address
+        if not is_trusted(address, trusted_proxies):
+            break
+    return nearest
+
+
 def upstream_target(raw_target: str) -> str:
     """The request-target to forward, byte for byte (origin-form only: an absolute-form
     target's authority is dropped, routing is by Host, so the gateway is never an open proxy;

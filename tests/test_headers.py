@@ -19,6 +19,7 @@ from gateway.headers import (
     forwarded_headers,
     routed_authority,
     upstream_target,
+    visitor_ip,
     visitor_scheme,
 )
 from gateway.hosts import Authority
@@ -173,3 +174,32 @@ def test_visitor_scheme() -> None:
     assert visitor_scheme(https, "10.0.0.1", "http", TRUSTED) == "https"
     assert visitor_scheme(https, "203.0.113.1", "http", TRUSTED) == "http"
     assert visitor_scheme(h(("X-Forwarded-Proto", "gopher")), "10.0.0.1", "http", TRUSTED) == "http"
+
+
+@pytest.mark.parametrize(
+    ("xff", "peer", "expected"),
+    [
+        # An untrusted peer is the visitor, whatever it claims.
+        (["198.51.100.9"], "203.0.113.7", "203.0.113.7"),
+        ([], "203.0.113.7", "203.0.113.7"),
+        # A trusted proxy names the address it was connected from.
+        (["198.51.100.9"], "10.0.0.1", "198.51.100.9"),
+        # Read right to left: what a visitor wrote in front of the chain is not believed.
+        (["6.6.6.6, 198.51.100.9, 10.1.1.1"], "10.0.0.1", "198.51.100.9"),
+        (["6.6.6.6", "198.51.100.9"], "10.0.0.1", "198.51.100.9"),
+        # Every hop trusted: the leftmost is the visitor.
+        (["10.2.2.2, 10.1.1.1"], "10.0.0.1", "10.2.2.2"),
+        ([], "10.0.0.1", "10.0.0.1"),
+        # Garbage ends the walk at the last address a trusted proxy vouched for.
+        (["unknown, 10.1.1.1"], "10.0.0.1", "10.1.1.1"),
+        (["198.51.100.9, not-an-ip"], "10.0.0.1", "10.0.0.1"),
+        (["2001:db8::5"], "10.0.0.1", "2001:db8::5"),
+    ],
+)
+def test_visitor_ip_walks_trusted_proxies(xff: list[str], peer: str, expected: str) -> None:
+    headers = h(*(("X-Forwarded-For", v) for v in xff))
+    assert visitor_ip(headers, peer, TRUSTED) == expected
+
+
+def test_visitor_ip_without_a_peer() -> None:
+    assert visitor_ip(h(("X-Forwarded-For", "198.51.100.9")), None, TRUSTED) is None
