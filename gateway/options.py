@@ -276,8 +276,8 @@ class Events:
     endpoint: str = field(
         default="https://api.segment.io",
         metadata=option(
-            "Segment's HTTP tracking API; batches are posted to `{endpoint}/v1/batch` (EU "
-            "workspaces: `https://events.eu1.segmentapis.com`)",
+            "Segment's HTTP tracking API (or a regional endpoint, or a proxy of your own); "
+            "batches are posted to `{endpoint}/v1/batch`",
             check=_http_url,
             expected="an http(s) URL, no query",
         ),

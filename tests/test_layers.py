@@ -18,6 +18,7 @@ CORE = {
     "gateway.body",
     "gateway.codings",
     "gateway.config",
+    "gateway.events",
     "gateway.hosts",
     "gateway.identity",
     "gateway.inbound",
