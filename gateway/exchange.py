@@ -134,6 +134,9 @@ class IdentityFlow:
         )
         if arrival.source != "none":
             state.metrics.id_source.labels(arrival.source).inc()
+        # Server-side hand-off event (gateway/delivery.py): queued when the id came in the URL,
+        # never awaited.
+        state.events.handoff(request, arrival, url, config)
         return arrival
 
     async def fresh_link(self, request: web.BaseRequest, site: Site, target: str) -> web.Response:

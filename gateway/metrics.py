@@ -76,6 +76,10 @@ class Metrics:
     store_errors: Counter
     identity_refused: Counter
     reloads: Counter
+    events_sent: Counter
+    events_dropped: Counter
+    events_retried: Counter
+    links_minted: Counter
     # Label children of `requests`, looked up once: labels() takes a lock and builds a key on
     # every call, which shows on the per-request path.
     _request_children: dict[tuple[str, str, int], Any] = field(default_factory=dict)
@@ -173,6 +177,25 @@ class Metrics:
                 ("form", "reason"),
             ),
             reloads=counter("gateway_config_reloads", "Config reloads by result.", ("result",)),
+            events_sent=counter(
+                "gateway_events_sent",
+                "Server-side hand-off events the collector accepted.",
+            ),
+            events_dropped=counter(
+                "gateway_events_dropped",
+                "Server-side hand-off events given up, by reason (queue_full, rejected, "
+                "retries_exhausted, too_large, shutdown, error).",
+                ("reason",),
+            ),
+            events_retried=counter(
+                "gateway_events_retried",
+                "Server-side hand-off events sent again after a failed attempt.",
+            ),
+            links_minted=counter(
+                "gateway_links_minted",
+                "Links minted for apps, email and partners on the admin port, by strategy.",
+                ("strategy",),
+            ),
         )
         if multiprocess:
             # The values live in files shared by the workers (prometheus_client picks that
