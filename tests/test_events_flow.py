@@ -28,6 +28,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.app import Gateway, Overrides
+from gateway.config import load_config
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server
 
@@ -485,3 +487,41 @@ async def test_disabled_events_send_nothing_and_start_nothing(
     await handoff(gw)
     assert gw.gateway.state.events._task is None
     assert collector.received == []
+
+
+async def test_a_reload_sends_what_was_queued_with_the_old_settings(
+    tmp_path: Path, start_upstream: StartUpstream, collector: Collector
+) -> None:
+    """SIGHUP with new event settings: events queued before go out at once to the old
+    endpoint, later ones to the new endpoint."""
+    upstream = await start_upstream(upstream_app())
+    other = Collector()
+    other.url = await start_upstream(other.app())
+    path = tmp_path / "gw.yaml"
+
+    def write(endpoint: str, interval: float) -> None:
+        path.write_text(
+            f"sites:\n  - {{host: {SHOP}, upstream: '{upstream}'}}\n"
+            "server: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\n"
+            + events_yaml(endpoint, flush_interval=interval).replace(
+                "'${EVENTS_WRITE_KEY}'", WRITE_KEY
+            )
+        )
+
+    write(collector.url, 60)
+    gateway = Gateway(load_config(path), str(path), Overrides())
+    await gateway.start()
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    gw = RunningGateway(gateway, session)
+    try:
+        await handoff(gw, 0)
+        write(other.url, 0.05)
+        assert gateway.reload()
+        await handoff(gw, 1)
+        (old,) = await collector.wait_accepted(1)
+        (new,) = await other.wait_accepted(1)
+        assert old["context"]["page"]["url"] == f"https://{SHOP}/p0"
+        assert new["context"]["page"]["url"] == f"https://{SHOP}/p1"
+    finally:
+        await session.close()
+        await gateway.drain_and_close()
