@@ -131,7 +131,7 @@ class Metrics:
             ),
             id_source=counter(
                 "gateway_identity_source",
-                "Where each request's anonymous id came from (url, cookie, minted, rejected).",
+                "Where each request's anonymous id came from (url, app, cookie, minted, rejected).",
                 ("source",),
             ),
             links_decorated=counter(
