@@ -457,12 +457,12 @@ class Server:
 
 @dataclass(frozen=True)
 class Admin:
-    """The admin listener. With ``token`` set, ``/metrics`` and the detail of ``/readyz``
-    need ``Authorization: Bearer <token>``; the probes' answers stay open."""
+    """The admin listener. With ``token`` set, ``/metrics``, ``POST /links`` and the detail of
+    ``/readyz`` need ``Authorization: Bearer <token>``; the probes' answers stay open."""
 
     host: str = field(
         default="127.0.0.1",
-        metadata=option("admin listen address (`/healthz`, `/readyz`, `/metrics`)"),
+        metadata=option("admin listen address (`/healthz`, `/readyz`, `/metrics`, `/links`)"),
     )
     port: int = field(
         default=9901, metadata=option("admin port; never reachable via the sites", min=0, max=65535)
@@ -472,8 +472,9 @@ class Admin:
         repr=False,
         metadata=option(
             "bearer token for the admin port (use `${GATEWAY_ADMIN_TOKEN}`; placeholders "
-            "refused; `python -m gateway gen-key` prints one): `/metrics` then needs "
-            "`Authorization: Bearer <token>`, and `/readyz` shows only the status to callers "
+            "refused; `python -m gateway gen-key` prints one): `/metrics` and `POST /links` "
+            "then need `Authorization: Bearer <token>`, and `/readyz` shows only the status to "
+            "callers "
             "without it. Set it whenever `admin.host` is not loopback",
             expected=f"{MIN_LENGTH}+ random characters",
             bespoke=True,
