@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers = f"worker processes {_default('server.workers')}"
     serve.add_argument("--workers", type=_workers, help=workers)
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")
     check.add_argument(
@@ -152,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers > 1 and not args.reuse_port:
         argv_list = list(sys.argv[1:] if argv is None else argv)
         return supervise(args.config, overrides, workers, _without_workers(argv_list))
-    return run_process(args.config, overrides, reuse_port=args.reuse_port)
+    return run_process(
+        args.config, overrides, reuse_port=args.reuse_port, worker_index=args.worker_index
+    )
 
 
 def _link(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -18,12 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
+from . import status
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
 from .delivery import EventSender
 from .logs import write_event
-from .metrics import Metrics
+from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
 from .state import ProxyState
 from .store import open_store
@@ -65,10 +69,19 @@ def log_line(event: str, **fields: Any) -> None:
 class Gateway:
     """One serving process: the proxy listener, the admin listener and their shared state."""
 
-    def __init__(self, config: Config, config_path: str, overrides: Overrides) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str,
+        overrides: Overrides,
+        *,
+        reports_reloads: bool = True,
+    ) -> None:
+        """``reports_reloads``: this process records config reloads in the metrics (with
+        ``--workers N`` only worker 0 does, so that one reload counts once)."""
         self.config_path = config_path
         self.overrides = overrides
-        self.metrics = Metrics.create()
+        self.metrics = Metrics.create(reports_reloads=reports_reloads)
         self.state = ProxyState(
             config=config,
             session=make_session(config),
@@ -88,6 +101,11 @@ class Gateway:
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.bound_admin_port: int | None = None
+        now = time.time()
+        self.config_version = config_version(config_path, now)
+        self.metrics.config_loaded(now)
+        self.metrics.prepare(*_metric_labels(config))
+        self.metrics.store_circuit(self.state.store.name, False)
 
     def log_event(self, event: str, **fields: Any) -> None:
         """A log line from a part that runs beside the requests (the event sender)."""
@@ -98,6 +116,24 @@ class Gateway:
         if health.get("state") != "up":
             self.metrics.store_errors.labels("health").inc()
         return health
+
+    async def status_page(self) -> str:
+        """The admin status page (gateway/status.py) from this gateway's metrics."""
+        config = self.state.config
+        snap = status.snapshot(
+            self.metrics.registry.collect(),
+            sites=[site.host for site in config.sites],
+            config=self.config_version,
+            store=await self.store_health(),
+            build={
+                "version": gateway_version(),
+                "python": platform.python_version(),
+                "implementation": implementation(),
+            },
+            pid=os.getpid(),
+            workers=config.server.workers,
+        )
+        return status.render(snap)
 
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
@@ -121,7 +157,9 @@ class Gateway:
         self._proxy_sites.append(site)
         self.bound_port = _bound_port(runner)
         admin = web.AppRunner(
-            make_admin_app(self.state, self.store_health), access_log=None, handle_signals=False
+            make_admin_app(self.state, self.store_health, self.status_page),
+            access_log=None,
+            handle_signals=False,
         )
         await admin.setup()
         self._runners.append(admin)
@@ -143,7 +181,7 @@ class Gateway:
                 load_config(self.config_path, workers=self.overrides.workers)
             )
         except ConfigError as exc:
-            self.metrics.reloads.labels("invalid").inc()
+            self.metrics.config_reloaded(False, time.time())
             log_line("reload_failed", problems=[str(p) for p in exc.problems])
             return False
         old = self.state.config
@@ -157,6 +195,7 @@ class Gateway:
             self.state.store = open_store(
                 new.store.url, timeout_ms=new.store.timeout_ms, key_prefix=new.store.key_prefix
             )
+            self.metrics.store_circuit(self.state.store.name, False)
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(old_store.close())
             )
@@ -185,7 +224,10 @@ class Gateway:
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
         self.state.reconfigure(new)
-        self.metrics.reloads.labels("ok").inc()
+        self.metrics.prepare(*_metric_labels(new))
+        now = time.time()
+        self.config_version = config_version(self.config_path, now)
+        self.metrics.config_reloaded(True, now)
         log_line("reloaded", summary=new.summary())
         return True
 
@@ -219,6 +261,23 @@ class Gateway:
         await self.state.store.close()
 
 
+def config_version(path: str, loaded_at: float) -> status.ConfigVersion:
+    """Which config file serves: its SHA-256 (what ``sha256sum`` prints), read just after the
+    file was loaded (a write in between would show the newer file's digest until the next
+    reload), or None if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            digest: str | None = hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError:
+        digest = None
+    return status.ConfigVersion(path=path, sha256=digest, loaded_at=loaded_at)
+
+
+def _metric_labels(config: Config) -> tuple[list[str], list[str]]:
+    """The site hosts and the cross-domain patterns, for Metrics.prepare."""
+    return [s.host for s in config.sites], [c.host for c in config.cross_domains]
+
+
 def _listeners(config: Config) -> tuple[object, ...]:
     return (config.server, config.admin.host, config.admin.port)
 
@@ -230,8 +289,14 @@ def _bound_port(runner: web.BaseRunner) -> int | None:
     return None
 
 
-async def serve(config: Config, config_path: str, overrides: Overrides, reuse_port: bool) -> int:
-    gateway = Gateway(config, config_path, overrides)
+async def serve(
+    config: Config,
+    config_path: str,
+    overrides: Overrides,
+    reuse_port: bool,
+    worker_index: int | None = None,
+) -> int:
+    gateway = Gateway(config, config_path, overrides, reports_reloads=not worker_index)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
     loop.add_signal_handler(signal.SIGINT, gateway.request_stop)
@@ -244,8 +309,14 @@ async def serve(config: Config, config_path: str, overrides: Overrides, reuse_po
     return 0
 
 
-def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False) -> int:
-    """Serve in this process (one worker) on uvloop when it is installed."""
+def run_process(
+    config_path: str,
+    overrides: Overrides,
+    reuse_port: bool = False,
+    worker_index: int | None = None,
+) -> int:
+    """Serve in this process (one worker) on uvloop when it is installed; ``worker_index``:
+    its place among a supervisor's workers (None: there is no supervisor)."""
     try:
         config = overrides.apply(load_config(config_path, workers=overrides.workers))
     except ConfigError as exc:
@@ -258,7 +329,7 @@ def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config, config_path, overrides, reuse_port))
+        return runner.run(serve(config, config_path, overrides, reuse_port, worker_index))
 
 
 def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequence[str]) -> int:
@@ -284,8 +355,9 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     # Each worker is told how many there are (--reuse-port keeps it from supervising in
-    # turn), so that its reloads are checked for what is safe with N processes. A flag given
-    # twice takes its last value: the chosen ports win over a --port 0 in argv.
+    # turn), so that its reloads are checked for what is safe with N processes, and its index:
+    # worker 0, and its replacements, record the config reloads that all of them perform. A
+    # flag given twice takes its last value: the chosen ports win over a --port 0 in argv.
     cmd = [
         sys.executable,
         "-m",
@@ -296,7 +368,11 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
         str(workers),
         "--reuse-port",
     ]
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*cmd, "--worker-index", str(index)], env=env)
+
+    procs = [spawn(i) for i in range(workers)]
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -318,8 +394,11 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
                 for i, proc in enumerate(procs):
                     if proc.poll() is not None:
                         log_line("worker_restarted", pid=proc.pid, exit_code=proc.returncode)
+                        # Its live gauges (in-flight requests, reload success, circuit state)
+                        # no longer describe anything.
+                        mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
                         time.sleep(0.5)
-                        procs[i] = subprocess.Popen(cmd, env=env)
+                        procs[i] = spawn(i)
             time.sleep(0.2)
     finally:
         for sock in held:

@@ -20,7 +20,6 @@ names it.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import re
@@ -31,9 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from publicsuffixlist import PublicSuffixList
 
-from .identity import domain_to_ascii
+from .hosts import PATTERN, HostIndex, configured_host, hostname, is_public_suffix
 from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, weakness
 from .options import (
     STRATEGIES,
@@ -79,10 +77,6 @@ __all__ = [
     "parse_config",
 ]
 
-# A host name as the Host header carries it once lower-cased and stripped of its port:
-# LDH labels (RFC 1123), or a dotted IPv4 address, optionally "*." in front for a wildcard.
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOST_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # RFC 6750's b64token: what the credentials of "Authorization: Bearer" may hold.
 _BEARER_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
@@ -145,30 +139,16 @@ class Config:
     server: Server = field(default_factory=Server)
     admin: Admin = field(default_factory=Admin)
     proxy: Proxy = field(default_factory=Proxy)
-    _exact: Mapping[str, Site] = field(default_factory=dict, repr=False, compare=False)
-    _wild: tuple[tuple[str, Site], ...] = field(default=(), repr=False, compare=False)
+    _sites: HostIndex[Site] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        exact = {s.host: s for s in self.sites if not s.is_wildcard}
-        # Longest suffix first, so "*.shop.example.com" wins over "*.example.com".
-        wild = sorted(
-            ((s.host[1:], s) for s in self.sites if s.is_wildcard), key=lambda p: -len(p[0])
-        )
-        object.__setattr__(self, "_exact", exact)
-        object.__setattr__(self, "_wild", tuple(wild))
+        object.__setattr__(self, "_sites", HostIndex((s.host, s) for s in self.sites))
 
     def site_for(self, host_header: str | None) -> Site | None:
-        """The site for a ``Host`` header value (port ignored, case-insensitive), or None."""
-        if not host_header:
-            return None
-        host = normalize_host(host_header)
-        site = self._exact.get(host)
-        if site is not None:
-            return site
-        for suffix, candidate in self._wild:
-            if host.endswith(suffix) and len(host) > len(suffix):
-                return candidate
-        return None
+        """The site for a ``Host`` header value (port ignored, case-insensitive), or None: the
+        site of that exact host, else of the most specific ``*.`` pattern that matches it."""
+        name = hostname(host_header) if host_header else None
+        return None if name is None else self._sites.get(name)
 
     def summary(self) -> str:
         strategies = sorted({c.strategy for c in self.cross_domains})
@@ -177,18 +157,6 @@ class Config:
             f"host(s) ({', '.join(strategies) or 'none'}), store {redact_url(self.store.url)}, "
             f"bootstrap {'on' if self.analytics.write_key else 'off'}"
         )
-
-
-def normalize_host(host_header: str) -> str:
-    """Lower-case a Host header value and drop its port (IPv6 literals keep their brackets)."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end != -1 else host
-    colon = host.rfind(":")
-    if colon != -1:
-        host = host[:colon]
-    return host.rstrip(".")
 
 
 def load_config(
@@ -466,8 +434,8 @@ class _Reader:
             self.problem(parent, f"{path}.{key}", "missing (e.g. www.example.com or *.example.com)")
             return None
         raw = self.scalar(node, f"{path}.{key}")
-        host = _config_host(raw) if isinstance(raw, str) else None
-        if not host or not (_HOST_RE.fullmatch(host) or _is_ip(host)):
+        host = configured_host(raw) if isinstance(raw, str) else None
+        if host is None:
             idn = "" if not isinstance(raw, str) or raw.isascii() else _IDN_ADVICE
             self.problem(
                 node,
@@ -500,7 +468,7 @@ class _Reader:
             return None
         raw = self.scalar(node, f"{path}.cookie_domain")
         domain = raw.strip().lower().lstrip(".").rstrip(".") if isinstance(raw, str) else ""
-        if not domain or not _HOST_RE.fullmatch(domain) or domain.startswith("*"):
+        if not domain or not PATTERN.fullmatch(domain) or domain.startswith("*"):
             self.problem(
                 node, f"{path}.cookie_domain", f"{raw!r} is not a domain (e.g. example.com)"
             )
@@ -515,7 +483,7 @@ class _Reader:
                     "domain of it)",
                 )
                 return None
-        if _is_public_suffix(domain):
+        if is_public_suffix(domain):
             self.problem(
                 node,
                 f"{path}.cookie_domain",
@@ -670,33 +638,3 @@ _IDN_ADVICE = (
     "; an internationalized name must be valid IDNA 2008 and read alike by all browsers "
     "(UTS #46 non-transitional; not ẞ, which some read as ss and others as ß)"
 )
-
-
-def _config_host(raw: str) -> str | None:
-    """A configured host or ``*.`` pattern the way browsers send it in ``Host``: lower case, no
-    trailing dot, an internationalized name in its ``xn--`` form (``pay.großbank.test`` is
-    ``pay.xn--grobank-2va.test``, never ``pay.grossbank.test``); None if it cannot be one."""
-    text = raw.strip()
-    if _is_ip(text):
-        return text.lower()
-    star = "*." if text.startswith("*.") else ""
-    name = domain_to_ascii(text[len(star) :])
-    return None if name is None else star + name.rstrip(".")
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-@functools.cache
-def _psl() -> PublicSuffixList:
-    """The bundled Public Suffix List, parsed once (it is immutable)."""
-    return PublicSuffixList()
-
-
-def _is_public_suffix(domain: str) -> bool:
-    return bool(_psl().is_public(domain))

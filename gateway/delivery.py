@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.metadata
 import random
 import time
 import uuid
@@ -36,7 +35,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .config import Config, Events, normalize_host
+from .config import Config, Events
 from .events import (
     MAX_ATTEMPTS,
     Batch,
@@ -50,19 +49,16 @@ from .events import (
     track_event,
 )
 from .headers import visitor_ip, visitor_scheme
+from .hosts import normalize as normalize_host
 from .inbound import Arrival, UrlIdentity
-from .metrics import Metrics
+from .metrics import DISTRIBUTION, Metrics, gateway_version
 
 # write_event-like: an event name and its fields (never ids: a log line is no place for them).
 Log = Callable[..., None]
 
 
 def _library() -> dict[str, str]:
-    try:
-        version = importlib.metadata.version("ajs-identity-gateway")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return {"name": "ajs-identity-gateway", "version": version}
+    return {"name": DISTRIBUTION, "version": gateway_version()}
 
 
 class EventSender:

@@ -38,7 +38,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .config import Config, Strategy
-from .identity import host_matches
+from .hosts import hostname, matches
 
 EVENT_NAME = "Cross Domain Navigation"
 # Segment's HTTP tracking API: "32KB per call", "500KB per batch request"
@@ -83,13 +83,13 @@ def from_domain(referer: str | None, config: Config) -> str | None:
         host = urlsplit(referer.strip()).hostname
     except ValueError:
         return None
-    if not host:
+    name = hostname(host) if host else None
+    if name is None:
         return None
-    host = host.rstrip(".")
-    if config.site_for(host) is not None:
-        return host
-    if any(host_matches(host, c.host) for c in config.cross_domains):
-        return host
+    if config.site_for(name) is not None or any(
+        matches(name, c.host) for c in config.cross_domains
+    ):
+        return name
     return None
 
 

@@ -24,23 +24,19 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .config import Config, Site, Strategy
+from .hosts import matches
 from .identity import (
-    AID_PARAM,
     ANON_COOKIE,
     DEFAULT_ID_PATTERN,
-    UID_PARAM,
     USER_COOKIE,
     IdRules,
-    host_matches,
     mint_id,
     read_cookie,
     same_origin_location,
     split_identity_params,
 )
+from .params import AID_PARAM, EXP_PARAM, IDENTITY_PARAMS, SIG_PARAM, TOKEN_PARAM, UID_PARAM
 from .strategies import (
-    EXP_PARAM,
-    SIG_PARAM,
-    TOKEN_PARAM,
     SigningKeys,
     TokenRecord,
     signed_origin,
@@ -48,7 +44,6 @@ from .strategies import (
     verify_signed,
 )
 
-IDENTITY_PARAMS = frozenset({AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM})
 Source = Literal["url", "app", "cookie", "minted", "rejected", "none"]
 _REDIRECT_METHODS = frozenset({"GET", "HEAD"})
 
@@ -272,6 +267,6 @@ def referring_cross_domain(referer: str | None, own_host: str, config: Config) -
     if not host or host == own_host:
         return None
     for cross in config.cross_domains:
-        if host_matches(host, cross.host):
+        if matches(host, cross.host):
             return cross.host
     return None

@@ -150,7 +150,10 @@ def _store_url(v: str) -> str | None:
     return v
 
 
-_HOST = "a name like www.example.com, or *.example.com; no scheme, port or path"
+_HOST = (
+    "a name like www.example.com, or *.example.com, or an IP address as browsers send it "
+    "(127.0.0.1, [::1]); no scheme, port or path"
+)
 _KEYS = f"comma-separated keys of {MIN_LENGTH}+ random characters"
 
 # -- the declarations -------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The aiohttp glue: one handler that streams a request to its site's upstream and back.
 
-What to send is decided elsewhere (identity in exchange.py over the pure modules, header
+What to send is decided elsewhere (identity in identity_flow.py over the pure modules, header
 hygiene in headers.py, the upstream client in upstream.py); this file only moves bytes:
 it routes by Host, strips hop-by-hop headers, streams bodies both ways with back-pressure,
 turns upstream faults into 502/504, and aborts the client connection when an upstream body is
@@ -24,11 +24,11 @@ from . import responses
 from .body import DecodedTooLarge, HtmlBody
 from .codings import STEP, DecodeError
 from .config import Config, Site
-from .exchange import IdentityFlow
 from .headers import end_to_end, forwarded_headers, routed_authority, upstream_target
 from .hosts import Authority
+from .identity_flow import IdentityFlow
 from .inbound import Arrival
-from .links import LINK_PATH
+from .links import FRESH_LINK_PATH
 from .logs import write_event
 from .metrics import HtmlSkip
 from .responses import fault, plain_response
@@ -123,15 +123,15 @@ class ProxyHandler:
         state = self.state
         target = upstream_target(request.raw_path)
         identity = self.identity
-        if target.startswith(LINK_PATH) and target[len(LINK_PATH) : len(LINK_PATH) + 1] in "?":
+        if target.partition("?")[0] == FRESH_LINK_PATH:
             response = await identity.fresh_link(request, site, target)
             outcome.status = response.status
             return response
         arrival = await identity.arrival(request, site, target)
+        counted = identity.count_arrival(request, site, arrival, target)
         if arrival.redirect is not None:
             outcome.status = 302
-            return identity.cleanup_redirect(request, site, arrival)
-        identity.count_unidentified(request, site, arrival)
+            return identity.cleanup_redirect(request, site, arrival, counted=counted)
         headers = forwarded_headers(
             request.headers,
             peer=request.remote,
@@ -413,7 +413,7 @@ class ProxyHandler:
     ) -> None:
         duration = time.monotonic() - start
         label = site.host if site else "-"
-        self.state.metrics.count_request(label, request.method, outcome.status)
+        self.state.metrics.count_request(label, request.method, outcome.status, duration)
         # Written by hand rather than json.dumps(dict): this runs on every request and the
         # generic encoder costs as much as the rest of the bookkeeping together. Strings a
         # visitor controls go through the JSON string encoder; never the query string or

@@ -1,5 +1,5 @@
 """The proxy's shared state, on its own so that every part of the edge can import it without
-importing each other: the handler (proxy.py), the identity glue (exchange.py), the WebSocket
+importing each other: the handler (proxy.py), the identity glue (identity_flow.py), the WebSocket
 relay and the admin endpoints all take a ProxyState; none of them imports another's module to
 reach it.
 """

@@ -28,12 +28,14 @@ token store that backs the ``token`` strategy lives in :mod:`gateway.store`.
 
     The MAC is computed over netstrings (``<byte length>:<bytes>,``, UTF-8) of, in order:
     ``ajs-gateway-link``, the mode, the anonymous id, the user id (empty when there is none),
-    the expiry exactly as written in the URL, the target host (lower case, no port, no trailing
-    dot) and the hex SHA-256 of the User-Agent (empty in mode ``v1``). Length prefixes make the
-    encoding unambiguous whatever characters the fields hold, and the first field keeps these
-    MACs from ever colliding with anything else signed with the same keys. Encodings are
-    canonical (an expiry has no leading zeros, an empty ``ajs_uid`` is refused, the MAC text is
-    compared, not its decoded bytes), so no second spelling of a signed link verifies.
+    the expiry exactly as written in the URL, the target host (in normal form, as
+    :func:`gateway.hosts.hostname` gives it: lower case, no port, no trailing dot, an IPv6
+    address in brackets) and the hex SHA-256 of the User-Agent (empty in mode ``v1``). Length
+    prefixes make the encoding unambiguous whatever characters the fields hold, and the first
+    field keeps these MACs from ever colliding with anything else signed with the same keys.
+    Encodings are canonical (an expiry has no leading zeros, an empty ``ajs_uid`` is refused,
+    the MAC text is compared, not its decoded bytes), so no second spelling of a signed link
+    verifies.
 """
 
 from __future__ import annotations
@@ -49,17 +51,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.identity import AID_PARAM, UID_PARAM, host_matches
+from gateway.hosts import hostname, matches
 from gateway.keys import GEN_KEY_ADVICE, check_signing_key, parse_signing_keys
 from gateway.options import Signing
+from gateway.params import AID_PARAM, EXP_PARAM, SIG_PARAM, UID_PARAM
 
 # Where a credential was minted: for the links of a page the gateway served, or on request for
 # an app, an email or a partner (python -m gateway link, POST /links on the admin port).
 Origin = Literal["page", "app"]
-
-TOKEN_PARAM = "ajs_token"
-SIG_PARAM = "ajs_sig"
-EXP_PARAM = "ajs_exp"
 
 # Tolerated clock difference between the gateway that signs and the one that verifies, when
 # deciding whether an expiry is further ahead than any gateway would have signed.
@@ -219,9 +218,9 @@ def token_refusal(
     being upgraded, and for at most the token TTL after; it is exchanged anywhere but at its
     source host, as it always was, unless ``bind_user_agent`` requires binding.
     """
-    if host_matches(host, record.source_host):
+    if matches(host, record.source_host):
         return "wrong_target"
-    if record.targets is not None and not any(host_matches(host, t) for t in record.targets):
+    if record.targets is not None and not any(matches(host, t) for t in record.targets):
         return "wrong_target"
     if record.user_agent_hash is None:
         return "wrong_browser" if bind_user_agent and record.origin != "app" else None
@@ -271,22 +270,8 @@ _SIG_SYNTAX = re.compile(r"(v1|v1ua|v1app)\.[A-Za-z0-9_-]{43}")
 _EXP_SYNTAX = re.compile(r"[1-9][0-9]{0,11}")
 # Longer than any id the identity rules accept; bounds the work spent on hostile input.
 _FIELD_MAX = 4096
-_HOST_CHARS = re.compile(r"[a-z0-9._-]+|\[[0-9a-f:.]+\]")
 
 VerifyReason = Literal["ok", "missing", "malformed", "expired", "bad_signature"]
-
-
-def _canonical_host(host: str) -> str | None:
-    """``host`` as it is signed: lower case, no port, no trailing dot; None if not a host name
-    or IP literal in the ASCII form browsers send (IDNA names must arrive as ``xn--``)."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        h = h[: h.find("]") + 1]
-    elif h.count(":") > 1:
-        h = f"[{h}]"
-    else:
-        h = h.partition(":")[0].rstrip(".")
-    return h if _HOST_CHARS.fullmatch(h) else None
 
 
 def _ua_hash(user_agent: str | None) -> str:
@@ -325,7 +310,7 @@ def sign_params(
     empty user id, a host that is not an ASCII host name, an expiry that is not a positive
     integer) and for an app link bound to a User-Agent.
     """
-    host = _canonical_host(target_host)
+    host = hostname(target_host)
     if host is None:
         raise ValueError(f"cannot sign for target host {target_host!r}: not an ASCII host name")
     if not aid:
@@ -406,7 +391,7 @@ def verify_signed(
     if not expires <= now + max_lifetime + CLOCK_SKEW:
         return None, None, "malformed"
     mode, _, mac = sig.partition(".")
-    canonical = _canonical_host(host)
+    canonical = hostname(host)
     if canonical is None or (mode == _MODE_PLAIN and bind_user_agent):
         return None, None, "bad_signature"
     ua = _ua_hash(user_agent) if mode == _MODE_UA else ""
@@ -424,9 +409,6 @@ def verify_signed(
 
 __all__ = [
     "CLOCK_SKEW",
-    "EXP_PARAM",
-    "SIG_PARAM",
-    "TOKEN_PARAM",
     "Origin",
     "SigningKeys",
     "TokenRecord",

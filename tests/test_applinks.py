@@ -83,7 +83,15 @@ async def admin_metrics(gw: RunningGateway) -> Any:
 
 
 def id_sources(found: Any) -> dict[str, float]:
-    return {s: sample(found, "gateway_identity_source_total", source=s) for s in ("url", "app")}
+    """Ids restored from a page's hand-off (url) and from an app's link (app), all sites."""
+    return {
+        source: sum(
+            value
+            for (name, labels), value in found.items()
+            if name == "gateway_identity_source_total" and ("source", source) in labels
+        )
+        for source in ("url", "app")
+    }
 
 
 @pytest.fixture

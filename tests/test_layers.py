@@ -18,6 +18,7 @@ CORE = {
     "gateway.body",
     "gateway.codings",
     "gateway.config",
+    "gateway.crossings",
     "gateway.events",
     "gateway.hosts",
     "gateway.identity",
@@ -28,6 +29,7 @@ CORE = {
     "gateway.options",
     "gateway.store_url",
     "gateway.headers",
+    "gateway.status",
     "gateway.strategies",
 }
 # The rewriter library and any other module whose name marks it as core.
@@ -143,3 +145,19 @@ def test_the_edge_modules_exist() -> None:
     """The layers named above are real modules (a rename must update this file)."""
     known = modules()
     assert {m for m in CORE if m not in known} == set()
+
+
+def test_every_module_has_a_line_in_the_readme() -> None:
+    """The README's "Where things live" table names every module (a newcomer finds each
+    responsibility in the file named after it)."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for name, path in sorted(modules().items()):
+        if path.name == "__init__.py" or "demo" in path.parts or "html" in path.parts:
+            continue  # packages are listed as folders
+        if f"`{path.name}`" not in table and f"gateway/{path.name}" not in table:
+            missing.append(name)
+    for folder in ("gateway/html/", "gateway/demo/"):
+        assert folder in table
+    assert not missing, missing

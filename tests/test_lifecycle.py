@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import GatewayProcess, StartUpstream, spawn_gateway
 
@@ -127,6 +130,94 @@ async def test_workers_share_the_port_and_metrics(
         assert float(line.rsplit(" ", 1)[1]) == 20.0
         gp.signal(signal.SIGHUP)
         await asyncio.to_thread(gp.wait_for, "reloaded", 10, 2)
+    finally:
+        code = await asyncio.to_thread(gp.stop)
+    assert code == 0
+
+
+async def _scrape(admin_port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{admin_port}/metrics") as resp:
+            text = await resp.text()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _reload_state(found: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, Any]:
+    """The reload metrics, each series listed once: one value per series, however many
+    workers wrote it."""
+    names = (
+        "gateway_config_reloads_total",
+        "gateway_config_last_reload_success",
+        "gateway_config_last_reload_success_timestamp_seconds",
+    )
+    state: dict[str, Any] = {}
+    for (name, labels), value in found.items():
+        if name in names:
+            key = name + "".join(f"{{{k}={v}}}" for k, v in sorted(labels))
+            assert key not in state
+            state[key] = value
+    return state
+
+
+def _worker_index(pid: int) -> str:
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return args[args.index(b"--worker-index") + 1].decode()
+
+
+async def test_workers_record_each_reload_once(
+    tmp_path: Path, start_upstream: StartUpstream
+) -> None:
+    """With --workers 2 every worker reloads, but a reload is counted once and the success
+    gauges are one series: worker 0 records them, and after it is replaced its successor
+    does, the dead one's gauges gone."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    up = await start_upstream(_app({"/": ok}))
+    config = _write_config(tmp_path / "gw.yaml", up)
+    gp = await asyncio.to_thread(spawn_gateway, config, "--workers", "2")
+    port, admin = gp.port, gp.admin_port
+    try:
+        await asyncio.to_thread(gp.wait_for, "started", 20, 2)
+        started = time.time()
+        state = _reload_state(await _scrape(admin))
+        assert state.keys() == {
+            "gateway_config_last_reload_success",
+            "gateway_config_last_reload_success_timestamp_seconds",
+        }
+        assert state["gateway_config_last_reload_success"] == 1
+        assert started - 30 < state["gateway_config_last_reload_success_timestamp_seconds"]
+
+        before = time.time()
+        gp.signal(signal.SIGHUP)
+        await asyncio.to_thread(gp.wait_for, "reloaded", 10, 2)
+        state = _reload_state(await _scrape(admin))
+        assert state["gateway_config_reloads_total{result=ok}"] == 1
+        assert state["gateway_config_last_reload_success"] == 1
+        reloaded_at = state["gateway_config_last_reload_success_timestamp_seconds"]
+        assert before <= reloaded_at <= time.time()
+
+        # Worker 0 dies with the gauges at 1; its replacement loads the config afresh.
+        (first,) = [e["pid"] for e in gp.events("started") if _worker_index(e["pid"]) == "0"]
+        os.kill(first, signal.SIGKILL)
+        await asyncio.to_thread(gp.wait_for, "started", 20, 3)
+        assert await _get(port) == (200, b"ok")
+
+        config.write_text("sites:\n  - host: broken\n    upstrem: nope\n")
+        gp.signal(signal.SIGHUP)
+        await asyncio.to_thread(gp.wait_for, "reload_failed", 10, 2)
+        state = _reload_state(await _scrape(admin))
+        assert state["gateway_config_reloads_total{result=ok}"] == 1
+        assert state["gateway_config_reloads_total{result=invalid}"] == 1
+        # The dead worker's 1 no longer counts: the live worker 0 says the reload failed.
+        assert state["gateway_config_last_reload_success"] == 0
+        assert state["gateway_config_last_reload_success_timestamp_seconds"] >= reloaded_at
+        assert await _get(port) == (200, b"ok")
     finally:
         code = await asyncio.to_thread(gp.stop)
     assert code == 0

@@ -382,6 +382,30 @@ async def test_slow_upstream_is_504(
         assert resp.status == 504
 
 
+async def test_small_body_that_stalls_mid_way_is_a_timeout_not_unreachable(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    """The upstream was reached and started answering, then went silent past read_timeout:
+    a 504 and kind "timeout" (not a 502 "could not be reached")."""
+
+    async def stalling(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "1000"})
+        await resp.prepare(request)
+        await resp.write(b"s" * 500)
+        await asyncio.sleep(5)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", stalling)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up, extra="proxy: {read_timeout: 0.3}"))
+    async with gw.request("GET", "/") as resp:
+        assert resp.status == 504
+        assert "did not answer in time" in await resp.text()
+    kinds = [line["kind"] for line in gw.log if line.get("event") == "upstream_error"]
+    assert kinds == ["timeout"]
+
+
 async def test_long_download_is_not_cut_by_a_total_time_limit(
     start_upstream: StartUpstream, start_gateway: StartGateway
 ) -> None:

@@ -14,18 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.identity import (
-    AID_PARAM,
     DEFAULT_ID_PATTERN,
-    UID_PARAM,
     decorate_url,
     split_identity_params,
 )
 from gateway.options import Signing
+from gateway.params import AID_PARAM, EXP_PARAM, SIG_PARAM, TOKEN_PARAM, UID_PARAM
 from gateway.strategies import (
     CLOCK_SKEW,
-    EXP_PARAM,
-    SIG_PARAM,
-    TOKEN_PARAM,
     SigningKeys,
     TokenRecord,
     new_token,

@@ -1329,7 +1329,7 @@ def test_large_response_read_slowly_stays_bounded(run: Run) -> None:
         async with Server(handler) as server:
             pool = make_pool()
             response = await pool.request(server.origin, "GET", "/", [], None, None)
-            exchange = response._exchange
+            exchange = response._inflight
             await asyncio.sleep(0.2)  # the consumer is slow to start: the buffer fills up
             assert exchange.paused
             digest = hashlib.sha256()
@@ -1574,7 +1574,7 @@ def test_cancelled_readany_leaves_the_pool_consistent(run: Run) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert response._exchange.waiter is None
+            assert response._inflight.waiter is None
             assert pool.stats().busy == 0
             for _ in range(2):
                 assert (await fetch(pool, server.origin))[1] == b"ok"
