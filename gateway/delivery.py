@@ -48,7 +48,7 @@ from .events import (
     send_due,
     track_event,
 )
-from .headers import visitor_ip, visitor_scheme
+from .headers import client_address, visitor_scheme
 from .hosts import normalize as normalize_host
 from .inbound import Arrival, UrlIdentity
 from .metrics import DISTRIBUTION, Metrics, gateway_version
@@ -121,7 +121,7 @@ class EventSender:
             to_domain=normalize_host(request.host),
             # arrival.target is the request-target without its identity parameters.
             url=f"{scheme}://{request.host}{arrival.target}",
-            ip=visitor_ip(headers, request.remote, trusted),
+            ip=client_address(headers, request.remote, trusted),
             user_agent=headers.get("User-Agent"),
         )
         self.enqueue(
@@ -165,12 +165,12 @@ class EventSender:
 
     async def close(self, deadline: float) -> None:
         """Flush the queue until ``deadline`` (``time.monotonic()``), then stop; what is left
-        is dropped and counted. Later events are dropped too."""
+        is dropped and counted. Later events are dropped too; closing again does nothing more."""
         self._draining = True
         self._closed = True
         self._deadline = deadline
         self._wake.set()
-        task = self._task
+        task, self._task = self._task, None
         if task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
@@ -181,8 +181,9 @@ class EventSender:
         if self._queue:
             self._drop("shutdown", len(self._queue))
             self._queue.clear()
-        if self._session is not None:
-            await self._session.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def _run(self) -> None:
         queue = self._queue

@@ -70,7 +70,7 @@ class IdentityFlow:
             sec_fetch_dest=headers.get("Sec-Fetch-Dest"),
             accept=headers.get("Accept"),
             cookie_headers=headers.getall("Cookie", ()),
-            carried=arrival.source == "url",
+            carried=arrival.source in ("url", "app"),
         )
         if found is None:
             return False
@@ -168,11 +168,7 @@ class IdentityFlow:
                 own_host, to, index.protected_targets, params, replace=IDENTITY_PARAMS
             ).decorate(to, None)
             location = decorated or to
-        response = responses.Response(status=302)
-        response.headers["Location"] = location
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
-        return response
+        return responses.redirect(location)
 
     async def mint_token(
         self, request: web.BaseRequest, arrival: Arrival, targets: Sequence[str]
@@ -229,11 +225,8 @@ class IdentityFlow:
         ``counted``: the request was counted as a cross-domain arrival, so the redirect marks
         its second leg, which is not to be counted again (crossings.py)."""
         assert arrival.redirect is not None
-        response = responses.Response(status=302)
+        response = responses.redirect(arrival.redirect)
         headers = response.headers
-        headers["Location"] = arrival.redirect
-        headers["Cache-Control"] = "no-store"
-        headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
         for cookie in self.cookies(request, site, arrival.write_aid, arrival.write_uid):
             headers.add("Set-Cookie", cookie)
         if counted:

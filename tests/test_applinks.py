@@ -303,3 +303,10 @@ async def test_an_app_hand_off_is_reported_as_such(
     events = await collector.wait_accepted(2)
     assert [e["properties"]["anonymousId_source"] for e in events] == ["app", "app"]
     assert [e["anonymousId"] for e in events] == [AID, AID]
+    # The access lines say so too.
+    arrivals = [
+        line["identity"]
+        for line in gw.log
+        if line.get("event") == "request" and line.get("status") == 302
+    ]
+    assert arrivals == ["restored_app", "restored_app"]
