@@ -26,6 +26,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from . import status
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
+from .delivery import EventSender
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
@@ -110,7 +111,10 @@ class Gateway:
                 timeout_ms=config.store.timeout_ms,
                 key_prefix=config.store.key_prefix,
             ),
+            events=EventSender(config.events, self.metrics, self.log_event),
         )
+        # Tasks that close what a reload replaced, kept so that they are not collected.
+        self._closing: set[asyncio.Future[None]] = set()
         self._runners: list[web.BaseRunner] = []
         self._proxy_sites: list[web.TCPSite] = []
         self._stop = asyncio.Event()
@@ -121,6 +125,10 @@ class Gateway:
         self.metrics.config_loaded(now)
         self.metrics.prepare(*_metric_labels(config))
         self.metrics.store_circuit(self.state.store.name, False)
+
+    def log_event(self, event: str, **fields: Any) -> None:
+        """A log line from a part that runs beside the requests (the event sender)."""
+        write_event(self.state.log, event, **fields)
 
     async def store_health(self) -> dict[str, Any]:
         health = await self.state.store.health()
@@ -160,6 +168,7 @@ class Gateway:
         runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
+        self.state.events.start()
         site = web.TCPSite(
             runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=2048
         )
@@ -230,6 +239,16 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
+        if new.events != old.events:
+            # Queued events go out with the settings they were queued under.
+            old_events = self.state.events
+            self.state.events = EventSender(new.events, self.metrics, self.log_event)
+            self.state.events.start()
+            closing = asyncio.ensure_future(
+                old_events.close(time.monotonic() + new.proxy.drain_timeout)
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         self.state.reconfigure(new)
         self.metrics.prepare(*_metric_labels(new))
         now = time.time()
@@ -246,20 +265,31 @@ class Gateway:
         await self._stop.wait()
 
     async def drain_and_close(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        """Stop accepting, let in-flight requests finish within the grace period, then close.
+
+        Hand-off events are sent at once from the start of the drain, and whatever is still
+        queued when the requests are done is flushed within the same deadline."""
         self.state.draining = True
+        self.state.events.drain()
         for site in self._proxy_sites:
             await site.stop()
         deadline = time.monotonic() + self.state.config.proxy.drain_timeout
         while self.state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         log_line("drained", in_flight_left=self.state.in_flight)
+        await self.state.events.close(deadline)
+        if self._closing:
+            # Senders a reload replaced get the same deadline.
+            await asyncio.wait(self._closing, timeout=max(0.0, deadline - time.monotonic()))
         await self.close()
 
     async def close(self) -> None:
         """Close the listeners and every client (also after a failed start)."""
         for runner in self._runners:
             await runner.cleanup()
+        # After a drain the event sender is closed already; after a failed start, nothing
+        # was served, so nothing waits to be sent.
+        await self.state.events.close(time.monotonic())
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.store.close()

@@ -43,6 +43,7 @@ from .options import (
     Admin,
     Analytics,
     CrossDomain,
+    Events,
     IdConflict,
     Identity,
     Key,
@@ -68,6 +69,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CrossDomain",
+    "Events",
     "IdConflict",
     "Identity",
     "Problem",
@@ -137,6 +139,7 @@ class Config:
         )
     )
     analytics: Analytics = field(default_factory=Analytics)
+    events: Events = field(default_factory=Events)
     identity: Identity = field(default_factory=Identity)
     store: Store = field(default_factory=Store)
     tokens: Tokens = field(default_factory=Tokens)
@@ -353,7 +356,21 @@ class _Reader:
         self._check_signing_keys(config, top)
         self._check_token_store(config, top, root)
         self._check_store_password(config, top)
+        self._check_events(config, top)
         return config
+
+    def _check_events(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
+        """Events without a write key would all be refused by Segment (or never be sent)."""
+        if not config.events.enabled or config.events.write_key is not None:
+            return
+        if any(p.path == "events.write_key" for p in self.problems):
+            return  # given, but refused (or its ${VAR} unset): reported already
+        events = top.get("events")
+        self.problem(
+            _child(events, "enabled") or events,
+            "events.write_key",
+            "missing, but events.enabled is true (set it, e.g. write_key: ${SEGMENT_WRITE_KEY})",
+        )
 
     def _check_signing_keys(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
         signed = [c.host for c in config.cross_domains if c.strategy == "signed"]

@@ -49,6 +49,9 @@ EVENT_LEVELS: dict[str, Level] = {
     "start_failed": "error",
     "supervisor_gave_up": "error",
     "crashed": "error",
+    "events_rejected": "warning",
+    "events_dropped": "warning",
+    "events_error": "error",
 }
 
 # Long enough for any message meant for a person; bounded so that no line grows without end.

@@ -13,6 +13,7 @@ from typing import TextIO
 import aiohttp
 
 from .config import Config, Strategy
+from .delivery import EventSender
 from .identity import IdRules, cookie_domain
 from .inbound import identity_rules
 from .logs import Throttle
@@ -93,7 +94,8 @@ class Outcome:
 
 class ProxyState:
     """The state every part of the proxy shares: config and its index, the upstream pool, the
-    WebSocket session, metrics, the token store, the log; changed by app.py (reload, drain)."""
+    WebSocket session, metrics, the token store, the hand-off event sender, the log; changed by
+    app.py (reload, drain)."""
 
     def __init__(
         self,
@@ -102,11 +104,13 @@ class ProxyState:
         metrics: Metrics,
         store: TokenStore,
         upstreams: UpstreamPool,
+        events: EventSender,
     ) -> None:
         self.session = session
         self.upstreams = upstreams
         self.metrics = metrics
         self.store = store
+        self.events = events
         self.log: TextIO = sys.stdout
         # Repeated faults: at most one line a second per (event, site, kind); responses.py.
         self.faults: Throttle[tuple[str, str, str]] = Throttle(interval=1.0)

@@ -656,3 +656,31 @@ def test_a_placeholder_redis_password_is_refused_and_not_repeated() -> None:
     )
     # Only placeholder text: a managed Redis's password has whatever form its provider gives.
     assert parse_config(text, "f.yaml", {"REDIS_PASSWORD": "short-but-real"}).store.url
+
+
+# --- events: the write key is required once they are enabled ------------------------------------
+
+
+def test_events_need_a_write_key_when_enabled() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{MINIMAL}events:\n  enabled: true\n", "f.yaml", {})
+    assert str(info.value) == (
+        "f.yaml:3: events.write_key: missing, but events.enabled is true (set it, e.g. "
+        "write_key: ${SEGMENT_WRITE_KEY})"
+    )
+    # An unset variable is reported once, as the variable.
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{MINIMAL}events: {{enabled: true, write_key: '${{NOPE}}'}}\n", "f", {})
+    assert [p.message for p in info.value.problems] == [
+        "environment variable NOPE is not set (set it, or write the value)"
+    ]
+    # Disabled, the key may be absent; given, it is read from the environment.
+    assert parse_config(f"{MINIMAL}events: {{enabled: false}}\n", "f", {}).events.write_key is None
+    config = parse_config(
+        f"{MINIMAL}events: {{enabled: true, write_key: '${{WK}}', endpoint: 'http://c:1/x/'}}\n",
+        "f",
+        {"WK": "wk_abc"},
+    )
+    assert (config.events.enabled, config.events.write_key) == (True, "wk_abc")
+    assert config.events.endpoint == "http://c:1/x"
+    assert "wk_abc" not in repr(config)

@@ -19,6 +19,7 @@ CORE = {
     "gateway.codings",
     "gateway.config",
     "gateway.crossings",
+    "gateway.events",
     "gateway.hosts",
     "gateway.identity",
     "gateway.inbound",
