@@ -45,6 +45,10 @@ The script does the following, written from scratch for this gateway:
    the ids come from the running library when it is ready, else from the embedded values;
    existing ``ajs_aid``/``ajs_uid`` are replaced; the rest of the URL keeps its text.
 
+For a visitor who gave no consent (gateway/consent.py) the script is step 0 alone: the address
+bar is cleaned, and nothing else happens (no id set, no analytics.js loaded by us, no link
+decorated at click time), so the page's decoration follows the server's decision.
+
 Every value is embedded as JSON with ``<``, ``>``, ``&``, U+2028 and U+2029 (and all non-ASCII)
 escaped, so nothing a site owner or visitor controls can end the script element or the string.
 """
@@ -79,9 +83,11 @@ _METHODS = (
 # web(url, list) target URL or false, strip(url) without identity params, fresh(a) reroute,
 # bare(query) without ajs_ params, own(url) the address bar cleaned.
 # ES5 only, so it runs wherever analytics.js does. Must never contain "</" or "<!--".
-_JS = (
-    "(function(w,d,c){"
-    # 0. ajs_ parameters leave the address bar before any analytics.js can read them
+# 0. ajs_ parameters leave the address bar before any analytics.js can read them (also the
+# whole script for a visitor without consent: see _CLEAN_ONLY)
+_CLEAN = (
+    'function nm(s){s=s.split("=")[0].replace(/[\\t\\n\\r]/g,"").replace(/\\+/g," ");'
+    "try{return decodeURIComponent(s)}catch(e){return s}}"
     'function bare(s){var a=s.split("&"),k=[],i;'
     'for(i=0;i<a.length;i++)if(nm(a[i]).indexOf(c.b)!=0)k.push(a[i]);return k.join("&")}'
     'function own(u){var i=u.indexOf("#"),f="",s,b;if(i>=0){f=u.slice(i);u=u.slice(0,i)}'
@@ -90,7 +96,9 @@ _JS = (
     "return u+f}"
     "try{var h=w.location.href,v=own(h);"
     'if(v!=h)w.history.replaceState(w.history.state,"",v)}catch(e){}'
-    "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g;"
+)
+_JS = (
+    "(function(w,d,c){" + _CLEAN + "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g;"
     # 1. the queue
     "if(!q){q=w.analytics=[];q.methods=c.m;"
     "q.factory=function(m){return function(){var a=[].slice.call(arguments);"
@@ -130,8 +138,6 @@ _JS = (
     "try{if(a&&a.initialized&&a.user){var x=a.user();id=x.anonymousId()||id;u=x.id()||u}}"
     "catch(e){}"
     'if(id)r.push([P[0],""+id]);if(u)r.push([P[1],""+u]);return r}'
-    'function nm(s){s=s.split("=")[0].replace(/[\\t\\n\\r]/g,"").replace(/\\+/g," ");'
-    "try{return decodeURIComponent(s)}catch(e){return s}}"
     # every identity parameter already in the link goes (a stale ajs_uid must not ride along)
     'function dec(u,p){var i=u.indexOf("#"),f="",q="",n=c.s.slice(),o=[],k=[];'
     "if(i>=0){f=u.slice(i);u=u.slice(0,i)}"
@@ -195,6 +201,11 @@ class RefreshPlan:
 
 
 _JS_BYTES = _JS.encode("ascii")
+# For a visitor without consent: step 0 alone. No id is set, no analytics.js is loaded by us and
+# no link is decorated at click time; the address bar is still cleaned of ajs_ parameters.
+_CLEAN_ONLY = (
+    "(function(w,c){" + _CLEAN + "})(window," + json.dumps({"b": PARAM_PREFIX}) + ")"
+).encode("ascii")
 
 
 def _js_value(value: object) -> str:
@@ -213,21 +224,26 @@ def render_bootstrap(
     own_host: str,
     nonce: str | None,
     refresh: RefreshPlan | None = None,
+    consent: bool = True,
 ) -> bytes:
     """One ``<script>`` element (ASCII bytes) to insert early in ``<head>``; see module docstring.
 
     ``cdn_url`` is used as given (also over plain HTTP) for both the library and ``_cdn``;
-    ``nonce``, when given, goes on the element and on the script it inserts.
+    ``nonce``, when given, goes on the element and on the script it inserts. Without
+    ``consent`` the script only takes the ``ajs_`` parameters out of the address bar (step 0):
+    it neither sets an id, nor loads analytics.js, nor decorates links.
     """
+    attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
+    # ASCII only, so the element means the same whatever charset the legacy page declares:
+    # the script is ASCII by construction, the attribute gets character references.
+    open_tag = f"<script{attrs}>".encode("ascii", "xmlcharrefreplace")
+    if not consent:
+        return b"%b%b</script>" % (open_tag, _CLEAN_ONLY)
     # The per-visitor values are encoded per page; the rest is the same for every page of a
     # site under one config, so it is encoded once.
     visitor = _js_value({"a": anonymous_id, "u": user_id})[:-1]
     nonce_json = _js_value(nonce)
     static = _static_config(write_key, cdn_url, tuple(targets), own_host, refresh)
-    attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
-    # ASCII only, so the element means the same whatever charset the legacy page declares:
-    # the script is ASCII by construction, the attribute gets character references.
-    open_tag = f"<script{attrs}>".encode("ascii", "xmlcharrefreplace")
     tail = f',"n":{nonce_json}}})</script>'.encode("ascii")
     return b"%b%b%b,%b%b" % (open_tag, _JS_BYTES, visitor.encode("ascii"), static, tail)
 

@@ -43,6 +43,9 @@ from .options import (
     STRATEGIES,
     Admin,
     Analytics,
+    Consent,
+    ConsentCookie,
+    ConsentOverride,
     CrossDomain,
     Events,
     IdConflict,
@@ -69,6 +72,9 @@ __all__ = [
     "Analytics",
     "Config",
     "ConfigError",
+    "Consent",
+    "ConsentCookie",
+    "ConsentOverride",
     "CrossDomain",
     "Events",
     "IdConflict",
@@ -142,6 +148,7 @@ class Config:
     analytics: Analytics = field(default_factory=Analytics)
     events: Events = field(default_factory=Events)
     identity: Identity = field(default_factory=Identity)
+    consent: Consent = field(default_factory=Consent)
     store: Store = field(default_factory=Store)
     tokens: Tokens = field(default_factory=Tokens)
     signing: Signing = field(default_factory=Signing)
@@ -221,6 +228,8 @@ class _Reader:
         self.name = name
         self.env = env
         self.workers = workers
+        # Where each site was read: sites[i] and its node, for problems found later.
+        self._site_nodes: dict[str, tuple[int, yaml.Node]] = {}
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self._loader = yaml.SafeLoader("")
@@ -341,6 +350,7 @@ class _Reader:
             "signing": {"keys": self._signing_keys},
             "admin": {"token": self._admin_token},
             "proxy": {"trusted_proxies": self._trusted_proxies},
+            "consent": {"cookie": self._consent_cookie},
         }
         sections: dict[str, Any] = {}
         for k in declared(Config):
@@ -359,7 +369,33 @@ class _Reader:
         self._check_store_password(config, top)
         self._check_events(config, top)
         self._check_shadow_cookie(config, top)
+        self._check_consent(config, top)
         return config
+
+    def _check_consent(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
+        """``required`` needs a cookie that can grant consent, or nobody ever could."""
+        if any(p.path.startswith("consent.") or ".consent." in p.path for p in self.problems):
+            return  # a refused cookie mapping is reported already
+        right = "set consent.cookie, e.g. {name: OptanonConsent, granted: 'groups=[^&]*C0002:1'}"
+        if config.consent.required and config.consent.cookie is None:
+            node = top.get("consent")
+            self.problem(
+                _child(node, "required") or node,
+                "consent.required",
+                f"true, but without a consent cookie no visitor could ever grant consent ({right})",
+            )
+        for site in config.sites:
+            wanted = site.consent.required
+            cookie = site.consent.cookie or config.consent.cookie
+            if wanted and cookie is None:
+                i, item = self._site_nodes[site.host]
+                node = _child(item, "consent")
+                self.problem(
+                    _child(node, "required") or node,
+                    f"sites[{i}].consent.required",
+                    f"true, but {site.host} has no consent cookie: no visitor could ever grant "
+                    f"consent there ({right}, or sites[{i}].consent.cookie)",
+                )
 
     def _check_shadow_cookie(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
         """The server-only copy needs a name of its own: written under analytics.js' name it
@@ -453,7 +489,9 @@ class _Reader:
         tls_of: dict[tuple[str, int], tuple[int, UpstreamTLS]] = {}
         for i, item in enumerate(items):
             path = f"sites[{i}]"
-            values, fields = self.section(Site, item, path, {"tls": self._tls})
+            values, fields = self.section(
+                Site, item, path, {"tls": self._tls, "consent": self._site_consent}
+            )
             if not isinstance(item, yaml.MappingNode):
                 continue
             host = self._host(fields, "host", path, item)
@@ -472,6 +510,7 @@ class _Reader:
                 )
                 continue
             seen[host] = i
+            self._site_nodes[host] = (i, item)
             sites.append(Site(host, upstream, cookie_domain, accept=accept, **values))
         return sites
 
@@ -510,6 +549,28 @@ class _Reader:
         # The scheme in lower case, as the upstream client and the TLS rules compare it.
         scheme, sep, rest = raw.partition("://")
         return scheme.lower() + sep + rest.rstrip("/")
+
+    def _site_consent(self, node: yaml.Node, path: str) -> ConsentOverride:
+        values, _ = self.section(ConsentOverride, node, path, {"cookie": self._consent_cookie})
+        return ConsentOverride(**values)
+
+    def _consent_cookie(self, node: yaml.Node, path: str) -> ConsentCookie | None:
+        """``{name, granted}``, both required; null: no consent cookie."""
+        if _is_null(node):
+            return None
+        before = len(self.problems)
+        values, _ = self.section(ConsentCookie, node, path)
+        missing = [k.key for k in declared(ConsentCookie) if k.name not in values]
+        if isinstance(node, yaml.MappingNode) and len(self.problems) == before and missing:
+            self.problem(
+                node,
+                f"{path}.{missing[0]}",
+                "missing (a consent cookie needs both name and granted, e.g. {name: "
+                "OptanonConsent, granted: 'groups=[^&]*C0002:1'})",
+            )
+        if missing or len(self.problems) > before:
+            return None
+        return ConsentCookie(**values)
 
     def _tls(self, node: yaml.Node, path: str) -> UpstreamTLS:
         rules: dict[str, _Rule] = {"ca_file": self._ca_file, "server_name": self._server_name}

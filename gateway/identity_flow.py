@@ -21,11 +21,13 @@ from . import responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site
+from .consent import effective as effective_consent
+from .consent import refusal as consent_refusal
 from .crossings import cross_domain_arrival, marker_cookie
 from .headers import visitor_scheme
 from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
-from .identity import identity_cookies
+from .identity import expired_cookie, identity_cookies
 from .inbound import (
     Arrival,
     cookies_may_be_withheld,
@@ -79,11 +81,22 @@ class IdentityFlow:
         return True
 
     async def arrival(self, request: web.BaseRequest, site: Site, target: str) -> Arrival:
-        """The request's identity: URL parameters checked (token exchanged), then cookies."""
+        """The request's identity: consent first, then URL parameters checked (token
+        exchanged), then cookies."""
         state = self.state
         config = state.config
         index = state.index
         path, cleaned, params, had_params = split_target(target)
+        cookie_headers = request.headers.getall("Cookie", ())
+        no_consent = consent_refusal(
+            effective_consent(config.consent, site.consent),
+            sec_gpc=request.headers.get("Sec-GPC"),
+            cookie_headers=cookie_headers,
+        )
+        if no_consent is not None:
+            # Nothing about the visitor's identity is read, exchanged or written.
+            state.metrics.consent_refused.labels(site.host, no_consent).inc()
+            params = {}
         host = normalize_host(request.host)
         user_agent = request.headers.get("User-Agent")
         url = read_url_identity(
@@ -127,7 +140,7 @@ class IdentityFlow:
             cleaned_query=cleaned,
             had_params=had_params,
             url=url,
-            cookie_headers=request.headers.getall("Cookie", ()),
+            cookie_headers=cookie_headers,
             site=site,
             rules=index.rules,
             mint=config.identity.mint,
@@ -135,6 +148,7 @@ class IdentityFlow:
                 request.method, request.headers.get("Sec-Fetch-Site")
             ),
             shadow_cookie=config.identity.shadow_cookie,
+            no_consent=no_consent,
         )
         if arrival.source != "none":
             state.metrics.id_source.labels(site.host, arrival.source).inc()
@@ -228,7 +242,9 @@ class IdentityFlow:
         assert arrival.redirect is not None
         response = responses.redirect(arrival.redirect)
         headers = response.headers
-        for cookie in self.cookies(request, site, arrival.write_aid, arrival.write_uid):
+        for cookie in self.cookies(
+            request, site, arrival.write_aid, arrival.write_uid, expire=arrival.expire_shadow
+        ):
             headers.add("Set-Cookie", cookie)
         if counted:
             secure = _scheme(request, self.state.config) == "https"
@@ -236,19 +252,32 @@ class IdentityFlow:
         return response
 
     def cookies(
-        self, request: web.BaseRequest, site: Site, aid: str | None, uid: str | None
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        aid: str | None,
+        uid: str | None,
+        *,
+        expire: bool = False,
     ) -> list[str]:
-        if aid is None and uid is None:
+        """The identity cookies to set (with the server-only copy of ``aid``), or with
+        ``expire`` the removal of that copy (a visitor who withdrew consent)."""
+        if aid is None and uid is None and not expire:
             return []
         config = self.state.config
+        domain = self.state.index.cookie_domain(normalize_host(request.host), site.cookie_domain)
+        secure = _scheme(request, config) == "https"
+        name = config.identity.shadow_cookie
+        if expire:
+            return [expired_cookie(name, domain=domain, secure=secure)]
         return identity_cookies(
             aid,
             uid,
-            domain=self.state.index.cookie_domain(normalize_host(request.host), site.cookie_domain),
+            domain=domain,
             max_age=config.identity.cookie_max_age,
-            secure=_scheme(request, config) == "https",
+            secure=secure,
             now=time.time(),
-            shadow=config.identity.shadow_cookie,
+            shadow=name,
         )
 
     def page_url(self, request: web.BaseRequest, arrival: Arrival) -> str:
@@ -300,7 +329,9 @@ class IdentityFlow:
                 headers["Location"] = new
                 personal = True
                 state.metrics.links_decorated.labels(site.host, "redirect").inc()
-        for cookie in self.cookies(request, site, decided.cookie_aid, decided.cookie_uid):
+        for cookie in self.cookies(
+            request, site, decided.cookie_aid, decided.cookie_uid, expire=arrival.expire_shadow
+        ):
             headers.add("Set-Cookie", cookie)
             personal = True
         body = None
@@ -318,6 +349,7 @@ class IdentityFlow:
                     own_host=own_host,
                     nonce=rewrite.nonce,
                     refresh=self.refresh_plan(),
+                    consent=rewrite.consent,
                 )
             policy = None
             if rewrite.links:

@@ -28,6 +28,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .config import Config, Identity, Site, Strategy
+from .consent import ConsentRefusal
 from .hosts import matches
 from .identity import (
     ANON_COOKIE,
@@ -125,6 +126,11 @@ class Arrival:
     cookies_withheld: bool
     # Why identity in the URL was refused, in part or whole (UrlIdentity.refused), or None.
     refused: str | None = None
+    # Why the visitor has no consent (gateway.consent), or None when they have: no id, no
+    # identity cookie, no decoration; only the URL's identity parameters are removed.
+    no_consent: ConsentRefusal | None = None
+    # Remove the server-only copy of the id on this response (consent was withdrawn).
+    expire_shadow: bool = False
 
 
 def identity_rules(config: Config) -> IdRules:
@@ -246,13 +252,33 @@ def settle(
     mint: bool,
     cookies_withheld: bool,
     shadow_cookie: str = Identity.shadow_cookie,
+    no_consent: ConsentRefusal | None = None,
 ) -> Arrival:
     """Combine the URL's checked identity with the visitor's cookies.
 
     ``cookies_withheld`` (see :func:`cookies_may_be_withheld`): no cookie here does not mean a
     new visitor, so no id is minted; identity in the URL is taken as on any other request.
     ``shadow_cookie``: the name of the server-only copy of the id (see :func:`cookie_identity`).
+    ``no_consent`` (see :mod:`gateway.consent`): the visitor's identity is neither read nor
+    written (``url`` is expected to be empty: the caller does not read or exchange it), only
+    the identity parameters leave the URL, and a server-only copy the visitor still has is
+    expired.
     """
+    if no_consent is not None:
+        forward, redirect = _cleaned(method, target, path, cleaned_query, had_params)
+        return Arrival(
+            redirect=redirect,
+            target=forward,
+            aid=None,
+            uid=None,
+            write_aid=None,
+            write_uid=None,
+            minted=False,
+            source="none",
+            cookies_withheld=cookies_withheld,
+            no_consent=no_consent,
+            expire_shadow=read_cookie(cookie_headers, shadow_cookie) is not None,
+        )
     readable = rules.valid_aid(read_cookie(cookie_headers, ANON_COOKIE))
     shadow = rules.valid_aid(read_cookie(cookie_headers, shadow_cookie))
     cookie_aid, kept = cookie_identity(readable, shadow)
@@ -284,12 +310,7 @@ def settle(
         if source == "none":
             source = "minted"
 
-    redirect = None
-    forward = target
-    if had_params:
-        forward = f"{path}?{cleaned_query}" if cleaned_query else path
-        if method in _REDIRECT_METHODS:
-            redirect = same_origin_location(path, cleaned_query)
+    forward, redirect = _cleaned(method, target, path, cleaned_query, had_params)
     return Arrival(
         redirect=redirect,
         target=forward,
@@ -302,6 +323,17 @@ def settle(
         cookies_withheld=cookies_withheld,
         refused=url.refused,
     )
+
+
+def _cleaned(
+    method: str, target: str, path: str, cleaned_query: str, had_params: bool
+) -> tuple[str, str | None]:
+    """(the target to forward, the clean-up redirect's Location or None)."""
+    if not had_params:
+        return target, None
+    forward = f"{path}?{cleaned_query}" if cleaned_query else path
+    redirect = same_origin_location(path, cleaned_query) if method in _REDIRECT_METHODS else None
+    return forward, redirect
 
 
 def referring_cross_domain(referer: str | None, own_host: str, config: Config) -> str | None:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import html
+from .consent import REFUSALS as CONSENT_REFUSALS
 from .html import GAVE_UP_REASONS, GaveUpReason
 
 DISTRIBUTION = "ajs-identity-gateway"
@@ -106,6 +107,7 @@ class Metrics:
     store_errors: Counter
     store_circuit_open: Gauge
     identity_refused: Counter
+    consent_refused: Counter
     build_info: Gauge
     reloads: Counter
     events_sent: Counter
@@ -148,6 +150,8 @@ class Metrics:
                 self.html_skipped.labels(site, reason)
             for source in _SOURCES:
                 self.id_source.labels(site, source)
+            for reason in CONSENT_REFUSALS:
+                self.consent_refused.labels(site, reason)
             for referrer in referrers:
                 if referrer != site:
                     self.cross_domain_arrivals.labels(site, referrer, "carried")
@@ -283,6 +287,13 @@ class Metrics:
                 "gateway_identity_refused",
                 "Incoming identity parameters refused, by form and reason.",
                 ("form", "reason"),
+            ),
+            consent_refused=counter(
+                "gateway_consent_refused",
+                "Requests whose visitor gave no consent to an identity, by site and reason (gpc: "
+                "Sec-GPC: 1; denied: the consent cookie does not grant it; missing: no consent "
+                "cookie where consent.required). Nothing was minted, written or decorated.",
+                ("site", "reason"),
             ),
             build_info=Gauge(
                 "gateway_build_info",

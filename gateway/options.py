@@ -47,6 +47,9 @@ __all__ = [
     "STRATEGIES",
     "Admin",
     "Analytics",
+    "Consent",
+    "ConsentCookie",
+    "ConsentOverride",
     "CrossDomain",
     "Events",
     "IdConflict",
@@ -151,8 +154,10 @@ def _store_url(v: str) -> str | None:
     return v
 
 
-# The cookie names the gateway may be configured with: an RFC 6265 token, more narrowly.
+# The cookie names the gateway writes: an RFC 6265 token, more narrowly.
 _COOKIE_NAME = r"[A-Za-z0-9_-]{1,64}"
+# A cookie name the gateway only reads (a consent manager's): any RFC 6265 token.
+_COOKIE_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}"
 _HOST = (
     "a name like www.example.com, or *.example.com, or an IP address as browsers send it "
     "(127.0.0.1, [::1]); no scheme, port or path"
@@ -192,6 +197,84 @@ class UpstreamTLS:
             "names the server otherwise (an IP address, a Service name)",
             expected="a host name such as legacy.internal, or an IP address",
             default_text="the upstream URL's host",
+            bespoke=True,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ConsentCookie:
+    """A consent manager's cookie and the value that means "granted" (``consent.cookie``)."""
+
+    name: str = field(
+        metadata=option(
+            "the consent manager's cookie, e.g. `OptanonConsent` (OneTrust), `CookieConsent` "
+            "(Cookiebot) or a site's own",
+            check=_matching(_COOKIE_TOKEN),
+            expected="a cookie name such as OptanonConsent or euconsent-v2",
+        )
+    )
+    granted: str = field(
+        metadata=option(
+            "regular expression searched in the cookie's value (URL-decoded): a match is "
+            "consent, e.g. `groups=[^&]*C0002:1` for OneTrust's performance group",
+            check=_regex,
+            expected="a valid regular expression",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Consent:
+    """Whether a visitor lets the gateway keep an identity for them (``consent``; a site may
+    override each key with ``sites[].consent``). Without consent the gateway mints no id,
+    writes no identity cookie, decorates no link and the bootstrap sets no id; identity
+    parameters are still taken out of arriving URLs. See gateway/consent.py."""
+
+    gpc: bool = field(
+        default=True,
+        metadata=option(
+            "honour Global Privacy Control: a request with `Sec-GPC: 1` has no consent, "
+            "whatever a consent cookie says"
+        ),
+    )
+    required: bool = field(
+        default=False,
+        metadata=option(
+            "`true`: no identity without a consent `cookie` that grants it; `false`: only a "
+            "consent cookie that does not grant it (or GPC) refuses"
+        ),
+    )
+    cookie: ConsentCookie | None = field(
+        default=None,
+        metadata=option(
+            "the consent manager's cookie: `{name, granted}`",
+            expected="a mapping with name and granted",
+            default_text="none",
+            bespoke=True,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ConsentOverride:
+    """``sites[].consent``: the keys of ``consent`` this site sets for itself; each key left
+    out is the global one."""
+
+    gpc: bool | None = field(
+        default=None,
+        metadata=option("`consent.gpc` for this site", default_text="`consent.gpc`"),
+    )
+    required: bool | None = field(
+        default=None,
+        metadata=option("`consent.required` for this site", default_text="`consent.required`"),
+    )
+    cookie: ConsentCookie | None = field(
+        default=None,
+        metadata=option(
+            "`consent.cookie` for this site (its consent manager's)",
+            expected="a mapping with name and granted",
+            default_text="`consent.cookie`",
             bespoke=True,
         ),
     )
@@ -248,6 +331,7 @@ class Site:
         ),
     )
     tls: UpstreamTLS = field(default_factory=UpstreamTLS)
+    consent: ConsentOverride = field(default_factory=ConsentOverride)
 
     @property
     def is_wildcard(self) -> bool:

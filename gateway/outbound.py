@@ -227,8 +227,8 @@ class RewritePlan:
     nonce: str | None
     # Decorate the page's links (a LinkDecorator over the configured targets).
     links: bool
-    # No id is known here and none may be minted (the browser may have withheld the cookies):
-    # the bootstrap runs without ids.
+    # No id is known here and none may be minted (the browser may have withheld the cookies,
+    # or the visitor gave no consent): the bootstrap runs without ids.
     idless: bool
     # The upstream's content coding, and the one to send ("": plain, for a visitor who never
     # accepted the upstream's coding).
@@ -237,6 +237,9 @@ class RewritePlan:
     charset: str | None
     # False for HEAD: it gets the headers its GET would get, but there is no body to build.
     build_body: bool
+    # The visitor gave consent. Without it the bootstrap only takes the identity parameters out
+    # of the address bar: it sets no id, loads no analytics.js and decorates nothing.
+    consent: bool = True
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,10 @@ def plan(
     # address bar, and analytics.js keeps the id in its own cookie and storage, which the
     # browser does give the page. Links carry that id from click time (token and signed ones
     # via the freshness endpoint, a GET that has the cookies).
-    idless = arrival.aid is None and arrival.cookies_withheld
+    # Without consent there is no id either, and the bootstrap only cleans the address bar (a
+    # cross-site form could still put identity parameters there for analytics.js to read).
+    consent = arrival.no_consent is None
+    idless = arrival.aid is None and (arrival.cookies_withheld or not consent)
     rewrite = None
     skipped: Literal["unknown_coding"] | None = None
     if (arrival.aid or idless) and is_rewritable_html("GET" if head else method, status, headers):
@@ -314,6 +320,7 @@ def plan(
                 output_coding=coding if accepted else "",
                 charset=media_type(headers.get("Content-Type"))[1],
                 build_body=not head,
+                consent=consent,
             )
     elif arrival.aid and is_html_page(method, status, headers) and (targets or bootstrap):
         skipped = "unknown_coding"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.bootstrap import render_bootstrap
+from gateway.bootstrap import RefreshPlan, render_bootstrap
 from gateway.hosts import hostname, matches
 
 from .js_harness import needs_node, run_harness
@@ -457,10 +457,13 @@ ADDRESS_BAR: list[tuple[str, str | None]] = [
 
 
 @needs_node
+@pytest.mark.parametrize("consent", [True, False], ids=["consent", "no-consent"])
 @pytest.mark.parametrize(("path", "cleaned"), ADDRESS_BAR)
-def test_address_bar_loses_every_ajs_parameter(path: str, cleaned: str | None) -> None:
+def test_address_bar_loses_every_ajs_parameter(
+    path: str, cleaned: str | None, consent: bool
+) -> None:
     out = run_harness(
-        body(render()),
+        body(render(consent=consent)),
         SITE + path,
         [{"do": "location"}, {"do": "bootstrap"}, {"do": "location"}],
     )
@@ -495,6 +498,42 @@ def test_address_bar_is_cleaned_before_the_page_and_keeps_history_state() -> Non
     location, state = out["results"]
     assert location == {"href": SITE + "/p?x=1", "state": {"route": 3}}
     assert state["queue"][-1] == ["track", SITE + "/p?x=1"]
+
+
+@needs_node
+def test_without_consent_the_script_only_cleans_the_address_bar() -> None:
+    # No id set, no analytics.js loaded by the gateway, no link decorated at click time: the
+    # page's decoration follows the server's decision. The page's own snippet is left alone.
+    script = render(consent=False, refresh=RefreshPlan("/_ajs_gateway/link", ("checkout.test",), 1))
+    assert AID.encode() not in script and b"WK" not in script
+    out = run_harness(
+        body(script),
+        SITE + "/p?ajs_aid=F&x=1",
+        [
+            {"do": "bootstrap"},
+            {"do": "dcl"},
+            {"do": "state"},
+            {"do": "click", "href": "https://checkout.test/pay"},
+            {"do": "submit", "action": "https://checkout.test/s", "method": "get"},
+            {"do": "snippet", "key": "PAGEKEY"},
+            {"do": "dcl"},
+            {"do": "state"},
+        ],
+    )
+    before, click, submit, after = out["results"]
+    assert out["replaced"] == [SITE + "/p?x=1"]
+    assert before["queue"] is None
+    assert click == {"href": "https://checkout.test/pay"}
+    assert submit == {"action": "https://checkout.test/s", "inputs": []}
+    assert after["queue"] == [["page"]] and after["writeKey"] == "PAGEKEY"
+    assert out["scripts"] == [{"src": PAGE_SCRIPT, "async": True, "nonce": None}]
+    assert out["errors"] == []
+
+
+def test_without_consent_the_script_keeps_its_nonce() -> None:
+    script = render(consent=False, nonce='n"1')
+    assert script.startswith(b'<script nonce="n&quot;1">') and script.endswith(b"</script>")
+    _assert_contained(script)
 
 
 @needs_node

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config, ConfigError, CrossDomain, Proxy, Site, load_config, parse_config
+from gateway.consent import effective
 from gateway.keys import generate_key
-from gateway.options import Key, UpstreamTLS, declared, option, walk
+from gateway.options import Consent, ConsentCookie, Key, UpstreamTLS, declared, option, walk
 
 from .conftest import REPO
 
@@ -194,6 +195,31 @@ def test_every_problem_is_reported_with_line_and_path() -> None:
             "sites:\n  - {host: a.test, upstream: 'http://x:1'}\n"
             "identity: {shadow_cookie: 'a b'}\n",
             "bad.yaml:3: identity.shadow_cookie: 'a b' is not valid (1-64 of letters",
+        ),
+        (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1'}\nconsent: {required: true}\n",
+            "bad.yaml:3: consent.required: true, but without a consent cookie no visitor could "
+            "ever grant consent (set consent.cookie",
+        ),
+        (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1', consent: {required: true}}\n",
+            "bad.yaml:2: sites[0].consent.required: true, but a.test has no consent cookie",
+        ),
+        (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1'}\n"
+            "consent: {cookie: {name: OptanonConsent}}\n",
+            "bad.yaml:3: consent.cookie.granted: missing (a consent cookie needs both name and "
+            "granted",
+        ),
+        (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1'}\n"
+            "consent: {cookie: {name: 'a;b', granted: x}}\n",
+            "bad.yaml:3: consent.cookie.name: 'a;b' is not valid (a cookie name",
+        ),
+        (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1'}\n"
+            "consent: {cookie: {name: c, granted: '('}}\n",
+            "bad.yaml:3: consent.cookie.granted: '(' is not valid (a valid regular expression)",
         ),
     ],
 )
@@ -694,3 +720,22 @@ def test_events_need_a_write_key_when_enabled() -> None:
     assert (config.events.enabled, config.events.write_key) == (True, "wk_abc")
     assert config.events.endpoint == "http://c:1/x"
     assert "wk_abc" not in repr(config)
+
+
+def test_consent_is_read_globally_and_overridden_per_site_key_by_key() -> None:
+    text = (
+        "sites:\n"
+        "  - {host: a.test, upstream: 'http://x:1', consent: {required: true}}\n"
+        "  - host: b.test\n"
+        "    upstream: 'http://x:1'\n"
+        "    consent: {gpc: false, cookie: {name: CookieConsent, granted: 'statistics:true'}}\n"
+        "  - {host: c.test, upstream: 'http://x:1'}\n"
+        "consent: {cookie: {name: OptanonConsent, granted: 'C0002:1'}}\n"
+    )
+    config = parse_config(text, "f.yaml", {})
+    onetrust = ConsentCookie("OptanonConsent", "C0002:1")
+    assert config.consent == Consent(gpc=True, required=False, cookie=onetrust)
+    a, b, c = (effective(config.consent, site.consent) for site in config.sites)
+    assert a == Consent(gpc=True, required=True, cookie=onetrust)
+    assert b == Consent(gpc=False, cookie=ConsentCookie("CookieConsent", "statistics:true"))
+    assert c == config.consent

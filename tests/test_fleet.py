@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.options import Identity
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server
 
@@ -132,7 +133,8 @@ async def fleet(
         yield Member(procs[0], session), Member(procs[1], session)
 
 
-HANDED_OVER = {"ajs_anonymous_id": AID, "ajs_user_id": UID}
+# The ids analytics.js reads, and the server-only copy of the anonymous id.
+HANDED_OVER = {"ajs_anonymous_id": AID, "ajs_user_id": UID, Identity.shadow_cookie: AID}
 
 
 def token_of(link: str) -> str | None:

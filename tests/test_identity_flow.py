@@ -268,7 +268,9 @@ def sample(
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
-def bootstrap(aid: str | None, uid: str | None = None, nonce: str | None = None) -> bytes:
+def bootstrap(
+    aid: str | None, uid: str | None = None, nonce: str | None = None, consent: bool = True
+) -> bytes:
     """The script the gateway injects for www.example.com under ANALYTICS."""
     return render_bootstrap(
         write_key="wk_test",
@@ -278,6 +280,7 @@ def bootstrap(aid: str | None, uid: str | None = None, nonce: str | None = None)
         targets=list(CROSS),
         own_host=WWW,
         nonce=nonce,
+        consent=consent,
     )
 
 
@@ -770,6 +773,143 @@ async def test_an_id_the_page_changed_wins_over_the_copy(launch: Launch) -> None
     assert same.cookies() == []
     found = await metrics(gw)
     assert sample(found, "gateway_identity_source_total", site=WWW, source="shadow") == 0
+
+
+# --- Consent ---------------------------------------------------------------------------------
+#
+# Without consent: no id minted, no identity cookie (readable or server-only), no decorated link,
+# no id in the bootstrap (which then only cleans the address bar); arriving identity parameters
+# are still removed, and a server-only copy is expired.
+
+GPC = ("Sec-GPC", "1")
+ONETRUST = "{name: OptanonConsent, granted: 'groups=[^&]*C0002:1'}"
+GRANTED = ("Cookie", "OptanonConsent=isGpcEnabled=0&groups=C0001%3A1%2CC0002%3A1")
+DENIED = ("Cookie", "OptanonConsent=isGpcEnabled=0&groups=C0001%3A1%2CC0002%3A0")
+
+
+def consent_refused(found: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+    return {
+        reason: sample(found, "gateway_consent_refused_total", site=WWW, reason=reason)
+        for reason in ("gpc", "denied", "missing")
+    }
+
+
+async def test_gpc_means_no_identity_at_all(launch: Launch) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS])
+    no_id = edited(PAGE, (b"<head>", b"<head>" + bootstrap(None, consent=False)))
+    # A new visitor gets no id, a returning one has theirs neither read nor renewed; links are
+    # left as they are and the bootstrap only cleans the address bar.
+    for cookie in ([], [("Cookie", "ajs_anonymous_id=abc; ajs_user_id=u1")]):
+        reply = await fetch(gw, "/", headers=[GPC, *cookie])
+        assert reply.status == 200
+        assert reply.cookies() == []
+        assert reply.body == no_id
+        assert b"abc" not in reply.body
+    # Identity arriving in the URL is removed all the same, and nothing is stored.
+    reply = await fetch(gw, "/x?a=1&ajs_aid=abc&ajs_uid=u1", headers=[GPC])
+    assert (reply.status, reply.headers["Location"], reply.cookies()) == (302, "/x?a=1", [])
+    found = await metrics(gw)
+    assert consent_refused(found) == {"gpc": 3, "denied": 0, "missing": 0}
+    for source in ("url", "cookie", "minted", "shadow"):
+        assert sample(found, "gateway_identity_source_total", site=WWW, source=source) == 0
+    # Without the signal (or with GPC not honoured) the same visitor gets an id.
+    assert (await fetch(gw, "/")).cookie("ajs_anonymous_id") is not None
+    honoured = await launch(origin, extra=[ANALYTICS, "consent: {gpc: false}"])
+    assert (await fetch(honoured, "/", headers=[GPC])).cookie("ajs_anonymous_id") is not None
+
+
+@pytest.mark.parametrize(
+    ("cookie", "reason"),
+    [(None, "missing"), (DENIED, "denied"), (GRANTED, None)],
+    ids=["missing", "denied", "granted"],
+)
+async def test_a_consent_cookie_decides_where_consent_is_required(
+    launch: Launch, cookie: tuple[str, str] | None, reason: str | None
+) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS, f"consent: {{required: true, cookie: {ONETRUST}}}"])
+    headers = [cookie] if cookie else []
+    reply = await fetch(gw, "/", headers=headers)
+    minted = reply.cookie("ajs_anonymous_id")
+    if reason is None:
+        assert minted is not None and reply.cookie(SHADOW) is not None
+        aid = minted.value
+        assert reply.body == edited(
+            PAGE, (b"<head>", b"<head>" + bootstrap(aid)), (b"/pay", f"/pay?ajs_aid={aid}".encode())
+        )
+    else:
+        assert reply.cookies() == []
+        assert reply.body == edited(PAGE, (b"<head>", b"<head>" + bootstrap(None, consent=False)))
+    expected = {"gpc": 0, "denied": 0, "missing": 0}
+    if reason is not None:
+        expected[reason] = 1
+    assert consent_refused(await metrics(gw)) == expected
+
+
+async def test_a_consent_cookie_that_denies_refuses_even_where_it_is_not_required(
+    launch: Launch,
+) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS, f"consent: {{cookie: {ONETRUST}}}"])
+    assert (await fetch(gw, "/")).cookie("ajs_anonymous_id") is not None
+    assert (await fetch(gw, "/", headers=[DENIED])).cookies() == []
+
+
+async def test_withdrawn_consent_expires_the_server_only_copy(launch: Launch) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    origin.page("/data", b"{}", content_type="application/json")
+    gw = await launch(origin, extra=[ANALYTICS, TRUSTED])
+    visitor = ("Cookie", f"ajs_anonymous_id=abc; {SHADOW}=abc")
+    https = ("X-Forwarded-Proto", "https")
+    for target, status in (("/", 200), ("/data", 200), ("/x?ajs_aid=abc", 302)):
+        reply = await fetch(gw, target, headers=[GPC, visitor, https])
+        assert reply.status == status
+        (gone,) = reply.cookies()
+        assert (gone.name, gone.value) == (SHADOW, "")
+        # Same name, domain and path as the one written, gone at once.
+        assert gone.attrs == [
+            ("Domain", "example.com"),
+            ("Path", "/"),
+            ("Max-Age", "0"),
+            ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            ("SameSite", "Lax"),
+            ("Secure", None),
+            ("HttpOnly", None),
+        ]
+        assert reply.headers["Cache-Control"] in ("private", "no-store")
+    # Nothing to expire for a visitor without the copy.
+    reply = await fetch(gw, "/data", headers=[GPC, ("Cookie", "ajs_anonymous_id=abc")])
+    assert reply.cookies() == []
+
+
+async def test_a_site_can_require_consent_for_itself(launch: Launch) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    gw = await launch(
+        origin,
+        site_opts=", consent: {required: true}",
+        extra=[ANALYTICS, f"consent: {{cookie: {ONETRUST}}}"],
+    )
+    assert (await fetch(gw, "/")).cookies() == []
+    assert (await fetch(gw, "/", headers=[GRANTED])).cookie("ajs_anonymous_id") is not None
+    assert (await fetch(gw, "/", host=PAY)).cookie("ajs_anonymous_id") is not None
+
+
+async def test_a_redirect_without_consent_is_not_decorated(launch: Launch) -> None:
+    origin = Origin()
+    origin.page("/go", b"", status=302, content_type="", headers=[("Location", f"https://{PAY}/")])
+    gw = await launch(origin)
+    reply = await fetch(gw, "/go", headers=[GPC, ("Cookie", "ajs_anonymous_id=abc")])
+    assert (reply.status, reply.headers["Location"], reply.cookies()) == (
+        302,
+        f"https://{PAY}/",
+        [],
+    )
 
 
 # --- Requests that may lack the visitor's cookies --------------------------------------------

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import Site, Strategy
+from gateway.consent import ConsentRefusal
 from gateway.identity import IdRules
 from gateway.inbound import (
     Arrival,
@@ -63,6 +64,7 @@ def decide(
     site: Site = OPEN,
     sec_fetch_site: str | None = None,
     mint: bool = True,
+    no_consent: ConsentRefusal | None = None,
 ) -> Arrival:
     """What the proxy decides for one request (no signing keys, no token store)."""
     rules = IdRules()
@@ -90,6 +92,7 @@ def decide(
         rules=rules,
         mint=mint,
         cookies_withheld=cookies_may_be_withheld(method, sec_fetch_site),
+        no_consent=no_consent,
     )
 
 
@@ -288,3 +291,30 @@ def test_an_app_credential_is_the_source_app() -> None:
     assert (arrive(token, app).source, arrive(token, app).aid) == ("app", "app-id")
     assert arrive(token, page).source == "url"
     assert arrive({"ajs_aid": "q-id"}).source == "url"
+
+
+# --- Without consent -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["gpc", "denied", "missing"])
+def test_without_consent_nothing_is_read_minted_or_written(reason: ConsentRefusal) -> None:
+    cookies = [f"ajs_anonymous_id=visitor-id; ajs_user_id=u1; {SHADOW}=visitor-id"]
+    arrival = decide("GET", "/cart?x=1&ajs_aid=carried", cookies, no_consent=reason)
+    assert (arrival.aid, arrival.uid, arrival.minted, arrival.source) == (None, None, False, "none")
+    assert (arrival.write_aid, arrival.write_uid) == (None, None)
+    assert arrival.no_consent == reason
+    # The identity parameters still leave the URL; the server-only copy goes (withdrawn).
+    assert (arrival.redirect, arrival.target) == ("/cart?x=1", "/cart?x=1")
+    assert arrival.expire_shadow
+
+
+def test_without_consent_a_visitor_without_the_copy_is_left_alone() -> None:
+    arrival = decide("POST", "/p?ajs_aid=a", ["ajs_anonymous_id=visitor-id"], no_consent="gpc")
+    assert (arrival.redirect, arrival.target, arrival.expire_shadow) == (None, "/p", False)
+    plain = decide("GET", "/p", no_consent="gpc")
+    assert (plain.redirect, plain.target, plain.minted, plain.expire_shadow) == (
+        None,
+        "/p",
+        False,
+        False,
+    )

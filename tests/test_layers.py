@@ -18,6 +18,7 @@ CORE = {
     "gateway.body",
     "gateway.codings",
     "gateway.config",
+    "gateway.consent",
     "gateway.crossings",
     "gateway.events",
     "gateway.hosts",

@@ -50,24 +50,25 @@ def _example() -> dict[str, Any]:
     return loaded
 
 
-def _shown(example: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """Every key path the example shows, with the first value it shows for it."""
-    for k in declared(Config):
-        value = example.get(k.key)
-        if k.key not in example:
-            continue
-        if k.section is not None:
-            for key, item in (value or {}).items():
-                yield f"{k.key}.{key}", item
-        else:
-            yield f"{k.key}[]", value
+def _shown(
+    example: dict[str, Any], cls: type = Config, prefix: str = ""
+) -> Iterator[tuple[str, Any]]:
+    """Every key path the example shows, with the first value it shows for it: into sections
+    (``proxy``, ``sites[].tls``, ``consent.cookie``) and the items of lists (``sites[]``) as
+    deep as they are declared; a key that is not declared is shown as it is."""
+    keys = {k.key: k for k in declared(cls)}
+    for name, value in example.items():
+        path = f"{prefix}{name}"
+        k = keys.get(name)
+        if k is not None and k.section is not None and isinstance(value, dict | None):
+            yield from _shown(value or {}, k.section, f"{path}.")
+        elif k is not None and k.items is not None:
+            yield f"{path}[]", value
             for entry in value or []:
-                for key, item in entry.items() if isinstance(entry, dict) else ():
-                    if isinstance(item, dict):  # a section of the item (sites[].tls)
-                        for sub, sub_item in item.items():
-                            yield f"{k.key}[].{key}.{sub}", sub_item
-                    else:
-                        yield f"{k.key}[].{key}", item
+                if isinstance(entry, dict):
+                    yield from _shown(entry, k.items, f"{path}[].")
+        else:
+            yield path, value
 
 
 def test_the_example_shows_every_declared_key_and_no_other() -> None:

@@ -33,6 +33,8 @@ MINTED = replace(COOKIE, aid="new-1", uid=None, minted=True, source="minted")
 FROM_URL = replace(COOKIE, write_aid="aid-1", write_uid="uid-1", source="url")
 NOBODY = replace(COOKIE, aid=None, uid=None, source="none")
 WITHHELD = replace(NOBODY, cookies_withheld=True)
+# A visitor who gave no consent: settle leaves no id, whatever the cookies held.
+NO_CONSENT = replace(NOBODY, no_consent="gpc")
 
 
 def decide(
@@ -139,6 +141,27 @@ def test_cookies_withheld_page_gets_an_idless_bootstrap_and_no_links() -> None:
     assert decide(WITHHELD, method="POST", bootstrap=False).rewrite is None
 
 
+def test_without_consent_the_page_gets_only_the_address_bar_clean_up() -> None:
+    decided = decide(NO_CONSENT)
+    assert decided.rewrite == RewritePlan(
+        bootstrap=True,
+        nonce=None,
+        links=False,
+        idless=True,
+        coding="",
+        output_coding="",
+        charset="utf-8",
+        build_body=True,
+        consent=False,
+    )
+    assert (decided.cookie_aid, decided.cookie_uid, decided.redirect_target) == (None, None, None)
+    assert decide(NO_CONSENT, bootstrap=False).rewrite is None
+    # Whatever the response.
+    loc = [("Content-Type", HTML), ("Location", "https://checkout.pay.test/")]
+    redirect = decide(NO_CONSENT, status=302, headers=loc)
+    assert (redirect.redirect_target, redirect.cookie_aid) == (None, None)
+
+
 def test_csp_decides_the_bootstrap_and_its_nonce() -> None:
     blocked = decide(
         headers=[("Content-Type", HTML), ("Content-Security-Policy", "script-src 'self'")]
@@ -199,7 +222,7 @@ def test_prepare_for_rewrite() -> None:
 
 
 @given(
-    arrival=st.sampled_from([COOKIE, MINTED, FROM_URL, NOBODY, WITHHELD]),
+    arrival=st.sampled_from([COOKIE, MINTED, FROM_URL, NOBODY, WITHHELD, NO_CONSENT]),
     method=st.sampled_from(["GET", "HEAD", "POST"]),
     status=st.sampled_from([200, 204, 301, 302, 304, 404, 500]),
     content_type=st.sampled_from([HTML, "application/json", "application/xhtml+xml"]),
@@ -223,5 +246,7 @@ def test_property_nothing_personal_for_a_visitor_without_an_id(
         assert decided.redirect_target is None
         assert (decided.cookie_aid, decided.cookie_uid) == (None, None)
         assert decided.rewrite is None or not decided.rewrite.links
+    if arrival.no_consent is not None:
+        assert decided.rewrite is None or not decided.rewrite.consent
     if decided.cookie_aid is not None and arrival.write_aid is None:
         assert mint

@@ -16,7 +16,7 @@ import html
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -183,9 +183,10 @@ async def fetch(
     method: str = "GET",
     cookie: str | None = None,
     user_agent: str = "TestBrowser/1.0",
+    headers: Sequence[tuple[str, str]] = (),
 ) -> Reply:
-    """One request with the target sent exactly as written."""
-    headers: CIMultiDict[str] = CIMultiDict([("Host", host), ("User-Agent", user_agent)])
+    """One request with the target sent exactly as written (``headers``: more of them)."""
+    headers = CIMultiDict([("Host", host), ("User-Agent", user_agent), *headers])
     if cookie is not None:
         headers["Cookie"] = cookie
     url = URL(gw.url + target, encoded=True)
@@ -484,6 +485,27 @@ async def test_single_use_token_is_exchanged_once(launch: Launch, raw: Redis) ->
     assert refused(found, "token", "unknown_or_expired") == 2
     assert await _calls(raw, "getdel") == 3
     assert len(token) == 32
+
+
+async def test_without_consent_a_token_is_left_and_the_freshness_endpoint_mints_none(
+    launch: Launch, raw: Redis
+) -> None:
+    gw = await launch(tokens=f"{{ttl_seconds: {TTL}, single_use: true}}")
+    page = await page_a(gw)
+    gpc = [("Sec-GPC", "1")]
+    # The identity parameters go, nothing is stored, and the single-use token is not taken.
+    refused = await follow(gw, page.links["pay1"], headers=gpc)
+    assert (refused.status, refused.location, refused.cookies()) == (302, "/checkout?cart=1", {})
+    assert await _calls(raw, "getdel") == 0
+    assert_handed_over(await follow(gw, page.links["pay1"]), "/checkout?cart=1")
+    # The freshness endpoint redirects without a credential, and mints no token.
+    keys = len(await token_keys(raw))
+    reply = await fetch(gw, fresh(ORIGINAL["pay1"]), cookie=VISITOR, headers=gpc)
+    assert (reply.status, reply.location, reply.cookies()) == (302, ORIGINAL["pay1"], {})
+    assert len(await token_keys(raw)) == keys
+    # A page served without consent links nothing.
+    bare = await fetch(gw, "/", cookie=VISITOR, headers=gpc)
+    assert b"ajs_token" not in bare.body and AID.encode() not in bare.body
 
 
 async def test_stalled_store_never_falls_back_to_raw_ids(
