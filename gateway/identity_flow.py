@@ -47,6 +47,7 @@ from .outbound import (
 from .outbound import plan as outbound_plan
 from .params import IDENTITY_PARAMS
 from .responses import plain_response
+from .speculative import Speculative, speculative
 from .state import ProxyState
 from .store import StoreError
 from .strategies import TokenRecord, new_token, token_refusal
@@ -62,7 +63,10 @@ class IdentityFlow:
         self, request: web.BaseRequest, site: Site, arrival: Arrival, target: str
     ) -> bool:
         """Count a navigation from another site of the fleet, with or without identity (the
-        fragmentation measure, crossings.py); True if it was counted."""
+        fragmentation measure, crossings.py); True if it was counted. A prefetch, a HEAD or a
+        preview bot is no arrival: the visitor's own request may follow."""
+        if arrival.speculative is not None:
+            return False
         headers = request.headers
         found = cross_domain_arrival(
             config=self.state.config,
@@ -96,6 +100,10 @@ class IdentityFlow:
         if no_consent is not None:
             # Nothing about the visitor's identity is read, exchanged or written.
             state.metrics.consent_refused.labels(site.host, no_consent).inc()
+            params = {}
+        ahead = self.speculative(request, site)
+        if ahead is not None:
+            # Not the visitor arriving: no token is consumed, nothing minted or written.
             params = {}
         host = normalize_host(request.host)
         user_agent = request.headers.get("User-Agent")
@@ -149,6 +157,7 @@ class IdentityFlow:
             ),
             shadow_cookie=config.identity.shadow_cookie,
             no_consent=no_consent,
+            speculative=ahead,
         )
         if arrival.source != "none":
             state.metrics.id_source.labels(site.host, arrival.source).inc()
@@ -156,6 +165,31 @@ class IdentityFlow:
         # never awaited.
         state.events.handoff(request, arrival, url, config)
         return arrival
+
+    def speculative(self, request: web.BaseRequest, site: Site) -> Speculative | None:
+        """Whether the request fetches ahead of (or instead of) a visit; counted by kind."""
+        headers = request.headers
+        kind = speculative(
+            request.method,
+            sec_purpose=headers.get("Sec-Purpose"),
+            purpose=headers.get("Purpose"),
+            x_purpose=headers.get("X-Purpose"),
+            x_moz=headers.get("X-moz"),
+            user_agent=headers.get("User-Agent"),
+        )
+        if kind is not None:
+            self.state.metrics.speculative_requests.labels(site.host, kind).inc()
+        return kind
+
+    def discard(self) -> web.Response:
+        """The answer to a browser's prefetch of a URL that carries identity: an error the
+        browser does not keep, so that the visitor's click comes here (gateway/speculative.py).
+        """
+        response = plain_response(
+            503, "503 Service Unavailable: a link that carries identity is not prefetched"
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     async def fresh_link(self, request: web.BaseRequest, site: Site, target: str) -> web.Response:
         """The freshness endpoint: mint a token or signature now and redirect to the target.
@@ -174,6 +208,13 @@ class IdentityFlow:
             response = plain_response(400, "400 Bad Request: not a link to a configured domain")
             response.headers["Cache-Control"] = "no-store"
             return response
+        ahead = self.speculative(request, site)
+        if ahead == "prefetch":
+            # The browser would keep the credential's redirect and show it for the click.
+            return self.discard()
+        if ahead is not None:
+            # A link checker or a preview bot follows the link, without a credential.
+            return responses.redirect(to)
         arrival = await self.arrival(request, site, target.partition("?")[0])
         location = to
         if arrival.aid is not None and not arrival.minted:

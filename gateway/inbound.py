@@ -41,6 +41,7 @@ from .identity import (
     split_identity_params,
 )
 from .params import AID_PARAM, EXP_PARAM, IDENTITY_PARAMS, SIG_PARAM, TOKEN_PARAM, UID_PARAM
+from .speculative import Speculative
 from .strategies import (
     SigningKeys,
     TokenRecord,
@@ -131,6 +132,12 @@ class Arrival:
     no_consent: ConsentRefusal | None = None
     # Remove the server-only copy of the id on this response (consent was withdrawn).
     expire_shadow: bool = False
+    # A fetch ahead of (or instead of) a visit (gateway.speculative): nothing was exchanged or
+    # minted and no cookie is written; ``aid`` is the cookies' id, if they came.
+    speculative: Speculative | None = None
+    # Refuse it (a browser's prefetch of a URL that carries identity): a kept prefetch would
+    # stand in for the visitor's click, and the click must bring the identity here.
+    discard: bool = False
 
 
 def identity_rules(config: Config) -> IdRules:
@@ -253,6 +260,7 @@ def settle(
     cookies_withheld: bool,
     shadow_cookie: str = Identity.shadow_cookie,
     no_consent: ConsentRefusal | None = None,
+    speculative: Speculative | None = None,
 ) -> Arrival:
     """Combine the URL's checked identity with the visitor's cookies.
 
@@ -262,12 +270,14 @@ def settle(
     ``no_consent`` (see :mod:`gateway.consent`): the visitor's identity is neither read nor
     written (``url`` is expected to be empty: the caller does not read or exchange it), only
     the identity parameters leave the URL, and a server-only copy the visitor still has is
-    expired.
+    expired. ``speculative`` (see :mod:`gateway.speculative`): ``url`` is expected to be empty
+    too (no token is consumed); the cookies' id is used, but nothing is minted or written, and
+    a prefetch of a URL with identity parameters is to be refused (``discard``).
     """
     if no_consent is not None:
         forward, redirect = _cleaned(method, target, path, cleaned_query, had_params)
         return Arrival(
-            redirect=redirect,
+            redirect=None if speculative == "prefetch" else redirect,
             target=forward,
             aid=None,
             uid=None,
@@ -277,7 +287,10 @@ def settle(
             source="none",
             cookies_withheld=cookies_withheld,
             no_consent=no_consent,
-            expire_shadow=read_cookie(cookie_headers, shadow_cookie) is not None,
+            expire_shadow=speculative is None
+            and read_cookie(cookie_headers, shadow_cookie) is not None,
+            speculative=speculative,
+            discard=speculative == "prefetch" and had_params,
         )
     readable = rules.valid_aid(read_cookie(cookie_headers, ANON_COOKIE))
     shadow = rules.valid_aid(read_cookie(cookie_headers, shadow_cookie))
@@ -289,6 +302,8 @@ def settle(
     if write_aid is None and kept in ("restored", "corrected"):
         # Either cookie is out of step with the visitor's id: write both, on any response.
         write_aid = cookie_aid
+    if speculative is not None:
+        write_aid = write_uid = None
     aid = write_aid or cookie_aid
     uid = write_uid or cookie_uid
 
@@ -304,15 +319,16 @@ def settle(
     else:
         source = "none"
     minted = False
-    if aid is None and mint and not cookies_withheld:
+    if aid is None and mint and not cookies_withheld and speculative is None:
         aid = mint_id()
         minted = True
         if source == "none":
             source = "minted"
 
     forward, redirect = _cleaned(method, target, path, cleaned_query, had_params)
+    discard = speculative == "prefetch" and had_params
     return Arrival(
-        redirect=redirect,
+        redirect=None if discard else redirect,
         target=forward,
         aid=aid,
         uid=uid,
@@ -322,6 +338,8 @@ def settle(
         source=source,
         cookies_withheld=cookies_withheld,
         refused=url.refused,
+        speculative=speculative,
+        discard=discard,
     )
 
 

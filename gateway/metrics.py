@@ -108,6 +108,7 @@ class Metrics:
     store_circuit_open: Gauge
     identity_refused: Counter
     consent_refused: Counter
+    speculative_requests: Counter
     build_info: Gauge
     reloads: Counter
     events_sent: Counter
@@ -294,6 +295,13 @@ class Metrics:
                 "Sec-GPC: 1; denied: the consent cookie does not grant it; missing: no consent "
                 "cookie where consent.required). Nothing was minted, written or decorated.",
                 ("site", "reason"),
+            ),
+            speculative_requests=counter(
+                "gateway_speculative_requests",
+                "Fetches ahead of (or instead of) a visit, by site and kind (prefetch: announced "
+                "by the browser; head; preview: a link-preview bot): no token consumed, nothing "
+                "minted or written; a prefetch of a URL with identity is refused.",
+                ("site", "kind"),
             ),
             build_info=Gauge(
                 "gateway_build_info",

@@ -286,9 +286,11 @@ def plan(
         )
     # Ids from the URL are always stored; on HTML responses the visitor's id is (re)written so
     # that a minted id sticks and a server-set cookie outlives Safari's script cap. An id just
-    # handed to another domain in a redirect is stored here too, or the two would part.
+    # handed to another domain in a redirect is stored here too, or the two would part. A fetch
+    # ahead of a visit (a prefetch, a HEAD, a preview bot) is written nothing.
     aid, uid = arrival.write_aid, arrival.write_uid
-    if mint and (html or (redirect_target is not None and arrival.minted)):
+    renew = mint and arrival.speculative is None
+    if renew and (html or (redirect_target is not None and arrival.minted)):
         aid = aid or arrival.aid
         uid = uid or arrival.uid
     head = method == "HEAD"

@@ -152,6 +152,10 @@ class ProxyHandler:
         arrival = await identity.arrival(request, site, target)
         outcome.identity = _IDENTITY[arrival.source]
         outcome.refused_reason = arrival.refused
+        if arrival.discard:
+            response = identity.discard()
+            outcome.status = response.status
+            return response
         counted = identity.count_arrival(request, site, arrival, target)
         if arrival.redirect is not None:
             outcome.status = 302

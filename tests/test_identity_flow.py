@@ -912,6 +912,93 @@ async def test_a_redirect_without_consent_is_not_decorated(launch: Launch) -> No
     )
 
 
+# --- Fetches ahead of (or instead of) a visit ---------------------------------------------------
+#
+# Prefetches, HEADs and link-preview bots never consume a token, never get a minted id and never
+# get an identity cookie; a prefetch of a URL with identity is refused so that the click comes.
+
+PREFETCHES = [
+    [("Sec-Purpose", "prefetch")],
+    [("Sec-Purpose", "prefetch;prerender")],
+    [("Purpose", "prefetch")],
+    [("X-Purpose", "preview")],
+    [("X-moz", "prefetch")],
+]
+SLACKBOT = ("User-Agent", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)")
+
+
+@pytest.mark.parametrize("announce", PREFETCHES, ids=lambda h: f"{h[0][0]}: {h[0][1]}")
+async def test_a_prefetch_of_a_url_with_identity_is_refused(
+    launch: Launch, announce: list[tuple[str, str]]
+) -> None:
+    origin = Origin()
+    origin.page("/welcome", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS])
+    reply = await fetch(gw, "/welcome?from=a&ajs_aid=abc", headers=announce)
+    assert reply.status == 503
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert reply.cookies() == []
+    assert origin.seen == []
+    # The click that follows is the visitor arriving.
+    click = await fetch(gw, "/welcome?from=a&ajs_aid=abc")
+    assert click.status == 302
+    assert click.cookie("ajs_anonymous_id") is not None
+    found = await metrics(gw)
+    assert sample(found, "gateway_speculative_requests_total", site=WWW, kind="prefetch") == 1
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="url") == 1
+
+
+async def test_a_prefetched_page_is_the_visitors_but_writes_nothing(launch: Launch) -> None:
+    origin = Origin()
+    origin.page("/", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS])
+    prefetch = [("Sec-Purpose", "prefetch;prerender")]
+    # A returning visitor's prerendered page is theirs (decorated for the click to come)...
+    reply = await fetch(gw, "/", headers=[*prefetch, ("Cookie", f"{SHADOW}=abc")])
+    assert reply.body == edited(
+        PAGE, (b"<head>", b"<head>" + bootstrap("abc")), (b"/pay", b"/pay?ajs_aid=abc")
+    )
+    # ...but no cookie is restored, renewed or minted on it.
+    assert reply.cookies() == []
+    new = await fetch(gw, "/", headers=prefetch)
+    assert new.cookies() == []
+    assert b"ajs_aid=" not in new.body
+    found = await metrics(gw)
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="minted") == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"), [("HEAD", []), ("GET", [SLACKBOT])], ids=["head", "preview-bot"]
+)
+async def test_heads_and_preview_bots_are_cleaned_up_without_an_id(
+    launch: Launch, method: str, headers: list[tuple[str, str]]
+) -> None:
+    origin = Origin()
+    origin.page("/welcome", PAGE)
+    gw = await launch(origin, extra=[ANALYTICS])
+    first = await fetch(gw, "/welcome?from=a&ajs_aid=abc", method=method, headers=headers)
+    assert (first.status, first.headers["Location"], first.cookies()) == (
+        302,
+        "/welcome?from=a",
+        [],
+    )
+    page = await fetch(gw, "/welcome?from=a", method=method, headers=headers)
+    assert page.status == 200
+    assert page.cookies() == []
+    found = await metrics(gw)
+    kind = "head" if method == "HEAD" else "preview"
+    assert sample(found, "gateway_speculative_requests_total", site=WWW, kind=kind) == 2
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="url") == 0
+
+
+async def test_a_prefetch_is_no_arrival(launch: Launch) -> None:
+    gw = await launch(Origin())
+    referer = ("Referer", f"https://{PAY}/")
+    await fetch(gw, "/a", headers=[NAVIGATION, referer, ("Sec-Purpose", "prefetch")])
+    await fetch(gw, "/a", method="HEAD", headers=[NAVIGATION, referer])
+    assert arrivals(await metrics(gw)) == {}
+
+
 # --- Requests that may lack the visitor's cookies --------------------------------------------
 #
 # A browser withholds SameSite=Lax cookies from a cross-site POST navigation (a payment
@@ -943,13 +1030,18 @@ async def test_no_id_is_minted_where_cookies_may_be_withheld(
     assert sample(found, "gateway_identity_source_total", site=WWW, source="minted") == 0
 
 
-@pytest.mark.parametrize(("method", "minted"), [("GET", True), ("HEAD", True), ("HEAD", False)])
-async def test_get_and_head_still_mint(launch: Launch, method: str, minted: bool) -> None:
-    # A cross-site GET navigation carries Lax cookies; a HEAD only when it is not cross-site.
+@pytest.mark.parametrize(
+    ("method", "fetch_site", "minted"),
+    [("GET", "cross-site", True), ("HEAD", "same-origin", False), ("HEAD", "cross-site", False)],
+)
+async def test_get_still_mints_and_head_never_does(
+    launch: Launch, method: str, fetch_site: str, minted: bool
+) -> None:
+    # A cross-site GET navigation carries Lax cookies. A HEAD is no visit at all (link checkers,
+    # mail scanners): it gets the headers of its GET but no id (gateway/speculative.py).
     origin = Origin()
     origin.page("/", PAGE)
     gw = await launch(origin, extra=[ANALYTICS])
-    fetch_site = "cross-site" if method == "GET" or not minted else "same-origin"
     reply = await fetch(gw, "/", method=method, headers=[("Sec-Fetch-Site", fetch_site)])
     cookie = reply.cookie("ajs_anonymous_id")
     assert (cookie is not None) is minted

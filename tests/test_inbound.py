@@ -24,6 +24,7 @@ from gateway.inbound import (
     settle,
     split_target,
 )
+from gateway.speculative import Speculative
 from gateway.strategies import SigningKeys, TokenRecord, sign_params
 
 OPEN = Site(host="www.shop.test", upstream="http://127.0.0.1:1")
@@ -65,6 +66,7 @@ def decide(
     sec_fetch_site: str | None = None,
     mint: bool = True,
     no_consent: ConsentRefusal | None = None,
+    ahead: Speculative | None = None,
 ) -> Arrival:
     """What the proxy decides for one request (no signing keys, no token store)."""
     rules = IdRules()
@@ -93,6 +95,7 @@ def decide(
         mint=mint,
         cookies_withheld=cookies_may_be_withheld(method, sec_fetch_site),
         no_consent=no_consent,
+        speculative=ahead,
     )
 
 
@@ -318,3 +321,33 @@ def test_without_consent_a_visitor_without_the_copy_is_left_alone() -> None:
         False,
         False,
     )
+
+
+# --- Fetches ahead of a visit --------------------------------------------------------------------
+
+
+def test_a_prefetch_of_a_url_with_identity_is_refused_not_redirected() -> None:
+    arrival = decide("GET", "/welcome?x=1&ajs_token=T", ahead="prefetch")
+    assert (arrival.discard, arrival.redirect, arrival.target) == (True, None, "/welcome?x=1")
+    assert (arrival.aid, arrival.minted, arrival.write_aid) == (None, False, None)
+    plain = decide("GET", "/welcome?x=1", ahead="prefetch")
+    assert (plain.discard, plain.redirect, plain.minted) == (False, None, False)
+
+
+@pytest.mark.parametrize("ahead", ["head", "preview"])
+def test_a_head_or_a_preview_bot_is_cleaned_up_without_cookies(ahead: Speculative) -> None:
+    arrival = decide("HEAD" if ahead == "head" else "GET", "/p?ajs_aid=carried", ahead=ahead)
+    assert (arrival.discard, arrival.redirect) == (False, "/p")
+    assert (arrival.aid, arrival.write_aid, arrival.minted) == (None, None, False)
+
+
+@pytest.mark.parametrize("ahead", ["prefetch", "head", "preview"])
+def test_ahead_of_a_visit_the_cookies_id_is_used_but_nothing_written(ahead: Speculative) -> None:
+    # A prerendered page is decorated for the visitor who will see it; neither a restore from
+    # the server-only copy nor a correction of it is written.
+    for cookies in ([f"{SHADOW}=kept-id"], [f"ajs_anonymous_id=kept-id; {SHADOW}=old"]):
+        arrival = decide("GET", "/", cookies, ahead=ahead)
+        assert (arrival.aid, arrival.write_aid, arrival.minted) == ("kept-id", None, False)
+        assert arrival.speculative == ahead
+    gpc = decide("GET", "/", [f"{SHADOW}=kept-id"], no_consent="gpc", ahead=ahead)
+    assert not gpc.expire_shadow

@@ -508,6 +508,36 @@ async def test_without_consent_a_token_is_left_and_the_freshness_endpoint_mints_
     assert b"ajs_token" not in bare.body and AID.encode() not in bare.body
 
 
+@pytest.mark.parametrize(
+    ("method", "headers", "answer"),
+    [
+        ("GET", [("Sec-Purpose", "prefetch")], 503),
+        ("GET", [("Sec-Purpose", "prefetch;prerender")], 503),
+        ("GET", [("Purpose", "prefetch")], 503),
+        ("GET", [("X-Purpose", "preview")], 503),
+        ("GET", [("X-moz", "prefetch")], 503),
+        ("HEAD", [], 302),
+        ("GET", [("User-Agent", "facebookexternalhit/1.1")], 302),
+    ],
+    ids=["sec-purpose", "prerender", "purpose", "x-purpose", "x-moz", "head", "preview-bot"],
+)
+async def test_a_single_use_token_survives_what_fetches_it_before_the_click(
+    launch: Launch, raw: Redis, method: str, headers: list[tuple[str, str]], answer: int
+) -> None:
+    gw = await launch(tokens=f"{{ttl_seconds: {TTL}, single_use: true}}")
+    link = (await page_a(gw)).links["pay1"]
+    options: dict[str, Any] = {"method": method, "headers": headers}
+    if headers and headers[0][0] == "User-Agent":
+        options = {"user_agent": headers[0][1]}
+    for _ in range(2):
+        ahead = await follow(gw, link, **options)
+        assert (ahead.status, ahead.cookies()) == (answer, {})
+        assert ahead.location in (None, "/checkout?cart=1")
+    assert await _calls(raw, "getdel") == 0
+    # The visitor's click still carries the identity.
+    assert_handed_over(await follow(gw, link), "/checkout?cart=1")
+
+
 async def test_stalled_store_never_falls_back_to_raw_ids(
     launch: Launch, redis_server: RedisServer
 ) -> None:
@@ -831,9 +861,16 @@ async def test_fresh_token_after_the_page_token_is_gone(launch: Launch, raw: Red
     assert location == f"{ORIGINAL['pay1']}&ajs_token={token}"
     assert await raw.exists(f"{PREFIX}t:{token}") == 1
     assert_handed_over(await follow(gw, location), "/checkout?cart=1")
-    # HEAD works like GET (link prefetchers).
+    # A HEAD (link checkers, mail scanners) is sent on without a credential, a browser's
+    # prefetch is refused: neither is the visitor's click.
+    keys = len(await token_keys(raw))
     head = await fetch(gw, fresh(ORIGINAL["pay2"]), method="HEAD", cookie=VISITOR)
-    assert head.status == 302 and "ajs_token=" in (head.location or "")
+    assert (head.status, head.location) == (302, ORIGINAL["pay2"])
+    prefetch = await fetch(
+        gw, fresh(ORIGINAL["pay2"]), cookie=VISITOR, headers=[("Sec-Purpose", "prefetch")]
+    )
+    assert (prefetch.status, prefetch.headers["Cache-Control"]) == (503, "no-store")
+    assert len(await token_keys(raw)) == keys
 
 
 async def test_fresh_signature(launch: Launch) -> None:
