@@ -52,9 +52,10 @@ MAX_ATTEMPTS = 8
 RETRY_BASE = 0.25
 RETRY_CAP = 30.0
 
-# Where the id of a hand-off came from: the URL form, or a link minted for an app or an email
-# (``python -m gateway link``, ``POST /links``), whose credential says so.
-HandoffSource = Literal["query", "token", "signed", "app"]
+# Where the id of a hand-off came from: the URL form, a link minted for an app or an email
+# (``python -m gateway link``, ``POST /links``), whose credential says so, or the round trip
+# through a sibling that rescued an undecorated arrival (gateway/rescue.py).
+HandoffSource = Literal["query", "token", "signed", "app", "rescue"]
 Outcome = Literal["sent", "retry", "rejected"]
 
 
@@ -70,6 +71,8 @@ def handoff_source(method: str, source: str, form: Strategy | None) -> HandoffSo
         return None
     if source == "app":
         return "app"
+    if source == "rescue":
+        return "rescue"
     if source == "url" and form is not None:
         return form
     return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -25,9 +25,10 @@ from .consent import effective as effective_consent
 from .consent import refusal as consent_refusal
 from .crossings import cross_domain_arrival, marker_cookie
 from .headers import visitor_scheme
+from .hosts import hostname
 from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
-from .identity import expired_cookie, identity_cookies
+from .identity import decorate_url, expired_cookie, identity_cookies, read_cookie
 from .inbound import (
     Arrival,
     cookies_may_be_withheld,
@@ -45,12 +46,23 @@ from .outbound import (
     prepare_for_rewrite,
 )
 from .outbound import plan as outbound_plan
-from .params import IDENTITY_PARAMS
+from .params import AID_PARAM, IDENTITY_PARAMS, RESCUE_PARAM, TOKEN_PARAM, UID_PARAM
+from .rescue import (
+    CREDENTIAL_TTL,
+    GUARD_COOKIE,
+    credential,
+    eligible,
+    guard_cookie,
+    is_top_level_navigation,
+    rescue_back,
+    rescue_location,
+    sibling_origin,
+)
 from .responses import plain_response
 from .speculative import Speculative, speculative
 from .state import ProxyState
 from .store import StoreError
-from .strategies import TokenRecord, new_token, token_refusal
+from .strategies import TokenRecord, new_token, sign_params, token_refusal
 
 
 class IdentityFlow:
@@ -76,7 +88,7 @@ class IdentityFlow:
             sec_fetch_dest=headers.get("Sec-Fetch-Dest"),
             accept=headers.get("Accept"),
             cookie_headers=headers.getall("Cookie", ()),
-            carried=arrival.source in ("url", "app"),
+            carried=arrival.source in ("url", "app", "rescue"),
         )
         if found is None:
             return False
@@ -158,9 +170,13 @@ class IdentityFlow:
             shadow_cookie=config.identity.shadow_cookie,
             no_consent=no_consent,
             speculative=ahead,
+            rescue_guard=read_cookie(cookie_headers, GUARD_COOKIE) is not None,
         )
         if arrival.source != "none":
             state.metrics.id_source.labels(site.host, arrival.source).inc()
+        if url.rescued:
+            outcome = "rescued" if arrival.source == "rescue" else "empty"
+            state.metrics.rescues.labels(site.host, outcome).inc()
         # Server-side hand-off event (gateway/delivery.py): queued when the id came in the URL,
         # never awaited.
         state.events.handoff(request, arrival, url, config)
@@ -226,13 +242,107 @@ class IdentityFlow:
             location = decorated or to
         return responses.redirect(location)
 
+    def rescue(
+        self, request: web.BaseRequest, site: Site, arrival: Arrival, target: str
+    ) -> web.Response | None:
+        """The first leg of a rescue (gateway/rescue.py): a ``302`` to the sibling the visitor
+        came from, for an undecorated arrival that qualifies; None for every other request."""
+        if not site.rescue:
+            return None
+        headers = request.headers
+        config = self.state.config
+        sibling = sibling_origin(headers.get("Referer"), normalize_host(request.host), config)
+        go = eligible(
+            site=site,
+            method=request.method,
+            top_level=is_top_level_navigation(headers.get("Sec-Fetch-Dest"), headers.get("Accept")),
+            had_params=split_target(target)[3],
+            has_id=arrival.aid is not None and not arrival.minted,
+            guard=read_cookie(headers.getall("Cookie", ()), GUARD_COOKIE) is not None,
+            sibling=sibling,
+            ahead=arrival.speculative is not None,
+            consent=arrival.no_consent is None,
+        )
+        if not go or sibling is None:
+            return None
+        secure = _scheme(request, config) == "https"
+        back = f"{_scheme(request, config)}://{request.host}{target}"
+        response = responses.redirect(rescue_location(sibling, back))
+        response.headers.add("Set-Cookie", guard_cookie(secure=secure))
+        self.state.metrics.rescues.labels(site.host, "sent").inc()
+        return response
+
+    async def rescue_endpoint(
+        self, request: web.BaseRequest, site: Site, target: str
+    ) -> web.Response:
+        """The sibling's side of a rescue: send the visitor back to ``back`` with a credential
+        for their id, by the returning site's ``accept``, and the marker of the way back.
+
+        ``back`` must be a URL of a configured site with ``rescue`` on, other than this one,
+        and not one of the gateway's own paths: anything else is a 400, so the endpoint is no
+        open redirect and a rescue is never rescued."""
+        state = self.state
+        config = state.config
+        own_host = normalize_host(request.host)
+        back = parse_qs(target.partition("?")[2]).get("back", [""])[0]
+        returning = rescue_back(back, own_host, config)
+        if request.method != "GET" or returning is None:
+            state.metrics.rescues.labels(site.host, "refused").inc()
+            response = plain_response(
+                400, "400 Bad Request: not a way back to a site of this gateway with rescue on"
+            )
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        if self.speculative(request, site) is not None:
+            return self.discard()
+        arrival = await self.arrival(request, site, target.partition("?")[0])
+        params: list[tuple[str, str]] = []
+        if arrival.aid is not None and not arrival.minted:
+            params = await self.rescue_params(request, arrival, back, returning)
+        state.metrics.rescues.labels(site.host, "answered" if params else "unknown").inc()
+        location = decorate_url(back, [*params, (RESCUE_PARAM, "1")], IDENTITY_PARAMS)
+        return responses.redirect(location)
+
+    async def rescue_params(
+        self, request: web.BaseRequest, arrival: Arrival, back: str, returning: Site
+    ) -> list[tuple[str, str]]:
+        """The credential for the returning site, short-lived (rescue.CREDENTIAL_TTL); none if
+        the store or the keys cannot make the one it accepts."""
+        assert arrival.aid is not None
+        config = self.state.config
+        host = hostname(urlsplit(back).hostname or "")
+        keys = self.state.index.signing_keys
+        form = credential(returning.accept, can_sign=keys is not None)
+        if host is None or form is None:
+            return []
+        if form == "token":
+            token = await self.mint_token(request, arrival, (host,), ttl=CREDENTIAL_TTL)
+            return [] if token is None else [(TOKEN_PARAM, token)]
+        if form == "signed":
+            assert keys is not None
+            bind = config.signing.bind_user_agent
+            return sign_params(
+                aid=arrival.aid,
+                uid=arrival.uid,
+                target_host=host,
+                expires=int(time.time()) + CREDENTIAL_TTL,
+                keys=keys,
+                user_agent=request.headers.get("User-Agent") if bind else None,
+            )
+        return [(AID_PARAM, arrival.aid)] + ([(UID_PARAM, arrival.uid)] if arrival.uid else [])
+
     async def mint_token(
-        self, request: web.BaseRequest, arrival: Arrival, targets: Sequence[str]
+        self,
+        request: web.BaseRequest,
+        arrival: Arrival,
+        targets: Sequence[str],
+        ttl: int | None = None,
     ) -> str | None:
         """One token for this page view (one store round trip), or None if the store failed.
 
         It is bound to the token target patterns the response may link (only sites matching
-        one of them exchange it) and, with ``signing.bind_user_agent``, to this browser."""
+        one of them exchange it) and, with ``signing.bind_user_agent``, to this browser. It
+        lives ``tokens.ttl_seconds``, or ``ttl`` when shorter."""
         state = self.state
         assert arrival.aid is not None
         token = new_token()
@@ -246,7 +356,8 @@ class IdentityFlow:
             user_agent=request.headers.get("User-Agent", "") if bind else None,
         )
         try:
-            await state.store.put(token, record, state.config.tokens.ttl)
+            lifetime = state.config.tokens.ttl
+            await state.store.put(token, record, lifetime if ttl is None else min(ttl, lifetime))
         except StoreError:
             state.metrics.store_errors.labels("put").inc()
             return None

@@ -40,7 +40,15 @@ from .identity import (
     same_origin_location,
     split_identity_params,
 )
-from .params import AID_PARAM, EXP_PARAM, IDENTITY_PARAMS, SIG_PARAM, TOKEN_PARAM, UID_PARAM
+from .params import (
+    AID_PARAM,
+    EXP_PARAM,
+    IDENTITY_PARAMS,
+    RESCUE_PARAM,
+    SIG_PARAM,
+    TOKEN_PARAM,
+    UID_PARAM,
+)
 from .speculative import Speculative
 from .strategies import (
     SigningKeys,
@@ -50,7 +58,7 @@ from .strategies import (
     verify_signed,
 )
 
-Source = Literal["url", "app", "cookie", "shadow", "minted", "rejected", "none"]
+Source = Literal["url", "app", "rescue", "cookie", "shadow", "minted", "rejected", "none"]
 _REDIRECT_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -89,6 +97,8 @@ class UrlIdentity:
     refused: str | None = None
     # The credential was minted for an app, an email or a partner, not for a page's links.
     app: bool = False
+    # The URL is the way back from a sibling's rescue endpoint (gateway/rescue.py).
+    rescued: bool = False
 
     def exchanged(self, record: TokenRecord | None, rules: IdRules, reason: str) -> UrlIdentity:
         """The result of the token exchange (``record`` None: unknown, expired or store down;
@@ -170,7 +180,22 @@ def read_url_identity(
     bind_user_agent: bool,
     max_lifetime: int,
 ) -> UrlIdentity:
-    """Classify and check the URL's identity parameters (not the token exchange)."""
+    """Classify and check the URL's identity parameters (not the token exchange). The marker of
+    a return from a sibling's rescue endpoint is noted, and is no identity form of its own."""
+    if RESCUE_PARAM in params:
+        rest = {k: v for k, v in params.items() if k != RESCUE_PARAM}
+        found = read_url_identity(
+            rest,
+            site=site,
+            rules=rules,
+            host=host,
+            user_agent=user_agent,
+            now=now,
+            keys=keys,
+            bind_user_agent=bind_user_agent,
+            max_lifetime=max_lifetime,
+        )
+        return replace(found, rescued=True)
     if not params:
         return UrlIdentity(form=None)
     form: Strategy
@@ -261,6 +286,7 @@ def settle(
     shadow_cookie: str = Identity.shadow_cookie,
     no_consent: ConsentRefusal | None = None,
     speculative: Speculative | None = None,
+    rescue_guard: bool = True,
 ) -> Arrival:
     """Combine the URL's checked identity with the visitor's cookies.
 
@@ -273,6 +299,9 @@ def settle(
     expired. ``speculative`` (see :mod:`gateway.speculative`): ``url`` is expected to be empty
     too (no token is consumed); the cookies' id is used, but nothing is minted or written, and
     a prefetch of a URL with identity parameters is to be refused (``discard``).
+    ``rescue_guard``: the request carries the rescue guard cookie; a return from a sibling's
+    rescue endpoint without it is served in place, without the clean-up redirect, whose second
+    leg would look like a new undecorated arrival to rescue (see :mod:`gateway.rescue`).
     """
     if no_consent is not None:
         forward, redirect = _cleaned(method, target, path, cleaned_query, had_params)
@@ -309,7 +338,7 @@ def settle(
 
     source: Source
     if url.aid:
-        source = "app" if url.app else "url"
+        source = "app" if url.app else "rescue" if url.rescued else "url"
     elif url.form is not None and url.refused is not None:
         source = "rejected"
     elif kept == "restored":
@@ -326,6 +355,8 @@ def settle(
             source = "minted"
 
     forward, redirect = _cleaned(method, target, path, cleaned_query, had_params)
+    if url.rescued and not rescue_guard:
+        redirect = None
     discard = speculative == "prefetch" and had_params
     return Arrival(
         redirect=None if discard else redirect,

@@ -60,7 +60,7 @@ HtmlSkip = _BodySkip | GaveUpReason
 HTML_SKIP_REASONS: tuple[str, ...] = (*get_args(_BodySkip), *GAVE_UP_REASONS)
 # Series created at start for every site, so that the first event is an increase from 0
 # (rate() and increase() see nothing in a series that appears with its first count).
-_SOURCES = ("url", "app", "cookie", "shadow", "minted", "rejected")
+_SOURCES = ("url", "app", "rescue", "cookie", "shadow", "minted", "rejected")
 _STORE_OPERATIONS = ("put", "take", "health")
 
 
@@ -109,6 +109,7 @@ class Metrics:
     identity_refused: Counter
     consent_refused: Counter
     speculative_requests: Counter
+    rescues: Counter
     build_info: Gauge
     reloads: Counter
     events_sent: Counter
@@ -228,10 +229,20 @@ class Metrics:
                 "Upstream failures by kind (connect, timeout, reset, aborted_body).",
                 ("site", "kind"),
             ),
+            rescues=counter(
+                "gateway_rescues",
+                "Undecorated arrivals from a sibling site sent there for the visitor's id, by "
+                "site and outcome (sent: the round trip began here; rescued: it came back with "
+                "an id; empty: without one; answered, unknown: the sibling's endpoint sent an "
+                "id, or had none or no consent to send; refused: its back URL was no rescue "
+                "site of this gateway).",
+                ("site", "outcome"),
+            ),
             id_source=counter(
                 "gateway_identity_source",
                 "Where each request's anonymous id came from, by site (url: restored from a "
-                "hand-off; app: from a link minted for an app, an email or a partner; cookie; "
+                "hand-off; app: from a link minted for an app, an email or a partner; rescue: "
+                "brought back from a sibling site for an undecorated arrival; cookie; "
                 "shadow: restored from the server-only copy after the readable cookie was lost; "
                 "minted: a new visitor; rejected: the URL's identity was refused).",
                 ("site", "source"),

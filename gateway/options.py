@@ -332,6 +332,14 @@ class Site:
     )
     tls: UpstreamTLS = field(default_factory=UpstreamTLS)
     consent: ConsentOverride = field(default_factory=ConsentOverride)
+    rescue: bool = field(
+        default=False,
+        metadata=option(
+            "an arrival from another site of this gateway without identity (a navigation made "
+            "by page JavaScript) gets one round trip through that site's gateway endpoint, "
+            "which sends the visitor's id back (see Rescue of undecorated arrivals)"
+        ),
+    )
 
     @property
     def is_wildcard(self) -> bool:

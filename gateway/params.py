@@ -14,6 +14,7 @@ __all__ = [
     "EXP_PARAM",
     "IDENTITY_PARAMS",
     "PARAM_PREFIX",
+    "RESCUE_PARAM",
     "SIG_PARAM",
     "TOKEN_PARAM",
     "UID_PARAM",
@@ -27,8 +28,11 @@ UID_PARAM: Final = "ajs_uid"
 TOKEN_PARAM: Final = "ajs_token"
 SIG_PARAM: Final = "ajs_sig"
 EXP_PARAM: Final = "ajs_exp"
+# The marker of a return from a sibling's rescue endpoint (gateway/rescue.py): never rescued
+# again.
+RESCUE_PARAM: Final = "ajs_rescued"
 
-IDENTITY_PARAMS: Final = (AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM)
+IDENTITY_PARAMS: Final = (AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM, RESCUE_PARAM)
 """Every parameter that carries identity in a URL: taken out of arriving URLs, replaced in
 decorated links, listed to the bootstrap (in this order)."""
 

@@ -40,6 +40,7 @@ from .inbound import Arrival
 from .links import FRESH_LINK_PATH
 from .logs import Timestamps, write_event
 from .metrics import HtmlSkip
+from .rescue import RESCUE_PATH
 from .responses import fault, log_fault, plain_response
 from .state import Outcome, ProxyState
 from .upstream import (
@@ -145,8 +146,13 @@ class ProxyHandler:
         state = self.state
         target = upstream_target(request.raw_path)
         identity = self.identity
-        if target.partition("?")[0] == FRESH_LINK_PATH:
+        path = target.partition("?")[0]
+        if path == FRESH_LINK_PATH:
             response = await identity.fresh_link(request, site, target)
+            outcome.status = response.status
+            return response
+        if path == RESCUE_PATH:
+            response = await identity.rescue_endpoint(request, site, target)
             outcome.status = response.status
             return response
         arrival = await identity.arrival(request, site, target)
@@ -156,6 +162,10 @@ class ProxyHandler:
             response = identity.discard()
             outcome.status = response.status
             return response
+        rescue = identity.rescue(request, site, arrival, target)
+        if rescue is not None:
+            outcome.status = rescue.status
+            return rescue
         counted = identity.count_arrival(request, site, arrival, target)
         if arrival.redirect is not None:
             outcome.status = 302
@@ -499,6 +509,7 @@ _IDENTITY = {
     "url": "restored",
     "app": "restored_app",
     "cookie": "cookie",
+    "rescue": "restored_rescue",
     "shadow": "restored_shadow",
     "minted": "minted",
     "rejected": "refused",

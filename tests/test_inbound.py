@@ -8,6 +8,8 @@ the pure pipeline the proxy runs (split_target, read_url_identity, settle) with 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -351,3 +353,62 @@ def test_ahead_of_a_visit_the_cookies_id_is_used_but_nothing_written(ahead: Spec
         assert arrival.speculative == ahead
     gpc = decide("GET", "/", [f"{SHADOW}=kept-id"], no_consent="gpc", ahead=ahead)
     assert not gpc.expire_shadow
+
+
+# --- The way back from a sibling's rescue endpoint ---------------------------------------------
+
+
+def test_the_marker_of_the_way_back_is_no_identity_of_its_own() -> None:
+    arrival = decide("GET", "/from-js?via=script&ajs_rescued=1")
+    assert (arrival.redirect, arrival.target) == ("/from-js?via=script", "/from-js?via=script")
+    assert (arrival.minted, arrival.source) == (True, "minted")
+
+
+def test_an_id_brought_back_by_a_rescue_is_its_own_source() -> None:
+    arrival = decide("GET", "/p?ajs_aid=sibling-id&ajs_rescued=1")
+    assert (arrival.aid, arrival.write_aid, arrival.source) == (
+        "sibling-id",
+        "sibling-id",
+        "rescue",
+    )
+    assert arrival.redirect == "/p"
+    # Refused identity stays refused, marker or not.
+    strict = decide("GET", "/p?ajs_aid=forged&ajs_rescued=1", site=STRICT)
+    assert (strict.source, strict.refused) == ("rejected", "not_accepted")
+
+
+def test_without_the_guard_cookie_a_return_is_served_in_place() -> None:
+    # Its clean-up redirect's second leg would look like a new undecorated arrival.
+    rules = IdRules()
+    path, cleaned, params, had_params = split_target("/p?x=1&ajs_aid=sibling-id&ajs_rescued=1")
+    url = read_url_identity(
+        params,
+        site=OPEN,
+        rules=rules,
+        host=OPEN.host,
+        user_agent=None,
+        now=0.0,
+        keys=None,
+        bind_user_agent=False,
+        max_lifetime=600,
+    )
+    assert url.rescued
+    common: dict[str, Any] = {
+        "method": "GET",
+        "target": "/p?x=1&ajs_aid=sibling-id&ajs_rescued=1",
+        "path": path,
+        "cleaned_query": cleaned,
+        "had_params": had_params,
+        "url": url,
+        "cookie_headers": (),
+        "site": OPEN,
+        "rules": rules,
+        "mint": True,
+        "cookies_withheld": False,
+    }
+    kept = settle(**common, rescue_guard=False)
+    assert (kept.redirect, kept.target, kept.write_aid) == (None, "/p?x=1", "sibling-id")
+    assert settle(**common, rescue_guard=True).redirect == "/p?x=1"
+    # Any other arrival is cleaned up whatever the guard.
+    plain = settle(**{**common, "url": replace(url, rescued=False)}, rescue_guard=False)
+    assert plain.redirect == "/p?x=1"

@@ -28,6 +28,7 @@ CORE = {
     "gateway.links",
     "gateway.outbound",
     "gateway.options",
+    "gateway.rescue",
     "gateway.speculative",
     "gateway.store_url",
     "gateway.headers",

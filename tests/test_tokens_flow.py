@@ -1030,7 +1030,7 @@ async def test_bootstrap_refresh_plan_and_raw_id_targets(launch: Launch) -> None
         "e": LINK,
         "t": [PAY, SSO],
         "x": TTL - 30,
-        "q": ["ajs_aid", "ajs_uid", "ajs_token", "ajs_sig", "ajs_exp"],
+        "q": ["ajs_aid", "ajs_uid", "ajs_token", "ajs_sig", "ajs_exp", "ajs_rescued"],
         "c": ["ajs_token", "ajs_sig"],
     }
     assert config["a"] == AID and config["u"] == UID
