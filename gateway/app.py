@@ -24,12 +24,13 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from . import status
 from .admin import make_admin_app
+from .circuit import State
 from .config import Config, ConfigError, load_config
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
 from .state import ProxyState
-from .store import open_store
+from .store import CircuitBreakerStore, open_store
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,7 @@ class Gateway:
             session=make_session(config),
             upstreams=make_upstreams(config),
             metrics=self.metrics,
-            store=open_store(
-                config.store.url,
-                timeout_ms=config.store.timeout_ms,
-                key_prefix=config.store.key_prefix,
-            ),
+            store=self.make_store(config),
         )
         self._runners: list[web.BaseRunner] = []
         self._proxy_sites: list[web.TCPSite] = []
@@ -102,6 +99,34 @@ class Gateway:
         self.metrics.config_loaded(now)
         self.metrics.prepare(*_metric_labels(config))
         self.metrics.store_circuit(self.state.store.name, False)
+
+    def make_store(self, config: Config) -> CircuitBreakerStore:
+        """The configured token store behind its circuit breaker, whose changes are logged
+        (one ``store_circuit`` line each) and set ``gateway_store_circuit_open``."""
+        settings = config.store
+        store = CircuitBreakerStore(
+            open_store(
+                settings.url, timeout_ms=settings.timeout_ms, key_prefix=settings.key_prefix
+            ),
+            failures=settings.circuit_failures,
+            cooldown=settings.circuit_cooldown,
+            watch=lambda state, error: self._circuit_changed(store, state, error),
+        )
+        return store
+
+    def _circuit_changed(self, store: CircuitBreakerStore, state: State, error: str | None) -> None:
+        # A store replaced by a reload may still finish calls: its changes are logged, but the
+        # gauge speaks for the store in use.
+        if self.state.store is store:
+            self.metrics.store_circuit(store.name, state != "closed")
+        fields: dict[str, Any] = {"state": state, "store": store.name}
+        if state == "open":
+            breaker = store.breaker
+            fields.update(failures=breaker.threshold, cooldown=breaker.cooldown, error=error)
+        log = self.state.log
+        write_event(log, "store_circuit", **fields)
+        with contextlib.suppress(OSError, ValueError):
+            log.flush()
 
     async def store_health(self) -> dict[str, Any]:
         health = await self.state.store.health()
@@ -183,9 +208,7 @@ class Gateway:
             new = dataclasses.replace(new, server=old.server, admin=admin)
         if new.store != old.store:
             old_store = self.state.store
-            self.state.store = open_store(
-                new.store.url, timeout_ms=new.store.timeout_ms, key_prefix=new.store.key_prefix
-            )
+            self.state.store = self.make_store(new)
             self.metrics.store_circuit(self.state.store.name, False)
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(old_store.close())

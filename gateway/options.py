@@ -314,6 +314,25 @@ class Store:
             expected="1-64 of letters, digits, ':', '_', '-', '.'",
         ),
     )
+    circuit_failures: int = field(
+        default=5,
+        metadata=option(
+            "store failures or timeouts in a row that open the circuit breaker: store calls "
+            "are then skipped (token links left undecorated, arriving tokens refused) until "
+            "`circuit_cooldown` has passed, then one call probes the store",
+            min=1,
+            max=1000,
+        ),
+    )
+    circuit_cooldown: float = field(
+        default=10.0,
+        metadata=option(
+            "how long the open circuit skips store calls before probing it again",
+            min=0.1,
+            max=3600,
+            unit="s",
+        ),
+    )
 
 
 @dataclass(frozen=True)

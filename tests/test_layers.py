@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
 CORE = {
     "gateway.bootstrap",
     "gateway.body",
+    "gateway.circuit",
     "gateway.codings",
     "gateway.config",
     "gateway.crossings",
