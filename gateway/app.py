@@ -242,10 +242,17 @@ class Gateway:
         await self._stop.wait()
 
     async def drain_and_close(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        """Stop accepting, let in-flight requests finish within the grace period, then close.
+
+        Open WebSockets are closed at once with 1001 Going Away on both sides. Unlike a
+        request, a WebSocket does not finish by itself: waiting for it would only hold the
+        drain to its deadline and then cut it without a close frame, while a 1001 now tells
+        both peers to reconnect, to a gateway that is not stopping."""
         self.state.draining = True
         for site in self._proxy_sites:
             await site.stop()
+        for relay in list(self.state.relays):
+            relay.going_away()
         deadline = time.monotonic() + self.state.config.proxy.drain_timeout
         while self.state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import aiohttp
 
@@ -65,6 +65,13 @@ class ConfigIndex:
         return domain
 
 
+class OpenRelay(Protocol):
+    """An open WebSocket relay (websocket.py's ``Relay``), as a shutdown sees it."""
+
+    def going_away(self) -> None:
+        """Close both sides with 1001 Going Away."""
+
+
 @dataclass
 class Outcome:
     """What the access log and metrics record about one request."""
@@ -93,6 +100,8 @@ class ProxyState:
         self.log: TextIO = sys.stdout
         self.in_flight = 0
         self.draining = False
+        # WebSocket relays open right now (each is also a request in flight).
+        self.relays: set[OpenRelay] = set()
         self.reconfigure(config)
 
     @property
