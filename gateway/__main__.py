@@ -5,26 +5,49 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from .app import Overrides, run_process, supervise
+from .app import Overrides, config_failed, run_process, start_failed, supervise
 from .config import ConfigError, load_config
 from .keys import generate_key
+from .logs import install
 from .options import Admin, Server, declared_key
 
 _WORKERS = declared_key(Server, "workers")
 
 
+class UsageError(Exception):
+    """A command line argparse refuses (raised instead of its exit, so that ``serve`` can say
+    it as a JSON line)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
 def _port(value: str) -> int:
-    port = int(value)
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0-65535)")
     return port
 
 
 def _workers(value: str) -> int:
-    n: int | None = _WORKERS.convert(int(value))
+    try:
+        n: int | None = _WORKERS.convert(int(value))
+    except ValueError:
+        n = None
     if n is None:
-        raise argparse.ArgumentTypeError(f"{value} is not a worker count ({_WORKERS.expected})")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a worker count ({_WORKERS.expected})")
     return n
 
 
@@ -36,7 +59,7 @@ def _default(path: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ajs-identity-gateway",
         description="Identity gateway: keeps a visitor's Segment anonymousId across domains.",
     )
@@ -94,7 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    serving = argv_list[:1] == ["serve"]
+    if serving:
+        # From here on, everything this process (and each worker) writes is a JSON line:
+        # a start-up failure too, bad flags included.
+        install(sys.stdout)
+    try:
+        args = build_parser().parse_args(argv_list)
+    except UsageError as exc:
+        if serving:
+            return start_failed(f"{exc.message} (see serve --help)")
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+        return 2
     if args.command == "check-config":
         try:
             config = load_config(args.path, workers=args.workers)
@@ -117,10 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             workers = load_config(args.config).server.workers
         except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 1
+            return config_failed(args.config, exc)
     if workers > 1 and not args.reuse_port:
-        argv_list = list(sys.argv[1:] if argv is None else argv)
         return supervise(args.config, overrides, workers, _without_workers(argv_list))
     return run_process(
         args.config, overrides, reuse_port=args.reuse_port, worker_index=args.worker_index

@@ -110,6 +110,8 @@ class Arrival:
     # The browser may have withheld the visitor's cookies (see cookies_may_be_withheld): no id
     # was minted, and ``aid`` is None unless the URL proved one or the cookies came after all.
     cookies_withheld: bool
+    # Why identity in the URL was refused, in part or whole (UrlIdentity.refused), or None.
+    refused: str | None = None
 
 
 def identity_rules(config: Config) -> IdRules:
@@ -244,6 +246,7 @@ def settle(
         minted=minted,
         source=source,
         cookies_withheld=cookies_withheld,
+        refused=url.refused,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -358,14 +359,24 @@ def test_check_config_and_serve_refuse_memory_tokens_with_workers(tmp_path: Path
     ):
         result = _cli(*args)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
+        # check-config words it for a person; serve in its one start_failed JSON line.
+        said = result.stderr if args[0] == "check-config" else _start_failed(result)
         assert (
             f"{path}:1: store.url: memory:// keeps tokens inside one process, but --workers 2"
-            in (result.stderr)
+            in said
         )
     path.write_text(TOKEN_TARGET + "server: {port: 0, workers: 2}\nadmin: {port: 0}\n")
     result = _cli("serve", "--config", str(path))
     assert result.returncode == 1
-    assert "but server.workers is 2 and" in result.stderr
+    assert "but server.workers is 2 and" in _start_failed(result)
+
+
+def _start_failed(result: subprocess.CompletedProcess[str]) -> str:
+    """The problems of serve's start_failed line, the only thing it wrote."""
+    assert result.stderr == ""
+    [line] = [json.loads(text) for text in result.stdout.splitlines()]
+    assert (line["event"], line["level"]) == ("start_failed", "error")
+    return "\n".join(line["problems"])
 
 
 async def test_a_worker_refuses_to_reload_into_memory_tokens(tmp_path: Path) -> None:
