@@ -158,6 +158,7 @@ class Gateway:
         snap = status.snapshot(
             self.metrics.registry.collect(),
             sites=[site.host for site in config.sites],
+            modes={site.host: site.mode for site in config.sites},
             config=self.config_version,
             store=await self.store_health(),
             build={
@@ -325,9 +326,14 @@ def config_version(path: str, loaded_at: float) -> status.ConfigVersion:
     return status.ConfigVersion(path=path, sha256=digest, loaded_at=loaded_at)
 
 
-def _metric_labels(config: Config) -> tuple[list[str], list[str]]:
-    """The site hosts and the cross-domain patterns, for Metrics.prepare."""
-    return [s.host for s in config.sites], [c.host for c in config.cross_domains]
+def _metric_labels(config: Config) -> tuple[list[str], list[str], list[str]]:
+    """The site hosts, the cross-domain patterns and the observed sites, for
+    Metrics.prepare."""
+    return (
+        [s.host for s in config.sites],
+        [c.host for c in config.cross_domains],
+        [s.host for s in config.sites if s.mode == "observe"],
+    )
 
 
 def _listeners(config: Config) -> tuple[object, ...]:

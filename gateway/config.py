@@ -149,8 +149,16 @@ class Config:
 
     def summary(self) -> str:
         strategies = sorted({c.strategy for c in self.cross_domains})
+        modes = [s.mode for s in self.sites]
+        # Sites not fully on are named in the summary: a reload that switches one says so.
+        unusual = "".join(
+            f" ({m}: {', '.join(s.host for s in self.sites if s.mode == m)})"
+            for m in ("observe", "off")
+            if m in modes
+        )
         return (
-            f"{self.path}: ok: {len(self.sites)} site(s), {len(self.cross_domains)} cross-domain "
+            f"{self.path}: ok: {len(self.sites)} site(s){unusual}, "
+            f"{len(self.cross_domains)} cross-domain "
             f"host(s) ({', '.join(strategies) or 'none'}), store {redact_url(self.store.url)}, "
             f"bootstrap {'on' if self.analytics.write_key else 'off'}"
         )
@@ -276,6 +284,14 @@ class _Reader:
         raw = self.scalar(node, path)
         if len(self.problems) > before or (raw is None and _is_null(node)):
             return key.default  # null means the default; other problems are reported
+        if (
+            not isinstance(raw, str)
+            and isinstance(node, yaml.ScalarNode)
+            and node.value in key.words
+        ):
+            # YAML 1.1 reads off, on, yes and no as booleans: a word the key allows is taken
+            # as written (``mode: off``), whatever YAML makes of it.
+            raw = node.value
         value = key.convert(raw)
         if value is None:
             self.problem(node, path, f"{raw!r} is not valid ({key.expected})")

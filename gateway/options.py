@@ -44,6 +44,7 @@ from .store_url import parse_store_url
 
 __all__ = [
     "MAX_TOKEN_TTL",
+    "MODES",
     "STRATEGIES",
     "Admin",
     "Analytics",
@@ -51,6 +52,7 @@ __all__ = [
     "IdConflict",
     "Identity",
     "Key",
+    "Mode",
     "Option",
     "Proxy",
     "Server",
@@ -69,6 +71,10 @@ __all__ = [
 Strategy = Literal["query", "token", "signed"]
 STRATEGIES: tuple[Strategy, ...] = typing.get_args(Strategy)
 IdConflict = Literal["url", "cookie"]
+# What the gateway does about identity on a site (``sites[].mode``): everything, count what it
+# would do and change nothing, or nothing at all.
+Mode = Literal["active", "observe", "off"]
+MODES: tuple[Mode, ...] = typing.get_args(Mode)
 
 # A token is a bearer credential for the visitor's identity, so it lives 10 minutes at most;
 # the store refuses longer TTLs too.
@@ -206,6 +212,15 @@ class Site:
             expected=f"a list of {', '.join(STRATEGIES)}",
             default_text="all",
             bespoke=True,
+        ),
+    )
+    mode: Mode = field(
+        default="active",
+        metadata=option(
+            "`active`: identity on; `observe`: identity computed and counted "
+            "(`gateway_observed_*`, `/status`) but the visitor gets the upstream's answer "
+            "unchanged and the upstream the request as sent; `off`: a plain proxy. A reload "
+            "(`SIGHUP`) switches it; see Rolling out to a site"
         ),
     )
 
@@ -586,6 +601,13 @@ class Key:
         if typing.get_origin(self.base) is tuple and args and dataclasses.is_dataclass(args[0]):
             return typing.cast(type, args[0])
         return None
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The values a key of a ``Literal`` type allows (none for any other key)."""
+        if typing.get_origin(self.base) is Literal:
+            return typing.get_args(self.base)
+        return ()
 
     @property
     def file_default(self) -> Any:

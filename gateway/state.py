@@ -95,6 +95,9 @@ class Outcome:
     decorated: int = 0
     # Why an HTML page that should have been rewritten went out (in part) without it.
     skipped: str | None = None
+    # The site's mode (sites[].mode): on an observed site, identity and decorated and skipped
+    # say what would have been done.
+    mode: str = "active"
 
 
 class ProxyState:

@@ -66,13 +66,13 @@ async def relay_websocket(
     base = URL(site.upstream)
     scheme = "wss" if base.scheme == "https" else "ws"
     # Identity parameters are the gateway's, never the upstream's: a WebSocket URL that carries
-    # them (it never should) has them removed, as any forwarded request does.
-    path, query, _, had_identity = split_target(upstream_target(request.raw_path))
-    target = (
-        (f"{path}?{query}" if query else path)
-        if had_identity
-        else upstream_target(request.raw_path)
-    )
+    # them (it never should) has them removed, as any request forwarded by an active site does
+    # (an observed or off site forwards requests as they came).
+    target = upstream_target(request.raw_path)
+    if site.mode == "active":
+        path, query, _, had_identity = split_target(target)
+        if had_identity:
+            target = f"{path}?{query}" if query else path
     url = URL(f"{scheme}://{base.raw_authority}{target}", encoded=True)
     try:
         upstream = await state.session.ws_connect(

@@ -46,6 +46,32 @@ def test_valid_config_is_normalised() -> None:
     assert "s3cret" not in config.summary()
 
 
+@pytest.mark.parametrize(
+    ("written", "mode"),
+    [
+        ("", "active"),
+        ("off", "off"),
+        ("'off'", "off"),
+        ("observe", "observe"),
+        ("active", "active"),
+    ],
+)
+def test_site_modes_are_read_as_written(written: str, mode: str) -> None:
+    """YAML 1.1 reads a bare ``off`` as false: a word the key allows is taken as written."""
+    line = f", mode: {written}" if written else ""
+    text = f"sites:\n  - {{host: a.test, upstream: 'http://127.0.0.1:1'{line}}}\n"
+    assert parse_config(text, "m.yaml", {}).sites[0].mode == mode
+
+
+@pytest.mark.parametrize("written", ["false", "no", "on", "paused"])
+def test_other_site_modes_are_refused(written: str) -> None:
+    text = f"sites:\n  - {{host: a.test, upstream: 'http://127.0.0.1:1', mode: {written}}}\n"
+    with pytest.raises(
+        ConfigError, match=r"sites\[0\]\.mode: .* is not valid \(active or observe or off\)"
+    ):
+        parse_config(text, "m.yaml", {})
+
+
 def test_site_lookup() -> None:
     config = parse_config(GOOD, "good.yaml", {"KEY": "k", "PW": "p"})
     assert config.site_for("WWW.EXAMPLE.COM:8080") is config.sites[0]

@@ -180,10 +180,10 @@ async def test_status_page_follows_a_reload(tmp_path: Path) -> None:
 def test_render_escapes_and_flags() -> None:
     metrics = Metrics.create()
     hostile = '<script>alert("x")</script>'
-    metrics.cross_domain_arrivals.labels("a.test", "b.test", "missing").inc(2)
-    metrics.cross_domain_arrivals.labels("a.test", "b.test", "carried").inc(18)
-    metrics.cross_domain_arrivals.labels("a.test", "c.test", "carried").inc(10)
-    metrics.cross_domain_arrivals.labels("b.test", "a.test", "missing").inc(1)
+    metrics.active.cross_domain_arrivals.labels("a.test", "b.test", "missing").inc(2)
+    metrics.active.cross_domain_arrivals.labels("a.test", "b.test", "carried").inc(18)
+    metrics.active.cross_domain_arrivals.labels("a.test", "c.test", "carried").inc(10)
+    metrics.active.cross_domain_arrivals.labels("b.test", "a.test", "missing").inc(1)
     metrics.store_circuit("redis", True)
     snap = snapshot(
         metrics.registry.collect(),
