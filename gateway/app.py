@@ -27,9 +27,11 @@ from . import status
 from .admin import make_admin_app
 from .circuit import State
 from .config import Config, ConfigError, load_config
+from .delivery import EventSender
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
+from .responses import ProxyServer
 from .state import ProxyState
 from .store import CircuitBreakerStore, open_store
 
@@ -106,7 +108,10 @@ class Gateway:
             upstreams=make_upstreams(config),
             metrics=self.metrics,
             store=self.make_store(config),
+            events=EventSender(config.events, self.metrics, self.log_event),
         )
+        # Tasks that close what a reload replaced, kept so that they are not collected.
+        self._closing: set[asyncio.Future[None]] = set()
         self._runners: list[web.BaseRunner] = []
         self._proxy_sites: list[web.TCPSite] = []
         self._stop = asyncio.Event()
@@ -146,6 +151,10 @@ class Gateway:
         with contextlib.suppress(OSError, ValueError):
             log.flush()
 
+    def log_event(self, event: str, **fields: Any) -> None:
+        """A log line from a part that runs beside the requests (the event sender)."""
+        write_event(self.state.log, event, **fields)
+
     async def store_health(self) -> dict[str, Any]:
         health = await self.state.store.health()
         if health.get("state") != "up":
@@ -173,7 +182,7 @@ class Gateway:
 
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
-        server = web.Server(
+        server = ProxyServer(
             ProxyHandler(self.state),
             access_log=None,
             max_field_size=config.proxy.max_header_size,
@@ -185,6 +194,7 @@ class Gateway:
         runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
+        self.state.events.start()
         site = web.TCPSite(
             runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=2048
         )
@@ -214,6 +224,7 @@ class Gateway:
             admin=f"{config.admin.host}:{self.bound_admin_port}",
             sites=[s.host for s in config.sites],
         )
+        _log_warnings(config)
 
     def reload(self) -> bool:
         """Re-read the config file; on any problem keep the running config."""
@@ -252,12 +263,23 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
+        if new.events != old.events:
+            # Queued events go out with the settings they were queued under.
+            old_events = self.state.events
+            self.state.events = EventSender(new.events, self.metrics, self.log_event)
+            self.state.events.start()
+            closing = asyncio.ensure_future(
+                old_events.close(time.monotonic() + new.proxy.drain_timeout)
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         self.state.reconfigure(new)
         self.metrics.prepare(*_metric_labels(new))
         now = time.time()
         self.config_version = config_version(self.config_path, now)
         self.metrics.config_reloaded(True, now)
         log_line("reloaded", summary=new.summary())
+        _log_warnings(new)
         return True
 
     def request_stop(self) -> None:
@@ -272,8 +294,11 @@ class Gateway:
         Open WebSockets are closed at once with 1001 Going Away on both sides. Unlike a
         request, a WebSocket does not finish by itself: waiting for it would only hold the
         drain to its deadline and then cut it without a close frame, while a 1001 now tells
-        both peers to reconnect, to a gateway that is not stopping."""
+        both peers to reconnect, to a gateway that is not stopping. Hand-off events are sent
+        at once from the start of the drain, and whatever is still queued when the requests
+        are done is flushed within the same deadline."""
         self.state.draining = True
+        self.state.events.drain()
         for site in self._proxy_sites:
             await site.stop()
         for relay in list(self.state.relays):
@@ -282,15 +307,29 @@ class Gateway:
         while self.state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         log_line("drained", in_flight_left=self.state.in_flight)
+        await self.state.events.close(deadline)
+        if self._closing:
+            # Senders a reload replaced get the same deadline.
+            await asyncio.wait(self._closing, timeout=max(0.0, deadline - time.monotonic()))
         await self.close()
 
     async def close(self) -> None:
         """Close the listeners and every client (also after a failed start)."""
         for runner in self._runners:
             await runner.cleanup()
+        # After a drain the event sender is closed already; after a failed start, nothing
+        # was served, so nothing waits to be sent.
+        await self.state.events.close(time.monotonic())
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.store.close()
+
+
+def _log_warnings(config: Config) -> None:
+    """Settings that are valid but weaken something (``tls.verify: false``), one line each:
+    check-config prints them, but a deployment may never run it."""
+    for warning in config.warnings:
+        log_line("config_warning", path=warning.path, message=warning.message)
 
 
 class StartError(OSError):

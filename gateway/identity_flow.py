@@ -87,7 +87,7 @@ class IdentityFlow:
             sec_fetch_dest=headers.get("Sec-Fetch-Dest"),
             accept=headers.get("Accept"),
             cookie_headers=headers.getall("Cookie", ()),
-            carried=arrival.source == "url",
+            carried=arrival.source in ("url", "app"),
         )
         if found is None:
             return False
@@ -160,6 +160,10 @@ class IdentityFlow:
         )
         if arrival.source != "none":
             counters.id_source.labels(site.host, arrival.source).inc()
+        # Server-side hand-off event (gateway/delivery.py): queued when the id came in the URL,
+        # never awaited. Not from an observed site: it would change the analytics data.
+        if site.mode == "active":
+            state.events.handoff(request, arrival, url, config)
         return arrival
 
     async def fresh_link(self, request: web.BaseRequest, site: Site, target: str) -> web.Response:

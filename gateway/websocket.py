@@ -10,6 +10,8 @@ close frame each peer can act on (reconnect elsewhere), never a cut connection.
 from __future__ import annotations
 
 import asyncio
+import ssl
+from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -22,6 +24,7 @@ from .hosts import Authority
 from .inbound import split_target
 from .responses import fault
 from .state import Outcome, ProxyState
+from .tls import server_hostname
 
 _GOING_AWAY = b"gateway shutting down"
 
@@ -74,15 +77,30 @@ async def relay_websocket(
         if had_identity:
             target = f"{path}?{query}" if query else path
     url = URL(f"{scheme}://{base.raw_authority}{target}", encoded=True)
+    # wss:// is checked as the site's tls says, with the context the HTTP pool uses for it.
+    tls: dict[str, Any] = {}
+    if scheme == "wss":
+        try:
+            tls["ssl"] = state.upstreams.ssl_context(site.tls)
+        except (OSError, ssl.SSLError) as exc:
+            return fault(state, site, outcome, exc, kind="tls")
+        tls["server_hostname"] = server_hostname(site.tls, base.raw_host or "")
     try:
         upstream = await state.session.ws_connect(
-            url, headers=headers, protocols=protocols, autoping=False, max_msg_size=max_message
+            url,
+            headers=headers,
+            protocols=protocols,
+            autoping=False,
+            max_msg_size=max_message,
+            **tls,
         )
     except aiohttp.WSServerHandshakeError as exc:
         outcome.upstream_status = exc.status
         return fault(state, site, outcome, exc, kind="ws_handshake")
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         return fault(state, site, outcome, exc, kind="timeout")
+    except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+        return fault(state, site, outcome, exc, kind="tls")
     except (aiohttp.ClientError, OSError) as exc:
         return fault(state, site, outcome, exc, kind="connect")
     outcome.upstream_status = 101
