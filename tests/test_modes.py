@@ -29,6 +29,8 @@ from gateway.config import load_config
 from gateway.store import CircuitBreakerStore, MemoryStore
 
 from .conftest import StartUpstream, _LogSink, bomb
+from .test_events_flow import Collector
+from .test_events_flow import collector as collector
 
 WWW = "www.example.com"
 LEGACY = "legacy.example.com"
@@ -57,7 +59,9 @@ BIG = (
 )
 
 
-def config_text(upstream: str, modes: dict[str, str], *, single_use: bool = False) -> str:
+def config_text(
+    upstream: str, modes: dict[str, str], *, single_use: bool = False, events: str = ""
+) -> str:
     sites = "\n".join(
         f"  - {{host: {host}, upstream: '{upstream}', mode: {modes.get(host, 'active')}}}"
         for host in (WWW, LEGACY, PLAIN)
@@ -74,7 +78,7 @@ tokens: {{single_use: {str(single_use).lower()}}}
 proxy: {{max_decoded_html: 65536}}
 server: {{host: 127.0.0.1, port: 0}}
 admin: {{host: 127.0.0.1, port: 0}}
-"""
+{events}"""
 
 
 # --- The upstream ------------------------------------------------------------------------------
@@ -441,6 +445,23 @@ async def test_observe_exchanges_a_token_without_spending_it(launch: Launch) -> 
     assert reply.status == 302 and f"ajs_anonymous_id={AID}" in reply.headers["Set-Cookie"]
     reply = await gw.get(target, LEGACY, headers=NAVIGATION)
     assert reply.status == 302 and "Set-Cookie" not in reply.headers
+
+
+async def test_observe_sends_no_hand_off_event(launch: Launch, collector: Collector) -> None:
+    events = (
+        "events: {enabled: true, write_key: wk_events, flush_interval: 0.05, "
+        f"endpoint: '{collector.url}'}}\n"
+    )
+    gw = await launch({LEGACY: "observe"}, events=events)
+    referred = {"Referer": f"https://{CHECKOUT}/", **NAVIGATION}
+    reply = await gw.get(f"/account?ajs_aid={AID}", LEGACY, headers=referred)
+    assert reply.status == 200
+    reply = await gw.get(f"/account?ajs_aid={AID}", WWW, headers=referred)
+    assert reply.status == 302
+    # Events go in order: once the active site's is in, the observed one's would be too.
+    (event,) = await collector.wait_accepted(1)
+    assert event["properties"]["to_domain"] == WWW
+    assert len(collector.accepted()) == 1
 
 
 # --- off ------------------------------------------------------------------------------------------
