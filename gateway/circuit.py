@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 State = Literal["closed", "open", "half_open"]
-STATES: tuple[State, ...] = ("closed", "open", "half_open")
 
 
 @dataclass(frozen=True)
