@@ -98,6 +98,25 @@ def is_trusted(peer: str | None, trusted: Networks) -> bool:
     return any(addr in net for net in trusted)
 
 
+def visitor_address(headers: Headers, peer: str | None, trusted_proxies: Networks) -> str | None:
+    """The visitor's IP address: the peer's, or, from a trusted proxy, the right-most address
+    of ``X-Forwarded-For`` that is not a trusted proxy's (the left of it is the visitor's own
+    claim, which anybody can forge). None when that entry is not an IP address."""
+    if not is_trusted(peer, trusted_proxies):
+        return peer
+    chain = [a.strip() for v in headers.getall("X-Forwarded-For", ()) for a in v.split(",")]
+    chain = [a for a in chain if a]
+    for address in reversed(chain):
+        address = address.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        if not is_trusted(address, trusted_proxies):
+            return address
+    return chain[0] if chain else peer
+
+
 def forwarded_headers(
     headers: Headers,
     *,

@@ -19,6 +19,7 @@ from gateway.headers import (
     forwarded_headers,
     routed_authority,
     upstream_target,
+    visitor_address,
     visitor_scheme,
 )
 from gateway.hosts import Authority
@@ -173,3 +174,16 @@ def test_visitor_scheme() -> None:
     assert visitor_scheme(https, "10.0.0.1", "http", TRUSTED) == "https"
     assert visitor_scheme(https, "203.0.113.1", "http", TRUSTED) == "http"
     assert visitor_scheme(h(("X-Forwarded-Proto", "gopher")), "10.0.0.1", "http", TRUSTED) == "http"
+
+
+def test_visitor_address() -> None:
+    chain = h(("X-Forwarded-For", "198.51.100.1, 203.0.113.9"), ("X-Forwarded-For", "10.1.1.1"))
+    # From a trusted proxy: the right-most address that is not a trusted proxy's.
+    assert visitor_address(chain, "10.0.0.1", TRUSTED) == "203.0.113.9"
+    # From anybody else: the peer; what it claims is not believed.
+    assert visitor_address(chain, "192.0.2.5", TRUSTED) == "192.0.2.5"
+    assert visitor_address(h(), "10.0.0.1", TRUSTED) == "10.0.0.1"
+    assert visitor_address(h(("X-Forwarded-For", "10.2.2.2")), "10.0.0.1", TRUSTED) == "10.2.2.2"
+    assert visitor_address(h(("X-Forwarded-For", "junk, 10.2.2.2")), "10.0.0.1", TRUSTED) is None
+    v6 = h(("X-Forwarded-For", "[2001:db8::1]"))
+    assert visitor_address(v6, "10.0.0.1", TRUSTED) == "2001:db8::1"
