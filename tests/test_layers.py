@@ -19,6 +19,7 @@ CORE = {
     "gateway.codings",
     "gateway.config",
     "gateway.crossings",
+    "gateway.firstparty",
     "gateway.hosts",
     "gateway.identity",
     "gateway.inbound",
