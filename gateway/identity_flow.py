@@ -22,6 +22,7 @@ from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site
 from .crossings import cross_domain_arrival, marker_cookie
+from .firstparty import delivery_allowed, prefix_for
 from .headers import visitor_scheme
 from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
@@ -313,6 +314,7 @@ class IdentityFlow:
                     own_host=own_host,
                     nonce=rewrite.nonce,
                     refresh=self.refresh_plan(),
+                    first_party=self.first_party(request, site),
                 )
             policy = None
             if rewrite.links:
@@ -339,6 +341,14 @@ class IdentityFlow:
         if personal:
             make_private(headers)
         return body
+
+    def first_party(self, request: web.BaseRequest, site: Site) -> str | None:
+        """The path the bootstrap loads analytics.js from on this page's own origin, or None
+        (first-party delivery off on this site, or not allowed for this visitor)."""
+        prefix = prefix_for(self.state.config.analytics, site)
+        if prefix is None or not delivery_allowed(request.headers, site):
+            return None
+        return prefix
 
     def rewrites(self, site: Site) -> bool:
         """Whether the site's HTML is rewritten at all: links to decorate or a bootstrap."""
