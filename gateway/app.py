@@ -231,6 +231,7 @@ class Gateway:
             await runner.cleanup()
         await self.state.session.close()
         await self.state.upstreams.close()
+        await self.state.close_relay()
         await self.state.store.close()
 
 
