@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .firstparty import path_problem
+from .firstparty import path_problem, prefix_for
 from .hosts import PATTERN, HostIndex, configured_host, hostname, is_public_suffix
 from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, weakness
 from .options import (
@@ -156,8 +156,20 @@ class Config:
         return (
             f"{self.path}: ok: {len(self.sites)} site(s), {len(self.cross_domains)} cross-domain "
             f"host(s) ({', '.join(strategies) or 'none'}), store {redact_url(self.store.url)}, "
-            f"bootstrap {'on' if self.analytics.write_key else 'off'}"
+            f"bootstrap {'on' if self.analytics.write_key else 'off'}, "
+            f"first-party {self._first_party_summary()}"
         )
+
+    def _first_party_summary(self) -> str:
+        """``off``, or each prefix in use and how many sites serve under it."""
+        prefixes: dict[str, int] = {}
+        for site in self.sites:
+            prefix = prefix_for(self.analytics, site)
+            if prefix is not None:
+                prefixes[prefix] = prefixes.get(prefix, 0) + 1
+        if not prefixes:
+            return "off"
+        return ", ".join(f"{p} ({n} site(s))" for p, n in prefixes.items())
 
 
 def load_config(
