@@ -3,15 +3,22 @@
 # ajs-identity-gateway container image.
 #
 #   docker build -t ajs-identity-gateway .
-#   docker run --rm -p 8080:8080 -p 9901:9901 \
-#       -e SEGMENT_WRITE_KEY=... -e GATEWAY_STORE_URL=memory:// \
-#       -e GATEWAY_SIGNING_KEYS=... ajs-identity-gateway
+#   docker run --rm -p 8080:8080 -p 127.0.0.1:9901:9901 \
+#       -e SEGMENT_WRITE_KEY=... ajs-identity-gateway
 #
 # Two stages: "build" installs the package and its dependencies into a
 # virtualenv; "runtime" copies only that virtualenv, so neither the source
 # tree nor pip's build dependencies end up in the final image.
+#
+# Reproducible: the base image is pinned by digest, and every Python package
+# comes from requirements.lock at an exact version whose files pip checks
+# against their sha256 (--require-hashes); nothing is resolved at build time.
+# To refresh either pin, see deploy/README.md ("Refreshing the pins").
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# python:3.11-slim on Debian bookworm (Python 3.11.16, the images built on
+# 2026-08-25). The digest is what Docker uses; the tag only says what it is
+# (python:3.11-slim itself now follows Debian trixie).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 
 # ---------------------------------------------------------------- build ----
 FROM ${PYTHON_IMAGE} AS build
@@ -24,10 +31,20 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# The dependencies first, in a layer of their own (rebuilt only when the
+# lock changes): exact versions, hashes checked, none resolved (--no-deps).
+# The lock also pins setuptools, the build backend, for the step below.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
+
+# The package itself, built with the locked setuptools (no build isolation,
+# which would download an unpinned one) and adding no dependency; pip check
+# fails the build if the lock lacks one that pyproject.toml names.
 # pyproject.toml names README.md as the project readme, so setuptools needs it.
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install . \
+RUN pip install --no-deps --no-build-isolation . \
+    && pip check \
     && python -m compileall -q /opt/venv
 
 # -------------------------------------------------------------- runtime ----

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import platform
@@ -25,9 +26,11 @@ from prometheus_client.multiprocess import mark_process_dead
 from . import status
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
+from .delivery import EventSender
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
+from .responses import ProxyServer
 from .state import ProxyState
 from .store import open_store
 
@@ -65,6 +68,23 @@ def log_line(event: str, **fields: Any) -> None:
         sys.stdout.flush()
 
 
+def start_failed(error: str, **fields: Any) -> int:
+    """Say in one line why the gateway does not start; the exit status to return."""
+    log_line("start_failed", error=error, **fields)
+    return 1
+
+
+def config_failed(path: str, exc: ConfigError) -> int:
+    """A config that does not load: every problem, each as check-config words it."""
+    problems = [str(p) for p in exc.problems]
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    return start_failed(
+        f"cannot load the config {path} ({count}; `check-config {path}` lists them too)",
+        config=path,
+        problems=problems,
+    )
+
+
 class Gateway:
     """One serving process: the proxy listener, the admin listener and their shared state."""
 
@@ -91,7 +111,10 @@ class Gateway:
                 timeout_ms=config.store.timeout_ms,
                 key_prefix=config.store.key_prefix,
             ),
+            events=EventSender(config.events, self.metrics, self.log_event),
         )
+        # Tasks that close what a reload replaced, kept so that they are not collected.
+        self._closing: set[asyncio.Future[None]] = set()
         self._runners: list[web.BaseRunner] = []
         self._proxy_sites: list[web.TCPSite] = []
         self._stop = asyncio.Event()
@@ -102,6 +125,10 @@ class Gateway:
         self.metrics.config_loaded(now)
         self.metrics.prepare(*_metric_labels(config))
         self.metrics.store_circuit(self.state.store.name, False)
+
+    def log_event(self, event: str, **fields: Any) -> None:
+        """A log line from a part that runs beside the requests (the event sender)."""
+        write_event(self.state.log, event, **fields)
 
     async def store_health(self) -> dict[str, Any]:
         health = await self.state.store.health()
@@ -129,7 +156,7 @@ class Gateway:
 
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
-        server = web.Server(
+        server = ProxyServer(
             ProxyHandler(self.state),
             access_log=None,
             max_field_size=config.proxy.max_header_size,
@@ -141,10 +168,11 @@ class Gateway:
         runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
+        self.state.events.start()
         site = web.TCPSite(
             runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=2048
         )
-        await site.start()
+        await _listen(site, "proxy", config.server.host, config.server.port, "--port, server.port")
         self._proxy_sites.append(site)
         self.bound_port = _bound_port(runner)
         admin = web.AppRunner(
@@ -155,7 +183,13 @@ class Gateway:
         await admin.setup()
         self._runners.append(admin)
         admin_site = web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=reuse_port)
-        await admin_site.start()
+        await _listen(
+            admin_site,
+            "admin port",
+            config.admin.host,
+            config.admin.port,
+            "--admin-port, admin.port",
+        )
         self.bound_admin_port = _bound_port(admin)
         log_line(
             "started",
@@ -164,6 +198,7 @@ class Gateway:
             admin=f"{config.admin.host}:{self.bound_admin_port}",
             sites=[s.host for s in config.sites],
         )
+        _log_warnings(config)
 
     def reload(self) -> bool:
         """Re-read the config file; on any problem keep the running config."""
@@ -204,12 +239,23 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
+        if new.events != old.events:
+            # Queued events go out with the settings they were queued under.
+            old_events = self.state.events
+            self.state.events = EventSender(new.events, self.metrics, self.log_event)
+            self.state.events.start()
+            closing = asyncio.ensure_future(
+                old_events.close(time.monotonic() + new.proxy.drain_timeout)
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         self.state.reconfigure(new)
         self.metrics.prepare(*_metric_labels(new))
         now = time.time()
         self.config_version = config_version(self.config_path, now)
         self.metrics.config_reloaded(True, now)
         log_line("reloaded", summary=new.summary())
+        _log_warnings(new)
         return True
 
     def request_stop(self) -> None:
@@ -219,20 +265,63 @@ class Gateway:
         await self._stop.wait()
 
     async def drain_and_close(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        """Stop accepting, let in-flight requests finish within the grace period, then close.
+
+        Hand-off events are sent at once from the start of the drain, and whatever is still
+        queued when the requests are done is flushed within the same deadline."""
         self.state.draining = True
+        self.state.events.drain()
         for site in self._proxy_sites:
             await site.stop()
         deadline = time.monotonic() + self.state.config.proxy.drain_timeout
         while self.state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         log_line("drained", in_flight_left=self.state.in_flight)
+        await self.state.events.close(deadline)
+        if self._closing:
+            # Senders a reload replaced get the same deadline.
+            await asyncio.wait(self._closing, timeout=max(0.0, deadline - time.monotonic()))
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the listeners and every client (also after a failed start)."""
         for runner in self._runners:
             await runner.cleanup()
+        # After a drain the event sender is closed already; after a failed start, nothing
+        # was served, so nothing waits to be sent.
+        await self.state.events.close(time.monotonic())
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.close_relay()
         await self.state.store.close()
+
+
+def _log_warnings(config: Config) -> None:
+    """Settings that are valid but weaken something (``tls.verify: false``), one line each:
+    check-config prints them, but a deployment may never run it."""
+    for warning in config.warnings:
+        log_line("config_warning", path=warning.path, message=warning.message)
+
+
+class StartError(OSError):
+    """A listener cannot be opened; the message says which, why and what to change. (An
+    OSError, as the failure it words, for callers that catch that: the demo.)"""
+
+
+async def _listen(site: web.TCPSite, role: str, host: str, port: int, setting: str) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        # create_server's own message repeats the address in Python's tuple form: name the
+        # cause alone (EADDRINUSE: "Address already in use"), or a resolver's answer.
+        if exc.errno and exc.errno > 0:
+            reason = f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+        else:
+            reason = exc.strerror or str(exc)
+        raise StartError(
+            f"the {role} cannot listen on {host}:{port}: {reason}; stop what holds it or "
+            f"choose another ({setting})"
+        ) from exc
 
 
 def config_version(path: str, loaded_at: float) -> status.ConfigVersion:
@@ -275,7 +364,11 @@ async def serve(
     loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
     loop.add_signal_handler(signal.SIGINT, gateway.request_stop)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
-    await gateway.start(reuse_port=reuse_port)
+    try:
+        await gateway.start(reuse_port=reuse_port)
+    except StartError as exc:
+        await gateway.close()
+        return start_failed(str(exc), pid=os.getpid())
     await gateway.wait_stopped()
     log_line("stopping", pid=os.getpid())
     await gateway.drain_and_close()
@@ -294,8 +387,7 @@ def run_process(
     try:
         config = overrides.apply(load_config(config_path, workers=overrides.workers))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return config_failed(config_path, exc)
     try:
         import uvloop
 
@@ -312,8 +404,7 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
     try:
         config = overrides.apply(load_config(config_path, workers=workers))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return config_failed(config_path, exc)
     # Port 0 (any free port) must be one port for every worker: it is chosen here, once, and
     # held for the supervisor's life (bound with SO_REUSEPORT, never listening, so it takes no
     # connections) so that nothing else can take it before a worker, or a replacement, binds.
@@ -347,7 +438,11 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
         return subprocess.Popen([*cmd, "--worker-index", str(index)], env=env)
 
     procs = [spawn(i) for i in range(workers)]
-    stopping = False
+    started = [time.monotonic()] * workers
+    # When each dead worker's replacement is due (None: alive, or not yet seen dead).
+    due: list[float | None] = [None] * workers
+    restarts = Restarts()
+    stopping = gave_up = False
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -364,15 +459,38 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
             alive = [p for p in procs if p.poll() is None]
             if stopping and not alive:
                 break
-            if not stopping:
-                for i, proc in enumerate(procs):
-                    if proc.poll() is not None:
-                        log_line("worker_restarted", pid=proc.pid, exit_code=proc.returncode)
-                        # Its live gauges (in-flight requests, reload success, circuit state)
-                        # no longer describe anything.
-                        mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
-                        time.sleep(0.5)
-                        procs[i] = spawn(i)
+            now = time.monotonic()
+            for i, proc in enumerate(procs):
+                if stopping or proc.poll() is None:
+                    continue
+                when = due[i]
+                if when is None:
+                    # Its live gauges (in-flight requests, reload success, circuit state)
+                    # no longer describe anything.
+                    mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
+                    delay = restarts.died(i, started[i], now)
+                    if delay is None:
+                        log_line(
+                            "supervisor_gave_up",
+                            error=f"worker {i} exited {restarts.give_up_after} times in a row "
+                            f"within {restarts.fast:g} s of its start (last exit status "
+                            f"{proc.returncode}); its own lines above say why. Stopping "
+                            "the other workers and exiting 1",
+                            pid=os.getpid(),
+                        )
+                        gave_up = True
+                        forward(signal.SIGTERM, None)
+                        break
+                    log_line(
+                        "worker_restarted",
+                        pid=proc.pid,
+                        exit_code=proc.returncode,
+                        restart_in=delay,
+                    )
+                    due[i] = now + delay
+                elif now >= when:
+                    procs[i] = spawn(i)
+                    started[i], due[i] = now, None
             time.sleep(0.2)
     finally:
         for sock in held:
@@ -382,7 +500,36 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
                 os.unlink(os.path.join(metrics_dir, path))
         with contextlib.suppress(OSError):
             os.rmdir(metrics_dir)
-    return 0 if all(p.returncode == 0 for p in procs) else 1
+    return 1 if gave_up or any(p.returncode != 0 for p in procs) else 0
+
+
+@dataclass
+class Restarts:
+    """When the supervisor replaces a worker that died, and when it stops trying.
+
+    A worker that dies within ``fast`` seconds of its start crashed fast: each fast crash in
+    a row doubles the wait before the next start (from ``first_delay``, at most
+    ``max_delay``), and ``give_up_after`` of them in a row end the supervisor. What kills a
+    worker that soon (a port taken, a config that no longer loads) is not cured by trying
+    again for ever, and whatever runs the gateway (systemd, Kubernetes) should see it fail. A
+    worker that lived longer starts its slot's count afresh. Pure: the clock is passed in.
+    """
+
+    fast: float = 10.0
+    first_delay: float = 0.5
+    max_delay: float = 8.0
+    give_up_after: int = 5
+    _streaks: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def died(self, slot: int, started_at: float, now: float) -> float | None:
+        """The wait before slot ``slot`` gets a new worker, or None: give up."""
+        if now - started_at >= self.fast:
+            self._streaks[slot] = 0
+            return self.first_delay
+        streak = self._streaks[slot] = self._streaks.get(slot, 0) + 1
+        if streak >= self.give_up_after:
+            return None
+        return min(self.first_delay * (1 << (streak - 1)), self.max_delay)
 
 
 def _hold_free_port(host: str) -> socket.socket:

@@ -42,7 +42,7 @@ from .firstparty import (
     route,
     upstream_url,
 )
-from .headers import visitor_address, visitor_scheme
+from .headers import client_address, visitor_scheme
 from .hosts import Authority
 from .logs import write_event
 from .outbound import accepts_coding
@@ -175,7 +175,7 @@ class FirstPartyRelay:
         url = upstream_url(analytics.api_url, api.upstream_path)
         target = url.split("://", 1)[1]
         target = target[target.index("/") :]
-        visitor = visitor_address(request.headers, request.remote, config.proxy.trusted_proxies)
+        visitor = client_address(request.headers, request.remote, config.proxy.trusted_proxies)
         headers = api_headers(request.headers, host=authority(url), visitor=visitor)
         try:
             async with asyncio.timeout(RELAY_TIMEOUT):

@@ -10,7 +10,11 @@ there before (the upstream's, or one the gateway set on purpose) is kept.
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import time
+from http import HTTPStatus
+
+from aiohttp import web, web_protocol
 from multidict import CIMultiDict
 
 from .config import Site
@@ -79,6 +83,7 @@ async def drop_server_header(request: web.Request, response: web.StreamResponse)
 # What the visitor is told for each kind of upstream fault (UpstreamError.kind).
 FAULTS: dict[str, tuple[int, str]] = {
     "connect": (502, "502 Bad Gateway: the upstream could not be reached"),
+    "tls": (502, "502 Bad Gateway: the upstream could not be reached securely"),
     "reset": (502, "502 Bad Gateway: the upstream did not give a valid response"),
     "aborted_body": (502, "502 Bad Gateway: the upstream's response ended early"),
     "ws_handshake": (502, "502 Bad Gateway: the upstream refused the WebSocket upgrade"),
@@ -95,7 +100,59 @@ def fault(
     the visitor's status and text."""
     kind = kind or str(getattr(exc, "kind", "reset"))
     state.metrics.upstream_errors.labels(site.host, kind).inc()
-    write_event(state.log, "upstream_error", site=site.host, kind=kind, error=repr(exc)[:200])
+    log_fault(state, "upstream_error", site, kind, error=repr(exc)[:200])
     status, text = FAULTS.get(kind, FAULTS["reset"])
     outcome.status = status
     return plain_response(status, text)
+
+
+def log_fault(state: ProxyState, event: str, site: Site, kind: str, **fields: object) -> None:
+    """Log a fault, at most one line a second per event, site and kind (logs.Throttle): a
+    dead upstream behind a busy site is one line, then one ``suppressed: N`` line a second,
+    not a line per request. Every fault is still counted in the metrics."""
+    now = time.monotonic()
+    verdict = state.faults.admit((event, site.host, kind), now)
+    if verdict.write:
+        if verdict.suppressed:
+            fields["suppressed"] = verdict.suppressed
+        write_event(state.log, event, site=site.host, kind=kind, **fields)
+    elif verdict.flush_at is not None:
+        asyncio.get_running_loop().call_later(
+            verdict.flush_at - now, _report_suppressed, state, verdict.flush_at
+        )
+
+
+def _report_suppressed(state: ProxyState, due_at: float) -> None:
+    # A timer may fire a hair before its time by the loop's clock resolution: the window it
+    # was set for counts as closed.
+    for (event, site, kind), held in state.faults.due(max(time.monotonic(), due_at)):
+        write_event(state.log, event, site=site, kind=kind, suppressed=held)
+
+
+class _RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse in the gateway's own words:
+    its default error page names the software in ``Server`` and quotes the visitor's bytes
+    back. The logging of the error (logs.py turns it into one JSON line) is aiohttp's own."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        response = plain_response(status, f"{status} {phrase}")
+        response.force_close()
+        return response
+
+
+class ProxyServer(web.Server):
+    """The low-level server of the proxy port, with the handler above for each connection."""
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)

@@ -14,6 +14,7 @@ import aiohttp
 
 from .asset_cache import AssetCache
 from .config import Config, Strategy
+from .delivery import EventSender
 from .firstparty import (
     CACHE_BYTES,
     CACHE_ENTRIES,
@@ -24,10 +25,12 @@ from .firstparty import (
 )
 from .identity import IdRules, cookie_domain
 from .inbound import identity_rules
+from .logs import Throttle
 from .metrics import Metrics
+from .options import UpstreamTLS
 from .store import TokenStore
 from .strategies import SigningKeys
-from .upstream import UpstreamPool
+from .upstream import Origin, UpstreamPool
 
 
 @dataclass
@@ -78,15 +81,30 @@ class ConfigIndex:
 class Outcome:
     """What the access log and metrics record about one request."""
 
+    # The id the request is known by upstream, to the visitor and in the log line.
+    request_id: str = ""
+    # The host of the site it was routed to ("-": none).
+    site: str = "-"
     status: int = 0
     upstream_status: int | None = None
     sent: int = 0
+    # Until the upstream's response head arrived, in milliseconds (None: not asked).
+    upstream_ms: float | None = None
+    # What the gateway did about identity: "restored" (from the URL, a hand-off), "cookie",
+    # "minted", "refused" (the URL's identity was not taken: ``refused_reason`` says why) or
+    # "none"; None when the request never reached the identity step.
+    identity: str | None = None
+    refused_reason: str | None = None
+    # Links (and redirect Locations) given identity in the response.
+    decorated: int = 0
+    # Why an HTML page that should have been rewritten went out (in part) without it.
+    skipped: str | None = None
 
 
 class ProxyState:
     """The state every part of the proxy shares: config and its index, the upstream pool, the
-    WebSocket session, metrics, the token store, the log, and first-party delivery's pool and
-    asset cache; changed by app.py (reload, drain)."""
+    WebSocket session, metrics, the token store, the hand-off event sender, the log, and
+    first-party delivery's pool and asset cache; changed by app.py (reload, drain)."""
 
     def __init__(
         self,
@@ -95,6 +113,7 @@ class ProxyState:
         metrics: Metrics,
         store: TokenStore,
         upstreams: UpstreamPool,
+        events: EventSender,
         relay_upstreams: UpstreamPool | None = None,
     ) -> None:
         self.session = session
@@ -110,7 +129,10 @@ class ProxyState:
         )
         self.metrics = metrics
         self.store = store
+        self.events = events
         self.log: TextIO = sys.stdout
+        # Repeated faults: at most one line a second per (event, site, kind); responses.py.
+        self.faults: Throttle[tuple[str, str, str]] = Throttle(interval=1.0)
         self.in_flight = 0
         self.draining = False
         self.reconfigure(config)
@@ -138,6 +160,18 @@ class ProxyState:
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a (reloaded) config together with its index: requests that start from now
-        on see both; those in flight keep the ones they started with."""
+        on see both; those in flight keep the ones they started with. The upstream pool takes
+        the sites' TLS settings for its new connections."""
         self.index = ConfigIndex.of(config)
         self._config = config
+        self.upstreams.configure_tls(upstream_tls(config))
+
+
+def upstream_tls(config: Config) -> dict[Origin, UpstreamTLS]:
+    """The TLS setting of each https upstream origin (config.py has made sure that sites
+    sharing an upstream share its setting)."""
+    return {
+        Origin.parse(site.upstream): site.tls
+        for site in config.sites
+        if site.upstream.startswith("https://")
+    }
