@@ -6,8 +6,9 @@ the browser, and so is every URL matching one of the EasyPrivacy path rules for 
 shapes (``/analytics.js/v1/``, ``/analytics.min.``, ... as firstparty.BLOCKED_PATTERNS lists
 them). With ``analytics.first_party: true`` the gateway serves analytics.js, its settings and
 the tracking API on each site's own origin, so the visitor's page and track events still reach
-the stand-in, relayed by the gateway, with the visitor's id; and the stand-in sees the
-visitor's address in ``X-Forwarded-For``.
+the stand-in, relayed by the gateway, with the visitor's id (a trackLink event too, whose code
+is a lazily loaded chunk of the library, fetched from the site like the rest); and the
+stand-in sees the visitor's address in ``X-Forwarded-For``.
 
 The gateway here stands behind a front proxy, as in production: it trusts 127.0.0.1 as a
 proxy, and the browser's requests carry ``X-Forwarded-For: 203.0.113.7`` as that proxy would
@@ -112,6 +113,12 @@ async def test_events_reach_segment_through_the_site_when_segment_is_blocked(
     aid = await j.arrived(HOST_A)
     await j.page.evaluate("analytics.track('First-party', {on: 'a'})")
     await j.stand_in.wait_for(HOST_A, "track")
+    # trackLink lives in a lazily loaded chunk (auto-track): it too comes from the site.
+    await j.page.evaluate("analytics.trackLink(document.getElementById('to-b'), 'To B')")
+    await j.page.wait_for_function(
+        f"() => performance.getEntriesByType('resource')"
+        f".some(e => e.name.includes('{PREFIX}/analytics-next/bundles/auto-track'))"
+    )
 
     await j.follow("#to-b")
     assert await j.arrived(HOST_B) == aid
@@ -121,6 +128,8 @@ async def test_events_reach_segment_through_the_site_when_segment_is_blocked(
     j.assert_one_id(aid, {HOST_A, HOST_B})
     kinds = {(e.host, e.type) for e in j.stand_in.events}
     assert {(HOST_A, "page"), (HOST_A, "track"), (HOST_B, "page"), (HOST_B, "track")} <= kinds
+    clicked = [e for e in j.stand_in.events if e.body.get("event") == "To B"]
+    assert len(clicked) == 1 and clicked[0].host == HOST_A, "trackLink's event"
     addresses = {e.forwarded_for for e in j.stand_in.events}
     assert addresses == {VISITOR_ADDRESS}, f"X-Forwarded-For at the stand-in: {addresses}"
     # The library never even asked for Segment's hosts or a blocked URL shape: everything
@@ -130,6 +139,7 @@ async def test_events_reach_segment_through_the_site_when_segment_is_blocked(
     assert {urlsplit(u).hostname for u in analytics} == {HOST_A, HOST_B}
     assert any(u.endswith(f"{PREFIX}/lib.js") for u in analytics)
     assert any(f"{PREFIX}/v1/projects/{WRITE_KEY}/settings" in u for u in analytics)
+    assert any(f"{PREFIX}/analytics-next/bundles/" in u for u in analytics), analytics
     assert any(re.search(rf"{PREFIX}/v1/[a-z]+$", u) for u in analytics), analytics
     assert not [u for u in analytics if aid in u], "the id was in a first-party URL"
     j.assert_healthy()
