@@ -74,12 +74,14 @@ __all__ = [
     "api_headers",
     "api_refusal",
     "asset_headers",
+    "authority",
     "default_path",
     "delivery_allowed",
     "path_problem",
     "prefix_for",
     "rewrite_settings",
     "route",
+    "upstream_url",
 ]
 
 # The library's file under the prefix: a name no block list singles out (not analytics.min.js).

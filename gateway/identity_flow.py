@@ -17,12 +17,11 @@ from urllib.parse import parse_qs
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import responses
+from . import firstparty, responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site
 from .crossings import cross_domain_arrival, marker_cookie
-from .firstparty import delivery_allowed, prefix_for
 from .headers import visitor_scheme
 from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
@@ -348,8 +347,8 @@ class IdentityFlow:
     def first_party(self, request: web.BaseRequest, site: Site) -> str | None:
         """The path the bootstrap loads analytics.js from on this page's own origin, or None
         (first-party delivery off on this site, or not allowed for this visitor)."""
-        prefix = prefix_for(self.state.config.analytics, site)
-        if prefix is None or not delivery_allowed(request.headers, site):
+        prefix = firstparty.prefix_for(self.state.config.analytics, site)
+        if prefix is None or not firstparty.delivery_allowed(request.headers, site):
             return None
         return prefix
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from . import firstparty
 from .config import Site
 from .firstparty import (
     MAX_API_BODY,
@@ -36,7 +38,6 @@ from .firstparty import (
     api_refusal,
     asset_headers,
     authority,
-    delivery_allowed,
     prefix_for,
     rewrite_settings,
     route,
@@ -83,7 +84,7 @@ class FirstPartyRelay:
         found = route(request.method, target.partition("?")[0], prefix, analytics.write_key)
         if found is None:
             return None
-        if not delivery_allowed(request.headers, site):
+        if not firstparty.delivery_allowed(request.headers, site):
             found = Refused(403, "403 Forbidden: first-party delivery is off for this request")
         if isinstance(found, Refused):
             response = _refused(found)
@@ -92,8 +93,7 @@ class FirstPartyRelay:
         else:
             response = await self.asset(request, site, routed, prefix, found, outcome)
         outcome.status = response.status
-        if isinstance(response, web.Response) and response.body is not None:
-            outcome.sent = len(response.body)  # type: ignore[arg-type]
+        outcome.sent = response.content_length or 0
         return response
 
     async def asset(
@@ -112,8 +112,10 @@ class FirstPartyRelay:
             fetched = await self.state.assets.get(url, policy.ttl, lambda: self._fetch(url))
         except AssetMissing as exc:
             outcome.upstream_status = exc.status
-            status = 404 if exc.status == 404 else 502
-            return _refused(Refused(status, f"{status} the CDN did not give {asset.kind}"))
+            if exc.status == 404:
+                return _refused(Refused(404, f"404 Not Found: the CDN has no such {asset.kind}"))
+            text = f"502 Bad Gateway: the CDN answered {exc.status} for the {asset.kind}"
+            return _refused(Refused(502, text))
         except (UpstreamError, TimeoutError) as exc:
             return self._failed(site, asset.kind, exc)
         outcome.upstream_status = 200
@@ -132,11 +134,9 @@ class FirstPartyRelay:
         return _asset_response(request, fetched, policy.cache_control)
 
     async def _fetch(self, url: str) -> Fetched:
-        target = url.split("://", 1)[1]
-        target = target[target.index("/") :] if "/" in target else "/"
         async with asyncio.timeout(RELAY_TIMEOUT):
             upstream = await self.state.relay_upstreams.request(
-                Origin.parse(url), "GET", target, asset_headers(authority(url)), None, None
+                Origin.parse(url), "GET", _target(url), asset_headers(authority(url)), None, None
             )
             try:
                 if upstream.status != 200:
@@ -173,14 +173,12 @@ class FirstPartyRelay:
         if refusal is not None:
             return _refused(refusal)
         url = upstream_url(analytics.api_url, api.upstream_path)
-        target = url.split("://", 1)[1]
-        target = target[target.index("/") :]
         visitor = client_address(request.headers, request.remote, config.proxy.trusted_proxies)
         headers = api_headers(request.headers, host=authority(url), visitor=visitor)
         try:
             async with asyncio.timeout(RELAY_TIMEOUT):
                 upstream = await self.state.relay_upstreams.request(
-                    Origin.parse(url), "POST", target, headers, _one(body), len(body)
+                    Origin.parse(url), "POST", _target(url), headers, _one(body), len(body)
                 )
                 try:
                     answer = await _read_limited(upstream, _MAX_API_ANSWER)
@@ -211,6 +209,11 @@ class FirstPartyRelay:
         )
         text = "504 Gateway Timeout" if timeout else "502 Bad Gateway"
         return _refused(Refused(status, f"{text}: Segment's {what} could not be reached"))
+
+
+def _target(url: str) -> str:
+    """The request-target of a configured upstream URL (its path; they have no query)."""
+    return urlsplit(url).path or "/"
 
 
 def _refused(refused: Refused) -> web.Response:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway import relay
+from gateway import firstparty, relay
 from gateway.asset_cache import AssetCache
 from gateway.firstparty import MAX_API_BODY, Fetched, default_path
 
@@ -451,3 +451,31 @@ async def test_a_site_path_of_its_own(
         assert resp.status == 200 and await resp.read()
     async with gw.request("GET", f"{PREFIX}/lib.js") as resp:
         assert await resp.text() == f"site:{PREFIX}/lib.js"
+
+
+async def test_the_consent_hook_decides_for_the_bootstrap_and_every_path(
+    running: tuple[RunningGateway, Segment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """firstparty.delivery_allowed is the one place the consent rules plug in: when it says
+    no, the page loads analytics.js as without first-party delivery, and every first-party
+    path, the API included, is a 403 that reaches nothing."""
+    gw, segment = running
+    asked: list[str | None] = []
+
+    def allowed(headers: Any, site: Any) -> bool:
+        asked.append(headers.get("Sec-GPC"))
+        return headers.get("Sec-GPC") != "1"
+
+    monkeypatch.setattr(firstparty, "delivery_allowed", allowed)
+    gpc = {"Sec-GPC": "1"}
+    async with gw.request("GET", "/", headers=gpc) as resp:
+        page = await resp.text()
+    assert '"f":null' in page
+    async with gw.request("GET", f"{PREFIX}/lib.js", headers=gpc) as resp:
+        assert resp.status == 403
+    async with await post(gw, "t", EVENT, **gpc) as resp:
+        assert resp.status == 403
+    assert segment.seen == []
+    async with gw.request("GET", "/") as resp:
+        assert f'"f":"{PREFIX}"' in await resp.text()
+    assert asked == ["1", "1", "1", None]
