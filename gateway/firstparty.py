@@ -14,7 +14,8 @@ longer lose the site's own events. This module decides every part of that which 
 - :class:`Policy` (:data:`POLICIES`): how long each kind of resource is cached here and by
   browsers.
 
-Guarantees, each tested in tests/test_firstparty.py:
+Guarantees, each tested in tests/test_firstparty.py (what the glue does with them in
+tests/test_relay.py):
 
 1. Only these resources are served: ``<prefix>/lib.js`` (the library), ``<prefix>/analytics-next/
    bundles/<name>.js`` (its chunks), ``<prefix>/next-integrations/…`` (destination scripts),

@@ -299,6 +299,16 @@ async def test_body_bound(running: tuple[RunningGateway, Segment]) -> None:
     assert segment.seen == []
 
 
+async def test_an_oversized_asset_is_not_served(
+    running: tuple[RunningGateway, Segment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw, _ = running
+    monkeypatch.setattr(relay, "MAX_ASSET_BYTES", len(LIBRARY) - 1)
+    async with gw.request("GET", f"{PREFIX}/lib.js") as resp:
+        assert resp.status == 502
+    assert gw.gateway.state.assets.stats().entries == 0
+
+
 async def test_methods_and_paths_that_are_not_served(
     running: tuple[RunningGateway, Segment],
 ) -> None:
