@@ -322,6 +322,7 @@ class Gateway:
         await self.state.events.close(time.monotonic())
         await self.state.session.close()
         await self.state.upstreams.close()
+        await self.state.close_relay()
         await self.state.store.close()
 
 

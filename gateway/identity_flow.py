@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import responses
+from . import firstparty, responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site
@@ -379,6 +379,7 @@ class IdentityFlow:
                     own_host=own_host,
                     nonce=rewrite.nonce,
                     refresh=self.refresh_plan(),
+                    first_party=self.first_party(request, site),
                 )
             policy = None
             if rewrite.links:
@@ -475,6 +476,14 @@ class IdentityFlow:
     def _observed_params(self, request: web.BaseRequest, arrival: Arrival) -> TargetParams:
         token = _STAND_IN_TOKEN if self.state.index.token_targets else None
         return self._params(request, arrival, token)
+
+    def first_party(self, request: web.BaseRequest, site: Site) -> str | None:
+        """The path the bootstrap loads analytics.js from on this page's own origin, or None
+        (first-party delivery off on this site, or not allowed for this visitor)."""
+        prefix = firstparty.prefix_for(self.state.config.analytics, site)
+        if prefix is None or not firstparty.delivery_allowed(request.headers, site):
+            return None
+        return prefix
 
     def rewrites(self, site: Site) -> bool:
         """Whether the site's HTML is rewritten at all: links to decorate or a bootstrap."""

@@ -40,6 +40,7 @@ from .inbound import Arrival
 from .links import FRESH_LINK_PATH
 from .logs import Timestamps, write_event
 from .metrics import HtmlSkip
+from .relay import FirstPartyRelay
 from .responses import fault, log_fault, plain_response
 from .state import Outcome, ProxyState
 from .upstream import (
@@ -81,6 +82,7 @@ class ProxyHandler:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
         self.identity = IdentityFlow(state)
+        self.relay = FirstPartyRelay(state)
         self._stamp = Timestamps()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -152,6 +154,13 @@ class ProxyHandler:
             response = await identity.fresh_link(request, site, target)
             outcome.status = response.status
             return response
+        if active:
+            # First-party delivery's paths (analytics.js, its settings, the tracking API) are
+            # the gateway's own, answered before identity is read: they carry none, and set
+            # none. An observed or off site forwards them, as any path, to its upstream.
+            relayed = await self.relay.handle(request, site, routed, target, outcome)
+            if relayed is not None:
+                return relayed
         if site.mode != "off":
             arrival = await identity.arrival(request, site, target)
             outcome.identity = _IDENTITY[arrival.source]

@@ -73,7 +73,7 @@ cross_domains:
   - {WWW}
   - {{host: {LEGACY}, strategy: token}}
   - {CHECKOUT}
-analytics: {{write_key: wk_test, cdn_url: 'http://127.0.0.1:9'}}
+analytics: {{write_key: wk_test, cdn_url: 'http://127.0.0.1:9', first_party: {{path: /_/fp}}}}
 tokens: {{single_use: {str(single_use).lower()}}}
 proxy: {{max_decoded_html: 65536}}
 server: {{host: 127.0.0.1, port: 0}}
@@ -365,11 +365,16 @@ async def test_observe_leaves_the_request_headers_and_the_gateways_endpoint_alon
         "gzip",
         "gzip, dcb, compress",
     ]
-    # The freshness endpoint is the gateway's on an active site; observed, it is a path of
-    # the upstream's like any other.
+    # The freshness endpoint and first-party delivery are the gateway's on an active site;
+    # observed, they are paths of the upstream's like any other.
     link = f"/_ajs_gateway/link?to=https://{LEGACY}/"
     reply = await gw.get(link, LEGACY, headers={"Cookie": VISITOR})
     assert (reply.status, json.loads(reply.body)["path"]) == (200, link)
+    seen = len(gw.upstream.seen)
+    await gw.get("/_/fp/lib.js", WWW)
+    assert len(gw.upstream.seen) == seen
+    reply = await gw.get("/_/fp/lib.js", LEGACY)
+    assert json.loads(reply.body)["path"] == "/_/fp/lib.js"
 
 
 async def test_observe_counts_a_redirect_it_would_decorate(launch: Launch) -> None:
@@ -479,15 +484,18 @@ async def test_off_is_a_plain_proxy_that_counts_nothing(launch: Launch) -> None:
     link = f"/_ajs_gateway/link?to=https://{LEGACY}/"
     reply = await gw.get(link, PLAIN, headers={"Cookie": VISITOR, **offered})
     assert json.loads(reply.body)["path"] == link
+    reply = await gw.get("/_/fp/lib.js", PLAIN, headers=offered)
+    assert json.loads(reply.body)["path"] == "/_/fp/lib.js"
     assert {h["Accept-Encoding"] for _, _, h in gw.upstream.seen} == {"gzip, dcb"}
     found = await gw.metrics()
     assert identity_samples(found, PLAIN, observed=False) == {}
     assert identity_samples(found, PLAIN, observed=True) == {}
-    assert (
-        counted(found, "gateway_requests_total", site=PLAIN, method="GET", status_class="2xx") == 3
+    requests = counted(
+        found, "gateway_requests_total", site=PLAIN, method="GET", status_class="2xx"
     )
+    assert requests == 4
     lines = gw.requests()
-    assert [(line["mode"], line["identity"]) for line in lines] == [("off", None)] * 3
+    assert [(line["mode"], line["identity"]) for line in lines] == [("off", None)] * 4
 
 
 async def test_websocket_urls_keep_their_parameters_unless_active(launch: Launch) -> None:
