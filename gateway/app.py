@@ -30,6 +30,7 @@ from .config import Config, ConfigError, load_config
 from .delivery import EventSender
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
+from .options import Events
 from .proxy import ProxyHandler, make_session, make_upstreams
 from .responses import ProxyServer
 from .state import ProxyState
@@ -108,7 +109,7 @@ class Gateway:
             upstreams=make_upstreams(config),
             metrics=self.metrics,
             store=self.make_store(config),
-            events=EventSender(config.events, self.metrics, self.log_event),
+            events=EventSender(_events(config), self.metrics, self.log_event),
         )
         # Tasks that close what a reload replaced, kept so that they are not collected.
         self._closing: set[asyncio.Future[None]] = set()
@@ -263,10 +264,10 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
-        if new.events != old.events:
+        if _events(new) != _events(old):
             # Queued events go out with the settings they were queued under.
             old_events = self.state.events
-            self.state.events = EventSender(new.events, self.metrics, self.log_event)
+            self.state.events = EventSender(_events(new), self.metrics, self.log_event)
             self.state.events.start()
             closing = asyncio.ensure_future(
                 old_events.close(time.monotonic() + new.proxy.drain_timeout)
@@ -577,3 +578,11 @@ def _hold_free_port(host: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     return sock
+
+
+def _events(config: Config) -> Events:
+    """The event settings with their endpoint resolved: by default events go where
+    analytics.js's own do (``analytics.api_url``), so one key names Segment's tracking API."""
+    if config.events.endpoint is not None:
+        return config.events
+    return dataclasses.replace(config.events, endpoint=config.analytics.api_url)

@@ -374,13 +374,14 @@ class Events:
             expected="letters, digits, '_' or '-'",
         ),
     )
-    endpoint: str = field(
-        default="https://api.segment.io",
+    endpoint: str | None = field(
+        default=None,
         metadata=option(
             "Segment's HTTP tracking API (or a regional endpoint, or a proxy of your own); "
             "batches are posted to `{endpoint}/v1/batch`",
             check=_http_url,
             expected="an http(s) URL, no query",
+            default_text="`analytics.api_url`",
         ),
     )
     batch_size: int = field(

@@ -776,3 +776,15 @@ def test_events_need_a_write_key_when_enabled() -> None:
     assert (config.events.enabled, config.events.write_key) == (True, "wk_abc")
     assert config.events.endpoint == "http://c:1/x"
     assert "wk_abc" not in repr(config)
+
+
+def test_events_go_where_analytics_js_sends_by_default() -> None:
+    """One key names Segment's tracking API: events.endpoint defaults to analytics.api_url."""
+    from gateway.app import _events
+
+    text = f"{MINIMAL}analytics: {{api_url: 'https://events.eu1.segmentapis.com'}}\n"
+    assert _events(parse_config(text, "f.yaml", {})).endpoint == (
+        "https://events.eu1.segmentapis.com"
+    )
+    text += "events: {endpoint: 'http://collector:9'}\n"
+    assert _events(parse_config(text, "f.yaml", {})).endpoint == "http://collector:9"
