@@ -6,15 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint bench e2e clean
 
-$(STAMP): pyproject.toml
+# setup.py builds the compiled scanner: a changed C source reinstalls (and rebuilds) it.
+$(STAMP): pyproject.toml setup.py gateway/html/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench setup.py
+	$(BIN)/ruff format --check gateway tests bench setup.py
 	$(BIN)/mypy
 
 test: lint

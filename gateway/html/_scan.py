@@ -1,4 +1,4 @@
-"""The rewriter's tokenizer side: where the tags, text states and foreign
+"""The rewriter's tokenizer side, in pure Python: where the tags, text states and foreign
 content of a document are, and which of them the rewriter must act on.
 
 ``Scanner.scan(buf, pos, final)`` reads ``buf`` from ``pos`` as far as it can decide, and
@@ -17,6 +17,11 @@ Events are tuples of four ints, ``(kind, a, b, c)``:
 * ``(FORM, attrs, end, 0)`` and ``(BASE, attrs, end, 0)``: a <form> or <base> start tag
   whose attributes are ``buf[attrs:end]`` (the tag ends at ``end``, its ">" included).
 * ``(INJECT, pos, pos, 0)``: the snippet goes in at ``pos``.
+
+gateway/html/_speedups.c is the same state machine compiled, with the same interface and
+the same events for the same input (tests/test_speedups.py holds them to it); gateway/html
+picks one at import time (see ``gateway.html.IMPLEMENTATION``). A change here is a change
+there.
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ a comment is ever mistaken for markup. A tiny stack of svg/math elements and the
 integration points stands in for the tree builder's "foreign content" decisions
 (CDATA sections, no text states). The scanner (``_scan.Scanner``) reports what the
 rewriter must act on as events (a link's href, a form, a <base>, where the snippet
-goes); this module asks the policy and makes the edits. The scanner runs the
-regexes of ``_tokens``: one regex call skips the uninteresting tags in C.
+goes); this module asks the policy and makes the edits. The scanner comes in two
+implementations that give the same events: pure Python over the regexes of
+``_tokens`` (one regex call skips the uninteresting tags in C), and a C extension
+(``_speedups.c``) used when it is built (see ``gateway.html.IMPLEMENTATION``).
 
 Guarantees:
 
@@ -61,7 +63,8 @@ from collections.abc import Sequence
 from typing import Final, Literal, Protocol, get_args
 
 from . import _scan, _tokens, charset
-from ._scan import FORM, HREF, INJECT, QUOTE_PLAIN, Event, Scanner
+from ._impl import Scanner, ScannerAPI
+from ._scan import FORM, HREF, INJECT, QUOTE_PLAIN, Event
 
 __all__ = [
     "GAVE_UP_AMBIGUITY",
@@ -149,7 +152,7 @@ class HtmlRewriter:
         self._header_encoding = None if charset is None else _lookup_header(charset)
         self._max_buffer = max_buffer
         self._encoding: str | None = None
-        self._scanner: Scanner | None = None  # once the encoding is known
+        self._scanner: ScannerAPI | None = None  # once the encoding is known
         self._buf = b""
         self._out: list[bytes] = []
         self._base: str | None = None
