@@ -451,9 +451,22 @@ typedef struct {
 static int
 add_event(PyObject *events, int kind, Py_ssize_t a, Py_ssize_t b, int c)
 {
-    PyObject *event = Py_BuildValue("(inni)", kind, a, b, c);
+    /* One per link: built by hand, Py_BuildValue parses its format every time. */
+    PyObject *event = PyTuple_New(4);
     if (event == NULL) {
         return -1;
+    }
+    PyObject *items[4] = {PyLong_FromLong(kind), PyLong_FromSsize_t(a), PyLong_FromSsize_t(b),
+                          PyLong_FromLong(c)};
+    for (int i = 0; i < 4; i++) {
+        if (items[i] == NULL) {
+            for (int k = i + 1; k < 4; k++) {
+                Py_XDECREF(items[k]);
+            }
+            Py_DECREF(event);
+            return -1;
+        }
+        PyTuple_SET_ITEM(event, i, items[i]);
     }
     int result = PyList_Append(events, event);
     Py_DECREF(event);

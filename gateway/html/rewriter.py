@@ -243,9 +243,19 @@ class HtmlRewriter:
         self._start = 0
         out = self._out
         emitted = 0
+        decorate = None if self._policy is None else self._policy.decorate
         for kind, start, end, quote in events:
             if kind == HREF:
-                edit = self._decorate_href(buf, start, end, quote)
+                assert decorate is not None
+                if quote == QUOTE_PLAIN:
+                    # The hot path, inline: most links need no decoding and no edit.
+                    plain = buf[start:end].decode("ascii")
+                    new = decorate(plain, self._base)
+                    if new is None or new == plain:
+                        continue
+                    edit = self._decorate_plain(buf, start, end, plain, new)
+                else:
+                    edit = self._decorate_href(buf, start, end, quote)
                 if edit is None:
                     continue
             elif kind == INJECT:
@@ -275,21 +285,21 @@ class HtmlRewriter:
     def _decorate_href(
         self, buf: bytes, start: int, end: int, quote: int
     ) -> tuple[int, int, bytes] | None:
-        """The edit for an href whose value is ``buf[start:end]`` (an HREF event), if
-        the policy changes it."""
+        """The edit for an href whose value is ``buf[start:end]`` (an HREF event, not
+        QUOTE_PLAIN: see _run), if the policy changes it."""
         assert self._policy is not None
-        if quote != QUOTE_PLAIN:
-            attribute = _Attribute(start, end, _QUOTES[quote])
-            url = self._value(buf, attribute)
-            if url is None:
-                return None
-            new = self._policy.decorate(url, self._base)
-            return None if new is None else self._edit(buf, attribute, url, new)
-        # The common case: a double-quoted value that needs no decoding.
-        plain = buf[start:end].decode("ascii")
-        new = self._policy.decorate(plain, self._base)
-        if new is None or new == plain:
+        attribute = _Attribute(start, end, _QUOTES[quote])
+        url = self._value(buf, attribute)
+        if url is None:
             return None
+        new = self._policy.decorate(url, self._base)
+        return None if new is None else self._edit(buf, attribute, url, new)
+
+    def _decorate_plain(
+        self, buf: bytes, start: int, end: int, plain: str, new: str
+    ) -> tuple[int, int, bytes] | None:
+        """The edit that makes ``new`` of a double-quoted href of PLAIN_ASCII bytes
+        ``buf[start:end]``, which is ``plain``."""
         if new.startswith(plain):
             # Appending to a plain value (no "&", so no character reference to extend):
             # insert the escaped addition before the closing quote, as _rewrite_value
