@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-pure demo lint bench e2e clean
+.PHONY: test test-pure demo lint docs bench e2e clean
 
 # setup.py builds the compiled scanner: a changed C source reinstalls (and rebuilds) it.
 $(STAMP): pyproject.toml setup.py gateway/html/_speedups.c
@@ -30,6 +30,10 @@ test: lint
 
 test-pure: $(STAMP)
 	GATEWAY_NO_EXTENSIONS=1 $(BIN)/pytest -q $(PURE_PYTHON_TESTS)
+
+# The README's configuration reference, generated from the declarations in gateway/options.py.
+docs: $(STAMP)
+	GATEWAY_UPDATE_DOCS=1 $(BIN)/pytest -q tests/test_options.py -k readme
 
 demo: $(STAMP)
 	$(BIN)/python -m gateway demo

@@ -5,40 +5,75 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from .app import Overrides, run_process, supervise
+from .app import Overrides, config_failed, run_process, start_failed, supervise
 from .config import ConfigError, load_config
 from .keys import generate_key
+from .logs import install
+from .options import Admin, Server, declared_key
+
+_WORKERS = declared_key(Server, "workers")
+
+
+class UsageError(Exception):
+    """A command line argparse refuses (raised instead of its exit, so that ``serve`` can say
+    it as a JSON line)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
 
 
 def _port(value: str) -> int:
-    port = int(value)
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0-65535)")
     return port
 
 
 def _workers(value: str) -> int:
-    n = int(value)
-    if not 1 <= n <= 256:
-        raise argparse.ArgumentTypeError(f"{value} is not a worker count (1-256)")
+    try:
+        n: int | None = _WORKERS.convert(int(value))
+    except ValueError:
+        n = None
+    if n is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a worker count ({_WORKERS.expected})")
     return n
 
 
+def _default(path: str) -> str:
+    """Where a ``serve`` option's value comes from when it is not given."""
+    section, name = path.split(".")
+    value = getattr({"server": Server, "admin": Admin}[section], name)
+    return f"(default: the config's {path}, else {value})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ajs-identity-gateway",
         description="Identity gateway: keeps a visitor's Segment anonymousId across domains.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", required=True, help="path to domains.yaml")
-    serve.add_argument("--host", help="proxy listen address (default from config, 0.0.0.0)")
-    serve.add_argument("--port", type=_port, help="proxy port (default 8080)")
-    serve.add_argument("--admin-host", help="admin listen address (default 127.0.0.1)")
-    serve.add_argument("--admin-port", type=_port, help="admin port (default 9901)")
-    serve.add_argument("--workers", type=_workers, help="worker processes (default 1)")
+    serve.add_argument("--host", help=f"proxy listen address {_default('server.host')}")
+    serve.add_argument("--port", type=_port, help=f"proxy port {_default('server.port')}")
+    serve.add_argument("--admin-host", help=f"admin listen address {_default('admin.host')}")
+    serve.add_argument("--admin-port", type=_port, help=f"admin port {_default('admin.port')}")
+    workers = f"worker processes {_default('server.workers')}"
+    serve.add_argument("--workers", type=_workers, help=workers)
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")
     check.add_argument(
@@ -53,13 +88,49 @@ def build_parser() -> argparse.ArgumentParser:
         "signing.keys and admin.token expect. For signing.keys, join keys with commas: the "
         "first signs, every one verifies.",
     )
-    demo = sub.add_parser("demo", help="run the offline demo sites behind the gateway")
+    demo = sub.add_parser(
+        "demo",
+        help="run the offline demo: two sites with and without the gateway, and a Segment "
+        "stand-in that counts the visitors",
+    )
     demo.add_argument("--config", default="config/demo.yaml")
+    demo.add_argument(
+        "--analytics-js",
+        choices=("auto", "npm", "shim"),
+        default="auto",
+        help="the real @segment/analytics-next from tests/e2e/node_modules (npm), the demo's "
+        "small shim (shim), or the real one when installed (auto, the default)",
+    )
+    demo.add_argument(
+        "--direct-shop-port",
+        type=_port,
+        default=8011,
+        help="port of the shop without the gateway (default 8011; 0: any free port)",
+    )
+    demo.add_argument(
+        "--direct-checkout-port",
+        type=_port,
+        default=8012,
+        help="port of the checkout without the gateway (default 8012; 0: any free port)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    serving = argv_list[:1] == ["serve"]
+    if serving:
+        # From here on, everything this process (and each worker) writes is a JSON line:
+        # a start-up failure too, bad flags included.
+        install(sys.stdout)
+    try:
+        args = build_parser().parse_args(argv_list)
+    except UsageError as exc:
+        if serving:
+            return start_failed(f"{exc.message} (see serve --help)")
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+        return 2
     if args.command == "check-config":
         try:
             config = load_config(args.path, workers=args.workers)
@@ -74,19 +145,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo.run import run_demo
 
-        return run_demo(args.config)
+        ports = (args.direct_shop_port, args.direct_checkout_port)
+        return run_demo(args.config, args.analytics_js, ports)
     overrides = Overrides(args.host, args.port, args.admin_host, args.admin_port, args.workers)
     workers = args.workers
     if workers is None:
         try:
             workers = load_config(args.config).server.workers
         except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 1
+            return config_failed(args.config, exc)
     if workers > 1 and not args.reuse_port:
-        argv_list = list(sys.argv[1:] if argv is None else argv)
         return supervise(args.config, overrides, workers, _without_workers(argv_list))
-    return run_process(args.config, overrides, reuse_port=args.reuse_port)
+    return run_process(
+        args.config, overrides, reuse_port=args.reuse_port, worker_index=args.worker_index
+    )
 
 
 def _without_workers(argv: list[str]) -> list[str]:

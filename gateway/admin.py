@@ -1,12 +1,13 @@
-"""The admin listener: liveness, readiness and Prometheus metrics, on a port of its own so that
-it is never reachable through the sites.
+"""The admin listener: liveness, readiness, Prometheus metrics and a status page for people, on a
+port of its own so that it is never reachable through the sites.
 
 With ``admin.token`` set (deployments bind this port to every interface so that probes and the
 scraper reach it):
 
-* ``/metrics`` answers only requests carrying ``Authorization: Bearer <token>`` (compared in
-  constant time); anything else gets 401 with ``WWW-Authenticate: Bearer``. Metrics name every
-  site and the hosts that refer visitors.
+* ``/metrics`` and ``/status`` answer only requests carrying ``Authorization: Bearer <token>``
+  (compared in constant time); anything else gets 401 with ``WWW-Authenticate: Bearer``.
+  Both name every site and the hosts that refer visitors; the status page also shows the
+  token store's address.
 * ``/healthz`` and ``/readyz`` stay open, because kubelet probes and load balancers carry no
   credentials, and keep their status codes. Without the token ``/readyz`` answers only
   ``{"status": ...}``: the config path, site count, in-flight count and the token store's
@@ -33,6 +34,9 @@ STATE_KEY = web.AppKey("state", ProxyState)
 # A coroutine returning the token store's health, e.g. {"state": "up"}; set by app.py.
 StoreCheck = Callable[[], Awaitable[dict[str, Any]]]
 STORE_CHECK_KEY = web.AppKey[StoreCheck]("store_check")
+# A coroutine returning the status page's HTML (gateway/status.py); set by app.py.
+StatusPage = Callable[[], Awaitable[str]]
+STATUS_PAGE_KEY = web.AppKey[StatusPage]("status_page")
 
 _REALM = 'Bearer realm="gateway-admin"'
 
@@ -96,12 +100,33 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-def make_admin_app(state: ProxyState, store_check: StoreCheck) -> web.Application:
+async def status(request: web.Request) -> web.Response:
+    """The status page: per-site hand-offs, fragmentation, skipped pages, store and config."""
+    if not _authorized(request):
+        return _unauthorized(request)
+    page = await request.app[STATUS_PAGE_KEY]()
+    response = web.Response(text=page, content_type="text/html", charset="utf-8")
+    # A page of counts and addresses: never cached, framed, or followed by a Referer, and
+    # nothing in it may load or run (it has inline styles only).
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+    )
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def make_admin_app(
+    state: ProxyState, store_check: StoreCheck, status_page: StatusPage
+) -> web.Application:
     app = web.Application()
     app.on_response_prepare.append(drop_server_header)
     app[STATE_KEY] = state
     app[STORE_CHECK_KEY] = store_check
+    app[STATUS_PAGE_KEY] = status_page
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
     return app

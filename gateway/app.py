@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import hashlib
 import os
+import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
+from . import status
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
 from .logs import write_event
-from .metrics import Metrics
+from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
 from .state import ProxyState
 from .store import open_store
@@ -60,13 +66,39 @@ def log_line(event: str, **fields: Any) -> None:
         sys.stdout.flush()
 
 
+def start_failed(error: str, **fields: Any) -> int:
+    """Say in one line why the gateway does not start; the exit status to return."""
+    log_line("start_failed", error=error, **fields)
+    return 1
+
+
+def config_failed(path: str, exc: ConfigError) -> int:
+    """A config that does not load: every problem, each as check-config words it."""
+    problems = [str(p) for p in exc.problems]
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    return start_failed(
+        f"cannot load the config {path} ({count}; `check-config {path}` lists them too)",
+        config=path,
+        problems=problems,
+    )
+
+
 class Gateway:
     """One serving process: the proxy listener, the admin listener and their shared state."""
 
-    def __init__(self, config: Config, config_path: str, overrides: Overrides) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str,
+        overrides: Overrides,
+        *,
+        reports_reloads: bool = True,
+    ) -> None:
+        """``reports_reloads``: this process records config reloads in the metrics (with
+        ``--workers N`` only worker 0 does, so that one reload counts once)."""
         self.config_path = config_path
         self.overrides = overrides
-        self.metrics = Metrics.create()
+        self.metrics = Metrics.create(reports_reloads=reports_reloads)
         self.state = ProxyState(
             config=config,
             session=make_session(config),
@@ -83,12 +115,35 @@ class Gateway:
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.bound_admin_port: int | None = None
+        now = time.time()
+        self.config_version = config_version(config_path, now)
+        self.metrics.config_loaded(now)
+        self.metrics.prepare(*_metric_labels(config))
+        self.metrics.store_circuit(self.state.store.name, False)
 
     async def store_health(self) -> dict[str, Any]:
         health = await self.state.store.health()
         if health.get("state") != "up":
             self.metrics.store_errors.labels("health").inc()
         return health
+
+    async def status_page(self) -> str:
+        """The admin status page (gateway/status.py) from this gateway's metrics."""
+        config = self.state.config
+        snap = status.snapshot(
+            self.metrics.registry.collect(),
+            sites=[site.host for site in config.sites],
+            config=self.config_version,
+            store=await self.store_health(),
+            build={
+                "version": gateway_version(),
+                "python": platform.python_version(),
+                "implementation": implementation(),
+            },
+            pid=os.getpid(),
+            workers=config.server.workers,
+        )
+        return status.render(snap)
 
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
@@ -107,16 +162,24 @@ class Gateway:
         site = web.TCPSite(
             runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=2048
         )
-        await site.start()
+        await _listen(site, "proxy", config.server.host, config.server.port, "--port, server.port")
         self._proxy_sites.append(site)
         self.bound_port = _bound_port(runner)
         admin = web.AppRunner(
-            make_admin_app(self.state, self.store_health), access_log=None, handle_signals=False
+            make_admin_app(self.state, self.store_health, self.status_page),
+            access_log=None,
+            handle_signals=False,
         )
         await admin.setup()
         self._runners.append(admin)
         admin_site = web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=reuse_port)
-        await admin_site.start()
+        await _listen(
+            admin_site,
+            "admin port",
+            config.admin.host,
+            config.admin.port,
+            "--admin-port, admin.port",
+        )
         self.bound_admin_port = _bound_port(admin)
         log_line(
             "started",
@@ -133,7 +196,7 @@ class Gateway:
                 load_config(self.config_path, workers=self.overrides.workers)
             )
         except ConfigError as exc:
-            self.metrics.reloads.labels("invalid").inc()
+            self.metrics.config_reloaded(False, time.time())
             log_line("reload_failed", problems=[str(p) for p in exc.problems])
             return False
         old = self.state.config
@@ -147,6 +210,7 @@ class Gateway:
             self.state.store = open_store(
                 new.store.url, timeout_ms=new.store.timeout_ms, key_prefix=new.store.key_prefix
             )
+            self.metrics.store_circuit(self.state.store.name, False)
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(old_store.close())
             )
@@ -165,7 +229,10 @@ class Gateway:
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
         self.state.reconfigure(new)
-        self.metrics.reloads.labels("ok").inc()
+        self.metrics.prepare(*_metric_labels(new))
+        now = time.time()
+        self.config_version = config_version(self.config_path, now)
+        self.metrics.config_reloaded(True, now)
         log_line("reloaded", summary=new.summary())
         return True
 
@@ -184,11 +251,53 @@ class Gateway:
         while self.state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         log_line("drained", in_flight_left=self.state.in_flight)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the listeners and every client (also after a failed start)."""
         for runner in self._runners:
             await runner.cleanup()
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.store.close()
+
+
+class StartError(OSError):
+    """A listener cannot be opened; the message says which, why and what to change. (An
+    OSError, as the failure it words, for callers that catch that: the demo.)"""
+
+
+async def _listen(site: web.TCPSite, role: str, host: str, port: int, setting: str) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        # create_server's own message repeats the address in Python's tuple form: name the
+        # cause alone (EADDRINUSE: "Address already in use"), or a resolver's answer.
+        if exc.errno and exc.errno > 0:
+            reason = f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+        else:
+            reason = exc.strerror or str(exc)
+        raise StartError(
+            f"the {role} cannot listen on {host}:{port}: {reason}; stop what holds it or "
+            f"choose another ({setting})"
+        ) from exc
+
+
+def config_version(path: str, loaded_at: float) -> status.ConfigVersion:
+    """Which config file serves: its SHA-256 (what ``sha256sum`` prints), read just after the
+    file was loaded (a write in between would show the newer file's digest until the next
+    reload), or None if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            digest: str | None = hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError:
+        digest = None
+    return status.ConfigVersion(path=path, sha256=digest, loaded_at=loaded_at)
+
+
+def _metric_labels(config: Config) -> tuple[list[str], list[str]]:
+    """The site hosts and the cross-domain patterns, for Metrics.prepare."""
+    return [s.host for s in config.sites], [c.host for c in config.cross_domains]
 
 
 def _listeners(config: Config) -> tuple[object, ...]:
@@ -202,13 +311,23 @@ def _bound_port(runner: web.BaseRunner) -> int | None:
     return None
 
 
-async def serve(config: Config, config_path: str, overrides: Overrides, reuse_port: bool) -> int:
-    gateway = Gateway(config, config_path, overrides)
+async def serve(
+    config: Config,
+    config_path: str,
+    overrides: Overrides,
+    reuse_port: bool,
+    worker_index: int | None = None,
+) -> int:
+    gateway = Gateway(config, config_path, overrides, reports_reloads=not worker_index)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
     loop.add_signal_handler(signal.SIGINT, gateway.request_stop)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
-    await gateway.start(reuse_port=reuse_port)
+    try:
+        await gateway.start(reuse_port=reuse_port)
+    except StartError as exc:
+        await gateway.close()
+        return start_failed(str(exc), pid=os.getpid())
     await gateway.wait_stopped()
     log_line("stopping", pid=os.getpid())
     await gateway.drain_and_close()
@@ -216,13 +335,18 @@ async def serve(config: Config, config_path: str, overrides: Overrides, reuse_po
     return 0
 
 
-def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False) -> int:
-    """Serve in this process (one worker) on uvloop when it is installed."""
+def run_process(
+    config_path: str,
+    overrides: Overrides,
+    reuse_port: bool = False,
+    worker_index: int | None = None,
+) -> int:
+    """Serve in this process (one worker) on uvloop when it is installed; ``worker_index``:
+    its place among a supervisor's workers (None: there is no supervisor)."""
     try:
         config = overrides.apply(load_config(config_path, workers=overrides.workers))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return config_failed(config_path, exc)
     try:
         import uvloop
 
@@ -230,24 +354,54 @@ def run_process(config_path: str, overrides: Overrides, reuse_port: bool = False
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config, config_path, overrides, reuse_port))
+        return runner.run(serve(config, config_path, overrides, reuse_port, worker_index))
 
 
 def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequence[str]) -> int:
     """Pre-fork: N worker processes share the listening ports with SO_REUSEPORT, the kernel
     spreads connections across them; signals are passed on, dead workers are replaced."""
     try:
-        load_config(config_path, workers=workers)
+        config = overrides.apply(load_config(config_path, workers=workers))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return config_failed(config_path, exc)
+    # Port 0 (any free port) must be one port for every worker: it is chosen here, once, and
+    # held for the supervisor's life (bound with SO_REUSEPORT, never listening, so it takes no
+    # connections) so that nothing else can take it before a worker, or a replacement, binds.
+    held: list[socket.socket] = []
+    chosen: list[str] = []
+    for flag, host, port in (
+        ("--port", config.server.host, config.server.port),
+        ("--admin-port", config.admin.host, config.admin.port),
+    ):
+        if port == 0:
+            held.append(_hold_free_port(host))
+            chosen += [flag, str(held[-1].getsockname()[1])]
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     # Each worker is told how many there are (--reuse-port keeps it from supervising in
-    # turn), so that its reloads are checked for what is safe with N processes.
-    cmd = [sys.executable, "-m", "gateway", *argv, "--workers", str(workers), "--reuse-port"]
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
-    stopping = False
+    # turn), so that its reloads are checked for what is safe with N processes, and its index:
+    # worker 0, and its replacements, record the config reloads that all of them perform. A
+    # flag given twice takes its last value: the chosen ports win over a --port 0 in argv.
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        *argv,
+        *chosen,
+        "--workers",
+        str(workers),
+        "--reuse-port",
+    ]
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*cmd, "--worker-index", str(index)], env=env)
+
+    procs = [spawn(i) for i in range(workers)]
+    started = [time.monotonic()] * workers
+    # When each dead worker's replacement is due (None: alive, or not yet seen dead).
+    due: list[float | None] = [None] * workers
+    restarts = Restarts()
+    stopping = gave_up = False
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -264,17 +418,86 @@ def supervise(config_path: str, overrides: Overrides, workers: int, argv: Sequen
             alive = [p for p in procs if p.poll() is None]
             if stopping and not alive:
                 break
-            if not stopping:
-                for i, proc in enumerate(procs):
-                    if proc.poll() is not None:
-                        log_line("worker_restarted", pid=proc.pid, exit_code=proc.returncode)
-                        time.sleep(0.5)
-                        procs[i] = subprocess.Popen(cmd, env=env)
+            now = time.monotonic()
+            for i, proc in enumerate(procs):
+                if stopping or proc.poll() is None:
+                    continue
+                when = due[i]
+                if when is None:
+                    # Its live gauges (in-flight requests, reload success, circuit state)
+                    # no longer describe anything.
+                    mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
+                    delay = restarts.died(i, started[i], now)
+                    if delay is None:
+                        log_line(
+                            "supervisor_gave_up",
+                            error=f"worker {i} exited {restarts.give_up_after} times in a row "
+                            f"within {restarts.fast:g} s of its start (last exit status "
+                            f"{proc.returncode}); its own lines above say why. Stopping "
+                            "the other workers and exiting 1",
+                            pid=os.getpid(),
+                        )
+                        gave_up = True
+                        forward(signal.SIGTERM, None)
+                        break
+                    log_line(
+                        "worker_restarted",
+                        pid=proc.pid,
+                        exit_code=proc.returncode,
+                        restart_in=delay,
+                    )
+                    due[i] = now + delay
+                elif now >= when:
+                    procs[i] = spawn(i)
+                    started[i], due[i] = now, None
             time.sleep(0.2)
     finally:
+        for sock in held:
+            sock.close()
         for path in os.listdir(metrics_dir):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(metrics_dir, path))
         with contextlib.suppress(OSError):
             os.rmdir(metrics_dir)
-    return 0 if all(p.returncode == 0 for p in procs) else 1
+    return 1 if gave_up or any(p.returncode != 0 for p in procs) else 0
+
+
+@dataclass
+class Restarts:
+    """When the supervisor replaces a worker that died, and when it stops trying.
+
+    A worker that dies within ``fast`` seconds of its start crashed fast: each fast crash in
+    a row doubles the wait before the next start (from ``first_delay``, at most
+    ``max_delay``), and ``give_up_after`` of them in a row end the supervisor. What kills a
+    worker that soon (a port taken, a config that no longer loads) is not cured by trying
+    again for ever, and whatever runs the gateway (systemd, Kubernetes) should see it fail. A
+    worker that lived longer starts its slot's count afresh. Pure: the clock is passed in.
+    """
+
+    fast: float = 10.0
+    first_delay: float = 0.5
+    max_delay: float = 8.0
+    give_up_after: int = 5
+    _streaks: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def died(self, slot: int, started_at: float, now: float) -> float | None:
+        """The wait before slot ``slot`` gets a new worker, or None: give up."""
+        if now - started_at >= self.fast:
+            self._streaks[slot] = 0
+            return self.first_delay
+        streak = self._streaks[slot] = self._streaks.get(slot, 0) + 1
+        if streak >= self.give_up_after:
+            return None
+        return min(self.first_delay * (1 << (streak - 1)), self.max_delay)
+
+
+def _hold_free_port(host: str) -> socket.socket:
+    """A socket bound to a free port on ``host`` (its first address) that workers binding
+    with SO_REUSEPORT can share."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock

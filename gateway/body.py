@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 from .codings import DecodeError, Decoder, Encoder, decoder_for, encoder_for
 from .html import GaveUpReason, HtmlRewriter
-from .identity import LinkDecorator
+from .links import LinkDecorator
 
 
 class DecodedTooLarge(DecodeError):

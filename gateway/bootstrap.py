@@ -34,7 +34,8 @@ The script does the following, written from scratch for this gateway:
    DOMContentLoaded (a tag manager) finds ``invoked`` set and stands down.
 4. It decorates cross-domain links and forms at the moment they are used (capturing listeners
    for click, auxclick and submit on ``document``), to cover what page JavaScript creates after
-   the HTML rewriter has seen the page. Hosts match exactly as ``identity.host_matches`` does;
+   the HTML rewriter has seen the page. Hosts match exactly as ``hosts.matches`` says (the
+   ``hit`` function is that rule in JavaScript; a test holds the two together);
    the ids come from the running library when it is ready, else from the embedded values;
    existing ``ajs_aid``/``ajs_uid`` are replaced; the rest of the URL keeps its text.
 
@@ -50,14 +51,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.identity import AID_PARAM, UID_PARAM
-from gateway.strategies import EXP_PARAM, SIG_PARAM, TOKEN_PARAM
-
-_IDENTITY_PARAMS = (AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM)
-# Every parameter analytics.js' query-string feature reads (ajs_aid, ajs_uid, ajs_event,
-# ajs_prop_*, ajs_trait_*) and every identity parameter of ours starts with this; the bootstrap
-# takes all of them out of the address bar (compared by decoded name, as the gateway does).
-_ADDRESS_BAR_PREFIX = "ajs_"
+from gateway.hosts import normalize
+from gateway.params import (
+    AID_PARAM,
+    IDENTITY_PARAMS,
+    PARAM_PREFIX,
+    SIG_PARAM,
+    TOKEN_PARAM,
+    UID_PARAM,
+)
 
 # The queue methods analytics.js replays from its snippet buffer (its public API names).
 _METHODS = (
@@ -108,7 +110,7 @@ _JS = (
     # 4. click-time decoration
     'function hit(h,L){h=(h||"").toLowerCase().replace(/\\.$/,"");if(!h||h==c.o)return!1;'
     "for(var i=0;i<L.length;i++){var t=L[i],n=t.length;"
-    'if(t.slice(0,2)=="*."?h.length>n&&h.slice(1-n)==t.slice(1)&&h.charAt(h.length-n)!=".":h==t)'
+    'if(t.slice(0,2)=="*."?h.length>=n&&h.slice(1-n)==t.slice(1)&&h.charAt(h.length-n)!=".":h==t)'
     "return!0}return!1}"
     "function web(u,L){try{u=new URL(u,d.baseURI)}catch(e){return!1}"
     "return/^https?:$/.test(u.protocol)&&hit(u.hostname,L||c.t)&&u.href}"
@@ -189,14 +191,6 @@ def _js_value(value: object) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _host_key(host: str) -> str:
-    """Normalize a host or ``*.`` pattern like ``identity.host_matches`` does (no port, no dot)."""
-    h = host.strip().lower()
-    if not h.startswith("[") and h.count(":") == 1:
-        h = h.partition(":")[0]
-    return h.rstrip(".")
-
-
 def render_bootstrap(
     *,
     write_key: str,
@@ -238,19 +232,21 @@ def _static_config(
     config = {
         "k": write_key,
         "c": cdn_url.rstrip("/"),
-        "t": [_host_key(t) for t in targets],
-        "o": _host_key(own_host),
+        "t": [normalize(t) for t in targets],
+        "o": normalize(own_host),
         "p": [AID_PARAM, UID_PARAM],
-        "s": list(_IDENTITY_PARAMS),
-        "b": _ADDRESS_BAR_PREFIX,
+        "s": list(IDENTITY_PARAMS),
+        # The bootstrap takes every parameter that starts with this out of the address bar
+        # (compared by decoded name, as the gateway does).
+        "b": PARAM_PREFIX,
         "m": _METHODS,
         "r": None
         if refresh is None
         else {
             "e": refresh.endpoint,
-            "t": [_host_key(t) for t in refresh.targets],
+            "t": [normalize(t) for t in refresh.targets],
             "x": refresh.fresh_for,
-            "q": list(_IDENTITY_PARAMS),
+            "q": list(IDENTITY_PARAMS),
             "c": [TOKEN_PARAM, SIG_PARAM],
         },
     }

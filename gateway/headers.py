@@ -76,6 +76,13 @@ CLIENT_ADDRESS = frozenset(
 )
 
 
+# The request id a front proxy may send and the gateway passes on, returns and logs: the form
+# nginx's $request_id, Envoy's x-request-id and Heroku's router ids all take (hex, UUIDs,
+# dotted or colon-separated hops), and nothing that could carry a line break or a quote.
+REQUEST_ID = "X-Request-Id"
+_REQUEST_ID_FORM = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def end_to_end(headers: Headers) -> CIMultiDict[str]:
     """Copy headers minus hop-by-hop ones, keeping order and repetitions (Set-Cookie)."""
     extra = connection_tokens(headers) - _NEVER_HOP
@@ -98,6 +105,40 @@ def is_trusted(peer: str | None, trusted: Networks) -> bool:
     return any(addr in net for net in trusted)
 
 
+def kept_request_id(headers: Headers, peer: str | None, trusted_proxies: Networks) -> str | None:
+    """The request id to keep: ``X-Request-Id`` as a trusted front proxy sent it, if it has
+    the form of one (1-128 of ``[A-Za-z0-9._:-]``). None: the gateway makes its own, as for
+    any id a visitor sends directly, which could be chosen to confuse the logs."""
+    value = headers.get(REQUEST_ID)
+    if value is None or not _REQUEST_ID_FORM.fullmatch(value):
+        return None
+    return value if is_trusted(peer, trusted_proxies) else None
+
+
+def client_address(headers: Headers, peer: str | None, trusted_proxies: Networks) -> str | None:
+    """The visitor's address, as far as it can be believed: the peer's, unless the peer is a
+    trusted proxy; then the right-most address of X-Forwarded-For that is not a trusted proxy.
+
+    Each trusted proxy appends the address it saw, so the chain is walked from the right, over
+    the trusted hops, to the first address none of them vouches for. Anything to the left of
+    it is the visitor's own claim (a client may send any X-Forwarded-For it likes), so the
+    left-most entry is taken only when every entry is a trusted proxy. An entry that is not
+    an IP address ends the walk at the last hop that was one.
+    """
+    if not is_trusted(peer, trusted_proxies):
+        return peer
+    believed = peer
+    for entry in reversed(",".join(headers.getall("X-Forwarded-For", ())).split(",")):
+        try:
+            addr = ipaddress.ip_address(entry.strip())
+        except ValueError:
+            return believed
+        believed = str(addr)
+        if not any(addr in net for net in trusted_proxies):
+            return believed
+    return believed
+
+
 def forwarded_headers(
     headers: Headers,
     *,
@@ -106,10 +147,12 @@ def forwarded_headers(
     trusted_proxies: Networks,
     site: Site,
     routed: Authority,
+    request_id: str,
 ) -> CIMultiDict[str]:
     """The request headers as the upstream should see them, for a request from ``peer`` over
-    ``scheme`` routed on ``routed``. Never a framing header: the upstream client writes the
-    framing of the body it actually sends."""
+    ``scheme`` routed on ``routed``, known as ``request_id`` (sent as X-Request-Id, in place
+    of any the request had). Never a framing header: the upstream client writes the framing
+    of the body it actually sends."""
     out = end_to_end(headers)
     out.popall("Content-Length", None)
     # We answer Expect ourselves (see proxy._expect_continue); the upstream gets the body anyway.
@@ -125,6 +168,7 @@ def forwarded_headers(
     # Host and X-Forwarded-Host name the host the request was routed on, checked and
     # normalised (hosts.parse_authority), never the raw value the visitor sent.
     out["X-Forwarded-Host"] = str(routed)
+    out[REQUEST_ID] = request_id
     out["Host"] = str(routed) if site.preserve_host else _authority_of(site.upstream)
     return out
 

@@ -1,43 +1,48 @@
-"""Identity rules on the wire: id validation, identity cookies, URL clean-up and link decoration.
+"""Identity rules on the wire: id validation, identity cookies, URL clean-up and decoration
+(``decorate_url``; which links get decorated is :mod:`gateway.links`' LinkDecorator).
 
 Everything here is pure (strings in, strings out, no I/O, no clocks except where a caller passes
 ``now``) so that the proxy glue stays thin and these rules can be tested exhaustively.
 
-Two parsers of URLs meet in this module: Python's ``urllib.parse`` (RFC 3986) and the browser's
-(the WHATWG URL Standard). Where they differ, the browser is the one that navigates, so the
-host-finding code below follows the WHATWG rules that matter for deciding *which host a URL goes
-to*: leading/trailing C0-control-or-space is trimmed, tab and newline are removed anywhere, ``\\``
-counts as ``/`` in http(s) URLs, any run of slashes after ``http:`` introduces the authority, and
-``http:foo`` is relative when the base is also ``http``. We never re-serialize a URL we were given:
-decoration edits the original text so that upstream applications see their own bytes.
+Two parsers of URLs meet here and in :mod:`gateway.links`: Python's ``urllib.parse`` (RFC
+3986) and the browser's (the WHATWG URL Standard). Where they differ, the browser is the one
+that navigates, so the host-finding code (links.py) follows the WHATWG rules that matter for
+deciding *which host a URL goes to*: leading/trailing C0-control-or-space is trimmed, tab and
+newline are removed anywhere, ``\\`` counts as ``/`` in http(s) URLs, any run of slashes after
+``http:`` introduces the authority, and ``http:foo`` is relative when the base is also
+``http``. We never re-serialize a URL we were given: decoration edits the original text so that
+upstream applications see their own bytes. What the host text then means (UTS #46, IP
+addresses) and which target it matches is :mod:`gateway.hosts`' business.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
-import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import quote, unquote
 
-import idna
-from publicsuffixlist import PublicSuffixList
+from gateway.options import Identity
+
+from .hosts import (
+    hostname,
+    is_ip,
+    is_name,
+    is_public_suffix,
+    registrable_domain,
+)
 
 ANON_COOKIE = "ajs_anonymous_id"
 USER_COOKIE = "ajs_user_id"
-AID_PARAM = "ajs_aid"
-UID_PARAM = "ajs_uid"
 
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 # A UUID (what analytics.js mints) or a conservative token. The explicit ASCII ranges matter:
 # ``\w`` would admit any Unicode letter. Always applied with ``fullmatch``.
 DEFAULT_ID_PATTERN: re.Pattern[str] = re.compile(rf"{_UUID}|[A-Za-z0-9._:-]{{1,128}}")
-DEFAULT_UID_MAX = 256
 
 # Safety net applied on top of any configured id pattern, so that a loose pattern can never let
 # through something that breaks a cookie, a header, a URL or an HTML attribute.
@@ -57,7 +62,7 @@ class IdRules:
     """
 
     id_pattern: re.Pattern[str] = DEFAULT_ID_PATTERN
-    uid_max_len: int = DEFAULT_UID_MAX
+    uid_max_len: int = Identity.uid_max_length
 
     def valid_aid(self, value: str | None) -> str | None:
         """Return ``value`` if it is an acceptable anonymous id, else None.
@@ -130,8 +135,6 @@ def _decode_cookie_value(raw: str) -> str:
 # cookie-octet (RFC 6265 section 4.1.1) minus "%", which we use to escape everything else; so the
 # written value is always a valid cookie value and a ``%`` in an id survives a decode round trip.
 _COOKIE_SAFE = "!#$&'()*+/:<=>?@[]^`{|}"
-# Lower-case dot-separated labels: what we accept as a host name and emit as a Domain attribute.
-_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 
 
 def identity_cookies(
@@ -154,7 +157,7 @@ def identity_cookies(
     """
     if max_age < 0:
         raise ValueError(f"max_age must be >= 0, got {max_age}")
-    if domain is not None and not _HOSTNAME.fullmatch(domain):
+    if domain is not None and not is_name(domain):
         raise ValueError(f"not a cookie domain: {domain!r}")
     attrs = ""
     if domain is not None:
@@ -170,17 +173,12 @@ def identity_cookies(
     ]
 
 
-@functools.cache
-def _psl() -> PublicSuffixList:
-    # Parsing the bundled list takes a noticeable moment; do it once, on first use.
-    return PublicSuffixList()
-
-
 def cookie_domain(host: str, configured: str | None) -> str | None:
     """The ``Domain`` attribute for the identity cookies on ``host``, or None for host-only.
 
-    - IP addresses (v4, v6, and the numeric forms browsers read as IPv4) and single-label hosts
-      such as ``localhost`` get host-only cookies: browsers refuse a Domain attribute there.
+    - IP addresses (v4, v6, and the numeric forms browsers read as IPv4, see
+      :func:`gateway.hosts.is_ip`) and single-label hosts such as ``localhost`` get host-only
+      cookies: browsers refuse a Domain attribute there.
     - ``configured`` is used when ``host`` is it or a subdomain of it and it is not itself a
       public suffix. Otherwise it cannot work for this host (the browser would drop the cookie),
       so we fall back to the automatic choice below rather than lose the cookie.
@@ -191,76 +189,29 @@ def cookie_domain(host: str, configured: str | None) -> str | None:
       Chromium's cookie code (which resolves unknown registries the same way) accepts those.
     - A host that is itself a public suffix (``github.io``) gets host-only cookies.
     """
-    name = _hostname(host)
-    if name is None or "." not in name or _is_ip(name):
+    name = hostname(host)
+    if name is None or "." not in name or is_ip(name):
         return None
     if configured:
         want = configured.strip().lower().strip(".")
         if (
             (name == want or name.endswith("." + want))
             and "." in want
-            and _HOSTNAME.fullmatch(want)
-            and not _psl().is_public(want)
+            and is_name(want)
+            and not is_public_suffix(want)
         ):
             return want
-    registrable: str | None = _psl().privatesuffix(name)
-    return registrable
-
-
-def _hostname(host: str) -> str | None:
-    """Lower-cased host name without port or trailing dot; bracketed IPv6 kept; None if invalid."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        end = h.find("]")
-        return h[: end + 1] if end > 0 else None
-    if h.count(":") > 1:  # a bare IPv6 address
-        return f"[{h}]"
-    h = h.partition(":")[0].rstrip(".")
-    return h if _HOSTNAME.fullmatch(h) else None
-
-
-def _is_ip(name: str) -> bool:
-    if name.startswith("["):
-        return True
-    # WHATWG URL parsing treats a host whose last label is numeric as IPv4 (``127.1``, ``0x7f.1``).
-    last = name.rsplit(".", 1)[-1]
-    if last.isdigit() or re.fullmatch(r"0x[0-9a-f]*", last):
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def host_matches(host: str, pattern: str) -> bool:
-    """Whether ``host`` is the target ``pattern``: exact, or ``*.example.com`` for subdomains.
-
-    Case-insensitive; ports and a trailing dot are ignored. ``*.example.com`` matches one or more
-    labels in front of ``example.com`` but not ``example.com`` itself, and never look-alikes such
-    as ``evilexample.com`` or ``example.com.evil.net`` (the substring test in the guide does).
-    """
-    name = _hostname(host)
-    if name is None:
-        return False
-    p = pattern.strip().lower()
-    if p.startswith("*."):
-        suffix = _hostname(p[2:])
-        if suffix is None:
-            return False
-        prefix = name[: -len(suffix) - 1]
-        return name.endswith("." + suffix) and bool(prefix) and not prefix.endswith(".")
-    return name == _hostname(p)
+    return registrable_domain(name)
 
 
 # --- Query strings and the clean-up redirect -----------------------------------------------------
 
-_TAB_NL = re.compile(r"[\t\n\r]")
+TAB_OR_NEWLINE = re.compile(r"[\t\n\r]")
 
 
 def _param_name(segment: str) -> str:
     """The decoded name of one ``name=value`` query segment, as URLSearchParams would see it."""
-    raw = _TAB_NL.sub("", segment.partition("=")[0])
+    raw = TAB_OR_NEWLINE.sub("", segment.partition("=")[0])
     return unquote(raw.replace("+", " "))
 
 
@@ -284,7 +235,7 @@ def split_identity_params(raw_query: str, names: Collection[str]) -> tuple[str, 
     return "&".join(kept), found
 
 
-_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+C0_CONTROL_OR_SPACE = "".join(map(chr, range(0x21)))
 _UNSAFE_IN_LOCATION = re.compile(r"[^\x21-\x7e]|#")
 
 
@@ -304,10 +255,10 @@ def same_origin_location(raw_path: str, raw_query: str) -> str:
     Other bytes are kept, except that ``#`` and anything outside printable ASCII are
     percent-encoded so the header stays valid and the query stays a query.
     """
-    path = _TAB_NL.sub("", raw_path.strip(_C0_OR_SPACE))
+    path = TAB_OR_NEWLINE.sub("", raw_path.strip(C0_CONTROL_OR_SPACE))
     path = "/" + path.lstrip("/\\")
     location = _UNSAFE_IN_LOCATION.sub(_pct, path)
-    query = _UNSAFE_IN_LOCATION.sub(_pct, _TAB_NL.sub("", raw_query))
+    query = _UNSAFE_IN_LOCATION.sub(_pct, TAB_OR_NEWLINE.sub("", raw_query))
     return f"{location}?{query}" if query else location
 
 
@@ -333,10 +284,10 @@ def decorate_url(url: str, params: Sequence[tuple[str, str]], replace: Collectio
     kept as written (no re-quoting). Names and values are percent-encoded. Surrounding
     whitespace stays outside the URL, where the browser trims it. Idempotent for fixed params.
     """
-    body = url.strip(_C0_OR_SPACE)
+    body = url.strip(C0_CONTROL_OR_SPACE)
     if not body:
         return url
-    start = len(url) - len(url.lstrip(_C0_OR_SPACE))
+    start = len(url) - len(url.lstrip(C0_CONTROL_OR_SPACE))
     lead, tail = url[:start], url[start + len(body) :]
     before_fragment, hash_, fragment = body.partition("#")
     path, _, query = before_fragment.partition("?")
@@ -354,340 +305,16 @@ def decorate_url(url: str, params: Sequence[tuple[str, str]], replace: Collectio
     return f"{lead}{path}?{query}{added}{hash_}{fragment}{tail}"
 
 
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
-_WEB_SCHEMES = ("http", "https")
-# Host code points the WHATWG host parser rejects (forbidden domain code points), plus any
-# C0 control or space, which we must never pass on.
-_FORBIDDEN_HOST = re.compile(r"[\x00-\x20#%/:<>?@\[\\\]^|\x7f]")
-_Origin = tuple[str, str]  # (scheme, host)
-
-
-def _web_target(url: str, base: _Origin | None) -> _Origin | None:
-    """Scheme and host an http(s) link goes to, resolved against ``base``; None if not http(s).
-
-    Follows the WHATWG URL parser where it decides the host (see the module docstring). Only
-    scheme and host are needed, so relative references simply inherit the base's.
-    """
-    s = _TAB_NL.sub("", url.strip(_C0_OR_SPACE)).replace("\\", "/")
-    m = _SCHEME.match(s)
-    if m:
-        scheme = m.group(1).lower()
-        if scheme not in _WEB_SCHEMES:
-            return None
-        rest = s[m.end() :]
-        if base is not None and base[0] == scheme and not rest.startswith("//"):
-            return base
-        return _authority(scheme, rest.lstrip("/"))
-    if base is None:
-        return None
-    if s.startswith("//"):
-        return _authority(base[0], s.lstrip("/"))
-    return base
-
-
-def _authority(scheme: str, s: str) -> _Origin | None:
-    auth = re.split(r"[/?#]", s, maxsplit=1)[0].rpartition("@")[2]
-    if auth.startswith("["):
-        end = auth.find("]")
-        if end < 0:
-            return None
-        host, port = auth[: end + 1], auth[end + 1 :]
-        if port and not port.startswith(":"):
-            return None
-        port = port[1:]
-        if not re.fullmatch(r"\[[0-9a-fA-F:.]+\]", host):
-            return None
-    else:
-        raw_host, _, port = auth.partition(":")
-        host = url_domain(raw_host)
-        if host is None:
-            return None
-    if port and not (port.isdigit() and port.isascii() and int(port) <= 65535):
-        return None
-    return scheme, host.lower()
-
-
-def url_domain(raw: str) -> str | None:
-    """The ASCII host name a browser makes of the host text ``raw`` of an http(s) URL, or None
-    where it fails (or where browsers disagree; see :func:`domain_to_ascii`).
-
-    The WHATWG host parser: percent-decode, UTF-8 decode, domain to ASCII. So
-    ``gro%C3%9Fbank.test`` is ``großbank.test`` is ``xn--grobank-2va.test``, and an escape
-    that is not UTF-8 fails (the browser's U+FFFD is not allowed in a host either).
-    """
-    if "%" in raw:
-        try:
-            raw = unquote(raw, errors="strict")
-        except UnicodeDecodeError:
-            return None
-    return domain_to_ascii(raw)
-
-
-# UTS #46 changed the mapping of these between versions, so browsers of different ages go to
-# different hosts: U+1E9E (capital sharp s) maps to "ss" up to Unicode 15.0 (node 20's URL
-# parser, older Safari) and to "ß" from 15.1 (current ICU, so Chrome, and the idna package).
-# A host that means one thing to one browser and another to the next is no one's target.
-_UNSTABLE_MAPPING = frozenset("\u1e9e")
-
-
-def domain_to_ascii(domain: str) -> str | None:
-    """``domain`` as browsers put it on the wire, or None if they refuse it (never raises).
-
-    The WHATWG URL Standard's *domain to ASCII* (UTS #46 ToASCII, non-transitional, without
-    STD3 rules, hyphen or DNS length checks; joiners and bidi checked), then its check for
-    forbidden domain code points. Non-transitional matters: ``ß`` and ``ς`` stay themselves
-    (``xn--grobank-2va``), where IDNA 2003 (Python's ``"idna"`` codec) maps them to ``ss`` and
-    ``σ``, another registrable domain. Case, full-width forms, ideographic full stops and
-    ignorable code points (soft hyphen) are mapped as browsers map them.
-
-    - An ASCII name with no ``xn--`` label is only lower-cased: the Standard notes that this is
-      all ToASCII does to one, and it keeps plain hosts off the slow path below.
-    - Otherwise the name is mapped by the ``idna`` package. Its non-ASCII and ``xn--`` labels
-      must also pass that package's IDNA 2008 checks, which are stricter than UTS #46 (emoji,
-      ``_``, a hyphen at either end or in positions 3-4, empty or over-long labels, names over
-      1024 characters): browsers accept some of those, we refuse them. That direction is safe:
-      nothing is decorated or redirected to such a host, and none can be configured as a
-      target (config.py reads hosts with this function); only a link to one under a ``*.``
-      target goes undecorated. Other ASCII labels are kept, as browsers keep them.
-    - Names whose meaning changed between Unicode versions (``_UNSTABLE_MAPPING``) are refused.
-
-    What is left is the IPv4 reading of names that end in a number, which the caller does.
-    """
-    if domain.isascii():
-        name = domain.lower()
-        if "xn--" not in name:
-            return name if name and not _FORBIDDEN_HOST.search(name) else None
-    elif not _UNSTABLE_MAPPING.isdisjoint(domain):
-        return None
-    try:
-        # Non-transitional processing is the default (and since UTS #46 15.1 the only one).
-        mapped = idna.uts46_remap(domain, std3_rules=False)
-        name = ".".join(
-            label
-            if label.isascii() and not label.startswith("xn--")
-            else idna.alabel(label).decode("ascii")
-            for label in mapped.split(".")
-        )
-    except UnicodeError:  # idna.IDNAError and the codecs' errors alike
-        return None
-    return name if name and not _FORBIDDEN_HOST.search(name) else None
-
-
-_MEMO_LIMIT = 4096
-
-
-@functools.lru_cache(maxsize=64)
-def _patterns_of(targets: tuple[str, ...]) -> tuple[tuple[str, str | None, str | None], ...]:
-    return tuple(_pattern_parts(t) for t in targets)
-
-
-@functools.lru_cache(maxsize=1024)
-def _no_target(host: str, own: str | None, targets: tuple[str, ...]) -> bool:
-    return host == own or not any(host_matches(host, t) for t in targets)
-
-
-def _quick_page_host(page_url: str) -> str | None:
-    """The host of a plain absolute page URL without the full parse (None: parse it)."""
-    m = _QUICK_ABSOLUTE.match(page_url)
-    if m is None or not page_url[: m.start(1)].lower().startswith(("http:", "https:")):
-        return None
-    authority = _QUICK_AUTHORITY.fullmatch(m.group(1))
-    if authority is None:
-        return None
-    host = authority.group(1).lower()
-    return None if "xn--" in host else host
-
-
-def _pattern_parts(pattern: str) -> tuple[str, str | None, str | None]:
-    p = pattern.strip().lower()
-    if p.startswith("*."):
-        suffix = _hostname(p[2:])
-        return pattern, None, None if suffix is None else "." + suffix
-    return pattern, _hostname(p), None
-
-
-ParamsFor = Callable[[str, str], Sequence[tuple[str, str]] | None]
-"""(matched target pattern, target host) -> the params for a link there, or None for none."""
-
-
-class LinkDecorator:
-    """The rewriter's link policy: add the identity params to links that leave for a target site.
-
-    A URL is decorated when it resolves (against ``<base href>``, itself resolved against the
-    page URL) to an http(s) URL whose host matches one of ``targets`` and is not ``own_host``.
-    Everything else (``javascript:``, ``mailto:``, same-site links, unparsable URLs) is left
-    alone. ``params`` is either the params for every target, or a function of the matched
-    pattern and host (targets differ by strategy: raw id, token, or a signature that covers the
-    target host). ``targets_hit`` counts decorations per matched target pattern, for metrics.
-    """
-
-    def __init__(
-        self,
-        own_host: str,
-        page_url: str,
-        targets: Sequence[str],
-        params: Sequence[tuple[str, str]] | ParamsFor,
-        *,
-        replace: Collection[str] = (),
-    ) -> None:
-        self._own = _hostname(own_host)
-        self._replace = replace
-        self._page_url = page_url
-        self._page_parsed: _Origin | object | None = _UNKNOWN
-        self._targets = tuple(targets)
-        # Each pattern as (pattern, exact host, ".suffix" of a "*." pattern), in order: the
-        # first that matches decides, as host_matches would.
-        self._patterns = _patterns_of(self._targets)
-        # Relative links resolve to the page's host: they can skip the full parse only when
-        # that host is no target (it normally is the site's own).
-        page_host = _quick_page_host(page_url)
-        if page_host is None:
-            page = self._page
-            page_host = _hostname(page[1]) if page is not None else None
-        self._relative_is_safe = page_host is not None and _no_target(
-            page_host, self._own, self._targets
-        )
-        if callable(params):
-            self._params_for: ParamsFor = params
-        else:
-            fixed = tuple(params)
-            self._params_for = lambda pattern, host: fixed
-        self.targets_hit: collections.Counter[str] = collections.Counter()
-        self._memo: dict[tuple[str, str | None], tuple[str | None, str | None]] = {}
-        self._last_pattern: str | None = None
-
-    @property
-    def _page(self) -> _Origin | None:
-        """The page URL parsed in full, only when a link needs the full parse."""
-        if self._page_parsed is _UNKNOWN:
-            try:
-                self._page_parsed = _web_target(self._page_url, None)
-            except (UnicodeError, ValueError):
-                self._page_parsed = None
-        return self._page_parsed  # type: ignore[return-value]
-
-    def decorate(self, url: str, base: str | None) -> str | None:
-        """The original ``url`` text with the params added, or None to leave it as it is."""
-        # Pages repeat their links (navigation, footers): decide each distinct one once.
-        key = (url, base)
-        memo = self._memo.get(key)
-        if memo is not None:
-            result, pattern = memo
-            if pattern is not None:
-                self.targets_hit[pattern] += 1
-            return result
-        self._last_pattern = None
-        params = self._params(url, base) if url.strip(_C0_OR_SPACE) else None
-        result = None if params is None else decorate_url(url, params, self._replace)
-        if len(self._memo) < _MEMO_LIMIT:
-            self._memo[key] = (result, self._last_pattern if result is not None else None)
-        return result
-
-    def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
-        """Hidden inputs for a GET form submitting to a target (its query is replaced by them)."""
-        if not action.strip(_C0_OR_SPACE):  # submits to the page itself
-            return None
-        return self._params(action, base)
-
-    def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
-        host = _quick_host(self, url) if base is None else _UNKNOWN
-        if host is _UNKNOWN:
-            try:
-                page = self._page
-                base_origin = page if base is None else (_web_target(base, page) or page)
-                target = _web_target(url, base_origin)
-            except (UnicodeError, ValueError):
-                return None
-            host = None if target is None else _hostname(target[1])
-        if not isinstance(host, str) or host == self._own:
-            return None
-        for pattern, exact, suffix in self._patterns:
-            if host == exact or (suffix is not None and host.endswith(suffix)):
-                params = self._params_for(pattern, host)
-                if not params:
-                    return None
-                self.targets_hit[pattern] += 1
-                self._last_pattern = pattern
-                return params
-        return None
-
-
-_UNKNOWN = object()
-_QUICK_ABSOLUTE = re.compile(r"(?i)(?:https?:)?//([^/?#]*)")
-_QUICK_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
-# Authorities the quick path reads exactly as the WHATWG URL parser does: optional userinfo of
-# plain characters, an ASCII domain whose last label is not numeric (no IPv4 number forms),
-# an optional decimal port. Anything else (%, non-ASCII, brackets, odd ports, and ``xn--``
-# labels, see _quick_host) is parsed fully.
-_QUICK_AUTHORITY = re.compile(
-    r"(?:[A-Za-z0-9._~!$&'()*+,;=:-]*@)?"
-    r"((?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]*[A-Za-z-][A-Za-z0-9-]*)\.?(?::([0-9]{0,5}))?"
-)
-
-
-def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
-    """The host ``url`` (with no <base>) leads to, None when it is no target's for sure, or
-    _UNKNOWN when only the full parse can tell. Most links on a page are relative, other
-    schemes, or plain absolute URLs, and the full URL parse costs several times the rewriting
-    of the tag."""
-    u = url.strip(_C0_OR_SPACE)
-    if "\\" in u or "\t" in u or "\n" in u or "\r" in u:
-        return _UNKNOWN
-    m = _QUICK_ABSOLUTE.match(u)
-    if m is None:
-        scheme = _QUICK_SCHEME.match(u)
-        if u.startswith("/") or scheme is None:
-            # Relative: the page's own host.
-            return None if decorator._relative_is_safe else _UNKNOWN
-        # Other schemes are never decorated; "http:x" forms depend on the page's scheme.
-        return None if scheme.group(1).lower() not in ("http", "https") else _UNKNOWN
-    authority = _QUICK_AUTHORITY.fullmatch(m.group(1))
-    if authority is None:
-        return _UNKNOWN
-    port = authority.group(2)
-    if port and int(port) > 65535:
-        return None  # the browser cannot follow it either
-    host = authority.group(1).lower()
-    # An xn-- label is only a host if its Punycode is valid: domain_to_ascii checks that.
-    return _UNKNOWN if "xn--" in host else host
-
-
-def decorate_location(
-    location: str,
-    request_url: str,
-    *,
-    own_host: str,
-    targets: Sequence[str],
-    params: Sequence[tuple[str, str]] | ParamsFor,
-    replace: Collection[str] = (),
-) -> str | None:
-    """Decorate an upstream redirect's ``Location`` the way a link on that page would be.
-
-    A relative ``Location`` resolves against the request URL. Returns the new header value, or
-    None to leave the header unchanged.
-    """
-    decorator = LinkDecorator(own_host, request_url, targets, params, replace=replace)
-    return decorator.decorate(location, None)
-
-
 __all__ = [
-    "AID_PARAM",
     "ANON_COOKIE",
     "DEFAULT_ID_PATTERN",
-    "DEFAULT_UID_MAX",
-    "UID_PARAM",
     "USER_COOKIE",
     "IdRules",
-    "LinkDecorator",
     "cookie_domain",
-    "decorate_location",
     "decorate_url",
-    "domain_to_ascii",
-    "host_matches",
     "identity_cookies",
     "mint_id",
     "read_cookie",
     "same_origin_location",
     "split_identity_params",
-    "url_domain",
 ]

@@ -21,30 +21,25 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .config import Config, Site, Strategy
+from .hosts import matches
 from .identity import (
-    AID_PARAM,
     ANON_COOKIE,
     DEFAULT_ID_PATTERN,
-    UID_PARAM,
     USER_COOKIE,
     IdRules,
-    host_matches,
     mint_id,
     read_cookie,
     same_origin_location,
     split_identity_params,
 )
+from .params import AID_PARAM, EXP_PARAM, IDENTITY_PARAMS, SIG_PARAM, TOKEN_PARAM, UID_PARAM
 from .strategies import (
-    EXP_PARAM,
-    SIG_PARAM,
-    TOKEN_PARAM,
     SigningKeys,
     TokenRecord,
     valid_token_syntax,
     verify_signed,
 )
 
-IDENTITY_PARAMS = frozenset({AID_PARAM, UID_PARAM, TOKEN_PARAM, SIG_PARAM, EXP_PARAM})
 Source = Literal["url", "cookie", "minted", "rejected", "none"]
 _REDIRECT_METHODS = frozenset({"GET", "HEAD"})
 
@@ -115,6 +110,8 @@ class Arrival:
     # The browser may have withheld the visitor's cookies (see cookies_may_be_withheld): no id
     # was minted, and ``aid`` is None unless the URL proved one or the cookies came after all.
     cookies_withheld: bool
+    # Why identity in the URL was refused, in part or whole (UrlIdentity.refused), or None.
+    refused: str | None = None
 
 
 def identity_rules(config: Config) -> IdRules:
@@ -249,6 +246,7 @@ def settle(
         minted=minted,
         source=source,
         cookies_withheld=cookies_withheld,
+        refused=url.refused,
     )
 
 
@@ -263,6 +261,6 @@ def referring_cross_domain(referer: str | None, own_host: str, config: Config) -
     if not host or host == own_host:
         return None
     for cross in config.cross_domains:
-        if host_matches(host, cross.host):
+        if matches(host, cross.host):
             return cross.host
     return None

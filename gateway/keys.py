@@ -6,7 +6,7 @@ Pure: strings in, strings out; randomness only in :func:`generate_key`.
 Guarantees:
 
 * :func:`generate_key` returns 43 URL-safe base64 characters (256 random bits), which
-  :meth:`gateway.strategies.SigningKeys.parse` accepts as one key, an ``Authorization: Bearer``
+  :func:`parse_signing_keys` accepts as one key, an ``Authorization: Bearer``
   header carries unchanged, and :func:`weakness` never refuses.
 * :func:`weakness` names what is wrong and never repeats the value (messages end up in logs).
 
@@ -26,7 +26,14 @@ import math
 import re
 import secrets
 
-__all__ = ["GEN_KEY_ADVICE", "MIN_LENGTH", "generate_key", "weakness"]
+__all__ = [
+    "GEN_KEY_ADVICE",
+    "MIN_LENGTH",
+    "check_signing_key",
+    "generate_key",
+    "parse_signing_keys",
+    "weakness",
+]
 
 GEN_KEY_ADVICE = "generate one with: python -m gateway gen-key"
 MIN_LENGTH = 32
@@ -61,6 +68,52 @@ _REPEAT = 8
 # scores 90 or more in all of 200,000 draws, one in base64 (43 characters) 180 or more; a key
 # made of few characters used unevenly ("aaaaaaaaaaaaaaaaaaaaaaaabcdefghijk") scores 63.
 _MIN_BITS = 80
+
+
+# A key with fewer distinct characters than this is a placeholder ("changeme" repeated), not a
+# secret; random keys of 32+ characters in any encoding (hex included) have far more.
+_KEY_MIN_DISTINCT = 10
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
+def parse_signing_keys(value: str) -> tuple[bytes, ...]:
+    """The keys of a ``signing.keys`` value (an environment variable's, usually):
+    comma-separated, whitespace around each ignored. Each key is used as the literal bytes of
+    its text (printable ASCII, no commas), so base64, hex and pass-phrases all work unchanged on
+    every member of the fleet; each must pass :func:`check_signing_key`. ValueError says which
+    key is wrong, never what it is. :func:`weakness` is a separate, stricter check."""
+    parts = [p.strip() for p in value.split(",")]
+    if parts == [""]:
+        raise ValueError(f"no signing keys given; {GEN_KEY_ADVICE}")
+    for i, part in enumerate(parts, 1):
+        if not part:
+            raise ValueError(
+                f"signing key {i} of {len(parts)} is empty; separate keys with single commas"
+            )
+        if not _KEY_CHARS.fullmatch(part):
+            raise ValueError(
+                f"signing key {i} of {len(parts)} contains a space or a character outside "
+                f"printable ASCII; {GEN_KEY_ADVICE}"
+            )
+    keys = tuple(p.encode("ascii") for p in parts)
+    for i, key in enumerate(keys, 1):
+        check_signing_key(key, i, len(keys))
+    return keys
+
+
+def check_signing_key(key: bytes, i: int, n: int) -> None:
+    """Refuse (ValueError) signing key ``i`` of ``n`` if it is too short or uses too few
+    distinct characters to be a secret."""
+    if len(key) < MIN_LENGTH:
+        raise ValueError(
+            f"signing key {i} of {n} is {len(key)} characters long; each key needs at least "
+            f"{MIN_LENGTH}; {GEN_KEY_ADVICE}"
+        )
+    if len(set(key)) < _KEY_MIN_DISTINCT:
+        raise ValueError(
+            f"signing key {i} of {n} has fewer than {_KEY_MIN_DISTINCT} distinct characters, "
+            f"so it is a placeholder rather than a secret; {GEN_KEY_ADVICE}"
+        )
 
 
 def generate_key() -> str:

@@ -1,4 +1,9 @@
-"""Pure: which parameters a link from this page view carries to each cross-domain target.
+"""Pure: which links carry identity, and what they carry.
+
+``LinkDecorator`` decides, for each link of a page (or a redirect's Location), whether it goes to
+a configured cross-domain target, following the WHATWG URL parser where it decides the host
+(see :mod:`gateway.identity`), and decorates it; ``TargetParams`` says which parameters a link
+from this page view carries to each target.
 
 Targets differ by strategy: ``query`` links carry the raw ids, ``token`` links an opaque token
 minted once for the page view, ``signed`` links the ids with an expiring HMAC that also covers
@@ -9,19 +14,270 @@ never a fall-back to raw ids for a target that asked not to see them.
 
 from __future__ import annotations
 
+import collections
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from .config import CrossDomain, Strategy
-from .identity import AID_PARAM, UID_PARAM, LinkDecorator
-from .strategies import TOKEN_PARAM, SigningKeys, sign_params
+from .hosts import Pattern, compile_patterns, first_match, hostname, url_domain
+from .identity import C0_CONTROL_OR_SPACE, TAB_OR_NEWLINE, decorate_url
+from .params import AID_PARAM, TOKEN_PARAM, UID_PARAM
+from .strategies import SigningKeys, sign_params
 
-# The freshness endpoint, on every site's own origin (see proxy.ProxyHandler.fresh_link). The
-# name is unlikely to collide with a legacy site's own paths.
-LINK_PATH = "/_ajs_gateway/link"
+# The freshness endpoint, on every site's own origin (see identity_flow.IdentityFlow.fresh_link).
+# The name is unlikely to collide with a legacy site's own paths.
+FRESH_LINK_PATH = "/_ajs_gateway/link"
 # An absolute http(s) URL of printable ASCII without backslashes: nothing a browser could read
 # differently from us (it strips tabs and newlines and treats "\\" as "/").
 _ABSOLUTE_URL = re.compile(r"(?i)https?://[\x21-\x5b\x5d-\x7e]+")
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_WEB_SCHEMES = ("http", "https")
+_Origin = tuple[str, str]  # (scheme, host)
+
+
+def _web_target(url: str, base: _Origin | None) -> _Origin | None:
+    """Scheme and host an http(s) link goes to, resolved against ``base``; None if not http(s).
+
+    Follows the WHATWG URL parser where it decides the host (see the module docstring). Only
+    scheme and host are needed, so relative references simply inherit the base's.
+    """
+    s = TAB_OR_NEWLINE.sub("", url.strip(C0_CONTROL_OR_SPACE)).replace("\\", "/")
+    m = _SCHEME.match(s)
+    if m:
+        scheme = m.group(1).lower()
+        if scheme not in _WEB_SCHEMES:
+            return None
+        rest = s[m.end() :]
+        if base is not None and base[0] == scheme and not rest.startswith("//"):
+            return base
+        return _authority(scheme, rest.lstrip("/"))
+    if base is None:
+        return None
+    if s.startswith("//"):
+        return _authority(base[0], s.lstrip("/"))
+    return base
+
+
+def _authority(scheme: str, s: str) -> _Origin | None:
+    auth = re.split(r"[/?#]", s, maxsplit=1)[0].rpartition("@")[2]
+    if auth.startswith("["):
+        end = auth.find("]")
+        if end < 0:
+            return None
+        host, port = auth[: end + 1], auth[end + 1 :]
+        if port and not port.startswith(":"):
+            return None
+        port = port[1:]
+        if not re.fullmatch(r"\[[0-9a-fA-F:.]+\]", host):
+            return None
+    else:
+        raw_host, _, port = auth.partition(":")
+        host = url_domain(raw_host)
+        if host is None:
+            return None
+    if port and not (port.isdigit() and port.isascii() and int(port) <= 65535):
+        return None
+    return scheme, host.lower()
+
+
+_MEMO_LIMIT = 4096
+
+
+@functools.lru_cache(maxsize=1024)
+def _no_target(host: str, own: str | None, patterns: tuple[Pattern, ...]) -> bool:
+    return host == own or first_match(host, patterns) is None
+
+
+def _quick_page_host(page_url: str) -> str | None:
+    """The host of a plain absolute page URL without the full parse (None: parse it)."""
+    m = _QUICK_ABSOLUTE.match(page_url)
+    if m is None or not page_url[: m.start(1)].lower().startswith(("http:", "https:")):
+        return None
+    authority = _QUICK_AUTHORITY.fullmatch(m.group(1))
+    if authority is None:
+        return None
+    host = authority.group(1).lower()
+    return None if "xn--" in host else host
+
+
+ParamsFor = Callable[[str, str], Sequence[tuple[str, str]] | None]
+"""(matched target pattern, target host) -> the params for a link there, or None for none."""
+
+
+class LinkDecorator:
+    """The rewriter's link policy: add the identity params to links that leave for a target site.
+
+    A URL is decorated when it resolves (against ``<base href>``, itself resolved against the
+    page URL) to an http(s) URL whose host matches one of ``targets`` and is not ``own_host``.
+    Everything else (``javascript:``, ``mailto:``, same-site links, unparsable URLs) is left
+    alone. ``params`` is either the params for every target, or a function of the matched
+    pattern and host (targets differ by strategy: raw id, token, or a signature that covers the
+    target host). ``targets_hit`` counts decorations per matched target pattern, for metrics.
+    Hosts match targets as :func:`gateway.hosts.matches` says, the first target listed first.
+    """
+
+    def __init__(
+        self,
+        own_host: str,
+        page_url: str,
+        targets: Sequence[str],
+        params: Sequence[tuple[str, str]] | ParamsFor = (),
+        *,
+        replace: Collection[str] = (),
+    ) -> None:
+        self._own = hostname(own_host)
+        # A frozenset once here, so decorate_url's own frozenset() of it costs nothing per link.
+        self._replace = frozenset(replace)
+        self._page_url = page_url
+        self._page_parsed: _Origin | object | None = _UNKNOWN
+        self._patterns = compile_patterns(tuple(targets))
+        # Relative links resolve to the page's host: they can skip the full parse only when
+        # that host is no target (it normally is the site's own).
+        page_host = _quick_page_host(page_url)
+        if page_host is None:
+            page = self._page
+            page_host = hostname(page[1]) if page is not None else None
+        self._relative_is_safe = page_host is not None and _no_target(
+            page_host, self._own, self._patterns
+        )
+        if callable(params):
+            self._params_for: ParamsFor = params
+        else:
+            fixed = tuple(params)
+            self._params_for = lambda pattern, host: fixed
+        self.targets_hit: collections.Counter[str] = collections.Counter()
+        self._memo: dict[tuple[str, str | None], tuple[str | None, str | None]] = {}
+        self._last_pattern: str | None = None
+
+    @property
+    def _page(self) -> _Origin | None:
+        """The page URL parsed in full, only when a link needs the full parse."""
+        if self._page_parsed is _UNKNOWN:
+            try:
+                self._page_parsed = _web_target(self._page_url, None)
+            except (UnicodeError, ValueError):
+                self._page_parsed = None
+        return self._page_parsed  # type: ignore[return-value]
+
+    def decorate(self, url: str, base: str | None) -> str | None:
+        """The original ``url`` text with the params added, or None to leave it as it is."""
+        # Pages repeat their links (navigation, footers): decide each distinct one once.
+        key = (url, base)
+        memo = self._memo.get(key)
+        if memo is not None:
+            result, pattern = memo
+            if pattern is not None:
+                self.targets_hit[pattern] += 1
+            return result
+        self._last_pattern = None
+        params = self._params(url, base) if url.strip(C0_CONTROL_OR_SPACE) else None
+        result = None if params is None else decorate_url(url, params, self._replace)
+        if len(self._memo) < _MEMO_LIMIT:
+            self._memo[key] = (result, self._last_pattern if result is not None else None)
+        return result
+
+    def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        """Hidden inputs for a GET form submitting to a target (its query is replaced by them)."""
+        if not action.strip(C0_CONTROL_OR_SPACE):  # submits to the page itself
+            return None
+        return self._params(action, base)
+
+    def target_of(self, url: str, base: str | None = None) -> str | None:
+        """The target pattern ``url`` leads to, the one :meth:`decorate` would decorate it for
+        (whatever the params), or None. Counts nothing."""
+        if not url.strip(C0_CONTROL_OR_SPACE):
+            return None
+        target = self._target(url, base)
+        return None if target is None else target[0]
+
+    def _target(self, url: str, base: str | None) -> tuple[str, str] | None:
+        """(the target pattern, the host) of a link that leaves for a target, else None."""
+        host = _quick_host(self, url) if base is None else _UNKNOWN
+        if host is _UNKNOWN:
+            try:
+                page = self._page
+                base_origin = page if base is None else (_web_target(base, page) or page)
+                target = _web_target(url, base_origin)
+            except (UnicodeError, ValueError):
+                return None
+            host = None if target is None else hostname(target[1])
+        if not isinstance(host, str) or host == self._own:
+            return None
+        pattern = first_match(host, self._patterns)
+        return None if pattern is None else (pattern, host)
+
+    def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
+        target = self._target(url, base)
+        if target is None:
+            return None
+        pattern, host = target
+        params = self._params_for(pattern, host)
+        if not params:
+            return None
+        self.targets_hit[pattern] += 1
+        self._last_pattern = pattern
+        return params
+
+
+_UNKNOWN = object()
+_QUICK_ABSOLUTE = re.compile(r"(?i)(?:https?:)?//([^/?#]*)")
+_QUICK_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# Authorities the quick path reads exactly as the WHATWG URL parser does: optional userinfo of
+# plain characters, an ASCII domain whose last label is not numeric (no IPv4 number forms),
+# an optional decimal port. Anything else (%, non-ASCII, brackets, odd ports, and ``xn--``
+# labels, see _quick_host) is parsed fully.
+_QUICK_AUTHORITY = re.compile(
+    r"(?:[A-Za-z0-9._~!$&'()*+,;=:-]*@)?"
+    r"((?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]*[A-Za-z-][A-Za-z0-9-]*)\.?(?::([0-9]{0,5}))?"
+)
+
+
+def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
+    """The host ``url`` (with no <base>) leads to, None when it is no target's for sure, or
+    _UNKNOWN when only the full parse can tell. Most links on a page are relative, other
+    schemes, or plain absolute URLs, and the full URL parse costs several times the rewriting
+    of the tag."""
+    u = url.strip(C0_CONTROL_OR_SPACE)
+    if "\\" in u or "\t" in u or "\n" in u or "\r" in u:
+        return _UNKNOWN
+    m = _QUICK_ABSOLUTE.match(u)
+    if m is None:
+        scheme = _QUICK_SCHEME.match(u)
+        if u.startswith("/") or scheme is None:
+            # Relative: the page's own host.
+            return None if decorator._relative_is_safe else _UNKNOWN
+        # Other schemes are never decorated; "http:x" forms depend on the page's scheme.
+        return None if scheme.group(1).lower() not in ("http", "https") else _UNKNOWN
+    authority = _QUICK_AUTHORITY.fullmatch(m.group(1))
+    if authority is None:
+        return _UNKNOWN
+    port = authority.group(2)
+    if port and int(port) > 65535:
+        return None  # the browser cannot follow it either
+    host = authority.group(1).lower()
+    # An xn-- label is only a host if its Punycode is valid: hosts.domain_to_ascii checks that.
+    return _UNKNOWN if "xn--" in host else host
+
+
+def decorate_location(
+    location: str,
+    request_url: str,
+    *,
+    own_host: str,
+    targets: Sequence[str],
+    params: Sequence[tuple[str, str]] | ParamsFor,
+    replace: Collection[str] = (),
+) -> str | None:
+    """Decorate an upstream redirect's ``Location`` the way a link on that page would be.
+
+    A relative ``Location`` resolves against the request URL. Returns the new header value, or
+    None to leave the header unchanged.
+    """
+    decorator = LinkDecorator(own_host, request_url, targets, params, replace=replace)
+    return decorator.decorate(location, None)
 
 
 def protected_target(to: str, own_host: str, patterns: Sequence[str]) -> str | None:
@@ -29,14 +285,7 @@ def protected_target(to: str, own_host: str, patterns: Sequence[str]) -> str | N
     other than ``own_host`` (the freshness endpoint redirects nowhere else)."""
     if not patterns or not _ABSOLUTE_URL.fullmatch(to):
         return None
-    hits: list[str] = []
-
-    def record(pattern: str, host: str) -> Sequence[tuple[str, str]]:
-        hits.append(pattern)
-        return [("", "")]
-
-    LinkDecorator(own_host, f"http://{own_host}/", patterns, record).decorate(to, None)
-    return hits[0] if hits else None
+    return LinkDecorator(own_host, f"http://{own_host}/", patterns).target_of(to)
 
 
 class TargetParams:
@@ -63,29 +312,25 @@ class TargetParams:
         self._user_agent = user_agent
         # A signature covers its target host: one per host and page view.
         self._signed: dict[str, Sequence[tuple[str, str]] | None] = {}
-        self.strategies_used: set[Strategy] = set()
 
     def __call__(self, pattern: str, host: str) -> Sequence[tuple[str, str]] | None:
         strategy = self._strategy.get(pattern)
-        params: Sequence[tuple[str, str]] | None = None
         if strategy == "query":
-            params = self._query
-        elif strategy == "token" and self._token is not None:
-            params = [(TOKEN_PARAM, self._token)]
-        elif strategy == "signed" and self._keys is not None:
-            if host not in self._signed:
-                try:
-                    self._signed[host] = sign_params(
-                        aid=self._aid,
-                        uid=self._uid,
-                        target_host=host,
-                        expires=self._expires,
-                        keys=self._keys,
-                        user_agent=self._user_agent,
-                    )
-                except ValueError:
-                    self._signed[host] = None
-            params = self._signed[host]
-        if params is not None and strategy is not None:
-            self.strategies_used.add(strategy)
-        return params
+            return self._query
+        if strategy == "token":
+            return None if self._token is None else [(TOKEN_PARAM, self._token)]
+        if strategy != "signed" or self._keys is None:
+            return None
+        if host not in self._signed:
+            try:
+                self._signed[host] = sign_params(
+                    aid=self._aid,
+                    uid=self._uid,
+                    target_host=host,
+                    expires=self._expires,
+                    keys=self._keys,
+                    user_agent=self._user_agent,
+                )
+            except ValueError:
+                self._signed[host] = None
+        return self._signed[host]

@@ -2,19 +2,28 @@
 
 With ``--workers N`` each worker process writes its samples to a shared directory
 (``PROMETHEUS_MULTIPROC_DIR``, set up by the supervisor) and the admin endpoint of any worker
-exposes the sum over all of them, so a scrape is right whichever worker answers it.
+exposes the sum over all of them, so a scrape is right whichever worker answers it. Facts that
+are not per worker are kept from being multiplied: gauges say how their values combine
+(``multiprocess_mode``), and a config reload, which every worker performs, is recorded by one
+worker only (``reports_reloads``; the supervisor's worker 0).
 """
 
 from __future__ import annotations
 
 import os
+import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .html import GaveUpReason
+from . import html
+from .html import GAVE_UP_REASONS, GaveUpReason
+
+DISTRIBUTION = "ajs-identity-gateway"
 
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
@@ -45,7 +54,27 @@ _REWRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 # Why an HTML page the gateway would have rewritten went out without it (a bounded label set):
 # a content coding it cannot decode, a compressed body decoding beyond proxy.max_decoded_html,
 # a body corrupt in its coding, or a rewriter failure (the rest of the page sent unchanged).
-HtmlSkip = Literal["unknown_coding", "too_large", "decode_error", "rewrite_failed"] | GaveUpReason
+_BodySkip = Literal["unknown_coding", "too_large", "decode_error", "rewrite_failed"]
+HtmlSkip = _BodySkip | GaveUpReason
+HTML_SKIP_REASONS: tuple[str, ...] = (*get_args(_BodySkip), *GAVE_UP_REASONS)
+# Series created at start for every site, so that the first event is an increase from 0
+# (rate() and increase() see nothing in a series that appears with its first count).
+_SOURCES = ("url", "cookie", "minted", "rejected")
+_STORE_OPERATIONS = ("put", "take", "health")
+
+
+def gateway_version() -> str:
+    """The installed distribution's version ("unknown" when run from a bare source tree)."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def implementation() -> str:
+    """Which HTML rewriter runs: ``gateway.html.IMPLEMENTATION`` where the package sets it (a
+    compiled fast path does), else "python"."""
+    return str(getattr(html, "IMPLEMENTATION", "python"))
 
 
 def method_label(method: str) -> str:
@@ -63,6 +92,7 @@ class Metrics:
 
     registry: CollectorRegistry
     requests: Counter
+    request_duration: Histogram
     upstream_latency: Histogram
     in_flight: Gauge
     upstream_errors: Counter
@@ -72,15 +102,22 @@ class Metrics:
     rewrite_failures: Counter
     html_skipped: Counter
     rewrite_seconds: Histogram
-    unidentified_arrivals: Counter
+    cross_domain_arrivals: Counter
     store_errors: Counter
+    store_circuit_open: Gauge
     identity_refused: Counter
+    build_info: Gauge
     reloads: Counter
-    # Label children of `requests`, looked up once: labels() takes a lock and builds a key on
-    # every call, which shows on the per-request path.
+    # Only in the process that reports reloads (see the module docstring).
+    reload_success: Gauge | None
+    reload_success_time: Gauge | None
+    # Label children of `requests` and `request_duration`, looked up once: labels() takes a
+    # lock and builds a key on every call, which shows on the per-request path.
     _request_children: dict[tuple[str, str, int], Any] = field(default_factory=dict)
+    _duration_children: dict[str, Any] = field(default_factory=dict)
 
-    def count_request(self, site: str, method: str, status: int) -> None:
+    def count_request(self, site: str, method: str, status: int, seconds: float) -> None:
+        """One answered request: counted by status class, its duration observed by site."""
         key = (site, method, status)
         child = self._request_children.get(key)
         if child is None:
@@ -90,9 +127,57 @@ class Metrics:
                 site, method_label(method), status_class(status)
             )
         child.inc()
+        duration = self._duration_children.get(site)
+        if duration is None:
+            if len(self._duration_children) > 1_000:
+                self._duration_children.clear()
+            duration = self._duration_children[site] = self.request_duration.labels(site)
+        duration.observe(seconds)
+
+    def prepare(self, sites: Sequence[str], referrers: Sequence[str]) -> None:
+        """Create the per-site series the shipped alerts and the status page read, at 0, for
+        these site hosts and the cross-domain patterns that may refer visitors to them."""
+        for site in sites:
+            self.html_rewritten.labels(site)
+            self.rewrite_failures.labels(site)
+            for reason in HTML_SKIP_REASONS:
+                self.html_skipped.labels(site, reason)
+            for source in _SOURCES:
+                self.id_source.labels(site, source)
+            for referrer in referrers:
+                if referrer != site:
+                    self.cross_domain_arrivals.labels(site, referrer, "carried")
+                    self.cross_domain_arrivals.labels(site, referrer, "missing")
+        for operation in _STORE_OPERATIONS:
+            self.store_errors.labels(operation)
+
+    def config_loaded(self, when: float) -> None:
+        """The config was loaded (at start-up or by a reload) at ``when`` (Unix time)."""
+        if self.reload_success is not None and self.reload_success_time is not None:
+            self.reload_success.set(1)
+            self.reload_success_time.set(when)
+
+    def config_reloaded(self, ok: bool, when: float) -> None:
+        """A reload finished: counted by result, and the success gauges follow it. A no-op in
+        a worker that does not report reloads, so that N workers count one reload once."""
+        if self.reload_success is None:
+            return
+        self.reloads.labels("ok" if ok else "invalid").inc()
+        if ok:
+            self.config_loaded(when)
+        else:
+            self.reload_success.set(0)
+
+    def store_circuit(self, store: str, is_open: bool) -> None:
+        """Set ``gateway_store_circuit_open{store}``: 1 while the token store's circuit breaker
+        is open (calls fail fast without trying the store), 0 while it is closed. ``store`` is
+        the store's ``name`` ("redis", "memory"). The gateway sets 0 when it opens a store."""
+        self.store_circuit_open.labels(store).set(1 if is_open else 0)
 
     @classmethod
-    def create(cls) -> Metrics:
+    def create(cls, *, reports_reloads: bool = True) -> Metrics:
+        """The gateway's metrics; ``reports_reloads``: whether this process records config
+        reloads (every process but workers 1..N-1 of a supervisor)."""
         registry = CollectorRegistry(auto_describe=True)
         multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -119,6 +204,15 @@ class Metrics:
                 buckets=_LATENCY_BUCKETS,
                 registry=registry,
             ),
+            request_duration=Histogram(
+                "gateway_request_duration_seconds",
+                "Time from receiving a request's headers to the end of the gateway's answer "
+                "(the whole body when it streams), by site; the gateway's own answers (clean-up "
+                "redirects, 421, 502) included. Site '-' is a request for no configured site.",
+                ("site",),
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
             in_flight=in_flight,
             upstream_errors=counter(
                 "gateway_upstream_errors",
@@ -127,8 +221,10 @@ class Metrics:
             ),
             id_source=counter(
                 "gateway_identity_source",
-                "Where each request's anonymous id came from (url, cookie, minted, rejected).",
-                ("source",),
+                "Where each request's anonymous id came from, by site (url: restored from a "
+                "hand-off; cookie; minted: a new visitor; rejected: the URL's identity was "
+                "refused).",
+                ("site", "source"),
             ),
             links_decorated=counter(
                 "gateway_links_decorated",
@@ -157,23 +253,68 @@ class Metrics:
                 buckets=_REWRITE_BUCKETS,
                 registry=registry,
             ),
-            unidentified_arrivals=counter(
-                "gateway_unidentified_cross_domain_arrivals",
-                "Arrivals referred by another configured domain that carried no identity.",
-                ("site", "referrer"),
+            cross_domain_arrivals=counter(
+                "gateway_cross_domain_arrivals",
+                "Navigations referred by another configured cross-domain, by site, referring "
+                "pattern and whether the URL carried the visitor's identity (carried) or not "
+                "(missing: the visitor is split, whether or not it had a cookie here). The "
+                "second leg of a clean-up redirect is not counted again.",
+                ("site", "referrer", "identity"),
             ),
             store_errors=counter(
                 "gateway_store_errors",
                 "Token store operations that failed or timed out.",
                 ("operation",),
             ),
+            store_circuit_open=Gauge(
+                "gateway_store_circuit_open",
+                "1 while the token store's circuit breaker is open (store calls fail fast), "
+                "else 0; by store kind. With several workers: 1 if any worker's is open.",
+                ("store",),
+                registry=registry,
+                multiprocess_mode="livemax",
+            ),
             identity_refused=counter(
                 "gateway_identity_refused",
                 "Incoming identity parameters refused, by form and reason.",
                 ("form", "reason"),
             ),
-            reloads=counter("gateway_config_reloads", "Config reloads by result.", ("result",)),
+            build_info=Gauge(
+                "gateway_build_info",
+                "Always 1: the gateway's version, the Python it runs on, and which HTML "
+                "rewriter implementation it uses.",
+                ("version", "python", "implementation"),
+                registry=registry,
+                multiprocess_mode="max",
+            ),
+            reloads=counter(
+                "gateway_config_reloads",
+                "Config reloads (SIGHUP) by result (ok, invalid); once per reload, however many "
+                "workers.",
+                ("result",),
+            ),
+            reload_success=None,
+            reload_success_time=None,
         )
+        if reports_reloads:
+            # Live modes: a worker that died no longer speaks for the config (the supervisor
+            # removes its live files), and its replacement reports its own start-up load.
+            metrics.reload_success = Gauge(
+                "gateway_config_last_reload_success",
+                "1 if the last config load (start-up or reload) succeeded, 0 if the last "
+                "reload was refused and the previous config is still serving.",
+                registry=registry,
+                multiprocess_mode="livemax",
+            )
+            metrics.reload_success_time = Gauge(
+                "gateway_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load (start-up or reload).",
+                registry=registry,
+                multiprocess_mode="livemax",
+            )
+        metrics.build_info.labels(
+            gateway_version(), platform.python_version(), implementation()
+        ).set(1)
         if multiprocess:
             # The values live in files shared by the workers (prometheus_client picks that
             # storage at import time from the environment); expose their sum instead.

@@ -1,15 +1,23 @@
 """Pure: decisions about an upstream response before its body is touched.
 
-Which responses are HTML we may rewrite (and which content codings to ask the upstream for),
-how to keep a personalised response out of shared caches, what becomes of validators, and which
-script nonce a Content-Security-Policy allows.
+``plan`` decides what identity does to a response (decorate its redirect, write cookies,
+rewrite its HTML, or count it as skipped); around it: which responses are HTML we may rewrite
+(and which content codings to ask the upstream for), how to keep a personalised response out of
+shared caches, what becomes of validators, and which script nonce a Content-Security-Policy
+allows.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from multidict import CIMultiDict
+
+from .inbound import Arrival
+from .links import LinkDecorator
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Content codings we can decode and re-encode while streaming (codings.py); anything else passes
@@ -208,3 +216,116 @@ def script_policy(headers: CIMultiDict[str]) -> tuple[bool, str | None]:
             ):
                 return False, None
     return True, nonce
+
+
+@dataclass(frozen=True)
+class RewritePlan:
+    """How an HTML body is to be rewritten."""
+
+    # Inject the bootstrap (the page's CSP allows it, with ``nonce`` when it names one).
+    bootstrap: bool
+    nonce: str | None
+    # Decorate the page's links (a LinkDecorator over the configured targets).
+    links: bool
+    # No id is known here and none may be minted (the browser may have withheld the cookies):
+    # the bootstrap runs without ids.
+    idless: bool
+    # The upstream's content coding, and the one to send ("": plain, for a visitor who never
+    # accepted the upstream's coding).
+    coding: str
+    output_coding: str
+    charset: str | None
+    # False for HEAD: it gets the headers its GET would get, but there is no body to build.
+    build_body: bool
+
+
+@dataclass(frozen=True)
+class OutboundPlan:
+    """What the identity side does to one response, decided before its body is touched.
+
+    The only thing left to the caller is what needs I/O or per-request objects: minting a token
+    for ``redirect_target`` (a store write), rendering the bootstrap, building the body
+    pipeline, and writing the cookies.
+    """
+
+    # The upstream redirects to this cross-domain pattern: its Location gets the visitor's
+    # identity by that target's strategy.
+    redirect_target: str | None
+    # Ids to write to the visitor's cookies (None: leave them).
+    cookie_aid: str | None
+    cookie_uid: str | None
+    rewrite: RewritePlan | None
+    # An HTML page of a rewriting site that goes out unrewritten, and why.
+    skipped: Literal["unknown_coding"] | None
+
+
+def plan(
+    *,
+    method: str,
+    status: int,
+    headers: CIMultiDict[str],
+    accept_encoding: str | None,
+    arrival: Arrival,
+    own_host: str,
+    page_url: Callable[[], str],
+    targets: Sequence[str],
+    mint: bool,
+    bootstrap: bool,
+) -> OutboundPlan:
+    """Decide what identity does to a response from the request, the site's settings
+    (``targets``, ``mint``, ``bootstrap``: a write key and the site's bootstrap on) and the
+    upstream's status and headers. ``page_url`` is called only when a redirect needs it."""
+    html = media_type(headers.get("Content-Type"))[0] in HTML_TYPES
+    redirect_target = None
+    if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
+        redirect_target = LinkDecorator(own_host, page_url(), targets).target_of(
+            headers["Location"]
+        )
+    # Ids from the URL are always stored; on HTML responses the visitor's id is (re)written so
+    # that a minted id sticks and a server-set cookie outlives Safari's script cap. An id just
+    # handed to another domain in a redirect is stored here too, or the two would part.
+    aid, uid = arrival.write_aid, arrival.write_uid
+    if mint and (html or (redirect_target is not None and arrival.minted)):
+        aid = aid or arrival.aid
+        uid = uid or arrival.uid
+    head = method == "HEAD"
+    # Where the browser may have withheld the cookies, nothing was minted and the id is unknown
+    # unless the URL brought one. The page still gets the bootstrap, without ids: it cleans the
+    # address bar, and analytics.js keeps the id in its own cookie and storage, which the
+    # browser does give the page. Links carry that id from click time (token and signed ones
+    # via the freshness endpoint, a GET that has the cookies).
+    idless = arrival.aid is None and arrival.cookies_withheld
+    rewrite = None
+    skipped: Literal["unknown_coding"] | None = None
+    if (arrival.aid or idless) and is_rewritable_html("GET" if head else method, status, headers):
+        inject, nonce = script_policy(headers) if bootstrap else (False, None)
+        links = bool(targets) and not idless
+        if inject or links:
+            coding = content_coding(headers)
+            # Re-encode as the upstream did, unless the visitor never accepted that coding (an
+            # upstream that ignores Accept-Encoding): then send it plain.
+            accepted = accepts_coding(accept_encoding, coding)
+            rewrite = RewritePlan(
+                bootstrap=inject,
+                nonce=nonce,
+                links=links,
+                idless=idless,
+                coding=coding,
+                output_coding=coding if accepted else "",
+                charset=media_type(headers.get("Content-Type"))[1],
+                build_body=not head,
+            )
+    elif arrival.aid and is_html_page(method, status, headers) and (targets or bootstrap):
+        skipped = "unknown_coding"
+    return OutboundPlan(redirect_target, aid, uid, rewrite, skipped)
+
+
+def prepare_for_rewrite(rewrite: RewritePlan, headers: CIMultiDict[str]) -> None:
+    """The header edits a rewritten body needs: its length and strong validator no longer
+    hold, and its coding may change."""
+    headers.popall("Content-Length", None)
+    weaken_etag(headers)
+    if rewrite.coding:
+        add_vary(headers, "Accept-Encoding")
+        if rewrite.output_coding != rewrite.coding:
+            headers.popall("Content-Encoding", None)

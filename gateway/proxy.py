@@ -1,6 +1,6 @@
 """The aiohttp glue: one handler that streams a request to its site's upstream and back.
 
-What to send is decided elsewhere (identity in exchange.py over the pure modules, header
+What to send is decided elsewhere (identity in identity_flow.py over the pure modules, header
 hygiene in headers.py, the upstream client in upstream.py); this file only moves bytes:
 it routes by Host, strips hop-by-hop headers, streams bodies both ways with back-pressure,
 turns upstream faults into 502/504, and aborts the client connection when an upstream body is
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from json.encoder import encode_basestring_ascii as _json_str
@@ -24,14 +25,22 @@ from . import responses
 from .body import DecodedTooLarge, HtmlBody
 from .codings import STEP, DecodeError
 from .config import Config, Site
-from .exchange import IdentityFlow
-from .headers import end_to_end, forwarded_headers, routed_authority, upstream_target
+from .headers import (
+    REQUEST_ID,
+    client_address,
+    end_to_end,
+    forwarded_headers,
+    kept_request_id,
+    routed_authority,
+    upstream_target,
+)
 from .hosts import Authority
+from .identity_flow import IdentityFlow
 from .inbound import Arrival
-from .links import LINK_PATH
-from .logs import write_event
+from .links import FRESH_LINK_PATH
+from .logs import Timestamps, write_event
 from .metrics import HtmlSkip
-from .responses import fault, plain_response
+from .responses import fault, log_fault, plain_response
 from .state import Outcome, ProxyState
 from .upstream import (
     Origin,
@@ -72,35 +81,25 @@ class ProxyHandler:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
         self.identity = IdentityFlow(state)
+        self._stamp = Timestamps()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         state = self.state
         config = state.config
         start = time.monotonic()
-        outcome = Outcome()
-        site = None
+        request_id = (
+            kept_request_id(request.headers, request.remote, config.proxy.trusted_proxies)
+            or new_request_id()
+        )
+        outcome = Outcome(request_id)
         state.in_flight += 1
         state.metrics.in_flight.inc()
         try:
-            if request.method == "CONNECT":
-                # A reverse proxy is never a tunnel: RFC 9110 §9.3.6 lets a server refuse it.
-                outcome.status = 405
-                response = plain_response(
-                    405, "405 Method Not Allowed: this is not a forward proxy"
-                )
-                response.force_close()
-                return response
-            routed = routed_authority(request.headers.get("Host"), request.raw_path)
-            if isinstance(routed, str):
-                outcome.status = 400
-                response = plain_response(400, f"400 Bad Request: {routed}")
-                response.force_close()
-                return response
-            site = config.site_for(routed.host) if routed is not None else None
-            if site is None or routed is None:
-                outcome.status = 421
-                return plain_response(421, "421 Misdirected Request: this host is not served here")
-            return await self.forward(request, site, routed, config, outcome)
+            response = await self.dispatch(request, config, outcome)
+            # Responses that were streamed carry it already (see respond and the relay).
+            if not response.prepared:
+                response.headers[REQUEST_ID] = request_id
+            return response
         except Exception:
             # aiohttp answers 500 for what escapes the handler; the log must not say otherwise.
             outcome.status = 500
@@ -108,7 +107,30 @@ class ProxyHandler:
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.dec()
-            self.record(request, site, outcome, start)
+            self.record(request, outcome, start)
+
+    async def dispatch(
+        self, request: web.BaseRequest, config: Config, outcome: Outcome
+    ) -> web.StreamResponse:
+        """Route the request to its site (``outcome.site``) and answer it."""
+        if request.method == "CONNECT":
+            # A reverse proxy is never a tunnel: RFC 9110 §9.3.6 lets a server refuse it.
+            outcome.status = 405
+            response = plain_response(405, "405 Method Not Allowed: this is not a forward proxy")
+            response.force_close()
+            return response
+        routed = routed_authority(request.headers.get("Host"), request.raw_path)
+        if isinstance(routed, str):
+            outcome.status = 400
+            response = plain_response(400, f"400 Bad Request: {routed}")
+            response.force_close()
+            return response
+        site = config.site_for(routed.host) if routed is not None else None
+        if site is None or routed is None:
+            outcome.status = 421
+            return plain_response(421, "421 Misdirected Request: this host is not served here")
+        outcome.site = site.host
+        return await self.forward(request, site, routed, config, outcome)
 
     async def forward(
         self,
@@ -123,15 +145,17 @@ class ProxyHandler:
         state = self.state
         target = upstream_target(request.raw_path)
         identity = self.identity
-        if target.startswith(LINK_PATH) and target[len(LINK_PATH) : len(LINK_PATH) + 1] in "?":
+        if target.partition("?")[0] == FRESH_LINK_PATH:
             response = await identity.fresh_link(request, site, target)
             outcome.status = response.status
             return response
         arrival = await identity.arrival(request, site, target)
+        outcome.identity = _IDENTITY[arrival.source]
+        outcome.refused_reason = arrival.refused
+        counted = identity.count_arrival(request, site, arrival, target)
         if arrival.redirect is not None:
             outcome.status = 302
-            return identity.cleanup_redirect(request, site, arrival)
-        identity.count_unidentified(request, site, arrival)
+            return identity.cleanup_redirect(request, site, arrival, counted=counted)
         headers = forwarded_headers(
             request.headers,
             peer=request.remote,
@@ -139,6 +163,7 @@ class ProxyHandler:
             trusted_proxies=config.proxy.trusted_proxies,
             site=site,
             routed=routed,
+            request_id=outcome.request_id,
         )
         identity.limit_codings(site, headers)
         body = None
@@ -154,7 +179,9 @@ class ProxyHandler:
             )
         except UpstreamError as exc:
             return self.fault(site, outcome, exc)
-        state.metrics.upstream_latency.labels(site.host).observe(time.monotonic() - sent_at)
+        waited = time.monotonic() - sent_at
+        state.metrics.upstream_latency.labels(site.host).observe(waited)
+        outcome.upstream_ms = waited * 1000
         outcome.upstream_status = upstream.status
         try:
             return await self.respond(request, site, arrival, upstream, outcome)
@@ -170,9 +197,13 @@ class ProxyHandler:
         outcome: Outcome,
     ) -> web.StreamResponse:
         headers = end_to_end(upstream.headers)
+        headers[REQUEST_ID] = outcome.request_id
         status = upstream.status
         outcome.status = status
+        location = headers.get("Location") if 300 <= status < 400 else None
         body = await self.identity.outbound(request, site, arrival, status, headers)
+        if location is not None and headers.get("Location") != location:
+            outcome.decorated += 1
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         length = upstream.content_length
         if no_body:
@@ -244,7 +275,7 @@ class ProxyHandler:
                     break
                 mark = await _pace(body, mark)
             else:
-                self.identity.rewrite_done(site, body)
+                self._rewrite_done(site, body, outcome)
                 response = responses.Response(
                     status=upstream.status, reason=upstream.reason, headers=headers
                 )
@@ -253,6 +284,7 @@ class ProxyHandler:
                 return response
         except DecodedTooLarge:
             self.identity.html_skipped(site, "too_large", body.coding)
+            outcome.skipped = "too_large"
             if body.output_coding != body.coding:
                 headers["Content-Encoding"] = body.coding
             response = responses.Response(
@@ -263,6 +295,7 @@ class ProxyHandler:
             return response
         except DecodeError as exc:
             self.identity.html_skipped(site, "decode_error", body.coding)
+            outcome.skipped = "decode_error"
             return self._abort_before_headers(request, site, outcome, exc)
         stream = responses.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
@@ -279,7 +312,7 @@ class ProxyHandler:
                 if piece:
                     await self._send(stream, piece)
                     outcome.sent += len(piece)
-            self.identity.rewrite_done(site, body)
+            self._rewrite_done(site, body, outcome)
             await self._send(stream, b"", eof=True)
         except DecodeError as exc:
             self._html_aborted(request, site, body, outcome, exc)
@@ -330,7 +363,7 @@ class ProxyHandler:
                 raise UpstreamBodyError("upstream body not complete")
             if body is not None:
                 tail = body.close()
-                self.identity.rewrite_done(site, body)
+                self._rewrite_done(site, body, outcome)
                 if tail:
                     await self._send(response, tail)
                     outcome.sent += len(tail)
@@ -354,6 +387,14 @@ class ProxyHandler:
             return response
         await self._send(response, b"", eof=True)
         return response
+
+    def _rewrite_done(self, site: Site, body: HtmlBody, outcome: Outcome) -> None:
+        self.identity.rewrite_done(site, body)
+        outcome.decorated += sum(body.targets_hit.values())
+        if body.failed:
+            outcome.skipped = "rewrite_failed"
+        elif body.gave_up is not None:
+            outcome.skipped = body.gave_up
 
     def _send_timed_out(self, request: web.BaseRequest, site: Site, outcome: Outcome) -> None:
         """The visitor stopped reading (report F5): cut it off, so that it cannot hold an
@@ -383,6 +424,7 @@ class ProxyHandler:
     ) -> None:
         reason: HtmlSkip = "too_large" if isinstance(exc, DecodedTooLarge) else "decode_error"
         self.identity.html_skipped(site, reason, body.coding)
+        outcome.skipped = reason
         self._abort(request, site, outcome, exc)
 
     def _abort_before_headers(
@@ -397,7 +439,7 @@ class ProxyHandler:
     ) -> None:
         """Cut the client connection so a truncated body never looks complete."""
         self.state.metrics.upstream_errors.labels(site.host, "aborted_body").inc()
-        self.log_event("upstream_body_aborted", site=site.host, error=str(exc))
+        log_fault(self.state, "upstream_body_aborted", site, "aborted_body", error=str(exc)[:200])
         outcome.status = outcome.status or 502
         transport = request.transport
         if transport is not None:
@@ -408,29 +450,61 @@ class ProxyHandler:
     ) -> web.Response:
         return fault(self.state, site, outcome, exc, kind)
 
-    def record(
-        self, request: web.BaseRequest, site: Site | None, outcome: Outcome, start: float
-    ) -> None:
+    def record(self, request: web.BaseRequest, outcome: Outcome, start: float) -> None:
         duration = time.monotonic() - start
-        label = site.host if site else "-"
-        self.state.metrics.count_request(label, request.method, outcome.status)
+        label = outcome.site
+        self.state.metrics.count_request(label, request.method, outcome.status, duration)
         # Written by hand rather than json.dumps(dict): this runs on every request and the
         # generic encoder costs as much as the rest of the bookkeeping together. Strings a
         # visitor controls go through the JSON string encoder; never the query string or
-        # cookies, which carry identities.
+        # cookies, which carry identities. The request id is of a form that needs no escaping
+        # (headers.kept_request_id), and identity is one of the gateway's own words.
+        client = client_address(
+            request.headers, request.remote, self.state.config.proxy.trusted_proxies
+        )
         upstream = "null" if outcome.upstream_status is None else outcome.upstream_status
+        waited = "null" if outcome.upstream_ms is None else f"{outcome.upstream_ms:.3f}"
+        identity = "null" if outcome.identity is None else f'"{outcome.identity}"'
+        extra = ""
+        if outcome.refused_reason is not None:
+            extra += f',"refused_reason":{_json_str(outcome.refused_reason)}'
+        if outcome.skipped is not None:
+            extra += f',"skipped":{_json_str(outcome.skipped)}'
+        # As Caddy does: a request the gateway or the upstream failed is an error.
+        level = "error" if outcome.status >= 500 else "info"
         line = (
-            f'{{"time":{time.time():.6f},"event":"request","site":{_json_str(label)},'
-            f'"method":{_json_str(request.method)},'
+            f'{{"time":"{self._stamp(time.time())}","level":"{level}","event":"request",'
+            f'"request_id":"{outcome.request_id}",'
+            f'"client_ip":{"null" if client is None else _json_str(client)},'
+            f'"site":{_json_str(label)},"method":{_json_str(request.method)},'
             f'"path":{_json_str(_log_path(request))},'
             f'"status":{outcome.status},"bytes":{outcome.sent},'
-            f'"duration_ms":{duration * 1000:.3f},"upstream_status":{upstream}}}\n'
+            f'"duration_ms":{duration * 1000:.3f},"upstream_ms":{waited},'
+            f'"upstream_status":{upstream},"identity":{identity},'
+            f'"decorated":{outcome.decorated}{extra}}}\n'
         )
         with contextlib.suppress(OSError, ValueError):
             self.state.log.write(line)
 
     def log_event(self, event: str, **fields: object) -> None:
         write_event(self.state.log, event, **fields)
+
+
+# The log's words for inbound.Arrival.source.
+_IDENTITY = {
+    "url": "restored",
+    "cookie": "cookie",
+    "minted": "minted",
+    "rejected": "refused",
+    "none": "none",
+}
+
+
+def new_request_id() -> str:
+    """A request id for a request that came without a trusted one: 128 random bits in hex,
+    unique across workers and restarts with no coordination (about 1 µs; a counter would be
+    faster but would tell every visitor how busy the gateway is)."""
+    return os.urandom(16).hex()
 
 
 def _log_path(request: web.BaseRequest) -> str:

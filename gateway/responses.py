@@ -10,6 +10,9 @@ there before (the upstream's, or one the gateway set on purpose) is kept.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -60,6 +63,17 @@ def plain_response(status: int, text: str) -> web.Response:
     )
 
 
+def redirect(location: str) -> Response:
+    """A 302 of the gateway's own (the clean-up redirect, the freshness endpoint): never
+    cached, since it may set identity cookies or carry a credential, and it tells the next
+    site no more than the origin of the page it came from."""
+    response = Response(status=302)
+    response.headers["Location"] = location
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+    return response
+
+
 async def drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
     """An ``on_response_prepare`` signal handler for aiohttp applications (the admin port)."""
     response.headers.popall("Server", None)
@@ -84,7 +98,30 @@ def fault(
     the visitor's status and text."""
     kind = kind or str(getattr(exc, "kind", "reset"))
     state.metrics.upstream_errors.labels(site.host, kind).inc()
-    write_event(state.log, "upstream_error", site=site.host, kind=kind, error=repr(exc)[:200])
+    log_fault(state, "upstream_error", site, kind, error=repr(exc)[:200])
     status, text = FAULTS.get(kind, FAULTS["reset"])
     outcome.status = status
     return plain_response(status, text)
+
+
+def log_fault(state: ProxyState, event: str, site: Site, kind: str, **fields: object) -> None:
+    """Log a fault, at most one line a second per event, site and kind (logs.Throttle): a
+    dead upstream behind a busy site is one line, then one ``suppressed: N`` line a second,
+    not a line per request. Every fault is still counted in the metrics."""
+    now = time.monotonic()
+    verdict = state.faults.admit((event, site.host, kind), now)
+    if verdict.write:
+        if verdict.suppressed:
+            fields["suppressed"] = verdict.suppressed
+        write_event(state.log, event, site=site.host, kind=kind, **fields)
+    elif verdict.flush_at is not None:
+        asyncio.get_running_loop().call_later(
+            verdict.flush_at - now, _report_suppressed, state, verdict.flush_at
+        )
+
+
+def _report_suppressed(state: ProxyState, due_at: float) -> None:
+    # A timer may fire a hair before its time by the loop's clock resolution: the window it
+    # was set for counts as closed.
+    for (event, site, kind), held in state.faults.due(max(time.monotonic(), due_at)):
+        write_event(state.log, event, site=site, kind=kind, suppressed=held)

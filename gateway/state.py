@@ -1,5 +1,5 @@
 """The proxy's shared state, on its own so that every part of the edge can import it without
-importing each other: the handler (proxy.py), the identity glue (exchange.py), the WebSocket
+importing each other: the handler (proxy.py), the identity glue (identity_flow.py), the WebSocket
 relay and the admin endpoints all take a ProxyState; none of them imports another's module to
 reach it.
 """
@@ -15,6 +15,7 @@ import aiohttp
 from .config import Config, Strategy
 from .identity import IdRules, cookie_domain
 from .inbound import identity_rules
+from .logs import Throttle
 from .metrics import Metrics
 from .store import TokenStore
 from .strategies import SigningKeys
@@ -69,9 +70,24 @@ class ConfigIndex:
 class Outcome:
     """What the access log and metrics record about one request."""
 
+    # The id the request is known by upstream, to the visitor and in the log line.
+    request_id: str = ""
+    # The host of the site it was routed to ("-": none).
+    site: str = "-"
     status: int = 0
     upstream_status: int | None = None
     sent: int = 0
+    # Until the upstream's response head arrived, in milliseconds (None: not asked).
+    upstream_ms: float | None = None
+    # What the gateway did about identity: "restored" (from the URL, a hand-off), "cookie",
+    # "minted", "refused" (the URL's identity was not taken: ``refused_reason`` says why) or
+    # "none"; None when the request never reached the identity step.
+    identity: str | None = None
+    refused_reason: str | None = None
+    # Links (and redirect Locations) given identity in the response.
+    decorated: int = 0
+    # Why an HTML page that should have been rewritten went out (in part) without it.
+    skipped: str | None = None
 
 
 class ProxyState:
@@ -91,6 +107,8 @@ class ProxyState:
         self.metrics = metrics
         self.store = store
         self.log: TextIO = sys.stdout
+        # Repeated faults: at most one line a second per (event, site, kind); responses.py.
+        self.faults: Throttle[tuple[str, str, str]] = Throttle(interval=1.0)
         self.in_flight = 0
         self.draining = False
         self.reconfigure(config)

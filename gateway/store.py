@@ -6,17 +6,7 @@ Redis. The store sits on the request path, which must never wait on it for long:
 operation is bounded by a tight timeout (tens of milliseconds) and every failure becomes a
 :class:`StoreError`, which the proxy turns into "no identity" rather than an error page.
 
-Store URLs (``open_store``):
-
-- ``memory://``: one process only (tests, demos, a single-worker gateway).
-- ``redis://[[user]:password@]host[:port][/db][?option=value…]``, ``rediss://…`` (TLS) and
-  ``unix://[[user]:password@]/path/to/redis.sock[?db=N]``: one Redis, through
-  ``redis.asyncio.Redis.from_url`` (its query options apply).
-- ``redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/service_name[/db]``: the
-  master of ``service_name`` as reported by the listed Sentinels (port 26379 by default). The
-  credentials are for the Redis servers; the Sentinels are reached without any.
-- ``redis+cluster://[[user]:password@]host[:port][,host[:port]…]``: a Redis Cluster, the hosts
-  being startup nodes (port 6379 by default); database 0 only, as Cluster has no others.
+Store URLs (``open_store``) are described and checked in :mod:`gateway.store_url`.
 
 Keys are ``{prefix}t:{token}``; values are :meth:`TokenRecord.to_bytes`. Nothing here logs,
 and no error message carries a token or a password.
@@ -26,25 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
-from urllib.parse import unquote
+from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from gateway.strategies import MAX_TOKEN_TTL, TokenRecord
+from gateway.options import MAX_TOKEN_TTL, Store
+from gateway.store_url import StoreURL, parse_store_url, redact_url
+from gateway.strategies import TokenRecord
 
-DEFAULT_KEY_PREFIX = "ajsgw:"
 # Bounds the sockets one gateway process opens to Redis. When Redis stalls, requests queue up
 # behind the timeout; beyond this many in flight they fail at once instead of opening more.
 _MAX_CONNECTIONS = 128
@@ -78,116 +65,7 @@ class TokenStore(Protocol):
         """Release connections."""
 
 
-# --- URLs ----------------------------------------------------------------------------------------
-
-StoreKind = Literal["memory", "redis", "sentinel", "cluster"]
-
-
-@dataclass(frozen=True)
-class StoreURL:
-    """A store URL taken apart, so that config validation can report a bad one at load time."""
-
-    kind: StoreKind
-    url: str = field(repr=False)
-    hosts: tuple[tuple[str, int], ...] = ()
-    service: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-_PORT = re.compile(r"[0-9]{1,5}")
-
-
-def parse_store_url(url: str) -> StoreURL:
-    """Check and split a store URL (forms in the module docstring); ValueError says what is
-    wrong, with any password masked."""
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    shown = redact_url(url)
-    if not sep:
-        raise ValueError(f"store URL {shown!r} has no scheme; use memory:// or redis://host:6379/0")
-    if scheme == "memory":
-        if rest:
-            raise ValueError(f"store URL {shown!r}: memory:// takes no host, path or options")
-        return StoreURL("memory", url)
-    if scheme in ("redis", "rediss", "unix"):
-        try:
-            kwargs = parse_url(url)
-        except ValueError as exc:
-            raise ValueError(f"store URL {shown!r}: {exc}") from None
-        path = rest.partition("?")[0].partition("/")[2]
-        if scheme != "unix" and path and not path.isdigit():
-            raise ValueError(f"store URL {shown!r}: the path must be a database number, like /0")
-        if scheme != "unix" and not kwargs.get("host"):
-            raise ValueError(f"store URL {shown!r} names no host; like redis://redis:6379/0")
-        password = kwargs.get("password")
-        return StoreURL("redis", url, password=password if isinstance(password, str) else None)
-    if scheme in ("redis+sentinel", "redis+cluster"):
-        return _parse_multi_host(scheme, rest, url, shown)
-    raise ValueError(
-        f"store URL {shown!r}: unknown scheme {scheme!r}; use memory://, redis://, rediss://, "
-        "unix://, redis+sentinel:// or redis+cluster://"
-    )
-
-
-def _parse_multi_host(scheme: str, rest: str, url: str, shown: str) -> StoreURL:
-    sentinel = scheme == "redis+sentinel"
-    form = (
-        "redis+sentinel://host:26379,host2:26379/service_name/0"
-        if sentinel
-        else "redis+cluster://host:6379,host2:6379"
-    )
-    if "?" in rest or "#" in rest:
-        raise ValueError(f"store URL {shown!r}: {scheme}:// takes no options; like {form}")
-    authority, _, path = rest.partition("/")
-    userinfo, at, hostlist = authority.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, pw = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(pw) if colon else None
-    hosts = tuple(
-        _host_port(item, 26379 if sentinel else 6379, shown, form) for item in hostlist.split(",")
-    )
-    segments = path.split("/") if path else []
-    if sentinel:
-        if not segments or not segments[0]:
-            raise ValueError(f"store URL {shown!r} names no Sentinel service; like {form}")
-        if len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
-            raise ValueError(f"store URL {shown!r}: after the service only a database number")
-        db = int(segments[1]) if len(segments) == 2 else 0
-        return StoreURL("sentinel", url, hosts, unquote(segments[0]), db, username, password)
-    if segments not in ([], [""], ["0"]):
-        raise ValueError(f"store URL {shown!r}: Redis Cluster has only database 0; like {form}")
-    return StoreURL("cluster", url, hosts, None, 0, username, password)
-
-
-def _host_port(item: str, default_port: int, shown: str, form: str) -> tuple[str, int]:
-    if item.startswith("["):
-        host, _, port = item[1:].partition("]")
-        port = port.removeprefix(":")
-    else:
-        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
-    if not host or (port and not (_PORT.fullmatch(port) and 0 < int(port) < 65536)):
-        raise ValueError(f"store URL {shown!r}: {item!r} is not host[:port]; like {form}")
-    return host, int(port) if port else default_port
-
-
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the authority or a ``password=`` option) masked."""
-    scheme, sep, rest = url.partition("://")
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, hosts = authority.rpartition("@")
-    if at and ":" in userinfo:
-        rest = f"{userinfo.partition(':')[0]}:***@{hosts}{slash}{tail}"
-    return _QUERY_PASSWORD.sub(r"\1***", f"{scheme}{sep}{rest}")
-
-
-def open_store(url: str, *, timeout_ms: int, key_prefix: str = DEFAULT_KEY_PREFIX) -> TokenStore:
+def open_store(url: str, *, timeout_ms: int, key_prefix: str = Store.key_prefix) -> TokenStore:
     """The store for ``url``, bounded by ``timeout_ms`` per operation. Connects lazily, so this
     never blocks and a Redis that is down at start-up is only a failed ``health()``. Raises
     ValueError for a bad URL or timeout."""
@@ -268,7 +146,7 @@ class MemoryStore:
         return len(self._data)
 
     async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
-        """Keep ``record`` for ``ttl`` seconds; ValueError for a TTL outside 1-600 s."""
+        """Keep ``record`` for ``ttl`` seconds; ValueError unless 1 <= ttl <= MAX_TOKEN_TTL."""
         _check_ttl(ttl)
         now = self._clock()
         self._data.pop(token, None)
@@ -356,7 +234,7 @@ class RedisStore:
         return text.replace(self._password, "***") if self._password else text
 
     async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
-        """``SET key value EX ttl``; ValueError for a TTL outside 1-600 s."""
+        """``SET key value EX ttl``; ValueError unless 1 <= ttl <= MAX_TOKEN_TTL."""
         _check_ttl(ttl)
         value = record.to_bytes()
         await self._call("put", lambda: self._client.set(self._key(token), value, ex=ttl))

@@ -24,12 +24,14 @@ token store that backs the ``token`` strategy lives in :mod:`gateway.store`.
 
     The MAC is computed over netstrings (``<byte length>:<bytes>,``, UTF-8) of, in order:
     ``ajs-gateway-link``, the mode, the anonymous id, the user id (empty when there is none),
-    the expiry exactly as written in the URL, the target host (lower case, no port, no trailing
-    dot) and the hex SHA-256 of the User-Agent (empty in mode ``v1``). Length prefixes make the
-    encoding unambiguous whatever characters the fields hold, and the first field keeps these
-    MACs from ever colliding with anything else signed with the same keys. Encodings are
-    canonical (an expiry has no leading zeros, an empty ``ajs_uid`` is refused, the MAC text is
-    compared, not its decoded bytes), so no second spelling of a signed link verifies.
+    the expiry exactly as written in the URL, the target host (in normal form, as
+    :func:`gateway.hosts.hostname` gives it: lower case, no port, no trailing dot, an IPv6
+    address in brackets) and the hex SHA-256 of the User-Agent (empty in mode ``v1``). Length
+    prefixes make the encoding unambiguous whatever characters the fields hold, and the first
+    field keeps these MACs from ever colliding with anything else signed with the same keys.
+    Encodings are canonical (an expiry has no leading zeros, an empty ``ajs_uid`` is refused,
+    the MAC text is compared, not its decoded bytes), so no second spelling of a signed link
+    verifies.
 """
 
 from __future__ import annotations
@@ -45,16 +47,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.identity import AID_PARAM, UID_PARAM, host_matches
-from gateway.keys import GEN_KEY_ADVICE, MIN_LENGTH
+from gateway.hosts import hostname, matches
+from gateway.keys import GEN_KEY_ADVICE, check_signing_key, parse_signing_keys
+from gateway.options import Signing
+from gateway.params import AID_PARAM, EXP_PARAM, SIG_PARAM, UID_PARAM
 
-TOKEN_PARAM = "ajs_token"
-SIG_PARAM = "ajs_sig"
-EXP_PARAM = "ajs_exp"
-
-DEFAULT_TOKEN_TTL = 300
-MAX_TOKEN_TTL = 600
-DEFAULT_SIGNED_LIFETIME = 600
 # Tolerated clock difference between the gateway that signs and the one that verifies, when
 # deciding whether an expiry is further ahead than any gateway would have signed.
 CLOCK_SKEW = 60
@@ -194,9 +191,9 @@ def token_refusal(
     being upgraded, and for at most the token TTL after; it is exchanged anywhere but at its
     source host, as it always was, unless ``bind_user_agent`` requires binding.
     """
-    if host_matches(host, record.source_host):
+    if matches(host, record.source_host):
         return "wrong_target"
-    if record.targets is not None and not any(host_matches(host, t) for t in record.targets):
+    if record.targets is not None and not any(matches(host, t) for t in record.targets):
         return "wrong_target"
     if record.user_agent_hash is None:
         return "wrong_browser" if bind_user_agent else None
@@ -206,13 +203,6 @@ def token_refusal(
 
 
 # --- Signing keys --------------------------------------------------------------------------------
-
-_KEY_MIN_CHARS = MIN_LENGTH
-# A key with fewer distinct characters than this is a placeholder ("changeme" repeated), not a
-# secret; random keys of 32+ characters in any encoding (hex included) have far more.
-_KEY_MIN_DISTINCT = 10
-_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
-_KEY_ADVICE = GEN_KEY_ADVICE
 
 
 @dataclass(frozen=True)
@@ -227,9 +217,9 @@ class SigningKeys:
 
     def __post_init__(self) -> None:
         if not self.all:
-            raise ValueError(f"no signing keys given; {_KEY_ADVICE}")
+            raise ValueError(f"no signing keys given; {GEN_KEY_ADVICE}")
         for i, key in enumerate(self.all, 1):
-            _check_key(key, i, len(self.all))
+            check_signing_key(key, i, len(self.all))
 
     @property
     def signing_key(self) -> bytes:
@@ -238,38 +228,9 @@ class SigningKeys:
 
     @classmethod
     def parse(cls, value: str) -> SigningKeys:
-        """Keys from an environment variable's value: comma-separated, whitespace around each
-        ignored. Each key is used as the literal bytes of its text (printable ASCII, no commas),
-        so base64, hex and pass-phrases all work unchanged on every member of the fleet; it must
-        be at least 32 characters long. Error messages say which key is wrong, never what it
-        is."""
-        parts = [p.strip() for p in value.split(",")]
-        if parts == [""]:
-            raise ValueError(f"no signing keys given; {_KEY_ADVICE}")
-        for i, part in enumerate(parts, 1):
-            if not part:
-                raise ValueError(
-                    f"signing key {i} of {len(parts)} is empty; separate keys with single commas"
-                )
-            if not _KEY_CHARS.fullmatch(part):
-                raise ValueError(
-                    f"signing key {i} of {len(parts)} contains a space or a character outside "
-                    f"printable ASCII; {_KEY_ADVICE}"
-                )
-        return cls(tuple(p.encode("ascii") for p in parts))
-
-
-def _check_key(key: bytes, i: int, n: int) -> None:
-    if len(key) < _KEY_MIN_CHARS:
-        raise ValueError(
-            f"signing key {i} of {n} is {len(key)} characters long; each key needs at least "
-            f"{_KEY_MIN_CHARS}; {_KEY_ADVICE}"
-        )
-    if len(set(key)) < _KEY_MIN_DISTINCT:
-        raise ValueError(
-            f"signing key {i} of {n} has fewer than {_KEY_MIN_DISTINCT} distinct characters, "
-            f"so it is a placeholder rather than a secret; {_KEY_ADVICE}"
-        )
+        """Keys from a ``signing.keys`` value, as :func:`gateway.keys.parse_signing_keys` reads
+        them. Error messages say which key is wrong, never what it is."""
+        return cls(parse_signing_keys(value))
 
 
 # --- Signed links --------------------------------------------------------------------------------
@@ -281,22 +242,8 @@ _SIG_SYNTAX = re.compile(r"(v1|v1ua)\.[A-Za-z0-9_-]{43}")
 _EXP_SYNTAX = re.compile(r"[1-9][0-9]{0,11}")
 # Longer than any id the identity rules accept; bounds the work spent on hostile input.
 _FIELD_MAX = 4096
-_HOST_CHARS = re.compile(r"[a-z0-9._-]+|\[[0-9a-f:.]+\]")
 
 VerifyReason = Literal["ok", "missing", "malformed", "expired", "bad_signature"]
-
-
-def _canonical_host(host: str) -> str | None:
-    """``host`` as it is signed: lower case, no port, no trailing dot; None if not a host name
-    or IP literal in the ASCII form browsers send (IDNA names must arrive as ``xn--``)."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        h = h[: h.find("]") + 1]
-    elif h.count(":") > 1:
-        h = f"[{h}]"
-    else:
-        h = h.partition(":")[0].rstrip(".")
-    return h if _HOST_CHARS.fullmatch(h) else None
 
 
 def _ua_hash(user_agent: str | None) -> str:
@@ -331,7 +278,7 @@ def sign_params(
     id, an empty user id, a host that is not an ASCII host name, an expiry that is not a
     positive integer).
     """
-    host = _canonical_host(target_host)
+    host = hostname(target_host)
     if host is None:
         raise ValueError(f"cannot sign for target host {target_host!r}: not an ASCII host name")
     if not aid:
@@ -359,7 +306,7 @@ def verify_signed(
     keys: SigningKeys,
     user_agent: str | None,
     bind_user_agent: bool,
-    max_lifetime: int = DEFAULT_SIGNED_LIFETIME,
+    max_lifetime: int = Signing.lifetime,
 ) -> tuple[str | None, str | None, VerifyReason]:
     """Check a signed arrival: ``(aid, uid, "ok")`` or ``(None, None, reason)``.
 
@@ -402,7 +349,7 @@ def verify_signed(
     if not expires <= now + max_lifetime + CLOCK_SKEW:
         return None, None, "malformed"
     mode, _, mac = sig.partition(".")
-    canonical = _canonical_host(host)
+    canonical = hostname(host)
     if canonical is None or (mode == _MODE_PLAIN and bind_user_agent):
         return None, None, "bad_signature"
     ua = _ua_hash(user_agent) if mode == _MODE_UA else ""
@@ -420,12 +367,6 @@ def verify_signed(
 
 __all__ = [
     "CLOCK_SKEW",
-    "DEFAULT_SIGNED_LIFETIME",
-    "DEFAULT_TOKEN_TTL",
-    "EXP_PARAM",
-    "MAX_TOKEN_TTL",
-    "SIG_PARAM",
-    "TOKEN_PARAM",
     "SigningKeys",
     "TokenRecord",
     "TokenRefusal",

@@ -19,12 +19,14 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from .hosts import split_port
 
 # Flow control: stop reading from the upstream while this much body is waiting for a slow
 # client, resume below the low mark.
@@ -74,19 +76,16 @@ class Origin:
 
     @classmethod
     def parse(cls, url: str) -> Origin:
+        """The origin of a configured upstream URL (config.py has checked it): ``host`` is what
+        to connect to, so an IPv6 address is given without its brackets."""
         scheme, _, rest = url.partition("://")
-        authority = rest.split("/", 1)[0]
-        if authority.startswith("["):
-            host, _, port = authority[1:].partition("]")
-            port = port.lstrip(":")
-        else:
-            host, _, port = authority.rpartition(":") if ":" in authority else (authority, "", "")
+        host, port = split_port(rest.split("/", 1)[0])
         default = 443 if scheme == "https" else 80
-        return cls(scheme, host, int(port) if port else default)
+        return cls(scheme, host.removeprefix("[").removesuffix("]"), int(port) if port else default)
 
 
 class _Connection(asyncio.Protocol):
-    """One upstream connection; carries one exchange at a time."""
+    """One upstream connection; carries one request at a time."""
 
     def __init__(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
         self.origin = origin
@@ -97,7 +96,7 @@ class _Connection(asyncio.Protocol):
         self.used = False
         self._drain: asyncio.Future[None] | None = None
         self._paused_writing = False
-        self._exchange: _Exchange | None = None
+        self._inflight: _InFlight | None = None
 
     # -- transport callbacks ------------------------------------------------------------------
 
@@ -106,24 +105,24 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        exchange = self._exchange
-        if exchange is None:
+        inflight = self._inflight
+        if inflight is None:
             # Bytes nobody asked for (a server talking out of turn): the connection is no
             # longer in a known state.
             self.close()
             return
-        exchange.feed(data)
+        inflight.feed(data)
 
     def eof_received(self) -> bool:
         self.closed = True
-        if self._exchange is not None:
-            self._exchange.connection_lost(None)
+        if self._inflight is not None:
+            self._inflight.connection_lost(None)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._exchange is not None:
-            self._exchange.connection_lost(exc)
+        if self._inflight is not None:
+            self._inflight.connection_lost(exc)
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("upstream connection lost"))
 
@@ -136,7 +135,7 @@ class _Connection(asyncio.Protocol):
             self._drain.set_result(None)
         self._drain = None
 
-    # -- used by the exchange -------------------------------------------------------------------
+    # -- used by the request in flight -------------------------------------------------------
 
     async def drain(self) -> None:
         if self.closed:
@@ -156,7 +155,7 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class _Exchange:
+class _InFlight:
     """The response side of one request on a connection: httptools callbacks in, a head
     future and a body queue out."""
 
@@ -323,26 +322,26 @@ class _Exchange:
 class UpstreamResponse:
     """A response whose body is read as it arrives (``readany``) or whole (``read``)."""
 
-    def __init__(self, pool: UpstreamPool, exchange: _Exchange, read_timeout: float) -> None:
+    def __init__(self, pool: UpstreamPool, inflight: _InFlight, read_timeout: float) -> None:
         self._pool = pool
-        self._exchange = exchange
+        self._inflight = inflight
         self._read_timeout = read_timeout
         self._released = False
-        self.status = exchange.status
-        self.reason = exchange.reason
-        headers: CIMultiDict[str] = CIMultiDict(exchange.raw_headers)
+        self.status = inflight.status
+        self.reason = inflight.reason
+        headers: CIMultiDict[str] = CIMultiDict(inflight.raw_headers)
         self.headers = CIMultiDictProxy(headers)
         length = headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
 
     def is_eof(self) -> bool:
-        ex = self._exchange
+        ex = self._inflight
         return ex.complete and not ex.chunks
 
     async def readany(self) -> bytes:
         """The next part of the body, b"" at its end; raises UpstreamBodyError or
         UpstreamTimeout if it cannot be had."""
-        ex = self._exchange
+        ex = self._inflight
         while not ex.chunks:
             if ex.error is not None:
                 raise (
@@ -375,11 +374,11 @@ class UpstreamResponse:
         return b"".join(parts)
 
     def release(self) -> None:
-        """Give the connection back if the exchange ended cleanly, else close it."""
+        """Give the connection back if the request ended cleanly, else close it."""
         if self._released:
             return
         self._released = True
-        ex = self._exchange
+        ex = self._inflight
         ok = ex.complete and ex.error is None and not ex.chunks and ex.keep_alive
         if ex.sender is not None and not ex.sender.done():
             # The upstream answered before taking the whole body (a 413, say): the connection
@@ -392,9 +391,25 @@ class UpstreamResponse:
         """Abandon the response: the connection is closed, never reused."""
         if not self._released:
             self._released = True
-            if self._exchange.sender is not None:
-                self._exchange.sender.cancel()
-            self._pool._done(self._exchange.conn, reuse=False)
+            if self._inflight.sender is not None:
+                self._inflight.sender.cancel()
+            self._pool._done(self._inflight.conn, reuse=False)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """What an :class:`UpstreamPool` holds at one moment.
+
+    ``busy``: exchanges holding a slot (in total, and per origin in ``busy_by_origin``);
+    ``idle``: connections kept for reuse, per origin (one the upstream closed while it sat idle
+    counts until the pool next looks at it); ``waiting``: requests queued for a slot. Origins
+    with nothing to count are left out.
+    """
+
+    busy: int
+    busy_by_origin: Mapping[Origin, int]
+    idle: Mapping[Origin, int]
+    waiting: int
 
 
 class UpstreamPool:
@@ -445,28 +460,28 @@ class UpstreamPool:
             # a request that sent no body can safely be tried once more on a new connection.
             for attempt in (0, 1):
                 conn = await self._connection(origin, fresh=attempt > 0)
-                exchange = _Exchange(conn, head_only=method == "HEAD")
-                conn._exchange = exchange
+                inflight = _InFlight(conn, head_only=method == "HEAD")
+                conn._inflight = inflight
                 try:
-                    return await self._exchange(conn, exchange, head, body, content_length)
+                    return await self._send_request(conn, inflight, head, body, content_length)
                 except UpstreamError as exc:
                     conn.close()
                     retry = (
                         attempt == 0
                         and conn.used
                         and body is None
-                        and not exchange.received_any
+                        and not inflight.received_any
                         and not isinstance(exc, UpstreamTimeout)
                     )
                     if not retry:
                         raise
                 except BaseException:
                     # Cancelled while waiting for the head (the visitor went away, say): the
-                    # connection is mid-exchange, so close it rather than leak it open, and
+                    # connection is mid-request, so close it rather than leak it open, and
                     # stop sending the body.
                     conn.close()
-                    if exchange.sender is not None:
-                        exchange.sender.cancel()
+                    if inflight.sender is not None:
+                        inflight.sender.cancel()
                     raise
                 finally:
                     conn.used = True
@@ -475,10 +490,10 @@ class UpstreamPool:
             self._release_slot(origin)
             raise
 
-    async def _exchange(
+    async def _send_request(
         self,
         conn: _Connection,
-        exchange: _Exchange,
+        inflight: _InFlight,
         head: bytes,
         body: AsyncIterator[bytes] | None,
         content_length: int | None,
@@ -492,40 +507,40 @@ class UpstreamPool:
         # call_later is markedly cheaper than the context manager's task bookkeeping. It
         # measures silence: every step of the upload starts it again, so a large body that
         # streams steadily is not cut off by the wait for the answer.
-        exchange.arm(self._read_timeout)
+        inflight.arm(self._read_timeout)
         if body is not None:
             sender = asyncio.ensure_future(
-                _send_body(conn, exchange, body, self._read_timeout, content_length)
+                _send_body(conn, inflight, body, self._read_timeout, content_length)
             )
-            exchange.sender = sender
+            inflight.sender = sender
         try:
             if sender is None:
-                await exchange.head
+                await inflight.head
             else:
                 # The upstream may answer before it has read the whole body (a 413, say);
                 # otherwise the body must be sent before the answer can come.
-                await asyncio.wait({sender, exchange.head}, return_when=asyncio.FIRST_COMPLETED)
-                if not exchange.head.done():
+                await asyncio.wait({sender, inflight.head}, return_when=asyncio.FIRST_COMPLETED)
+                if not inflight.head.done():
                     sender.result()  # raises if sending failed
                 # The head may also have failed while the body was being sent (timed out,
                 # connection lost): awaiting it raises that rather than return no response.
-                await exchange.head
+                await inflight.head
         except UpstreamError:
             if sender is not None:
                 _stop_sender(sender)
             raise
         except (ConnectionError, OSError) as exc:
-            exchange.fail(UpstreamError(str(exc)))
+            inflight.fail(UpstreamError(str(exc)))
             raise UpstreamError(f"upstream connection failed: {exc}") from exc
         finally:
-            exchange.disarm()
+            inflight.disarm()
         if sender is not None and not sender.done():
             # Keep streaming the rest of the body while the response is read; if it fails,
-            # the exchange fails with it.
-            sender.add_done_callback(lambda t: _sender_done(t, exchange))
+            # the response fails with it.
+            sender.add_done_callback(lambda t: _sender_done(t, inflight))
         elif sender is not None and sender.exception() is not None:
-            exchange.conn.closed = True
-        return UpstreamResponse(self, exchange, self._read_timeout)
+            inflight.conn.closed = True
+        return UpstreamResponse(self, inflight, self._read_timeout)
 
     async def _connection(self, origin: Origin, fresh: bool) -> _Connection:
         if not fresh:
@@ -614,7 +629,7 @@ class UpstreamPool:
 
     def _done(self, conn: _Connection, reuse: bool) -> None:
         self._release_slot(conn.origin)
-        conn._exchange = None
+        conn._inflight = None
         if reuse and not conn.closed and not self._closed:
             conn.idle_since = time.monotonic()
             idle = self._idle.setdefault(conn.origin, [])
@@ -630,6 +645,15 @@ class UpstreamPool:
                 conn.close()
         self._idle.clear()
 
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool's slots, idle connections and queue (see :class:`PoolStats`)."""
+        return PoolStats(
+            busy=self._busy,
+            busy_by_origin={o: n for o, n in self._busy_by.items() if n},
+            idle={o: len(conns) for o, conns in self._idle.items() if conns},
+            waiting=len(self._waiting),
+        )
+
 
 def _stop_sender(sender: asyncio.Future[None]) -> None:
     """Cancel a body sender, or take its error if it has already failed (unretrieved, asyncio
@@ -638,21 +662,21 @@ def _stop_sender(sender: asyncio.Future[None]) -> None:
         sender.exception()
 
 
-def _sender_done(task: asyncio.Future[None], exchange: _Exchange) -> None:
+def _sender_done(task: asyncio.Future[None], inflight: _InFlight) -> None:
     if task.cancelled():
         return
     exc = task.exception()
     if exc is not None:
         # The upstream stopped reading the body; unless its response is already complete,
         # the response cannot be trusted to be whole.
-        exchange.conn.closed = True
-        if not exchange.complete:
-            exchange.fail(UpstreamBodyError(f"sending the request body failed: {exc}"))
+        inflight.conn.closed = True
+        if not inflight.complete:
+            inflight.fail(UpstreamBodyError(f"sending the request body failed: {exc}"))
 
 
 async def _send_body(
     conn: _Connection,
-    exchange: _Exchange,
+    inflight: _InFlight,
     body: AsyncIterator[bytes],
     timeout: float,
     length: int | None,
@@ -667,10 +691,10 @@ async def _send_body(
         sent += len(chunk)
         if length is not None and sent > length:
             raise RequestBodyError(f"request body longer than its Content-Length {length}")
-        exchange.arm(timeout)  # the visitor is still sending
+        inflight.arm(timeout)  # the visitor is still sending
         conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if length is None else chunk)
         await conn.drain()
-        exchange.arm(timeout)  # the upstream is still reading
+        inflight.arm(timeout)  # the upstream is still reading
     if length is None:
         conn.write(b"0\r\n\r\n")
     elif sent != length:

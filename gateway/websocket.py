@@ -12,7 +12,7 @@ from yarl import URL
 
 from . import responses
 from .config import Site
-from .headers import forwarded_headers, upstream_target
+from .headers import REQUEST_ID, forwarded_headers, upstream_target
 from .hosts import Authority
 from .inbound import split_target
 from .responses import fault
@@ -45,6 +45,7 @@ async def relay_websocket(
         trusted_proxies=state.config.proxy.trusted_proxies,
         site=site,
         routed=routed,
+        request_id=outcome.request_id,
     )
     for name in list(headers):
         if name.lower() in _HANDSHAKE:
@@ -83,6 +84,7 @@ async def relay_websocket(
         autoping=False,
         max_msg_size=max_message,
     )
+    client.headers[REQUEST_ID] = outcome.request_id
     await client.prepare(request)
     outcome.status = 101
     try:

@@ -3,11 +3,13 @@ subprocess, and a private redis-server."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -104,6 +106,15 @@ def bomb(coding: str, size: int) -> bytes:
     zl = zlib.compressobj(9, zlib.DEFLATED, wbits)
     out = [zl.compress(block) for _ in range(size >> 20)]
     return b"".join(out) + zl.flush()
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs: bound, never
+    listening, so nothing else can take it meanwhile (as it could a port picked and closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
 
 
 @pytest.fixture

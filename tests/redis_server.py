@@ -4,10 +4,17 @@ Tests get a :class:`RedisServer` from the ``redis_server`` fixture and may kill,
 and restart it (on the same port) to exercise the gateway's failure handling. Without
 ``redis-server`` on PATH the tests are skipped, or fail under ``CI=true`` so that CI cannot
 silently stop testing Redis.
+
+The port is picked before redis-server binds it, so something else may take it in between:
+redis-server cannot be asked to choose one (its ``--port 0`` means "no TCP at all") nor be
+handed a bound socket. So a first start that fails on a taken port is tried again on another,
+and a server counts as up only once the process we started owns the listening socket (a
+PING alone could be answered by whichever Redis took the port).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -41,6 +48,30 @@ def require_binary(name: str = "redis-server") -> str:
             pytest.fail(MISSING)
         pytest.skip(MISSING)
     return path
+
+
+def listens(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` owns a socket listening on TCP ``port`` (IPv4); None where
+    Linux's /proc cannot tell."""
+    if not os.path.exists("/proc/net/tcp"):
+        return None
+    try:
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False  # the process has gone
+    # Columns: sl, local address (hex ip:port), remote address, state (0A: LISTEN), ..., inode.
+    inodes = {
+        f"socket:[{row[9]}]"
+        for row in rows
+        if row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port
+    }
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+    return False
 
 
 def ping(port: int, timeout: float = 0.2) -> bool:
@@ -79,10 +110,33 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start (or restart) on the same port and wait until it answers PING."""
+    @property
+    def log(self) -> Path:
+        """Where redis-server writes its log (every start on this port appends to it)."""
+        return self.dir / f"redis-{self.port}.log"
+
+    def start(self, timeout: float = 10.0, attempts: int = 5) -> None:
+        """Start (or restart) and wait until it answers PING. A first start whose port was
+        taken since it was picked moves to another (up to ``attempts`` times); a restart
+        keeps its port, which clients already know."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("redis-server is already running")
+        first = self.proc is None
+        for attempt in range(1, attempts + 1):
+            offset = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                self._start_once(timeout)
+                return
+            except RuntimeError:
+                with open(self.log, "rb") as log:
+                    log.seek(offset)
+                    taken = b"Address already in use" in log.read()
+                if not (first and taken and attempt < attempts):
+                    raise
+                self.proc = None
+                self.port = free_port()
+
+    def _start_once(self, timeout: float) -> None:
         cmd = [
             self.binary,
             *([str(self.config_file)] if self.config_file else []),
@@ -98,16 +152,19 @@ class RedisServer:
             str(self.dir),
             *self.extra,
         ]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir
-        )
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         deadline = time.monotonic() + timeout
-        while not ping(self.port):
+        while listens(self.proc.pid, self.port) is False or not ping(self.port):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {cmd}")
+                raise RuntimeError(
+                    f"redis-server exited with {self.proc.returncode} (log: {self.log}): {cmd}"
+                )
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"redis-server did not answer PING within {timeout} s")
+                raise RuntimeError(
+                    f"redis-server did not answer PING within {timeout} s (log: {self.log})"
+                )
             time.sleep(0.01)
 
     def kill(self) -> None:

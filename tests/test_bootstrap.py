@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.bootstrap import render_bootstrap
+from gateway.hosts import hostname, matches
 
 from .js_harness import needs_node, run_harness
 
@@ -266,6 +267,60 @@ def test_click_time_decoration() -> None:
     steps = [{"do": "bootstrap"}] + [{"do": "click", **spec} for spec, _ in CLICKS]
     out = run_js(steps)
     assert [r["href"] for r in out["results"]] == [expected for _, expected in CLICKS]
+
+
+# The JavaScript copy of the wildcard rule (the script's "hit") against hosts.matches: every
+# pattern with every host, the own host never a target.
+HIT_PATTERNS = [
+    "example.com",
+    "*.example.com",
+    "*.b.example.com",
+    "Shop.Test.",
+    "*.shop.test",
+    "*.x-y.test",
+    "*.xn--grobank-2va.test",
+    "127.0.0.1",
+    "[::1]",
+]
+HIT_HOSTS = [
+    "example.com",
+    "EXAMPLE.com.",
+    "a.example.com",
+    "A.B.Example.Com",
+    "b.example.com",
+    "a.b.example.com",
+    "evilexample.com",
+    "example.com.evil.net",
+    "example.co",
+    "a..example.com",
+    "shop.test",
+    "www.shop.test",
+    "a.www.shop.test",
+    "x-y.test",
+    "a.x-y.test",
+    "ax-y.test",
+    "pay.xn--grobank-2va.test",
+    "xn--grobank-2va.test",
+    "127.0.0.1",
+    "a.127.0.0.1",
+    "[::1]",
+    "_s.shop.test",
+]
+
+
+@needs_node
+@pytest.mark.parametrize("pattern", HIT_PATTERNS)
+def test_click_time_matching_is_hosts_matches(pattern: str) -> None:
+    own = "www.shop.test"
+    steps = [{"do": "bootstrap"}] + [
+        {"do": "click", "href": f"https://{host}/x"} for host in HIT_HOSTS
+    ]
+    out = run_harness(body(render(targets=[pattern], own_host=own)), PAGE, steps)
+    hrefs = [r["href"] for r in out["results"]]
+    decorated = {h: href != f"https://{h}/x" for h, href in zip(HIT_HOSTS, hrefs, strict=True)}
+    expected = {h: hostname(h) != own and matches(h, pattern) for h in HIT_HOSTS}
+    assert decorated == expected
+    assert any(expected.values()), "every pattern has a host of the table under it"
 
 
 @needs_node

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config, parse_config
+from gateway.config import Config, ConfigError, CrossDomain, Proxy, Site, load_config, parse_config
+from gateway.keys import generate_key
+from gateway.options import Key, declared, option, walk
 
 from .conftest import REPO
 
@@ -227,24 +231,6 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) >= 13
 
 
-def test_example_config_documents_every_key() -> None:
-    """The commented example mentions every key the loader accepts."""
-    import inspect
-
-    from gateway import config as config_module
-
-    text = (REPO / "config" / "domains.yaml").read_text()
-    source = inspect.getsource(config_module._Reader)
-    import re
-
-    keys = set()
-    for group in re.findall(r"\(\s*((?:\"[a-z_]+\",?\s*)+)\)", source):
-        keys.update(re.findall(r'"([a-z_]+)"', group))
-    keys -= {"url", "cookie"}  # enum values, not keys
-    missing = sorted(k for k in keys if not re.search(rf"\b{k}:", text))
-    assert not missing, missing
-
-
 SIGNED = """\
 sites:
   - {host: www.example.com, upstream: 'http://x:1'}
@@ -373,14 +359,24 @@ def test_check_config_and_serve_refuse_memory_tokens_with_workers(tmp_path: Path
     ):
         result = _cli(*args)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
+        # check-config words it for a person; serve in its one start_failed JSON line.
+        said = result.stderr if args[0] == "check-config" else _start_failed(result)
         assert (
             f"{path}:1: store.url: memory:// keeps tokens inside one process, but --workers 2"
-            in (result.stderr)
+            in said
         )
     path.write_text(TOKEN_TARGET + "server: {port: 0, workers: 2}\nadmin: {port: 0}\n")
     result = _cli("serve", "--config", str(path))
     assert result.returncode == 1
-    assert "but server.workers is 2 and" in result.stderr
+    assert "but server.workers is 2 and" in _start_failed(result)
+
+
+def _start_failed(result: subprocess.CompletedProcess[str]) -> str:
+    """The problems of serve's start_failed line, the only thing it wrote."""
+    assert result.stderr == ""
+    [line] = [json.loads(text) for text in result.stdout.splitlines()]
+    assert (line["event"], line["level"]) == ("start_failed", "error")
+    return "\n".join(line["problems"])
 
 
 async def test_a_worker_refuses_to_reload_into_memory_tokens(tmp_path: Path) -> None:
@@ -397,3 +393,109 @@ async def test_a_worker_refuses_to_reload_into_memory_tokens(tmp_path: Path) -> 
         assert gateway.state.config.store.url == "redis://127.0.0.1:1/0"
     finally:
         await gateway.drain_and_close()
+
+
+def test_reading_a_config_loads_neither_redis_nor_the_token_code() -> None:
+    """The layering: config (the pure core's reader) checks store URLs and signing keys with
+    redis-free helpers, so check-config never imports the store, redis or strategies."""
+    text = (
+        "sites: [{host: a.test, upstream: 'http://x:1'}]\n"
+        "cross_domains: [{host: b.test, strategy: signed}, {host: c.test, strategy: token}]\n"
+        "store: {url: 'redis+sentinel://s1:26379/m'}\n"
+        f"signing: {{keys: {generate_key()}}}\n"
+    )
+    code = (
+        "import sys; from gateway.config import parse_config; "
+        f"parse_config({text!r}, 'f.yaml', {{}}); "
+        "print(sorted(m for m in ('redis', 'gateway.store', 'gateway.strategies') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# --- The generic reader, driven by the declarations in gateway/options.py -----------------------
+
+MINIMAL = "sites: [{host: a.test, upstream: 'http://x:1'}]\n"
+SECTIONS = [k for k in declared(Config) if k.section is not None]
+NUMBERS = [
+    (path, k)
+    for path, k in walk(Config)
+    if k.base in (int, float) and not k.option.bespoke and "[]" not in path
+]
+
+
+@pytest.mark.parametrize("section", SECTIONS, ids=lambda k: k.key)
+@pytest.mark.parametrize("body", ["{}", "", "~"])
+def test_an_empty_section_is_the_declared_defaults(section: Key, body: str) -> None:
+    config = parse_config(f"{MINIMAL}{section.key}: {body}\n", "f.yaml", {})
+    assert section.section is not None
+    assert getattr(config, section.name) == section.section()
+    assert parse_config(MINIMAL, "f.yaml", {}) == config
+
+
+def test_a_bare_site_and_cross_domain_are_the_declared_defaults() -> None:
+    config = parse_config(f"{MINIMAL}cross_domains: [b.test, {{host: c.test}}]\n", "f.yaml", {})
+    assert config.sites == (Site("a.test", "http://x:1"),)
+    assert config.cross_domains == (CrossDomain("b.test"), CrossDomain("c.test"))
+
+
+@pytest.mark.parametrize(("path", "key"), NUMBERS, ids=[p for p, _ in NUMBERS])
+def test_numbers_are_checked_and_worded_from_their_declaration(path: str, key: Key) -> None:
+    """Each bound is accepted, one step beyond it is refused with the declared range, and a
+    number in the file's unit becomes the field's (days become seconds)."""
+    section, name = path.split(".")
+    lo, hi = key.option.min, key.option.max
+    assert lo is not None and hi is not None
+    kind, fmt = ("a whole number", ".0f") if key.base is int else ("a number", "g")
+    right = f"{kind} from {lo:{fmt}} to {hi:{fmt}}"
+    assert key.expected == right
+    for edge in (lo, hi):
+        value = int(edge) if key.base is int else edge
+        config = parse_config(f"{MINIMAL}{section}: {{{name}: {value}}}\n", "f.yaml", {})
+        assert getattr(getattr(config, section), key.name) == value * key.option.scale
+    for beyond in (lo - 1, hi + 1):
+        value = int(beyond) if key.base is int else beyond
+        with pytest.raises(ConfigError) as info:
+            parse_config(f"{MINIMAL}{section}: {{{name}: {value}}}\n", "f.yaml", {})
+        assert str(info.value) == f"f.yaml:2: {path}: {value!r} is not valid ({right})"
+
+
+def test_null_means_the_default_and_each_problem_is_reported_once() -> None:
+    config = parse_config(f"{MINIMAL}proxy: {{pool_size_per_host: ~, read_timeout: ~}}\n", "f", {})
+    assert config.proxy == Proxy()
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{MINIMAL}analytics: {{write_key: '${{NOPE}}'}}\n", "f.yaml", {})
+    assert str(info.value) == (
+        "f.yaml:2: analytics.write_key: environment variable NOPE is not set (set it, or write "
+        "the value)"
+    )
+
+
+def test_signing_keys_given_as_null_are_missing() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(SIGNED.replace("${GATEWAY_SIGNING_KEYS}", "~"), "f.yaml", {})
+    assert "signing.keys: missing, but login.example-id.com use strategy signed" in str(info.value)
+
+
+def test_problems_are_listed_in_the_files_order() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(BAD, "bad.yaml", {})
+    lines = [p.line for p in info.value.problems]
+    assert lines == sorted(lines)
+
+
+def test_a_key_without_a_declaration_is_a_programming_error() -> None:
+    @dataclass(frozen=True)
+    class Undeclared:
+        size: int = 1
+
+    @dataclass(frozen=True)
+    class Unbounded:
+        size: int = field(default=1, metadata=option("a size"))
+
+    with pytest.raises(TypeError, match="has no option"):
+        declared(Undeclared)
+    with pytest.raises(TypeError, match="needs min= and max="):
+        declared(Unbounded)

@@ -557,7 +557,9 @@ def test_kubernetes_config_loads(manifests: list[dict[str, Any]], tmp_path: Path
         monkeypatch.setenv(name, generate_key())
     path = tmp_path / "domains.yaml"
     path.write_text(_gateway_config_text(manifests), encoding="utf-8")
-    assert load_config(path) is not None
+    # Loading is the check (ConfigError lists every problem); the result must be a real config.
+    config = load_config(path)
+    assert config.sites and config.cross_domains
 
 
 # ---------------------------------------------------------- kubernetes: network policy ---
@@ -850,7 +852,8 @@ def test_compose_gateway_config_loads(compose: dict[str, Any], monkeypatch) -> N
         monkeypatch.setenv(name, _compose_default(value))
     for name in GENERATED_SECRETS:
         monkeypatch.setenv(name, generate_key())
-    assert load_config(_compose_gateway_config(compose)) is not None
+    config = load_config(_compose_gateway_config(compose))
+    assert config.sites and config.cross_domains
 
 
 # ------------------------------------------------------------------------ Dockerfile ---

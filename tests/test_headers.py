@@ -14,9 +14,11 @@ from gateway.config import Site
 from gateway.headers import (
     CLIENT_ADDRESS,
     HOP_BY_HOP,
+    client_address,
     connection_tokens,
     end_to_end,
     forwarded_headers,
+    kept_request_id,
     routed_authority,
     upstream_target,
     visitor_scheme,
@@ -40,6 +42,7 @@ def forward(headers: CIMultiDictProxy[str], peer: str = "203.0.113.7", **kw: obj
         trusted_proxies=TRUSTED,
         site=kw.pop("site", SITE),  # type: ignore[arg-type]
         routed=kw.pop("routed", ROUTED),  # type: ignore[arg-type]
+        request_id=kw.pop("request_id", "rid-1"),  # type: ignore[arg-type]
     )
     return {k.lower(): v for k, v in out.items()}
 
@@ -173,3 +176,70 @@ def test_visitor_scheme() -> None:
     assert visitor_scheme(https, "10.0.0.1", "http", TRUSTED) == "https"
     assert visitor_scheme(https, "203.0.113.1", "http", TRUSTED) == "http"
     assert visitor_scheme(h(("X-Forwarded-Proto", "gopher")), "10.0.0.1", "http", TRUSTED) == "http"
+
+
+def test_the_request_id_replaces_any_the_request_had() -> None:
+    seen = forward(h(("X-Request-Id", "from-the-visitor"), ("x-request-id", "again")))
+    assert seen["x-request-id"] == "rid-1"
+    out = forwarded_headers(
+        h(("X-Request-Id", "a")),
+        peer="10.1.2.3",
+        scheme="http",
+        trusted_proxies=TRUSTED,
+        site=SITE,
+        routed=ROUTED,
+        request_id="kept",
+    )
+    assert out.getall("X-Request-Id") == ["kept"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a", "0f" * 16, "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "1-abc.def:ghi_jk", "x" * 128],
+)
+def test_a_well_formed_request_id_from_a_trusted_proxy_is_kept(value: str) -> None:
+    headers = h(("X-Request-Id", value))
+    assert kept_request_id(headers, "10.1.2.3", TRUSTED) == value
+    # From anyone else it is a claim like any other: the gateway makes its own.
+    assert kept_request_id(headers, "203.0.113.7", TRUSTED) is None
+    assert kept_request_id(headers, "10.1.2.3", ()) is None
+    assert kept_request_id(headers, None, TRUSTED) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "x" * 129, "Root=1-abc", "a b", 'a"b', "a\\b", "a,b", "a/b", "a;b", "é", "a\tb", "{}"],
+)
+def test_a_malformed_request_id_is_never_kept(value: str) -> None:
+    assert kept_request_id(h(("X-Request-Id", value)), "10.1.2.3", TRUSTED) is None
+
+
+def test_no_request_id_is_none() -> None:
+    assert kept_request_id(h(), "10.1.2.3", TRUSTED) is None
+
+
+@pytest.mark.parametrize(
+    ("xff", "peer", "client"),
+    [
+        # Not from a trusted proxy: the peer, whatever X-Forwarded-For claims.
+        (["198.51.100.1"], "203.0.113.7", "203.0.113.7"),
+        ([], "203.0.113.7", "203.0.113.7"),
+        # From one: the address it saw.
+        (["198.51.100.1"], "10.1.2.3", "198.51.100.1"),
+        ([], "10.1.2.3", "10.1.2.3"),
+        # A visitor's forged entries are left of the address the trusted proxy appended.
+        (["6.6.6.6, 198.51.100.1"], "10.1.2.3", "198.51.100.1"),
+        # Through a chain of trusted proxies, over the trusted hops.
+        (["198.51.100.1, 10.9.9.9", "10.8.8.8"], "10.1.2.3", "198.51.100.1"),
+        # Every hop trusted: the left-most.
+        (["10.7.7.7, 10.8.8.8"], "10.1.2.3", "10.7.7.7"),
+        # Not an address: the walk stops at the last hop that was one.
+        (["198.51.100.1, unknown"], "10.1.2.3", "10.1.2.3"),
+        (["junk, 10.8.8.8"], "10.1.2.3", "10.8.8.8"),
+        ([" 2001:DB8::1 "], "10.1.2.3", "2001:db8::1"),
+        ([], None, None),
+    ],
+)
+def test_client_address(xff: list[str], peer: str | None, client: str | None) -> None:
+    headers = h(*(("X-Forwarded-For", value) for value in xff))
+    assert client_address(headers, peer, TRUSTED) == client

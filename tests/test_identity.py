@@ -16,27 +16,23 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, parse_config
+from gateway.hosts import domain_to_ascii, url_domain
+from gateway.hosts import matches as host_matches
 from gateway.identity import (
-    AID_PARAM,
     ANON_COOKIE,
     DEFAULT_ID_PATTERN,
-    UID_PARAM,
     USER_COOKIE,
     IdRules,
-    LinkDecorator,
     cookie_domain,
-    decorate_location,
     decorate_url,
-    domain_to_ascii,
-    host_matches,
     identity_cookies,
     mint_id,
     read_cookie,
     same_origin_location,
     split_identity_params,
-    url_domain,
 )
-from gateway.links import protected_target
+from gateway.links import LinkDecorator, decorate_location, protected_target
+from gateway.params import AID_PARAM, UID_PARAM
 
 RULES = IdRules()
 UUID = "0b6e6f5a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
@@ -662,7 +658,7 @@ def test_ascii_hosts_skip_idna(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> str:
         raise AssertionError("idna called for an ASCII host")
 
-    monkeypatch.setattr("gateway.identity.idna.uts46_remap", boom)
+    monkeypatch.setattr("gateway.hosts.idna.uts46_remap", boom)
     assert domain_to_ascii("WWW.Shop.TEST.") == "www.shop.test."
     assert url_domain("check%6Fut.test") == "checkout.test"
     d = LinkDecorator("www.shop.test", "https://www.shop.test/", TARGETS, LP)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import gzip
+import importlib.metadata
 import json
+import platform
 import re
 import time
 import zlib
@@ -450,8 +452,8 @@ async def test_invalid_ids_are_cleaned_up_but_never_stored(launch: Launch, raw: 
     assert reply.headers["Location"] == "/p?x=1&y=2"
     assert reply.cookies() == []
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="rejected") == 1
-    assert sample(found, "gateway_identity_source_total", source="url") == 0
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="rejected") == 1
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="url") == 0
     assert origin.seen == []
 
 
@@ -472,7 +474,7 @@ async def test_valid_ids_are_stored(launch: Launch, aid: str) -> None:
     assert cookie is not None
     cookie.check(aid)
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="url") == 1
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="url") == 1
 
 
 @pytest.mark.parametrize(
@@ -546,7 +548,7 @@ async def test_existing_cookie_is_read_in_every_form(
     assert cookie is not None
     cookie.check("abc")  # the refresh rewrites it in the plain form
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="cookie") == 1
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="cookie") == 1
 
 
 async def test_url_id_replaces_the_cookie_by_default(launch: Launch) -> None:
@@ -678,7 +680,7 @@ async def test_no_minting_when_disabled(launch: Launch) -> None:
     assert reply.headers["ETag"] == '"abc"'
     assert "Cache-Control" not in reply.headers
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="minted") == 0
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="minted") == 0
 
 
 # --- Requests that may lack the visitor's cookies --------------------------------------------
@@ -709,7 +711,7 @@ async def test_no_id_is_minted_where_cookies_may_be_withheld(
     assert b'"a":null,"u":null' in reply.body
     assert reply.headers["Cache-Control"] == "private"
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="minted") == 0
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="minted") == 0
 
 
 @pytest.mark.parametrize(("method", "minted"), [("GET", True), ("HEAD", True), ("HEAD", False)])
@@ -1499,7 +1501,7 @@ def fail_rewriter(monkeypatch: pytest.MonkeyPatch, after: int) -> list[int]:
                 raise RuntimeError("injected rewriter fault")
             return super().feed(data)
 
-    monkeypatch.setattr("gateway.exchange.HtmlRewriter", Failing)
+    monkeypatch.setattr("gateway.identity_flow.HtmlRewriter", Failing)
     return fed
 
 
@@ -1638,24 +1640,30 @@ async def test_large_html_is_rewritten_while_streaming(launch: Launch) -> None:
 # --- Metrics and logs ------------------------------------------------------------------------
 
 
+# What a browser sends with a page navigation (Chromium's Accept for documents).
+NAVIGATION = ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+
+
 async def test_metrics_after_a_visit(launch: Launch) -> None:
     origin = Origin()
     origin.page("/", SIMPLE)
     origin.page("/two", SIMPLE.replace(b"</body>", link(f"https://{PAY}/b") + b"</a></body>"))
     gw = await launch(origin, extra=[ANALYTICS])
     cookie = [("Cookie", "ajs_anonymous_id=abc")]
+    from_pay = [NAVIGATION, ("Referer", f"https://{PAY}/cart")]
     await fetch(gw, "/?ajs_aid=from-url")  # url (302)
     await fetch(gw, "/?ajs_aid=%3Cbad%3E")  # rejected (302)
     await fetch(gw, "/")  # minted, rewritten
     await fetch(gw, "/", headers=cookie)  # cookie, rewritten, 1 link
     await fetch(gw, "/two", headers=cookie)  # cookie, rewritten, 2 links
-    await fetch(gw, "/", headers=[("Referer", f"https://{PAY}/cart")])  # unidentified: no id
-    await fetch(gw, "/", headers=[*cookie, ("Referer", f"https://{WWW}/elsewhere")])
-    await fetch(gw, "/", headers=[*cookie, ("Referer", "https://other.example.net/")])
-    await fetch(gw, "/?ajs_aid=abc", headers=[("Referer", f"https://{PAY}/cart")])
+    await fetch(gw, "/", headers=from_pay)  # minted; an arrival without identity
+    await fetch(gw, "/", headers=[*cookie, NAVIGATION, ("Referer", f"https://{WWW}/elsewhere")])
+    await fetch(gw, "/", headers=[*cookie, NAVIGATION, ("Referer", "https://other.example.net/")])
+    await fetch(gw, "/?ajs_aid=abc", headers=from_pay)  # url (302); an arrival with identity
+    await fetch(gw, "/", host="unknown.example.org")  # 421, no site
     found = await metrics(gw)
     sources = {
-        s: sample(found, "gateway_identity_source_total", source=s)
+        s: sample(found, "gateway_identity_source_total", site=WWW, source=s)
         for s in ("url", "cookie", "minted", "rejected")
     }
     assert sources == {"url": 2, "cookie": 4, "minted": 2, "rejected": 1}
@@ -1663,34 +1671,234 @@ async def test_metrics_after_a_visit(launch: Launch) -> None:
     assert sample(found, "gateway_links_decorated_total", site=WWW, target=PAY) == 7
     assert sample(found, "gateway_rewrite_seconds_count") == 6
     assert sample(found, "gateway_rewrite_seconds_sum") > 0
+    assert arrivals(found) == {(WWW, PAY, "carried"): 1, (WWW, PAY, "missing"): 1}
+    # Every answer is timed, the gateway's own (302, 421) included.
+    assert sample(found, "gateway_request_duration_seconds_count", site=WWW) == 9
+    assert sample(found, "gateway_request_duration_seconds_count", site="-") == 1
+    assert sample(found, "gateway_request_duration_seconds_bucket", site=WWW, le="+Inf") == 9
+    assert sample(found, "gateway_request_duration_seconds_sum", site=WWW) > 0
+    (build,) = [dict(labels) for name, labels in found if name == "gateway_build_info"]
+    assert build == {
+        "version": importlib.metadata.version("ajs-identity-gateway"),
+        "python": platform.python_version(),
+        "implementation": "python",
+    }
+    assert sample(found, "gateway_build_info", **build) == 1
+    assert sample(found, "gateway_store_circuit_open", store="memory") == 0
+    assert sample(found, "gateway_config_last_reload_success") == 1
     assert (
-        sample(found, "gateway_unidentified_cross_domain_arrivals_total", site=WWW, referrer=PAY)
-        == 1
+        time.time() - 60
+        < sample(found, "gateway_config_last_reload_success_timestamp_seconds")
+        <= time.time()
     )
+
+
+async def test_every_site_has_its_alerting_series_from_the_start(launch: Launch) -> None:
+    """Counters the shipped alerts take rates of exist at 0 before their first event (a series
+    that appears with its first count shows no increase)."""
+    gw = await launch(Origin())
+    found = await metrics(gw)
+    expected = {
+        ("gateway_html_rewritten_total", frozenset({("site", WWW)})),
+        ("gateway_rewrite_failures_total", frozenset({("site", PAY)})),
+        ("gateway_html_skipped_total", frozenset({("site", PAY), ("reason", "unknown_coding")})),
+        ("gateway_html_skipped_total", frozenset({("site", WWW), ("reason", "tag_too_long")})),
+        ("gateway_identity_source_total", frozenset({("site", PAY), ("source", "minted")})),
+        (
+            "gateway_cross_domain_arrivals_total",
+            frozenset({("site", WWW), ("referrer", PAY), ("identity", "missing")}),
+        ),
+        ("gateway_store_errors_total", frozenset({("operation", "put")})),
+    }
+    assert {key: found.get(key) for key in expected} == dict.fromkeys(expected, 0.0)
+    # A site is not its own referrer.
     assert not [
         key
         for key in found
-        if key[0] == "gateway_unidentified_cross_domain_arrivals_total"
-        and dict(key[1]) != {"site": WWW, "referrer": PAY}
+        if key[0] == "gateway_cross_domain_arrivals_total"
+        and dict(key[1])["site"] == dict(key[1])["referrer"]
     ]
 
 
-async def test_identified_arrival_is_not_counted_as_unidentified(launch: Launch) -> None:
+# --- The fragmentation measure: arrivals from the other sites --------------------------------
+
+
+def arrivals(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float],
+) -> dict[tuple[str, ...], float]:
+    """gateway_cross_domain_arrivals_total as {(site, referrer, identity): count}, without
+    the series at 0 (every site's are there from the start)."""
+    return {
+        (lbl["site"], lbl["referrer"], lbl["identity"]): value
+        for (name, labels), value in found.items()
+        if name == "gateway_cross_domain_arrivals_total" and value
+        for lbl in [dict(labels)]
+    }
+
+
+def jar(*replies: Reply, start: dict[str, str] | None = None) -> dict[str, str]:
+    """The cookies a browser holds for the host after these responses (expired ones gone)."""
+    cookies = dict(start or {})
+    for reply in replies:
+        for cookie in reply.cookies():
+            if dict(cookie.attrs).get("Max-Age") == "0":
+                cookies.pop(cookie.name, None)
+            else:
+                cookies[cookie.name] = cookie.value
+    return cookies
+
+
+def cookie_header(cookies: dict[str, str]) -> list[tuple[str, str]]:
+    return [("Cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()))] if cookies else []
+
+
+# A page on both sites (one upstream serves them) linking to both: on each, the link to the
+# other is decorated with the visitor's id there.
+TWO_WAY = f'<html><body><a href="https://{WWW}/">w</a><a href="https://{PAY}/">p</a>'.encode()
+
+
+async def linked_id(gw: RunningGateway, host: str, cookies: dict[str, str]) -> str:
+    """The visitor's id on ``host`` as the gateway hands it on: the one its links carry."""
+    reply = await fetch(gw, "/", host=host, headers=[NAVIGATION, *cookie_header(cookies)])
+    (aid,) = decorated_ids(reply.body)
+    return aid
+
+
+async def test_returning_visitor_arriving_undecorated_is_split_and_counted(launch: Launch) -> None:
+    """A visitor who has an older id on WWW comes from PAY by a link the gateway could not
+    decorate: WWW keeps the old id, PAY has another, so this person is two visitors now. The
+    arrival counts as missing identity although the visitor had a cookie here."""
     origin = Origin()
-    origin.page("/", SIMPLE)
+    origin.page("/", TWO_WAY)
     gw = await launch(origin)
-    # What a browser does after clicking a decorated link on checkout.
-    reply = await fetch(gw, "/?ajs_aid=abc", headers=[("Referer", f"https://{PAY}/cart")])
-    assert reply.status == 302
-    assert reply.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
-    followed = [("Cookie", "ajs_anonymous_id=abc"), ("Referer", f"https://{PAY}/")]
-    reply = await fetch(gw, reply.headers["Location"], headers=followed)
-    assert reply.status == 200
-    found = await metrics(gw)
-    assert (
-        sample(found, "gateway_unidentified_cross_domain_arrivals_total", site=WWW, referrer=PAY)
-        == 0
+    # On PAY the gateway mints an id; its pages link to WWW with it.
+    on_pay = await fetch(gw, "/", host=PAY, headers=[NAVIGATION])
+    pay_cookies = jar(on_pay)
+    pay_id = await linked_id(gw, PAY, pay_cookies)
+    assert pay_id == pay_cookies["ajs_anonymous_id"]
+    # The visitor arrives at WWW from PAY without the id (a link built by script, say).
+    www_cookies = {"ajs_anonymous_id": "older-id-on-www"}
+    landed = await fetch(
+        gw,
+        "/landing",
+        headers=[NAVIGATION, ("Referer", f"https://{PAY}/"), *cookie_header(www_cookies)],
     )
+    assert landed.status == 200
+    www_id = await linked_id(gw, WWW, jar(landed, start=www_cookies))
+    assert www_id == "older-id-on-www" != pay_id  # split
+    found = await metrics(gw)
+    assert arrivals(found) == {(WWW, PAY, "missing"): 1}
+    assert sample(found, "gateway_identity_source_total", site=WWW, source="cookie") >= 1
+    # A new visitor arriving the same way is split too (minted here), and counted alike.
+    await fetch(gw, "/landing", headers=[NAVIGATION, ("Referer", f"https://{PAY}/x")])
+    assert arrivals(await metrics(gw)) == {(WWW, PAY, "missing"): 2}
+
+
+async def test_decorated_hand_off_and_its_clean_up_leg_count_once_as_carried(
+    launch: Launch,
+) -> None:
+    """The hand-off a browser makes from a PAY page: the decorated link, the clean-up 302
+    (which marks its second leg), then the clean URL with the same Referer and no identity:
+    one arrival, carried. The visitor had an older id on WWW; the carried one replaces it."""
+    origin = Origin()
+    origin.page("/", TWO_WAY)
+    gw = await launch(origin)
+    pay_cookies = jar(await fetch(gw, "/", host=PAY, headers=[NAVIGATION]))
+    pay_id = await linked_id(gw, PAY, pay_cookies)
+    www_cookies = {"ajs_anonymous_id": "older-id-on-www"}
+    first = await fetch(
+        gw,
+        f"/landing?from=pay&ajs_aid={pay_id}",
+        headers=[NAVIGATION, ("Referer", f"https://{PAY}/"), *cookie_header(www_cookies)],
+    )
+    assert first.status == 302
+    assert first.headers["Location"] == "/landing?from=pay"
+    marker = first.cookie("ajs_gw_leg")
+    assert marker is not None
+    assert marker.attrs == [
+        ("Path", "/"),
+        ("Max-Age", "60"),
+        ("HttpOnly", None),
+        ("SameSite", "Lax"),
+    ]
+    assert pay_id not in marker.value and "ajs_aid" not in marker.value
+    # The browser follows the 302 with the cookies it set and the Referer policy it gave.
+    www_cookies = jar(first, start=www_cookies)
+    second = await fetch(
+        gw,
+        first.headers["Location"],
+        headers=[NAVIGATION, ("Referer", f"https://{PAY}/"), *cookie_header(www_cookies)],
+    )
+    assert second.status == 200
+    assert await linked_id(gw, WWW, jar(second, start=www_cookies)) == pay_id  # one visitor
+    found = await metrics(gw)
+    assert arrivals(found) == {(WWW, PAY, "carried"): 1}
+    # The marker is all that tells the second leg apart: without it, it would be an arrival
+    # without identity.
+    del www_cookies["ajs_gw_leg"]
+    await fetch(
+        gw,
+        first.headers["Location"],
+        headers=[NAVIGATION, ("Referer", f"https://{PAY}/"), *cookie_header(www_cookies)],
+    )
+    assert arrivals(await metrics(gw)) == {(WWW, PAY, "carried"): 1, (WWW, PAY, "missing"): 1}
+
+
+async def test_a_marker_hides_only_its_own_target(launch: Launch) -> None:
+    origin = Origin()
+    gw = await launch(origin)
+    referer = ("Referer", f"https://{PAY}/")
+    first = await fetch(gw, "/a?ajs_aid=abc", headers=[NAVIGATION, referer])
+    cookies = jar(first)
+    assert set(cookies) == {"ajs_anonymous_id", "ajs_gw_leg"}
+    await fetch(gw, "/b", headers=[NAVIGATION, referer, *cookie_header(cookies)])
+    await fetch(gw, "/a?x=1", headers=[NAVIGATION, referer, *cookie_header(cookies)])
+    await fetch(gw, "/a", headers=[NAVIGATION, referer, *cookie_header(cookies)])
+    assert arrivals(await metrics(gw)) == {(WWW, PAY, "carried"): 1, (WWW, PAY, "missing"): 2}
+
+
+@pytest.mark.parametrize(
+    ("headers", "counted"),
+    [
+        ([NAVIGATION], True),
+        ([("Sec-Fetch-Dest", "document"), ("Accept", "*/*")], True),
+        ([("Sec-Fetch-Dest", "iframe")], True),
+        ([("Accept", "image/avif,image/webp,*/*")], False),
+        ([("Sec-Fetch-Dest", "image"), NAVIGATION], False),
+        ([("Sec-Fetch-Dest", "empty"), ("Accept", "*/*")], False),
+        ([("Accept", "*/*")], False),
+    ],
+)
+async def test_only_navigations_are_arrivals(
+    launch: Launch, headers: list[tuple[str, str]], counted: bool
+) -> None:
+    """Images, scripts and fetches a PAY page loads from WWW are not hand-offs."""
+    gw = await launch(Origin())
+    await fetch(gw, "/logo", headers=[*headers, ("Referer", f"https://{PAY}/")])
+    assert arrivals(await metrics(gw)) == ({(WWW, PAY, "missing"): 1} if counted else {})
+
+
+async def test_a_refused_hand_off_counts_once_as_missing(launch: Launch) -> None:
+    gw = await launch(Origin())
+    referer = ("Referer", f"https://{PAY}/")
+    first = await fetch(gw, "/p?ajs_aid=%3Cbad%3E", headers=[NAVIGATION, referer])
+    assert first.status == 302
+    cookies = jar(first)
+    assert set(cookies) == {"ajs_gw_leg"}
+    await fetch(
+        gw, first.headers["Location"], headers=[NAVIGATION, referer, *cookie_header(cookies)]
+    )
+    assert arrivals(await metrics(gw)) == {(WWW, PAY, "missing"): 1}
+
+
+async def test_no_marker_without_an_arrival(launch: Launch) -> None:
+    """A link with identity from outside the fleet (no sibling Referer) is no arrival, and
+    its clean-up sets no marker."""
+    gw = await launch(Origin())
+    reply = await fetch(gw, "/p?ajs_aid=abc", headers=[NAVIGATION])
+    assert reply.status == 302
+    assert reply.cookie("ajs_gw_leg") is None
+    assert arrivals(await metrics(gw)) == {}
 
 
 async def test_logs_never_carry_an_id(launch: Launch, monkeypatch: pytest.MonkeyPatch) -> None:

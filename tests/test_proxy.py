@@ -7,13 +7,13 @@ import asyncio
 import gzip
 import hashlib
 import json
-import socket
+import re
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import StartGateway, StartUpstream
+from .conftest import RunningGateway, StartGateway, StartUpstream, bomb, refused_port
 
 
 def site_yaml(upstream: str, host: str = "www.example.com", extra: str = "") -> str:
@@ -359,18 +359,56 @@ async def test_websocket_relay_both_ways(
         assert (await ws.receive_bytes(timeout=5)) == b"\x02\x01\x00"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_unreachable_upstream_is_502(start_gateway: StartGateway) -> None:
-    gw = await start_gateway(site_yaml(f"http://127.0.0.1:{_closed_port()}"))
-    async with gw.request("GET", "/") as resp:
-        assert resp.status == 502
-        assert "Bad Gateway" in await resp.text()
+    with refused_port() as port:
+        gw = await start_gateway(site_yaml(f"http://127.0.0.1:{port}"))
+        async with gw.request("GET", "/") as resp:
+            assert resp.status == 502
+            assert "Bad Gateway" in await resp.text()
     assert any(line["event"] == "upstream_error" for line in gw.log)
+
+
+async def test_a_dead_upstream_is_logged_once_a_second_and_the_rest_counted(
+    start_gateway: StartGateway,
+) -> None:
+    requests = 40
+    with refused_port() as port:
+        gw = await start_gateway(site_yaml(f"http://127.0.0.1:{port}"))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for _ in range(requests):
+            async with gw.request("GET", "/") as resp:
+                assert resp.status == 502
+
+        def faults() -> list[dict]:
+            return [line for line in gw.log if line["event"] == "upstream_error"]
+
+        # The last line is a report once the window of the last fault has closed.
+        deadline = loop.time() + 10
+        while "suppressed" not in faults()[-1] or "error" in faults()[-1]:
+            assert loop.time() < deadline, faults()
+            await asyncio.sleep(0.05)
+        elapsed = loop.time() - began
+        await asyncio.sleep(1.2)
+    lines = faults()
+    # Every fault is accounted for: written in full, or counted on a later line.
+    assert sum(("error" in line) + line.get("suppressed", 0) for line in lines) == requests
+    # One line a second at most (each opens a window of a second), however many faults.
+    assert len(lines) <= elapsed + 1
+    first, last = lines[0], lines[-1]
+    assert (first["level"], first["site"], first["kind"]) == (
+        "warning",
+        "www.example.com",
+        "connect",
+    )
+    assert "suppressed" not in first and first["error"]
+    assert set(last) == {"time", "level", "event", "site", "kind", "suppressed"}
+    async with gw.session.get(gw.admin_url + "/metrics") as resp:
+        text = await resp.text()
+    assert (
+        f'gateway_upstream_errors_total{{kind="connect",site="www.example.com"}} {requests}.0'
+        in text
+    )
 
 
 async def test_slow_upstream_is_504(
@@ -386,6 +424,30 @@ async def test_slow_upstream_is_504(
     gw = await start_gateway(site_yaml(up, extra="proxy: {read_timeout: 0.3}"))
     async with gw.request("GET", "/") as resp:
         assert resp.status == 504
+
+
+async def test_small_body_that_stalls_mid_way_is_a_timeout_not_unreachable(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    """The upstream was reached and started answering, then went silent past read_timeout:
+    a 504 and kind "timeout" (not a 502 "could not be reached")."""
+
+    async def stalling(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "1000"})
+        await resp.prepare(request)
+        await resp.write(b"s" * 500)
+        await asyncio.sleep(5)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", stalling)
+    up = await start_upstream(app)
+    gw = await start_gateway(site_yaml(up, extra="proxy: {read_timeout: 0.3}"))
+    async with gw.request("GET", "/") as resp:
+        assert resp.status == 504
+        assert "did not answer in time" in await resp.text()
+    kinds = [line["kind"] for line in gw.log if line.get("event") == "upstream_error"]
+    assert kinds == ["timeout"]
 
 
 async def test_long_download_is_not_cut_by_a_total_time_limit(
@@ -532,8 +594,190 @@ async def test_access_log_line_has_no_query_or_cookies(
     assert line["path"] == "/page"
     assert line["status"] == 200 and line["upstream_status"] == 200
     assert line["site"] == "www.example.com" and line["method"] == "GET"
-    assert line["bytes"] > 0 and "duration_ms" in line and "time" in line
+    assert line["bytes"] > 0 and line["duration_ms"] >= line["upstream_ms"] > 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+    assert line["level"] == "info" and line["client_ip"] == "127.0.0.1"
     assert "secret-id" not in json.dumps(gw.log)
+
+
+async def test_the_access_line_says_what_was_done_about_identity(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    page = (
+        b"<html><head></head><body><a href='https://other.test/a'>a</a>"
+        b"<a href='https://other.test/b'>b</a></body></html>"
+    )
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/html")
+
+    async def go(request: web.Request) -> web.Response:
+        raise web.HTTPFound("https://other.test/checkout")
+
+    async def huge(request: web.Request) -> web.Response:
+        body = bomb("gzip", 1 << 20)
+        headers = {"Content-Type": "text/html", "Content-Encoding": "gzip"}
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/page", html)
+    app.router.add_get("/go", go)
+    app.router.add_get("/huge", huge)
+    up = await start_upstream(app)
+    gw = await start_gateway(
+        f"""
+        sites:
+          - host: www.example.com
+            upstream: {up}
+        cross_domains: [other.test]
+        proxy: {{trusted_proxies: [127.0.0.0/8], max_decoded_html: 65536}}
+        """
+    )
+    aid = "secret-aid-4711"
+    cookie = {"Cookie": f"ajs_anonymous_id={aid}"}
+    asked = [
+        ("/page", {}),
+        ("/page", cookie),
+        (f"/page?ajs_aid={aid}&x=1", {}),
+        ("/page?ajs_aid=not%20an%20id", cookie),
+        ("/go", cookie),
+        ("/huge", {**cookie, "Accept-Encoding": "gzip"}),
+        ("/page", {**cookie, "X-Forwarded-For": "6.6.6.6, 198.51.100.7"}),
+    ]
+    minted = None
+    for path, headers in asked:
+        async with gw.request("GET", path, headers=headers) as resp:
+            await resp.read()
+            minted = minted or resp.cookies.get("ajs_anonymous_id")
+    async with gw.request("GET", "/", host="not-served.example") as resp:
+        assert resp.status == 421
+    lines = [line for line in gw.log if line["event"] == "request"]
+    got = [
+        (
+            line["status"],
+            line["identity"],
+            line.get("refused_reason"),
+            line["decorated"],
+            line.get("skipped"),
+        )
+        for line in lines
+    ]
+    assert got == [
+        (200, "minted", None, 2, None),
+        (200, "cookie", None, 2, None),
+        (302, "restored", None, 0, None),
+        (302, "refused", "invalid", 0, None),
+        (302, "cookie", None, 1, None),
+        (200, "cookie", None, 0, "too_large"),
+        (200, "cookie", None, 2, None),
+        (421, None, None, 0, None),
+    ]
+    # Behind a trusted proxy, the address it saw; the visitor's own claim is ignored.
+    assert [line["client_ip"] for line in lines][-2:] == ["198.51.100.7", "127.0.0.1"]
+    # Answered by the gateway itself: no upstream time.
+    assert [line["upstream_ms"] is None for line in lines] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert lines[-1]["site"] == "-"
+    dump = json.dumps(gw.log)
+    assert minted is not None
+    for secret in (aid, minted.value, "not an id", "not%20an%20id"):
+        assert secret not in dump
+
+
+def _seen_header(seen: dict, name: str) -> list[str]:
+    return [v for k, v in seen["headers"] if k.lower() == name.lower()]
+
+
+async def test_the_request_id_is_made_or_kept_sent_upstream_returned_and_logged(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    app = echo_app()
+
+    async def large(request: web.Request) -> web.Response:
+        # Streamed to the visitor (larger than the small-body limit): its headers go first.
+        seen = request.headers.get("X-Request-Id", "")
+        return web.Response(body=seen.encode() * 40000, headers={"X-Request-Id": "upstream's"})
+
+    app.router.add_get("/large", large)
+    up = await start_upstream(app)
+    plain = await start_gateway(site_yaml(up))
+    # The test client's address (127.0.0.1) is a trusted front proxy here.
+    behind = await start_gateway(site_yaml(up, extra="proxy: {trusted_proxies: [127.0.0.0/8]}"))
+
+    returned_by: dict[int, list[str]] = {id(plain): [], id(behind): []}
+
+    async def through(gw: RunningGateway, sent: str | None, path: str = "/x") -> tuple[str, str]:
+        headers = {} if sent is None else {"X-Request-Id": sent}
+        async with gw.request("GET", path, headers=headers) as resp:
+            returned = resp.headers.getall("X-Request-Id")
+            assert len(returned) == 1
+            returned_by[id(gw)].append(returned[0])
+            body = await resp.read()
+        if path == "/large":
+            return returned[0], body[: len(returned[0])].decode()
+        [upstream_saw] = _seen_header(json.loads(body), "X-Request-Id")
+        return returned[0], upstream_saw
+
+    made = re.compile(r"[0-9a-f]{32}")
+    # A visitor's own id is not believed; a trusted front proxy's is, if well formed.
+    for gw, sent in ((plain, "chosen-by-visitor"), (plain, None), (behind, None)):
+        returned, upstream_saw = await through(gw, sent)
+        assert made.fullmatch(returned) and upstream_saw == returned
+    assert await through(behind, "edge-7f3a.1:2") == ("edge-7f3a.1:2", "edge-7f3a.1:2")
+    for malformed in ("has space", "x" * 129, 'quote"d'):
+        returned, upstream_saw = await through(behind, malformed)
+        assert made.fullmatch(returned) and upstream_saw == returned
+    # A streamed body's headers carry it too, in place of the upstream's own.
+    assert await through(behind, "big-1", "/large") == ("big-1", "big-1")
+    # Each made id is new.
+    ids = {(await through(plain, None))[0] for _ in range(5)}
+    assert len(ids) == 5
+    # The gateway's own answers carry one as well.
+    async with plain.request("GET", "/", host="not-served.example") as resp:
+        assert resp.status == 421 and made.fullmatch(resp.headers["X-Request-Id"])
+        returned_by[id(plain)].append(resp.headers["X-Request-Id"])
+    async with behind.request("GET", "/p?ajs_aid=abc", headers={"X-Request-Id": "r-302"}) as resp:
+        assert resp.status == 302 and resp.headers["X-Request-Id"] == "r-302"
+        returned_by[id(behind)].append("r-302")
+    # The log line of each request names the id the visitor and the upstream got.
+    for gw in (plain, behind):
+        logged = [line["request_id"] for line in gw.log if line["event"] == "request"]
+        assert logged == returned_by[id(gw)]
+
+
+async def test_a_websocket_upgrade_carries_the_request_id_both_ways(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    async def ws_id(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(request.headers.get("X-Request-Id", "none"))
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_id)
+    gw = await start_gateway(site_yaml(await start_upstream(app)))
+    async with gw.session.ws_connect(gw.url + "/ws", headers={"Host": "www.example.com"}) as ws:
+        upstream_saw = await ws.receive_str(timeout=5)
+        returned = ws._response.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", returned) and upstream_saw == returned
+    # The relay's log line is written once both sides have closed.
+    for _ in range(100):
+        lines = [line for line in gw.log if line["event"] == "request"]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    [line] = lines
+    assert (line["request_id"], line["status"]) == (returned, 101)
 
 
 async def test_expect_100_continue_is_answered_and_the_body_forwarded(

@@ -14,18 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.identity import (
-    AID_PARAM,
     DEFAULT_ID_PATTERN,
-    UID_PARAM,
     decorate_url,
     split_identity_params,
 )
+from gateway.options import Signing
+from gateway.params import AID_PARAM, EXP_PARAM, SIG_PARAM, TOKEN_PARAM, UID_PARAM
 from gateway.strategies import (
     CLOCK_SKEW,
-    DEFAULT_SIGNED_LIFETIME,
-    EXP_PARAM,
-    SIG_PARAM,
-    TOKEN_PARAM,
     SigningKeys,
     TokenRecord,
     new_token,
@@ -40,7 +36,7 @@ KEY_B = "k3Y-b_ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zy"
 KEY_C = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a6978"
 KEYS = SigningKeys.parse(KEY_A)
 NOW = 1_700_000_000
-EXP = NOW + DEFAULT_SIGNED_LIFETIME
+EXP = NOW + Signing.lifetime
 AID = "5d1c8a4e-3f7b-4c2a-9e8d-1b2c3d4e5f60"
 UA = "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"
 NAMES = (AID_PARAM, UID_PARAM, EXP_PARAM, SIG_PARAM)
@@ -545,7 +541,7 @@ MAC = sign()[SIG_PARAM].partition(".")[2]
         _with(exp="1.7e9"),
         _with(exp="１７００００００６００"),
         _with(exp="9" * 13),
-        _with(exp=str(NOW + DEFAULT_SIGNED_LIFETIME + CLOCK_SKEW + 1)),
+        _with(exp=str(NOW + Signing.lifetime + CLOCK_SKEW + 1)),
         _with(sig=""),
         _with(sig=MAC),
         _with(sig="v2." + MAC),
@@ -565,7 +561,7 @@ def test_malformed(params: dict[str, str]) -> None:
 
 
 def test_far_future_refused_even_when_authentic() -> None:
-    far = NOW + DEFAULT_SIGNED_LIFETIME + CLOCK_SKEW + 1
+    far = NOW + Signing.lifetime + CLOCK_SKEW + 1
     assert verify(sign(expires=far)) == (None, None, "malformed")
     assert verify(sign(expires=far - 1))[2] == "ok"
     assert verify(sign(expires=NOW + 3600), max_lifetime=3600)[2] == "ok"

@@ -48,6 +48,8 @@ KEY_OTHER = "zY9xW8vU7tS6rQ5pO4nM3lK2jI1hG0fE"
 KEYS_ENV = {"GATEWAY_SIGNING_KEYS": f"{KEY_NEW},{KEY_OLD}"}
 PREFIX = "flow:"
 TTL = 120
+# The store timeout the tests' gateways run with.
+STORE_TIMEOUT_MS = 500
 LINK = "/_ajs_gateway/link"
 
 PAGE = f"""<!doctype html><html><head><title>A</title></head><body>
@@ -77,7 +79,7 @@ def gateway_yaml(
     cross: str | None = None,
     tokens: str = f"{{ttl_seconds: {TTL}}}",
     signing: str = "{keys: '${GATEWAY_SIGNING_KEYS}'}",
-    timeout_ms: int = 500,
+    timeout_ms: int = STORE_TIMEOUT_MS,
 ) -> str:
     """Every site on the one upstream; ``accept`` maps a host to its ``accept`` list text."""
     accept = accept or {}
@@ -321,7 +323,7 @@ async def test_token_links_carry_one_page_token_and_no_raw_id(launch: Launch, ra
     assert_handed_over(await follow(gw, links["pay2"]), "/help")
     assert await raw.exists(key) == 1
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="url") == 2
+    assert sample(found, "gateway_identity_source_total", site=PAY, source="url") == 2
 
 
 async def test_token_without_user_id(launch: Launch) -> None:
@@ -379,7 +381,8 @@ async def test_f9_token_is_exchanged_only_at_its_target(launch: Launch, raw: Red
         assert_refused(await fetch(gw, f"/landing?ajs_token={token}", host=host), "/landing")
     found = await metrics(gw)
     assert refused(found, "token", "wrong_target") == 3
-    assert sample(found, "gateway_identity_source_total", source="rejected") == 3
+    for host in (SHOP, WWW, SSO):
+        assert sample(found, "gateway_identity_source_total", site=host, source="rejected") == 1
     # At its target the token still works (not single-use: nothing above spent it).
     assert_handed_over(await follow(gw, page.links["pay1"]), "/checkout?cart=1")
     (key,) = await token_keys(raw)
@@ -483,17 +486,16 @@ async def test_stalled_store_never_falls_back_to_raw_ids(
     minted = await page_a(gw)
     redis_server.pause()
     try:
-        started = time.monotonic()
-        page = await page_a(gw)
-        elapsed = time.monotonic() - started
+        # The page waits for one put, cut off by the store timeout: not for as long as the
+        # store stalls (here, for ever). The cap is 10x the timeout, generous for busy cores.
+        async with asyncio.timeout(10 * STORE_TIMEOUT_MS / 1000):
+            page = await page_a(gw)
         # No token: the token links are left exactly as the upstream wrote them.
         assert page.links["pay1"] == ORIGINAL["pay1"]
         assert page.links["pay2"] == ORIGINAL["pay2"]
         # The other strategies do not need the store.
         assert page.links["shop"] == f"{ORIGINAL['shop']}?ajs_aid={AID}&ajs_uid={UID}"
         assert "ajs_sig" in query(page.links["sso"])
-        # One put, bounded by the 100 ms store timeout (generous slack for 2 busy cores).
-        assert elapsed < 1.5
         # A token minted before the stall cannot be exchanged now.
         assert_refused(await follow(gw, minted.links["pay1"]), "/checkout?cart=1")
         found = await metrics(gw)
@@ -674,7 +676,7 @@ async def test_signed_links_verify_at_the_target(launch: Launch) -> None:
     # Rotation: a link signed with the old key, which stays in the list, still verifies.
     assert_handed_over(await fetch(gw, f"/p?{signed_query(key=KEY_OLD)}", host=SSO), "/p")
     found = await metrics(gw)
-    assert sample(found, "gateway_identity_source_total", source="url") == 2
+    assert sample(found, "gateway_identity_source_total", site=SSO, source="url") == 2
     assert sum(v for (n, _), v in found.items() if n == "gateway_identity_refused_total") == 0
 
 

@@ -64,6 +64,8 @@ DIST = NODE_MODULES / "@segment" / "analytics-next" / "dist" / "umd"
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
 WRITE_KEY = "e2e_key"
 HOST_CDN = "cdn.segment-stand-in.test"
+# The gateway's admin port (the status page), by name: the browser resolves nothing else.
+HOST_ADMIN = "admin.gateway.test"
 INSTALL_HINT = (
     "needs Debian chromium (apt-get install chromium), npm (apt-get install npm) and "
     "playwright (pip install -e '.[test]'; never `playwright install`)"
@@ -74,7 +76,7 @@ TIMEOUT_MS = 10_000
 # Every test host resolves to loopback, anything else to nothing: the suite never leaves the
 # machine, and an accidental request to a real host fails loudly instead of hanging.
 _RESOLVER_RULES = ", ".join(
-    [f"MAP {h} 127.0.0.1" for h in (HOST_A, HOST_B, HOST_C, HOST_PSP, HOST_CDN)]
+    [f"MAP {h} 127.0.0.1" for h in (HOST_A, HOST_B, HOST_C, HOST_PSP, HOST_CDN, HOST_ADMIN)]
     + ["MAP * ~NOTFOUND"]
 )
 CHROMIUM_ARGS = [

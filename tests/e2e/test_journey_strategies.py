@@ -32,7 +32,7 @@ import pytest_asyncio
 import yaml
 
 from gateway.keys import generate_key
-from gateway.links import LINK_PATH
+from gateway.links import FRESH_LINK_PATH
 from gateway.strategies import SigningKeys, sign_params
 from tests.conftest import GatewayProcess, spawn_gateway
 
@@ -381,7 +381,7 @@ async def test_link_clicked_after_its_token_is_gone_gets_a_fresh_one(journey: Jo
     target = o.b + "/welcome?from=a"
     assert [(h.method, h.status) for h in chain] == [("GET", 302)] * 2 + [("GET", 200)], chain
     via = urlsplit(chain[0].url)
-    assert (via.hostname, via.path) == (HOST_A, LINK_PATH), chain[0]
+    assert (via.hostname, via.path) == (HOST_A, FRESH_LINK_PATH), chain[0]
     assert query_of(chain[0].url) == {"to": target}
     assert urlsplit(chain[1].url).path == "/welcome"
     renewed = query_of(chain[1].url)
@@ -391,7 +391,7 @@ async def test_link_clicked_after_its_token_is_gone_gets_a_fresh_one(journey: Jo
     assert await j.arrived(HOST_B) == aid
     await j.cookie_check(o.b, aid)
     await j.cookie_check(o.a, aid)
-    assert [u for u in urls if urlsplit(u).path == LINK_PATH] == [chain[0].url]
+    assert [u for u in urls if urlsplit(u).path == FRESH_LINK_PATH] == [chain[0].url]
     assert [s.path_qs for s in j.sites.seen[HOST_B].requests] == ["/welcome?from=a"]
     assert_not_in_urls(aid, urls, HOST_B)
     assert_not_in_urls(aid, urls)

@@ -9,6 +9,7 @@ proxy.py.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs
@@ -19,35 +20,30 @@ from multidict import CIMultiDict
 from . import responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
-from .config import Config, Site, normalize_host
+from .config import Config, Site
+from .crossings import cross_domain_arrival, marker_cookie
 from .headers import visitor_scheme
+from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
-from .identity import LinkDecorator, decorate_location, identity_cookies
+from .identity import identity_cookies
 from .inbound import (
-    IDENTITY_PARAMS,
     Arrival,
     cookies_may_be_withheld,
     read_url_identity,
-    referring_cross_domain,
     settle,
     split_target,
 )
-from .links import LINK_PATH, TargetParams, protected_target
+from .links import FRESH_LINK_PATH, LinkDecorator, TargetParams, decorate_location, protected_target
 from .logs import write_event
 from .metrics import HtmlSkip
 from .outbound import (
-    HTML_TYPES,
-    accepts_coding,
-    add_vary,
     content_coding,
     decodable_accept_encoding,
-    is_html_page,
-    is_rewritable_html,
     make_private,
-    media_type,
-    script_policy,
-    weaken_etag,
+    prepare_for_rewrite,
 )
+from .outbound import plan as outbound_plan
+from .params import IDENTITY_PARAMS
 from .responses import plain_response
 from .state import ProxyState
 from .store import StoreError
@@ -60,20 +56,27 @@ class IdentityFlow:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
 
-    def count_unidentified(self, request: web.BaseRequest, site: Site, arrival: Arrival) -> None:
-        """Count an arrival from another configured domain that came with no identity.
-
-        Only a visitor with no id at all counts: right after a successful hand-off the browser
-        follows the clean-up 302 with the other domain still in Referer, but by then it carries
-        the id in its cookie.
-        """
-        if arrival.source not in ("minted", "none"):
-            return
-        referrer = referring_cross_domain(
-            request.headers.get("Referer"), normalize_host(request.host), self.state.config
+    def count_arrival(
+        self, request: web.BaseRequest, site: Site, arrival: Arrival, target: str
+    ) -> bool:
+        """Count a navigation from another site of the fleet, with or without identity (the
+        fragmentation measure, crossings.py); True if it was counted."""
+        headers = request.headers
+        found = cross_domain_arrival(
+            config=self.state.config,
+            own_host=normalize_host(request.host),
+            target=target,
+            referer=headers.get("Referer"),
+            sec_fetch_dest=headers.get("Sec-Fetch-Dest"),
+            accept=headers.get("Accept"),
+            cookie_headers=headers.getall("Cookie", ()),
+            carried=arrival.source == "url",
         )
-        if referrer is not None:
-            self.state.metrics.unidentified_arrivals.labels(site.host, referrer).inc()
+        if found is None:
+            return False
+        referrer, identity = found
+        self.state.metrics.cross_domain_arrivals.labels(site.host, referrer, identity).inc()
+        return True
 
     async def arrival(self, request: web.BaseRequest, site: Site, target: str) -> Arrival:
         """The request's identity: URL parameters checked (token exchanged), then cookies."""
@@ -133,7 +136,7 @@ class IdentityFlow:
             ),
         )
         if arrival.source != "none":
-            state.metrics.id_source.labels(arrival.source).inc()
+            state.metrics.id_source.labels(site.host, arrival.source).inc()
         return arrival
 
     async def fresh_link(self, request: web.BaseRequest, site: Site, target: str) -> web.Response:
@@ -162,11 +165,7 @@ class IdentityFlow:
                 own_host, to, index.protected_targets, params, replace=IDENTITY_PARAMS
             ).decorate(to, None)
             location = decorated or to
-        response = responses.Response(status=302)
-        response.headers["Location"] = location
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
-        return response
+        return responses.redirect(location)
 
     async def mint_token(
         self, request: web.BaseRequest, arrival: Arrival, targets: Sequence[str]
@@ -216,17 +215,20 @@ class IdentityFlow:
         )
 
     def cleanup_redirect(
-        self, request: web.BaseRequest, site: Site, arrival: Arrival
+        self, request: web.BaseRequest, site: Site, arrival: Arrival, *, counted: bool = False
     ) -> web.Response:
-        """302 to the same URL without identity parameters, keeping the id in a cookie."""
+        """302 to the same URL without identity parameters, keeping the id in a cookie.
+
+        ``counted``: the request was counted as a cross-domain arrival, so the redirect marks
+        its second leg, which is not to be counted again (crossings.py)."""
         assert arrival.redirect is not None
-        response = responses.Response(status=302)
+        response = responses.redirect(arrival.redirect)
         headers = response.headers
-        headers["Location"] = arrival.redirect
-        headers["Cache-Control"] = "no-store"
-        headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
         for cookie in self.cookies(request, site, arrival.write_aid, arrival.write_uid):
             headers.add("Set-Cookie", cookie)
+        if counted:
+            secure = _scheme(request, self.state.config) == "https"
+            headers.add("Set-Cookie", marker_cookie(arrival.redirect, secure=secure))
         return response
 
     def cookies(
@@ -262,108 +264,78 @@ class IdentityFlow:
         config = state.config
         index = state.index
         own_host = normalize_host(request.host)
-        mtype, charset = media_type(headers.get("Content-Type"))
-        html = mtype in HTML_TYPES
-        personal = redirected = False
-        targets = index.targets
-        if 300 <= status < 400 and arrival.aid and targets and "Location" in headers:
-            page_url = self.page_url(request, arrival)
-            location = headers["Location"]
-            hits: list[str] = []
-
-            def probe(pattern: str, host: str) -> None:
-                hits.append(pattern)
-
-            # Find the target first, so a token is minted only for a redirect that needs one.
-            decorate_location(location, page_url, own_host=own_host, targets=targets, params=probe)
-            if hits:
-                token_for = (hits[0],) if index.strategies[hits[0]] == "token" else ()
-                params = await self.target_params(request, arrival, token_for=token_for)
-                new = decorate_location(
-                    location,
-                    page_url,
-                    own_host=own_host,
-                    targets=targets,
-                    params=params,
-                    replace=IDENTITY_PARAMS,
-                )
-                if new is not None:
-                    headers["Location"] = new
-                    personal = True
-                    redirected = True
-                    state.metrics.links_decorated.labels(site.host, "redirect").inc()
-        # Ids from the URL are always stored; on HTML responses the visitor's id is (re)written
-        # so that a minted id sticks and a server-set cookie outlives Safari's script cap. An id
-        # just handed to another domain in a redirect is stored here too, or the two would part.
-        aid, uid = arrival.write_aid, arrival.write_uid
-        if config.identity.mint and (html or (redirected and arrival.minted)):
-            aid = aid or arrival.aid
-            uid = uid or arrival.uid
-        for cookie in self.cookies(request, site, aid, uid):
+        page_url = functools.cache(lambda: self.page_url(request, arrival))
+        decided = outbound_plan(
+            method=request.method,
+            status=status,
+            headers=headers,
+            accept_encoding=request.headers.get("Accept-Encoding"),
+            arrival=arrival,
+            own_host=own_host,
+            page_url=page_url,
+            targets=index.targets,
+            mint=config.identity.mint,
+            bootstrap=bool(config.analytics.write_key and site.bootstrap),
+        )
+        personal = False
+        hit = decided.redirect_target
+        if hit is not None:
+            # A token is minted only for a redirect that needs one.
+            token_for = (hit,) if index.strategies[hit] == "token" else ()
+            params = await self.target_params(request, arrival, token_for=token_for)
+            new = decorate_location(
+                headers["Location"],
+                page_url(),
+                own_host=own_host,
+                targets=index.targets,
+                params=params,
+                replace=IDENTITY_PARAMS,
+            )
+            if new is not None:
+                headers["Location"] = new
+                personal = True
+                state.metrics.links_decorated.labels(site.host, "redirect").inc()
+        for cookie in self.cookies(request, site, decided.cookie_aid, decided.cookie_uid):
             headers.add("Set-Cookie", cookie)
             personal = True
         body = None
-        # A HEAD gets the headers its GET would get (the body it does not have is not built).
-        head = request.method == "HEAD"
-        # Where the browser may have withheld the cookies, nothing was minted and the id is
-        # unknown unless the URL brought one. The page still gets the bootstrap, without ids:
-        # it cleans the address bar, and analytics.js keeps the id in its own cookie and
-        # storage, which the browser does give the page. Links carry that id from click time
-        # (token and signed ones via the freshness endpoint, a GET that has the cookies).
-        idless = arrival.aid is None and arrival.cookies_withheld
-        if (arrival.aid or idless) and is_rewritable_html(
-            "GET" if head else request.method, status, headers
-        ):
+        rewrite = decided.rewrite
+        if rewrite is not None:
             inject = None
-            if config.analytics.write_key and site.bootstrap:
-                allowed, nonce = script_policy(headers)
-                if allowed:
-                    inject = render_bootstrap(
-                        write_key=config.analytics.write_key,
-                        cdn_url=config.analytics.cdn_url,
-                        anonymous_id=arrival.aid,
-                        user_id=None if idless else arrival.uid,
-                        targets=index.query_targets,
-                        own_host=own_host,
-                        nonce=nonce,
-                        refresh=self.refresh_plan(),
-                    )
+            if rewrite.bootstrap:
+                assert config.analytics.write_key is not None
+                inject = render_bootstrap(
+                    write_key=config.analytics.write_key,
+                    cdn_url=config.analytics.cdn_url,
+                    anonymous_id=arrival.aid,
+                    user_id=None if rewrite.idless else arrival.uid,
+                    targets=index.query_targets,
+                    own_host=own_host,
+                    nonce=rewrite.nonce,
+                    refresh=self.refresh_plan(),
+                )
             policy = None
-            if targets and not idless:
+            if rewrite.links:
                 # The body streams, so whether it links a token target is not known yet.
                 params = await self.target_params(
-                    request, arrival, token_for=() if head else index.token_targets
+                    request, arrival, token_for=index.token_targets if rewrite.build_body else ()
                 )
                 policy = LinkDecorator(
-                    own_host,
-                    self.page_url(request, arrival),
-                    targets,
-                    params,
-                    replace=IDENTITY_PARAMS,
+                    own_host, page_url(), index.targets, params, replace=IDENTITY_PARAMS
                 )
-            if inject is not None or policy is not None:
-                coding = content_coding(headers)
-                # Re-encode as the upstream did, unless the visitor never accepted that coding
-                # (an upstream that ignores Accept-Encoding): then send it plain.
-                accepted = accepts_coding(request.headers.get("Accept-Encoding"), coding)
-                if not head:
-                    body = HtmlBody(
-                        HtmlRewriter(policy, inject=inject, charset=charset),
-                        coding,
-                        self.rewrite_failed(site),
-                        policy,
-                        output_coding=coding if accepted else "",
-                        max_decoded=config.proxy.max_decoded_html,
-                    )
-                headers.popall("Content-Length", None)
-                weaken_etag(headers)
-                if coding:
-                    add_vary(headers, "Accept-Encoding")
-                    if not accepted:
-                        headers.popall("Content-Encoding", None)
-                personal = True
-        elif arrival.aid and is_html_page(request.method, status, headers) and self.rewrites(site):
-            self.html_skipped(site, "unknown_coding", content_coding(headers))
+            if rewrite.build_body:
+                body = HtmlBody(
+                    HtmlRewriter(policy, inject=inject, charset=rewrite.charset),
+                    rewrite.coding,
+                    self.rewrite_failed(site),
+                    policy,
+                    output_coding=rewrite.output_coding,
+                    max_decoded=config.proxy.max_decoded_html,
+                )
+            prepare_for_rewrite(rewrite, headers)
+            personal = True
+        elif decided.skipped is not None:
+            self.html_skipped(site, decided.skipped, content_coding(headers))
         if personal:
             make_private(headers)
         return body
@@ -404,7 +376,9 @@ class IdentityFlow:
         if index.signing_keys is not None:
             lifetimes.append(config.signing.lifetime)
         fresh_for = max(1, min(lifetimes, default=config.tokens.ttl) - 30)
-        return RefreshPlan(endpoint=LINK_PATH, targets=index.protected_targets, fresh_for=fresh_for)
+        return RefreshPlan(
+            endpoint=FRESH_LINK_PATH, targets=index.protected_targets, fresh_for=fresh_for
+        )
 
     def rewrite_failed(self, site: Site) -> Callable[[BaseException], None]:
         def report(exc: BaseException) -> None:
