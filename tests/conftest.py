@@ -49,13 +49,20 @@ StartUpstream = Callable[[web.Application], Awaitable[str]]
 
 def compiled_scanner() -> ModuleType:
     """gateway.html._speedups, or skip the test (module) that needs it, saying why: it was not
-    built (no compiler at install time), or GATEWAY_NO_EXTENSIONS asks for the pure path."""
+    built (no compiler at install time; under CI=true that fails instead, so that CI cannot
+    pass without testing it), or GATEWAY_NO_EXTENSIONS asks for the pure path."""
     if os.environ.get(NO_EXTENSIONS_ENV):
         pytest.skip(f"{NO_EXTENSIONS_ENV} is set", allow_module_level=True)
     try:
         return importlib.import_module("gateway.html._speedups")
     except ImportError as error:
-        pytest.skip(f"the compiled scanner is not built: {error}", allow_module_level=True)
+        message = (
+            f"the compiled scanner is not built ({error}): install gcc and the Python headers "
+            "(Debian: gcc python3-dev) and reinstall (pip install -e .)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 # With GATEWAY_NO_EXTENSIONS set (`make test`'s second pass) only the pure-Python scanner.
