@@ -18,7 +18,7 @@ import pytest
 
 import gateway.html
 
-from .conftest import REPO
+from .conftest import REPO, spawn_gateway
 
 NO_EXTENSIONS_ENV = "GATEWAY_NO_EXTENSIONS"
 
@@ -83,3 +83,39 @@ def test_a_failed_build_is_a_warning_not_an_error(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "the compiled HTML scanner (gateway/html/_speedups.c) could not be built" in done.stderr
     assert not list((tmp_path / "out").rglob("_speedups*"))
+
+
+def started_line(tmp_path: Path, **env: str) -> dict[str, object]:
+    """The "started" line of ``gateway serve`` run with ``env`` added to this environment."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text("sites:\n  - host: www.example.com\n    upstream: http://127.0.0.1:9\n")
+    gp = spawn_gateway(config, env=env)
+    try:
+        (line,) = gp.events("started")
+        return line
+    finally:
+        gp.stop()
+
+
+def test_started_line_names_the_html_rewriter(tmp_path: Path) -> None:
+    line = started_line(tmp_path)
+    assert line["html_rewriter"] == gateway.html.IMPLEMENTATION
+    assert ("html_rewriter_note" in line) is (gateway.html.IMPLEMENTATION == "python")
+
+
+def test_started_line_says_why_it_runs_the_pure_python_scanner(tmp_path: Path) -> None:
+    line = started_line(tmp_path, GATEWAY_NO_EXTENSIONS="1")
+    assert line["html_rewriter"] == "python"
+    assert "pure-Python scanner" in str(line["html_rewriter_note"])
+    assert "GATEWAY_NO_EXTENSIONS is set" in str(line["html_rewriter_note"])
+    # An extension that was never built (no compiler at install time): a sitecustomize
+    # makes its import fail before the gateway starts.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['gateway.html._speedups'] = None\n"
+    )
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    line = started_line(tmp_path, GATEWAY_NO_EXTENSIONS="", PYTHONPATH=path)
+    assert line["html_rewriter"] == "python"
+    assert "the compiled scanner cannot be imported" in str(line["html_rewriter_note"])
