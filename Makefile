@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-pure demo lint docs bench e2e clean
+.PHONY: test test-pure demo lint docs lock bench e2e clean
 
 # setup.py builds the compiled scanner: a changed C source reinstalls (and rebuilds) it.
 $(STAMP): pyproject.toml setup.py gateway/html/_speedups.c
@@ -34,6 +34,14 @@ test-pure: $(STAMP)
 # The README's configuration reference, generated from the declarations in gateway/options.py.
 docs: $(STAMP)
 	GATEWAY_UPDATE_DOCS=1 $(BIN)/pytest -q tests/test_options.py -k readme
+
+# requirements.lock: what the image installs, every version exact and every file hashed (see
+# deploy/README.md). Run after changing the dependencies in pyproject.toml, with Python 3.11,
+# the image's: markers such as python_version are resolved for the Python that runs this.
+lock: $(STAMP)
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --all-build-deps --strip-extras \
+		--no-emit-index-url --no-emit-find-links --output-file=requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m gateway demo

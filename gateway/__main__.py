@@ -1,19 +1,28 @@
-"""Command line: ``serve``, ``check-config``, ``gen-key`` and ``demo``."""
+"""Command line: ``serve``, ``check-config``, ``gen-key``, ``link`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
 from .app import Overrides, config_failed, run_process, start_failed, supervise
+from .applinks import mint, plan
 from .config import ConfigError, load_config
 from .keys import generate_key
+from .links import LinkRefused
 from .logs import install
 from .options import Admin, Server, declared_key
+from .state import ConfigIndex
+from .store import StoreError, open_store
+from .store_url import parse_store_url, redact_url
 
 _WORKERS = declared_key(Server, "workers")
+# The link command's bound per store operation, at least.
+_STORE_TIMEOUT_MS = 2000
 
 
 class UsageError(Exception):
@@ -88,6 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
         "signing.keys and admin.token expect. For signing.keys, join keys with commas: the "
         "first signs, every one verifies.",
     )
+    link = sub.add_parser(
+        "link",
+        help="print a link that carries a visitor's identity to a configured cross-domain "
+        "(for apps, email and partners)",
+        description="Print a link to URL carrying the visitor's ids by the target's strategy: "
+        "ajs_aid for a query target, a signed link for a signed one, a token stored in the "
+        "configured store for a token one (so a fleet needs its shared Redis; memory:// is "
+        "refused). Exit 2 when URL is not a configured cross-domain or an id is not valid.",
+    )
+    link.add_argument("--config", required=True, help="path to domains.yaml")
+    link.add_argument("--to", required=True, metavar="URL", help="where the link goes")
+    link.add_argument("--anonymous-id", required=True, metavar="ID")
+    link.add_argument("--user-id", metavar="ID", help="the visitor's userId, when known")
+    link.add_argument(
+        "--ttl",
+        type=int,
+        metavar="S",
+        help="seconds the token or signature lives (default: tokens.ttl_seconds or "
+        "signing.lifetime_seconds; a query link does not expire)",
+    )
     demo = sub.add_parser(
         "demo",
         help="run the offline demo: two sites with and without the gateway, and a Segment "
@@ -137,11 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
+        for warning in config.warnings:
+            print(f"WARNING: {warning}", file=sys.stderr)
         print(config.summary())
         return 0
     if args.command == "gen-key":
         print(generate_key())
         return 0
+    if args.command == "link":
+        return _link(args)
     if args.command == "demo":
         from .demo.run import run_demo
 
@@ -159,6 +192,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_process(
         args.config, overrides, reuse_port=args.reuse_port, worker_index=args.worker_index
     )
+
+
+def _link(args: argparse.Namespace) -> int:
+    """``link``: 0 and the link on stdout; 2 for a request that cannot be served (not a
+    configured target, a bad id or ttl, a token target with a store of this process only); 1
+    for a config that does not load or a store that does not take the token."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    index = ConfigIndex.of(config)
+    now = time.time()
+    try:
+        checked = plan(
+            config,
+            index,
+            to=args.to,
+            anonymous_id=args.anonymous_id,
+            user_id=args.user_id,
+            ttl=args.ttl,
+            now=now,
+        )
+    except LinkRefused as exc:
+        print(f"link: {exc}", file=sys.stderr)
+        return 2
+    if checked.strategy == "token" and parse_store_url(config.store.url).kind == "memory":
+        print(
+            f"link: {checked.host} uses strategy token, but store.url is memory://: a token "
+            "kept in this command's memory is gone when it exits (configure the store the "
+            "gateways share, such as redis://host:6379/0)",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> str:
+        # A command, not a page: it may wait for a connection longer than a request would.
+        store = open_store(
+            config.store.url,
+            timeout_ms=max(config.store.timeout_ms, _STORE_TIMEOUT_MS),
+            key_prefix=config.store.key_prefix,
+        )
+        try:
+            return (await mint(checked, index, store, now=now)).url
+        finally:
+            await store.close()
+
+    try:
+        print(asyncio.run(run()))
+    except StoreError as exc:
+        print(
+            f"link: the token store {redact_url(config.store.url)} did not take the token "
+            f"({exc}); is it up?",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _without_workers(argv: list[str]) -> list[str]:

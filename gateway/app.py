@@ -26,9 +26,11 @@ from prometheus_client.multiprocess import mark_process_dead
 from . import html, status
 from .admin import make_admin_app
 from .config import Config, ConfigError, load_config
+from .delivery import EventSender
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
 from .proxy import ProxyHandler, make_session, make_upstreams
+from .responses import ProxyServer
 from .state import ProxyState
 from .store import open_store
 
@@ -123,7 +125,10 @@ class Gateway:
                 timeout_ms=config.store.timeout_ms,
                 key_prefix=config.store.key_prefix,
             ),
+            events=EventSender(config.events, self.metrics, self.log_event),
         )
+        # Tasks that close what a reload replaced, kept so that they are not collected.
+        self._closing: set[asyncio.Future[None]] = set()
         self._runners: list[web.BaseRunner] = []
         self._proxy_sites: list[web.TCPSite] = []
         self._stop = asyncio.Event()
@@ -134,6 +139,10 @@ class Gateway:
         self.metrics.config_loaded(now)
         self.metrics.prepare(*_metric_labels(config))
         self.metrics.store_circuit(self.state.store.name, False)
+
+    def log_event(self, event: str, **fields: Any) -> None:
+        """A log line from a part that runs beside the requests (the event sender)."""
+        write_event(self.state.log, event, **fields)
 
     async def store_health(self) -> dict[str, Any]:
         health = await self.state.store.health()
@@ -161,7 +170,7 @@ class Gateway:
 
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
-        server = web.Server(
+        server = ProxyServer(
             ProxyHandler(self.state),
             access_log=None,
             max_field_size=config.proxy.max_header_size,
@@ -173,6 +182,7 @@ class Gateway:
         runner = web.ServerRunner(server, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
+        self.state.events.start()
         site = web.TCPSite(
             runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=2048
         )
@@ -203,6 +213,7 @@ class Gateway:
             sites=[s.host for s in config.sites],
             **html_rewriter_fields(),
         )
+        _log_warnings(config)
 
     def reload(self) -> bool:
         """Re-read the config file; on any problem keep the running config."""
@@ -243,12 +254,23 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
+        if new.events != old.events:
+            # Queued events go out with the settings they were queued under.
+            old_events = self.state.events
+            self.state.events = EventSender(new.events, self.metrics, self.log_event)
+            self.state.events.start()
+            closing = asyncio.ensure_future(
+                old_events.close(time.monotonic() + new.proxy.drain_timeout)
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         self.state.reconfigure(new)
         self.metrics.prepare(*_metric_labels(new))
         now = time.time()
         self.config_version = config_version(self.config_path, now)
         self.metrics.config_reloaded(True, now)
         log_line("reloaded", summary=new.summary())
+        _log_warnings(new)
         return True
 
     def request_stop(self) -> None:
@@ -258,23 +280,41 @@ class Gateway:
         await self._stop.wait()
 
     async def drain_and_close(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        """Stop accepting, let in-flight requests finish within the grace period, then close.
+
+        Hand-off events are sent at once from the start of the drain, and whatever is still
+        queued when the requests are done is flushed within the same deadline."""
         self.state.draining = True
+        self.state.events.drain()
         for site in self._proxy_sites:
             await site.stop()
         deadline = time.monotonic() + self.state.config.proxy.drain_timeout
         while self.state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         log_line("drained", in_flight_left=self.state.in_flight)
+        await self.state.events.close(deadline)
+        if self._closing:
+            # Senders a reload replaced get the same deadline.
+            await asyncio.wait(self._closing, timeout=max(0.0, deadline - time.monotonic()))
         await self.close()
 
     async def close(self) -> None:
         """Close the listeners and every client (also after a failed start)."""
         for runner in self._runners:
             await runner.cleanup()
+        # After a drain the event sender is closed already; after a failed start, nothing
+        # was served, so nothing waits to be sent.
+        await self.state.events.close(time.monotonic())
         await self.state.session.close()
         await self.state.upstreams.close()
         await self.state.store.close()
+
+
+def _log_warnings(config: Config) -> None:
+    """Settings that are valid but weaken something (``tls.verify: false``), one line each:
+    check-config prints them, but a deployment may never run it."""
+    for warning in config.warnings:
+        log_line("config_warning", path=warning.path, message=warning.message)
 
 
 class StartError(OSError):

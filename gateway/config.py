@@ -10,8 +10,12 @@ silently turn a feature off.
 Most keys are read generically, their problems worded from their declarations. The rules that
 need more than one key, or more than one message, are written out here: sites and their hosts,
 upstreams and cookie domains; cross_domains; signing keys and their weakness; the admin token;
-trusted proxy CIDRs; and the checks across sections (ports, signed targets without keys, a
-``memory://`` store with several workers).
+trusted proxy CIDRs; upstream TLS (a readable CA file, one setting per upstream); and the
+checks across sections (ports, signed targets without keys, a ``memory://`` store with several
+workers).
+
+A few settings are valid but weaken something on purpose (``sites[].tls.verify: false``): they
+are kept as :attr:`Config.warnings`, which check-config prints and the gateway logs at start.
 
 Strings may reference environment variables as ``${NAME}`` (secrets: write keys, passwords in
 Redis URLs, signing keys); ``$$`` stands for a literal ``$``. A missing variable is a problem that
@@ -20,6 +24,7 @@ names it.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -32,12 +37,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from .hosts import PATTERN, HostIndex, configured_host, hostname, is_public_suffix
-from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, weakness
+from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, placeholder, weakness
 from .options import (
     STRATEGIES,
     Admin,
     Analytics,
     CrossDomain,
+    Events,
     IdConflict,
     Identity,
     Key,
@@ -48,11 +54,13 @@ from .options import (
     Store,
     Strategy,
     Tokens,
+    UpstreamTLS,
     declared,
     declared_key,
     option,
 )
 from .store_url import parse_store_url, redact_url
+from .tls import ca_file_problem
 
 __all__ = [
     "STRATEGIES",
@@ -61,6 +69,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CrossDomain",
+    "Events",
     "IdConflict",
     "Identity",
     "Problem",
@@ -71,6 +80,7 @@ __all__ = [
     "Store",
     "Strategy",
     "Tokens",
+    "UpstreamTLS",
     "load_config",
     "parse_config",
 ]
@@ -129,6 +139,7 @@ class Config:
         )
     )
     analytics: Analytics = field(default_factory=Analytics)
+    events: Events = field(default_factory=Events)
     identity: Identity = field(default_factory=Identity)
     store: Store = field(default_factory=Store)
     tokens: Tokens = field(default_factory=Tokens)
@@ -136,6 +147,8 @@ class Config:
     server: Server = field(default_factory=Server)
     admin: Admin = field(default_factory=Admin)
     proxy: Proxy = field(default_factory=Proxy)
+    # Valid settings that weaken something on purpose; not a key.
+    warnings: tuple[Problem, ...] = field(default=(), compare=False, metadata={"option": None})
     _sites: HostIndex[Site] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -149,10 +162,11 @@ class Config:
 
     def summary(self) -> str:
         strategies = sorted({c.strategy for c in self.cross_domains})
+        warned = f", {len(self.warnings)} WARNING(S)" if self.warnings else ""
         return (
             f"{self.path}: ok: {len(self.sites)} site(s), {len(self.cross_domains)} cross-domain "
             f"host(s) ({', '.join(strategies) or 'none'}), store {redact_url(self.store.url)}, "
-            f"bootstrap {'on' if self.analytics.write_key else 'off'}"
+            f"bootstrap {'on' if self.analytics.write_key else 'off'}{warned}"
         )
 
 
@@ -191,7 +205,8 @@ def parse_config(
     if reader.problems or config is None:
         # In the file's order, whatever order the rules ran in.
         raise ConfigError(sorted(reader.problems, key=lambda p: p.line))
-    return config
+    warnings = tuple(sorted(reader.warnings, key=lambda p: p.line))
+    return dataclasses.replace(config, warnings=warnings)
 
 
 # A bespoke key's reader: its node and path in, its value out (problems reported on the way).
@@ -206,11 +221,16 @@ class _Reader:
         self.env = env
         self.workers = workers
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self._loader = yaml.SafeLoader("")
 
     def problem(self, node: yaml.Node | None, path: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
         self.problems.append(Problem(self.name, line, path, message))
+
+    def warning(self, node: yaml.Node | None, path: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.warnings.append(Problem(self.name, line, path, message))
 
     # -- the generic part: YAML nodes, ${ENV}, declared keys ----------------------------------
 
@@ -335,7 +355,22 @@ class _Reader:
             )
         self._check_signing_keys(config, top)
         self._check_token_store(config, top, root)
+        self._check_store_password(config, top)
+        self._check_events(config, top)
         return config
+
+    def _check_events(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
+        """Events without a write key would all be refused by Segment (or never be sent)."""
+        if not config.events.enabled or config.events.write_key is not None:
+            return
+        if any(p.path == "events.write_key" for p in self.problems):
+            return  # given, but refused (or its ${VAR} unset): reported already
+        events = top.get("events")
+        self.problem(
+            _child(events, "enabled") or events,
+            "events.write_key",
+            "missing, but events.enabled is true (set it, e.g. write_key: ${SEGMENT_WRITE_KEY})",
+        )
 
     def _check_signing_keys(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
         signed = [c.host for c in config.cross_domains if c.strategy == "signed"]
@@ -378,6 +413,20 @@ class _Reader:
             "redis://host:6379/0, or run one worker)",
         )
 
+    def _check_store_password(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
+        """A placeholder Redis password (deploy/kubernetes/secret.yaml's, say) would work, with
+        Redis started on the same value, and be known to anyone who read the example."""
+        if any(p.path.startswith("store.") for p in self.problems):
+            return
+        password = parse_store_url(config.store.url).password
+        reason = placeholder(password) if password else None
+        if reason is not None:
+            self.problem(
+                _child(top.get("store"), "url") or top.get("store"),
+                "store.url",
+                f"the password {reason} (give Redis and the gateway a real one; {GEN_KEY_ADVICE})",
+            )
+
     def sites(self, node: yaml.Node | None, root: yaml.Node) -> list[Site]:
         if node is None:
             self.problem(root, "sites", "missing (list every host the gateway answers for)")
@@ -387,15 +436,18 @@ class _Reader:
             self.problem(node, "sites", "is empty (list at least one site)")
         sites: list[Site] = []
         seen: dict[str, int] = {}
+        tls_of: dict[tuple[str, int], tuple[int, UpstreamTLS]] = {}
         for i, item in enumerate(items):
             path = f"sites[{i}]"
-            values, fields = self.section(Site, item, path)
+            values, fields = self.section(Site, item, path, {"tls": self._tls})
             if not isinstance(item, yaml.MappingNode):
                 continue
             host = self._host(fields, "host", path, item)
             upstream = self._upstream(fields, path, item)
             cookie_domain = self._cookie_domain(fields, path, host)
             accept = self._accept(fields.get("accept"), f"{path}.accept")
+            if upstream is not None:
+                self._check_tls(values.get("tls"), upstream, fields, item, f"{path}.tls", i, tls_of)
             if host is None or upstream is None:
                 continue
             if host in seen:
@@ -441,7 +493,89 @@ class _Reader:
             self.problem(node, f"{path}.upstream", problem)
             return None
         assert isinstance(raw, str)
-        return raw.rstrip("/")
+        # The scheme in lower case, as the upstream client and the TLS rules compare it.
+        scheme, sep, rest = raw.partition("://")
+        return scheme.lower() + sep + rest.rstrip("/")
+
+    def _tls(self, node: yaml.Node, path: str) -> UpstreamTLS:
+        rules: dict[str, _Rule] = {"ca_file": self._ca_file, "server_name": self._server_name}
+        values, _ = self.section(UpstreamTLS, node, path, rules)
+        return UpstreamTLS(**values)
+
+    def _ca_file(self, node: yaml.Node, path: str) -> str | None:
+        if _is_null(node):
+            return None
+        before = len(self.problems)
+        raw = self.scalar(node, path)
+        if len(self.problems) > before:
+            return None  # a missing ${VAR} is reported already
+        if not isinstance(raw, str) or not raw:
+            self.problem(node, path, f"{raw!r} is not a file path (e.g. /etc/gateway/ca.pem)")
+            return None
+        problem = ca_file_problem(raw)
+        if problem is not None:
+            self.problem(node, path, problem)
+            return None
+        return raw
+
+    def _server_name(self, node: yaml.Node, path: str) -> str | None:
+        if _is_null(node):
+            return None
+        key = path.rsplit(".", 1)[1]
+        name = self._host({key: node}, key, path.rsplit(".", 1)[0], node)
+        if name is not None and name.startswith("*."):
+            self.problem(
+                node,
+                path,
+                f"{name} is a pattern; a server name is the one name the upstream's certificate "
+                "must carry (e.g. legacy.internal)",
+            )
+            return None
+        return name
+
+    def _check_tls(
+        self,
+        tls: UpstreamTLS | None,
+        upstream: str,
+        fields: Mapping[str, yaml.Node],
+        site: yaml.Node,
+        path: str,
+        index: int,
+        seen: dict[tuple[str, int], tuple[int, UpstreamTLS]],
+    ) -> None:
+        """``tls`` belongs to an https upstream, and one upstream has one setting: connections
+        are pooled per upstream origin, whichever site they serve. A site without ``tls`` has
+        the defaults, so it cannot share an upstream with one that weakens them."""
+        node = fields.get("tls")
+        parts = urlsplit(upstream)
+        if parts.scheme != "https":
+            if isinstance(node, yaml.MappingNode):
+                self.problem(
+                    node,
+                    path,
+                    f"the upstream {upstream} is not https://, so no TLS setting applies (write "
+                    "https:// if the upstream speaks TLS, or remove tls)",
+                )
+            return
+        tls = tls or UpstreamTLS()
+        origin = ((parts.hostname or "").lower(), parts.port or 443)
+        first = seen.setdefault(origin, (index, tls))
+        if first[1] != tls:
+            self.problem(
+                node or site,
+                path,
+                f"differs from the tls of sites[{first[0]}], which has the same upstream "
+                f"{upstream}: connections to one upstream are shared, so give both the same "
+                "tls (or name the upstream as its certificate does, and drop server_name)",
+            )
+        if node is not None and not tls.verify:
+            self.warning(
+                _child(node, "verify") or node,
+                f"{path}.verify",
+                f"false: the certificate of {upstream} is not checked, so anyone on the network "
+                "path can answer in its name and read the visitors' requests (give the CA with "
+                "ca_file instead)",
+            )
 
     def _cookie_domain(
         self, fields: Mapping[str, yaml.Node], path: str, host: str | None
@@ -572,15 +706,28 @@ class _Reader:
     def _trusted_proxies(
         self, node: yaml.Node, path: str
     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """A list, or one string of comma-separated entries: ``${GATEWAY_TRUSTED_PROXIES}``
+        lets a deployment set them from its environment (an empty string is none)."""
+        entries: list[tuple[yaml.Node, str, Any]] = []
+        if isinstance(node, yaml.ScalarNode) and not _is_null(node):
+            before = len(self.problems)
+            text = self.scalar(node, path)
+            if len(self.problems) > before:
+                return ()
+            for part in str(text).split(","):
+                if part.strip():
+                    entries.append((node, path, part.strip()))
+        else:
+            for i, item in enumerate(self.sequence(node, path)):
+                entries.append((item, f"{path}[{i}]", self.scalar(item, f"{path}[{i}]")))
         trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for i, item in enumerate(self.sequence(node, path)):
-            value = self.scalar(item, f"{path}[{i}]")
+        for where, where_path, value in entries:
             try:
                 trusted.append(ipaddress.ip_network(str(value), strict=False))
             except ValueError:
                 self.problem(
-                    item,
-                    f"{path}[{i}]",
+                    where,
+                    where_path,
                     f"{value!r} is not an IP address or CIDR (e.g. 10.0.0.0/8)",
                 )
         return tuple(trusted)

@@ -70,7 +70,7 @@ class IdentityFlow:
             sec_fetch_dest=headers.get("Sec-Fetch-Dest"),
             accept=headers.get("Accept"),
             cookie_headers=headers.getall("Cookie", ()),
-            carried=arrival.source == "url",
+            carried=arrival.source in ("url", "app"),
         )
         if found is None:
             return False
@@ -137,6 +137,9 @@ class IdentityFlow:
         )
         if arrival.source != "none":
             state.metrics.id_source.labels(site.host, arrival.source).inc()
+        # Server-side hand-off event (gateway/delivery.py): queued when the id came in the URL,
+        # never awaited.
+        state.events.handoff(request, arrival, url, config)
         return arrival
 
     async def fresh_link(self, request: web.BaseRequest, site: Site, target: str) -> web.Response:

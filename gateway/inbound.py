@@ -10,6 +10,9 @@ Three forms of identity can arrive in the URL, and a site trusts only those in i
 - ``signed``: the same plus ``ajs_exp`` and ``ajs_sig``, an HMAC only the fleet can make;
 - ``token``: ``ajs_token``, an opaque key exchanged in the token store (the exchange is I/O,
   so it happens in the proxy between :func:`read_url_identity` and :func:`settle`).
+
+A token or signed link minted for an app, an email or a partner says so in its credential; an
+id restored from one has the source ``app`` rather than ``url``.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ from .params import AID_PARAM, EXP_PARAM, IDENTITY_PARAMS, SIG_PARAM, TOKEN_PARA
 from .strategies import (
     SigningKeys,
     TokenRecord,
+    signed_origin,
     valid_token_syntax,
     verify_signed,
 )
 
-Source = Literal["url", "cookie", "minted", "rejected", "none"]
+Source = Literal["url", "app", "cookie", "minted", "rejected", "none"]
 _REDIRECT_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -77,6 +81,8 @@ class UrlIdentity:
     token: str | None = None
     # Why the URL's identity was refused ("invalid", "not_accepted", "expired", ...), or None.
     refused: str | None = None
+    # The credential was minted for an app, an email or a partner, not for a page's links.
+    app: bool = False
 
     def exchanged(self, record: TokenRecord | None, rules: IdRules, reason: str) -> UrlIdentity:
         """The result of the token exchange (``record`` None: unknown, expired or store down;
@@ -86,7 +92,8 @@ class UrlIdentity:
         aid = rules.valid_aid(record.anonymous_id)
         if aid is None:
             return replace(self, token=None, refused="invalid")
-        return replace(self, token=None, aid=aid, uid=rules.valid_uid(record.user_id))
+        uid = rules.valid_uid(record.user_id)
+        return replace(self, token=None, aid=aid, uid=uid, app=record.origin == "app")
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ def read_url_identity(
     if not params:
         return UrlIdentity(form=None)
     form: Strategy
+    app = False
     if TOKEN_PARAM in params:
         form = "token"
     elif SIG_PARAM in params or EXP_PARAM in params:
@@ -175,6 +183,7 @@ def read_url_identity(
         )
         if reason != "ok":
             return UrlIdentity(form=form, refused=reason)
+        app = signed_origin(params) == "app"
     else:
         aid, uid = params.get(AID_PARAM), params.get(UID_PARAM)
     valid_aid = rules.valid_aid(aid)
@@ -183,8 +192,8 @@ def read_url_identity(
         # One bad value spoils the pair: never keep a user id with a refused anonymous id.
         if valid_aid is None:
             return UrlIdentity(form=form, refused="invalid")
-        return UrlIdentity(form=form, aid=valid_aid, refused="invalid_uid")
-    return UrlIdentity(form=form, aid=valid_aid, uid=valid_uid)
+        return UrlIdentity(form=form, aid=valid_aid, refused="invalid_uid", app=app)
+    return UrlIdentity(form=form, aid=valid_aid, uid=valid_uid, app=app)
 
 
 def settle(
@@ -216,7 +225,7 @@ def settle(
 
     source: Source
     if url.aid:
-        source = "url"
+        source = "app" if url.app else "url"
     elif url.form is not None and url.refused is not None:
         source = "rejected"
     elif cookie_aid:

@@ -1,5 +1,6 @@
-"""Secrets an operator supplies (``signing.keys``, ``admin.token``): how to make a good one, and
-how to tell a placeholder or a guessable value from a secret before the gateway runs with it.
+"""Secrets an operator supplies (``signing.keys``, ``admin.token``, the password in
+``store.url``): how to make a good one, and how to tell a placeholder or a guessable value from
+a secret before the gateway runs with it.
 
 Pure: strings in, strings out; randomness only in :func:`generate_key`.
 
@@ -32,6 +33,7 @@ __all__ = [
     "check_signing_key",
     "generate_key",
     "parse_signing_keys",
+    "placeholder",
     "weakness",
 ]
 
@@ -125,13 +127,23 @@ def generate_key() -> str:
             return key
 
 
-def weakness(value: str) -> str | None:
-    """Why ``value`` looks like a placeholder or a guessable secret (a phrase that completes
-    "signing key 1 of 2 …"), or None. Length and character set are the caller's checks."""
+def placeholder(value: str) -> str | None:
+    """Why ``value`` is a stand-in meant to be replaced ("contains the placeholder text
+    'replace'"), or None. The one check of :func:`weakness` that also applies to secrets the
+    gateway does not choose the form of, such as a managed Redis's password."""
     folded = re.sub(r"[^a-z0-9]", "", value.lower())
     for word in _PLACEHOLDER_WORDS:
         if word in folded:
             return f"contains the placeholder text {word!r}"
+    return None
+
+
+def weakness(value: str) -> str | None:
+    """Why ``value`` looks like a placeholder or a guessable secret (a phrase that completes
+    "signing key 1 of 2 …"), or None. Length and character set are the caller's checks."""
+    found = placeholder(value)
+    if found is not None:
+        return found
     if _longest_run(value) >= _RUN:
         return (
             f"has a run of {_RUN} or more repeated or consecutive characters "

@@ -44,10 +44,14 @@ EVENT_LEVELS: dict[str, Level] = {
     "html_skipped": "warning",
     "rewrite_failed": "error",
     "reload_failed": "error",
+    "config_warning": "warning",
     "worker_restarted": "warning",
     "start_failed": "error",
     "supervisor_gave_up": "error",
     "crashed": "error",
+    "events_rejected": "warning",
+    "events_dropped": "warning",
+    "events_error": "error",
 }
 
 # Long enough for any message meant for a person; bounded so that no line grows without end.

@@ -59,7 +59,7 @@ HtmlSkip = _BodySkip | GaveUpReason
 HTML_SKIP_REASONS: tuple[str, ...] = (*get_args(_BodySkip), *GAVE_UP_REASONS)
 # Series created at start for every site, so that the first event is an increase from 0
 # (rate() and increase() see nothing in a series that appears with its first count).
-_SOURCES = ("url", "cookie", "minted", "rejected")
+_SOURCES = ("url", "app", "cookie", "minted", "rejected")
 _STORE_OPERATIONS = ("put", "take", "health")
 
 
@@ -108,6 +108,10 @@ class Metrics:
     identity_refused: Counter
     build_info: Gauge
     reloads: Counter
+    events_sent: Counter
+    events_dropped: Counter
+    events_retried: Counter
+    links_minted: Counter
     # Only in the process that reports reloads (see the module docstring).
     reload_success: Gauge | None
     reload_success_time: Gauge | None
@@ -222,8 +226,8 @@ class Metrics:
             id_source=counter(
                 "gateway_identity_source",
                 "Where each request's anonymous id came from, by site (url: restored from a "
-                "hand-off; cookie; minted: a new visitor; rejected: the URL's identity was "
-                "refused).",
+                "hand-off; app: from a link minted for an app, an email or a partner; cookie; "
+                "minted: a new visitor; rejected: the URL's identity was refused).",
                 ("site", "source"),
             ),
             links_decorated=counter(
@@ -296,6 +300,25 @@ class Metrics:
             ),
             reload_success=None,
             reload_success_time=None,
+            events_sent=counter(
+                "gateway_events_sent",
+                "Server-side hand-off events the collector accepted.",
+            ),
+            events_dropped=counter(
+                "gateway_events_dropped",
+                "Server-side hand-off events given up, by reason (queue_full, rejected, "
+                "retries_exhausted, too_large, shutdown, error).",
+                ("reason",),
+            ),
+            events_retried=counter(
+                "gateway_events_retried",
+                "Server-side hand-off events sent again after a failed attempt.",
+            ),
+            links_minted=counter(
+                "gateway_links_minted",
+                "Links minted for apps, email and partners on the admin port, by strategy.",
+                ("strategy",),
+            ),
         )
         if reports_reloads:
             # Live modes: a worker that died no longer speaks for the config (the supervisor

@@ -48,6 +48,7 @@ __all__ = [
     "Admin",
     "Analytics",
     "CrossDomain",
+    "Events",
     "IdConflict",
     "Identity",
     "Key",
@@ -59,6 +60,7 @@ __all__ = [
     "Store",
     "Strategy",
     "Tokens",
+    "UpstreamTLS",
     "declared",
     "declared_key",
     "option",
@@ -159,6 +161,41 @@ _KEYS = f"comma-separated keys of {MIN_LENGTH}+ random characters"
 
 
 @dataclass(frozen=True)
+class UpstreamTLS:
+    """How the gateway checks an ``https://`` upstream (``sites[].tls``). The gateway is a TLS
+    client here only: visitors reach it in plain HTTP behind a TLS-terminating ingress or load
+    balancer. Sites that share an upstream share its setting (connections are pooled per
+    upstream), so config.py refuses two different ones."""
+
+    verify: bool = field(
+        default=True,
+        metadata=option(
+            "check the upstream's certificate: a chain to a trusted CA, issued to `server_name`; "
+            "`false` encrypts without knowing who answers (check-config warns)"
+        ),
+    )
+    ca_file: str | None = field(
+        default=None,
+        metadata=option(
+            "PEM file of the CA certificate(s) the upstream's chain must end in, for a private CA",
+            expected="a readable PEM file holding at least one CA certificate",
+            default_text="the system's CAs",
+            bespoke=True,
+        ),
+    )
+    server_name: str | None = field(
+        default=None,
+        metadata=option(
+            "the name sent in SNI and that the certificate must carry, when the upstream URL "
+            "names the server otherwise (an IP address, a Service name)",
+            expected="a host name such as legacy.internal, or an IP address",
+            default_text="the upstream URL's host",
+            bespoke=True,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Site:
     """A host the gateway answers for and the upstream that serves it."""
 
@@ -208,6 +245,7 @@ class Site:
             bespoke=True,
         ),
     )
+    tls: UpstreamTLS = field(default_factory=UpstreamTLS)
 
     @property
     def is_wildcard(self) -> bool:
@@ -248,6 +286,75 @@ class Analytics:
             "where analytics.js is loaded from",
             check=_http_url,
             expected="an http(s) URL, no query",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Events:
+    """Server-side "Cross Domain Navigation" events, sent to Segment's HTTP tracking API off
+    the request path (see gateway/delivery.py). ``write_key`` is required when ``enabled``
+    (checked in config.py, which sees both keys)."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=option(
+            "send a `Cross Domain Navigation` track event for every arrival whose id came in "
+            "the URL (see Server-side events below)"
+        ),
+    )
+    write_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata=option(
+            "the Segment write key the events are sent with; required when `enabled` (use "
+            "`${SEGMENT_WRITE_KEY}`)",
+            check=_matching(r"[A-Za-z0-9_-]{1,128}"),
+            expected="letters, digits, '_' or '-'",
+        ),
+    )
+    endpoint: str = field(
+        default="https://api.segment.io",
+        metadata=option(
+            "Segment's HTTP tracking API (or a regional endpoint, or a proxy of your own); "
+            "batches are posted to `{endpoint}/v1/batch`",
+            check=_http_url,
+            expected="an http(s) URL, no query",
+        ),
+    )
+    batch_size: int = field(
+        default=100,
+        metadata=option(
+            "most events in one request (a batch also stays under Segment's 500 KB)",
+            min=1,
+            max=500,
+        ),
+    )
+    flush_interval: float = field(
+        default=1.0,
+        metadata=option(
+            "longest an event waits for its batch to fill before it is sent",
+            min=0.01,
+            max=60,
+            unit="s",
+        ),
+    )
+    queue_size: int = field(
+        default=10000,
+        metadata=option(
+            "events held for delivery; when full, new events are dropped and counted "
+            '(`gateway_events_dropped_total{reason="queue_full"}`)',
+            min=1,
+            max=1_000_000,
+        ),
+    )
+    timeout: float = field(
+        default=10.0,
+        metadata=option(
+            "per request to the endpoint; a request that times out is retried",
+            min=0.1,
+            max=120,
+            unit="s",
         ),
     )
 
@@ -390,12 +497,12 @@ class Server:
 
 @dataclass(frozen=True)
 class Admin:
-    """The admin listener. With ``token`` set, ``/metrics`` and the detail of ``/readyz``
-    need ``Authorization: Bearer <token>``; the probes' answers stay open."""
+    """The admin listener. With ``token`` set, ``/metrics``, ``POST /links`` and the detail of
+    ``/readyz`` need ``Authorization: Bearer <token>``; the probes' answers stay open."""
 
     host: str = field(
         default="127.0.0.1",
-        metadata=option("admin listen address (`/healthz`, `/readyz`, `/metrics`)"),
+        metadata=option("admin listen address (`/healthz`, `/readyz`, `/metrics`, `/links`)"),
     )
     port: int = field(
         default=9901, metadata=option("admin port; never reachable via the sites", min=0, max=65535)
@@ -405,8 +512,9 @@ class Admin:
         repr=False,
         metadata=option(
             "bearer token for the admin port (use `${GATEWAY_ADMIN_TOKEN}`; placeholders "
-            "refused; `python -m gateway gen-key` prints one): `/metrics` then needs "
-            "`Authorization: Bearer <token>`, and `/readyz` shows only the status to callers "
+            "refused; `python -m gateway gen-key` prints one): `/metrics` and `POST /links` "
+            "then need `Authorization: Bearer <token>`, and `/readyz` shows only the status to "
+            "callers "
             "without it. Set it whenever `admin.host` is not loopback",
             expected=f"{MIN_LENGTH}+ random characters",
             bespoke=True,
@@ -485,8 +593,11 @@ class Proxy:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(),
         metadata=option(
-            "front proxies whose `X-Forwarded-*` are trusted and appended to",
-            expected="a list of IP addresses or CIDRs, e.g. [10.0.0.0/8]",
+            "front proxies (the ingress or load balancer that ends TLS) whose `X-Forwarded-For` "
+            "and `X-Forwarded-Proto` are trusted and appended to; from any other peer they are "
+            "replaced, so the upstream sees `http` and the proxy's address",
+            expected="a list of IP addresses or CIDRs, e.g. [10.0.0.0/8], or one comma-separated "
+            "string of them (for ${ENV})",
             default_text="none",
             bespoke=True,
         ),

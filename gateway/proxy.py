@@ -493,6 +493,7 @@ class ProxyHandler:
 # The log's words for inbound.Arrival.source.
 _IDENTITY = {
     "url": "restored",
+    "app": "restored_app",
     "cookie": "cookie",
     "minted": "minted",
     "rejected": "refused",

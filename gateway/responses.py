@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from multidict import CIMultiDict
 
 from .config import Site
@@ -82,6 +83,7 @@ async def drop_server_header(request: web.Request, response: web.StreamResponse)
 # What the visitor is told for each kind of upstream fault (UpstreamError.kind).
 FAULTS: dict[str, tuple[int, str]] = {
     "connect": (502, "502 Bad Gateway: the upstream could not be reached"),
+    "tls": (502, "502 Bad Gateway: the upstream could not be reached securely"),
     "reset": (502, "502 Bad Gateway: the upstream did not give a valid response"),
     "aborted_body": (502, "502 Bad Gateway: the upstream's response ended early"),
     "ws_handshake": (502, "502 Bad Gateway: the upstream refused the WebSocket upgrade"),
@@ -125,3 +127,32 @@ def _report_suppressed(state: ProxyState, due_at: float) -> None:
     # was set for counts as closed.
     for (event, site, kind), held in state.faults.due(max(time.monotonic(), due_at)):
         write_event(state.log, event, site=site, kind=kind, suppressed=held)
+
+
+class _RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse in the gateway's own words:
+    its default error page names the software in ``Server`` and quotes the visitor's bytes
+    back. The logging of the error (logs.py turns it into one JSON line) is aiohttp's own."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        response = plain_response(status, f"{status} {phrase}")
+        response.force_close()
+        return response
+
+
+class ProxyServer(web.Server):
+    """The low-level server of the proxy port, with the handler above for each connection."""
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)

@@ -13,13 +13,15 @@ from typing import TextIO
 import aiohttp
 
 from .config import Config, Strategy
+from .delivery import EventSender
 from .identity import IdRules, cookie_domain
 from .inbound import identity_rules
 from .logs import Throttle
 from .metrics import Metrics
+from .options import UpstreamTLS
 from .store import TokenStore
 from .strategies import SigningKeys
-from .upstream import UpstreamPool
+from .upstream import Origin, UpstreamPool
 
 
 @dataclass
@@ -92,7 +94,8 @@ class Outcome:
 
 class ProxyState:
     """The state every part of the proxy shares: config and its index, the upstream pool, the
-    WebSocket session, metrics, the token store, the log; changed by app.py (reload, drain)."""
+    WebSocket session, metrics, the token store, the hand-off event sender, the log; changed by
+    app.py (reload, drain)."""
 
     def __init__(
         self,
@@ -101,11 +104,13 @@ class ProxyState:
         metrics: Metrics,
         store: TokenStore,
         upstreams: UpstreamPool,
+        events: EventSender,
     ) -> None:
         self.session = session
         self.upstreams = upstreams
         self.metrics = metrics
         self.store = store
+        self.events = events
         self.log: TextIO = sys.stdout
         # Repeated faults: at most one line a second per (event, site, kind); responses.py.
         self.faults: Throttle[tuple[str, str, str]] = Throttle(interval=1.0)
@@ -119,6 +124,18 @@ class ProxyState:
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a (reloaded) config together with its index: requests that start from now
-        on see both; those in flight keep the ones they started with."""
+        on see both; those in flight keep the ones they started with. The upstream pool takes
+        the sites' TLS settings for its new connections."""
         self.index = ConfigIndex.of(config)
         self._config = config
+        self.upstreams.configure_tls(upstream_tls(config))
+
+
+def upstream_tls(config: Config) -> dict[Origin, UpstreamTLS]:
+    """The TLS setting of each https upstream origin (config.py has made sure that sites
+    sharing an upstream share its setting)."""
+    return {
+        Origin.parse(site.upstream): site.tls
+        for site in config.sites
+        if site.upstream.startswith("https://")
+    }

@@ -225,6 +225,11 @@ def _skipped_cell(skipped: Mapping[str, float]) -> str:
     return f'<td class="warn">{"<br>".join(parts)}</td>'
 
 
+def _restored(sources: dict[str, float]) -> float:
+    """Ids taken from the URL: a page's hand-off (``url``) or a link minted for an app."""
+    return sources.get("url", 0) + sources.get("app", 0)
+
+
 def _row(site: SiteCounts, cls: str = "") -> str:
     s = site.sources
     attr = f' class="{cls}"' if cls else ""
@@ -236,7 +241,7 @@ def _row(site: SiteCounts, cls: str = "") -> str:
         f'<td class="num">{_n(site.carried)}</td>'
         f'<td class="num">{_n(site.missing)}</td>'
         f"{_frag_cell(site)}"
-        f'<td class="num">{_n(s.get("url", 0))}</td>'
+        f'<td class="num">{_n(_restored(s))}</td>'
         f'<td class="num">{_n(s.get("cookie", 0))}</td>'
         f'<td class="num">{_n(s.get("minted", 0))}</td>'
         f'<td class="num">{_n(s.get("rejected", 0))}</td>'
@@ -318,7 +323,7 @@ def render(snap: Snapshot) -> str:
             ),
             _card(
                 "Restored / minted",
-                f"{_n(total.sources.get('url', 0))} / {_n(total.sources.get('minted', 0))}",
+                f"{_n(_restored(total.sources))} / {_n(total.sources.get('minted', 0))}",
                 "ids taken from the URL / new visitors",
             ),
             _card(

@@ -7,7 +7,9 @@ token store that backs the ``token`` strategy lives in :mod:`gateway.store`.
     A link carries ``ajs_token=<opaque>`` and no id. The token names a :class:`TokenRecord` kept
     in the store for a short TTL; any gateway of the fleet exchanges it on arrival, but only on a
     site the token was minted for (and, with ``bind_user_agent``, in the same browser): see
-    :func:`token_refusal`. One token per page view serves every link of that page.
+    :func:`token_refusal`. One token per page view serves every link of that page. A token
+    minted for an app, an email or a partner (``python -m gateway link``, ``POST /links``) is
+    bound to its target the same way, and its record says it came from there (``origin``).
 
 ``signed``
     A link carries the ids themselves plus an expiry and an HMAC-SHA256 over them and the target
@@ -15,7 +17,9 @@ token store that backs the ``token`` strategy lives in :mod:`gateway.store`.
 
         ?ajs_aid=<id>[&ajs_uid=<user id>]&ajs_exp=<unix seconds>&ajs_sig=<mode>.<mac>
 
-    ``mode`` is ``v1`` or ``v1ua`` (the link is bound to a hash of the browser's User-Agent).
+    ``mode`` is ``v1``, ``v1ua`` (the link is bound to a hash of the browser's User-Agent) or
+    ``v1app`` (minted for an app, an email or a partner, for whatever browser opens it: see
+    :func:`sign_params`).
     The mode travels with the link, rather than being assumed from local configuration, so that
     a fleet whose members disagree about UA binding for a while still verifies what the others
     signed; the mode is inside the MAC, so it cannot be changed in flight. ``mac`` is the full
@@ -52,6 +56,10 @@ from gateway.keys import GEN_KEY_ADVICE, check_signing_key, parse_signing_keys
 from gateway.options import Signing
 from gateway.params import AID_PARAM, EXP_PARAM, SIG_PARAM, UID_PARAM
 
+# Where a credential was minted: for the links of a page the gateway served, or on request for
+# an app, an email or a partner (python -m gateway link, POST /links on the admin port).
+Origin = Literal["page", "app"]
+
 # Tolerated clock difference between the gateway that signs and the one that verifies, when
 # deciding whether an expiry is further ahead than any gateway would have signed.
 CLOCK_SKEW = 60
@@ -78,7 +86,7 @@ def valid_token_syntax(token: str) -> bool:
 _RECORD_MAX_BYTES = 65536
 
 
-_RECORD_KEYS = frozenset({"a", "u", "t", "h", "d", "b"})
+_RECORD_KEYS = frozenset({"a", "u", "t", "h", "d", "b", "o"})
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -96,6 +104,9 @@ class TokenRecord:
     targets: tuple[str, ...] | None = None
     # Hex SHA-256 of the User-Agent the token was minted for (``bind_user_agent``), or None.
     user_agent_hash: str | None = None
+    # "app": minted on request for a link in an app, an email or a partner's site, not for a
+    # page; its source_host is empty and it is bound to no browser.
+    origin: Origin = "page"
 
     @classmethod
     def bound(
@@ -107,18 +118,23 @@ class TokenRecord:
         source_host: str,
         targets: Sequence[str],
         user_agent: str | None,
+        origin: Origin = "page",
     ) -> TokenRecord:
         """A record for links to the cross-domain patterns ``targets`` (at least one), bound to
-        the browser sending ``user_agent`` unless that is None."""
+        the browser sending ``user_agent`` unless that is None. An ``app`` record is bound to
+        no browser (the one that will open it is unknown)."""
         if not targets:
             raise ValueError("a token is minted for at least one target pattern")
+        if origin == "app" and user_agent is not None:
+            raise ValueError("a token minted for an app is bound to no browser")
         ua = None if user_agent is None else _ua_hash(user_agent)
-        return cls(anonymous_id, user_id, issued_at, source_host, tuple(targets), ua)
+        return cls(anonymous_id, user_id, issued_at, source_host, tuple(targets), ua, origin)
 
     def to_bytes(self) -> bytes:
         """Compact JSON with one-letter keys: ``a`` anonymous id, ``u`` user id, ``t`` issue
-        time, ``h`` source host, ``d`` target patterns, ``b`` User-Agent hash. The store keeps one
-        of these per page view, so bytes matter. ASCII-only output, so any string survives."""
+        time, ``h`` source host, ``d`` target patterns, ``b`` User-Agent hash, ``o`` the origin
+        when it is not a page (``"app"``). The store keeps one of these per page view, so bytes
+        matter. ASCII-only output, so any string survives."""
         data: dict[str, object] = {
             "a": self.anonymous_id,
             "t": self.issued_at,
@@ -130,6 +146,8 @@ class TokenRecord:
             data["d"] = list(self.targets)
         if self.user_agent_hash is not None:
             data["b"] = self.user_agent_hash
+        if self.origin != "page":
+            data["o"] = self.origin
         return json.dumps(data, separators=(",", ":"), allow_nan=False).encode("ascii")
 
     @classmethod
@@ -138,7 +156,8 @@ class TokenRecord:
         :meth:`to_bytes` writes. Never raises: the store's contents are not trusted.
 
         Records without ``d`` and ``b`` (written by gateways from before tokens were bound) are
-        read, as unbound records; see :func:`token_refusal` for what that allows."""
+        read, as unbound records; see :func:`token_refusal` for what that allows. Records
+        without ``o`` are a page's, as every record was before links were minted for apps."""
         if not isinstance(data, bytes) or len(data) > _RECORD_MAX_BYTES:
             return None
         try:
@@ -162,13 +181,19 @@ class TokenRecord:
             return None
         if "b" in obj and not (isinstance(ua, str) and _HEX_SHA256.fullmatch(ua)):
             return None
+        # Absent for a page's record; "app" the only other origin (and never bound to a UA).
+        origin: Origin = "page"
+        if "o" in obj:
+            if obj["o"] != "app" or ua is not None:
+                return None
+            origin = "app"
         try:
             when = float(issued)
         except OverflowError:
             return None
         if not math.isfinite(when):
             return None
-        return cls(aid, uid, when, host, None if targets is None else tuple(targets), ua)
+        return cls(aid, uid, when, host, None if targets is None else tuple(targets), ua, origin)
 
 
 TokenRefusal = Literal["wrong_target", "wrong_browser"]
@@ -185,7 +210,9 @@ def token_refusal(
       target (its logs, a shared link) is worth nothing at the other sites of the fleet.
     - ``wrong_browser``: the record is bound to another User-Agent, or it is not bound while
       ``bind_user_agent`` requires binding (as for signed links). A bound record is checked
-      even when ``bind_user_agent`` is off here: the gateway that minted it asked for it.
+      even when ``bind_user_agent`` is off here: the gateway that minted it asked for it. A
+      record minted for an app (``origin`` "app") is the exception: it is meant for whatever
+      browser opens the link, so it is never bound; only the operator can mint one.
 
     A record from before tokens were bound (``targets`` None) can only exist while a fleet is
     being upgraded, and for at most the token TTL after; it is exchanged anywhere but at its
@@ -196,7 +223,7 @@ def token_refusal(
     if record.targets is not None and not any(matches(host, t) for t in record.targets):
         return "wrong_target"
     if record.user_agent_hash is None:
-        return "wrong_browser" if bind_user_agent else None
+        return "wrong_browser" if bind_user_agent and record.origin != "app" else None
     if not hmac.compare_digest(record.user_agent_hash, _ua_hash(user_agent or "")):
         return "wrong_browser"
     return None
@@ -238,7 +265,8 @@ class SigningKeys:
 _DOMAIN = "ajs-gateway-link"
 _MODE_PLAIN = "v1"
 _MODE_UA = "v1ua"
-_SIG_SYNTAX = re.compile(r"(v1|v1ua)\.[A-Za-z0-9_-]{43}")
+_MODE_APP = "v1app"
+_SIG_SYNTAX = re.compile(r"(v1|v1ua|v1app)\.[A-Za-z0-9_-]{43}")
 _EXP_SYNTAX = re.compile(r"[1-9][0-9]{0,11}")
 # Longer than any id the identity rules accept; bounds the work spent on hostile input.
 _FIELD_MAX = 4096
@@ -269,14 +297,18 @@ def sign_params(
     expires: int,
     keys: SigningKeys,
     user_agent: str | None,
+    origin: Origin = "page",
 ) -> list[tuple[str, str]]:
     """The query parameters that carry ``aid``/``uid`` to ``target_host`` until ``expires``
     (Unix seconds), signed with the first key.
 
-    Pass the browser's ``user_agent`` to bind the link to it (mode ``v1ua``), or None. Raises
-    ValueError for arguments that could only produce a link no gateway would accept (an empty
-    id, an empty user id, a host that is not an ASCII host name, an expiry that is not a
-    positive integer).
+    Pass the browser's ``user_agent`` to bind the link to it (mode ``v1ua``), or None. With
+    ``origin`` "app" the link is for an app, an email or a partner (mode ``v1app``): it is
+    accepted in any browser even where ``bind_user_agent`` requires binding, since the one
+    that will open it is unknown, and the arrival is counted as an app's. Raises ValueError
+    for arguments that could only produce a link no gateway would accept (an empty id, an
+    empty user id, a host that is not an ASCII host name, an expiry that is not a positive
+    integer) and for an app link bound to a User-Agent.
     """
     host = hostname(target_host)
     if host is None:
@@ -287,8 +319,10 @@ def sign_params(
         raise ValueError("the user id must be None or non-empty")
     if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
         raise ValueError(f"expires must be a positive integer (Unix seconds), not {expires!r}")
+    if origin == "app" and user_agent is not None:
+        raise ValueError("a link minted for an app is bound to no browser")
     exp = str(expires)
-    mode = _MODE_PLAIN if user_agent is None else _MODE_UA
+    mode = _MODE_APP if origin == "app" else _MODE_PLAIN if user_agent is None else _MODE_UA
     ua = "" if user_agent is None else _ua_hash(user_agent)
     mac = _mac(keys.signing_key, mode, aid, uid or "", exp, host, ua)
     params = [(AID_PARAM, aid)]
@@ -296,6 +330,12 @@ def sign_params(
         params.append((UID_PARAM, uid))
     params += [(EXP_PARAM, exp), (SIG_PARAM, f"{mode}.{mac}")]
     return params
+
+
+def signed_origin(params: Mapping[str, str]) -> Origin:
+    """Who a signed link was minted for: ``app`` for mode ``v1app``. Meaningful only once
+    :func:`verify_signed` has said "ok" (the mode is covered by the MAC)."""
+    return "app" if params.get(SIG_PARAM, "").startswith(_MODE_APP + ".") else "page"
 
 
 def verify_signed(
@@ -323,7 +363,9 @@ def verify_signed(
       key, another target host, another browser, and an unbound link where ``bind_user_agent``
       requires binding all look the same: telling them apart would need the signer's intent,
       which only an authentic MAC could vouch for. A link bound to a User-Agent is checked
-      against it even when ``bind_user_agent`` is off, since its MAC covers the hash.
+      against it even when ``bind_user_agent`` is off, since its MAC covers the hash. An app's
+      link (mode ``v1app``) is bound to no browser and accepted whatever ``bind_user_agent``
+      says; :func:`signed_origin` tells it apart once verified.
     - ``expired``: authentic, but ``now`` is at or past the expiry. Checked after the MAC so
       that the count of expired links only counts genuine ones.
 
@@ -367,12 +409,14 @@ def verify_signed(
 
 __all__ = [
     "CLOCK_SKEW",
+    "Origin",
     "SigningKeys",
     "TokenRecord",
     "TokenRefusal",
     "VerifyReason",
     "new_token",
     "sign_params",
+    "signed_origin",
     "token_refusal",
     "valid_token_syntax",
     "verify_signed",

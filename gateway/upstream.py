@@ -10,7 +10,9 @@ still go through aiohttp (gateway/websocket.py).
 Errors are reported as :class:`UpstreamError` subclasses that say which answer the visitor
 should get: a connection that cannot be made is a 502, silence past the read timeout a 504,
 and a body that ends early is an :class:`UpstreamBodyError` (the proxy then aborts the client
-connection rather than let a truncated body look complete).
+connection rather than let a truncated body look complete). An ``https://`` upstream whose
+certificate fails the site's ``tls`` checks is an :class:`UpstreamTLSError`, a 502 of its own
+kind, so that the log says which of the two to look at (gateway/tls.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .hosts import split_port
+from .options import UpstreamTLS
+from .tls import ClientContexts, server_hostname
+
+_DEFAULT_TLS = UpstreamTLS()
 
 # Flow control: stop reading from the upstream while this much body is waiting for a slow
 # client, resume below the low mark.
@@ -43,6 +49,13 @@ class UpstreamError(Exception):
 
 class UpstreamConnectError(UpstreamError):
     kind = "connect"
+
+
+class UpstreamTLSError(UpstreamConnectError):
+    """TLS with the upstream failed: its certificate is not trusted or not for the expected
+    name, the handshake failed, or the site's CA file can no longer be loaded."""
+
+    kind = "tls"
 
 
 class UpstreamTimeout(UpstreamError):
@@ -437,8 +450,27 @@ class UpstreamPool:
         self._busy_by: collections.Counter[Origin] = collections.Counter()
         self._waiting: collections.deque[tuple[Origin, asyncio.Future[None]]] = collections.deque()
         self._idle: dict[Origin, list[_Connection]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._tls: Mapping[Origin, UpstreamTLS] = {}
+        self._contexts = ClientContexts()
         self._closed = False
+
+    def configure_tls(self, settings: Mapping[Origin, UpstreamTLS]) -> None:
+        """The TLS setting of each ``https`` origin, for connections made from now on (origins
+        not named get the defaults: verified against the system's CAs). Called at start and at
+        each reload: the contexts are built anew, so a replaced CA file is read again, and
+        idle connections to an origin whose setting changed are closed."""
+        for origin, idle in self._idle.items():
+            if settings.get(origin) != self._tls.get(origin):
+                for conn in idle:
+                    conn.close()
+                idle.clear()
+        self._tls = dict(settings)
+        self._contexts = ClientContexts()
+
+    def ssl_context(self, tls: UpstreamTLS) -> ssl.SSLContext:
+        """The shared client context for ``tls`` (also for WebSocket upgrades, gateway/
+        websocket.py). Raises OSError or ssl.SSLError if its CA file cannot be loaded."""
+        return self._contexts.get(tls)
 
     async def request(
         self,
@@ -553,17 +585,31 @@ class UpstreamPool:
                 conn.close()
         loop = asyncio.get_running_loop()
         ssl_context = None
+        name = None
         if origin.scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            ssl_context = self._ssl
+            tls = self._tls.get(origin) or _DEFAULT_TLS
+            name = server_hostname(tls, origin.host)
+            try:
+                ssl_context = self.ssl_context(tls)
+            except (OSError, ssl.SSLError) as exc:
+                raise UpstreamTLSError(f"cannot load the TLS setting for {name}: {exc}") from exc
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _Connection(origin, loop), origin.host, origin.port, ssl=ssl_context
+                    lambda: _Connection(origin, loop),
+                    origin.host,
+                    origin.port,
+                    ssl=ssl_context,
+                    server_hostname=name,
                 )
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to {origin.host}:{origin.port} timed out") from None
+        except ssl.SSLError as exc:
+            # Before OSError, of which it is a subclass: an untrusted or misnamed certificate
+            # (SSLCertVerificationError), a failed handshake, plain HTTP on a TLS port.
+            raise UpstreamTLSError(
+                f"TLS with {origin.host}:{origin.port} (as {name}) failed: {exc}"
+            ) from exc
         except OSError as exc:
             raise UpstreamConnectError(
                 f"cannot connect to {origin.host}:{origin.port}: {exc}"

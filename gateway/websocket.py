@@ -5,6 +5,8 @@ accepted socket that closes at once."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -17,6 +19,7 @@ from .hosts import Authority
 from .inbound import split_target
 from .responses import fault
 from .state import Outcome, ProxyState
+from .tls import server_hostname
 
 # The WebSocket handshake headers are generated per hop by each side's library.
 _HANDSHAKE = frozenset(
@@ -67,15 +70,30 @@ async def relay_websocket(
         else upstream_target(request.raw_path)
     )
     url = URL(f"{scheme}://{base.raw_authority}{target}", encoded=True)
+    # wss:// is checked as the site's tls says, with the context the HTTP pool uses for it.
+    tls: dict[str, Any] = {}
+    if scheme == "wss":
+        try:
+            tls["ssl"] = state.upstreams.ssl_context(site.tls)
+        except (OSError, ssl.SSLError) as exc:
+            return fault(state, site, outcome, exc, kind="tls")
+        tls["server_hostname"] = server_hostname(site.tls, base.raw_host or "")
     try:
         upstream = await state.session.ws_connect(
-            url, headers=headers, protocols=protocols, autoping=False, max_msg_size=max_message
+            url,
+            headers=headers,
+            protocols=protocols,
+            autoping=False,
+            max_msg_size=max_message,
+            **tls,
         )
     except aiohttp.WSServerHandshakeError as exc:
         outcome.upstream_status = exc.status
         return fault(state, site, outcome, exc, kind="ws_handshake")
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         return fault(state, site, outcome, exc, kind="timeout")
+    except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+        return fault(state, site, outcome, exc, kind="tls")
     except (aiohttp.ClientError, OSError) as exc:
         return fault(state, site, outcome, exc, kind="connect")
     outcome.upstream_status = 101

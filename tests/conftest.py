@@ -188,9 +188,15 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     """Start the gateway in-process from YAML text on free ports."""
     started: list[RunningGateway] = []
 
-    async def start(yaml_text: str, env: dict[str, str] | None = None) -> RunningGateway:
+    async def start(
+        yaml_text: str, env: dict[str, str] | None = None, admin: str = ""
+    ) -> RunningGateway:
+        """``admin``: more keys of the admin section (``token: ...``)."""
         text = textwrap.dedent(yaml_text)
-        text += "\nserver: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\n"
+        more = f", {admin}" if admin else ""
+        text += (
+            f"\nserver: {{host: 127.0.0.1, port: 0}}\nadmin: {{host: 127.0.0.1, port: 0{more}}}\n"
+        )
         config = parse_config(text, "test.yaml", env or {})
         gateway = Gateway(config, "test.yaml", Overrides())
         running = RunningGateway(

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import Config, ConfigError, CrossDomain, Proxy, Site, load_config, parse_config
 from gateway.keys import generate_key
-from gateway.options import Key, declared, option, walk
+from gateway.options import Key, UpstreamTLS, declared, option, walk
 
 from .conftest import REPO
 
@@ -499,3 +499,188 @@ def test_a_key_without_a_declaration_is_a_programming_error() -> None:
         declared(Undeclared)
     with pytest.raises(TypeError, match="needs min= and max="):
         declared(Unbounded)
+
+
+# --- Upstream TLS (sites[].tls) and front proxies from the environment -------------------------
+
+
+@pytest.fixture
+def ca_pem(tmp_path: Path) -> str:
+    import trustme
+
+    path = tmp_path / "upstream-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def _tls_site(tls: str, upstream: str = "https://10.0.0.7:8443") -> str:
+    return f"sites:\n  - host: a.test\n    upstream: {upstream}\n    tls: {tls}\n"
+
+
+def test_upstream_tls_is_read_and_normalised(ca_pem: str) -> None:
+    config = parse_config(
+        _tls_site(f"{{ca_file: '{ca_pem}', server_name: Legacy.Internal.}}")
+        + "  - {host: b.test, upstream: 'HTTPS://other:443'}\n",
+        "f.yaml",
+        {},
+    )
+    first, second = config.sites
+    assert (first.tls.verify, first.tls.ca_file, first.tls.server_name) == (
+        True,
+        ca_pem,
+        "legacy.internal",
+    )
+    assert second.upstream == "https://other:443" and second.tls == UpstreamTLS()
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ("{ca_file: /nonexistent/ca.pem}", "sites[0].tls.ca_file: /nonexistent/ca.pem does not"),
+        ("{ca_file: ''}", "sites[0].tls.ca_file: '' is not a file path"),
+        ("{server_name: '*.internal'}", "sites[0].tls.server_name: *.internal is a pattern"),
+        ("{server_name: 'https://x'}", "sites[0].tls.server_name: 'https://x' is not a host"),
+        ("{verify: 'no'}", "sites[0].tls.verify: 'no' is not valid (true or false)"),
+        ("{verfy: false}", "sites[0].tls.verfy: unknown key (expected one of: verify, ca_file"),
+        ("true", "sites[0].tls: must be a mapping"),
+    ],
+)
+def test_upstream_tls_problems(tls: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_tls_site(tls), "f.yaml", {})
+    assert str(info.value).startswith(f"f.yaml:4: {message}"), str(info.value)
+
+
+def test_a_ca_file_that_is_a_servers_certificate_is_refused(tmp_path: Path) -> None:
+    import trustme
+
+    leaf = tmp_path / "server.pem"
+    trustme.CA().issue_cert("legacy.internal").cert_chain_pems[0].write_to_path(str(leaf))
+    with pytest.raises(ConfigError) as info:
+        parse_config(_tls_site(f"{{ca_file: '{leaf}'}}"), "f.yaml", {})
+    assert "holds no CA certificate, only a server's own" in str(info.value)
+
+
+def test_tls_on_a_plain_http_upstream_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_tls_site("{verify: true}", "http://legacy:8000"), "f.yaml", {})
+    assert str(info.value).startswith(
+        "f.yaml:4: sites[0].tls: the upstream http://legacy:8000 is not https://"
+    )
+
+
+def test_sites_sharing_an_upstream_share_its_tls(ca_pem: str) -> None:
+    """Connections are pooled per upstream origin, so two settings for one would be a race."""
+    same = (
+        _tls_site(f"{{ca_file: '{ca_pem}'}}")
+        + "  - host: b.test\n    upstream: https://10.0.0.7:8443/\n"
+        + f"    tls: {{ca_file: '{ca_pem}'}}\n"
+    )
+    assert parse_config(same, "f.yaml", {}).sites[1].tls.ca_file == ca_pem
+    differs = (
+        _tls_site(f"{{ca_file: '{ca_pem}'}}")
+        + "  - host: b.test\n    upstream: https://10.0.0.7:8443\n    tls: {server_name: b}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(differs, "f.yaml", {})
+    assert str(info.value).startswith(
+        "f.yaml:7: sites[1].tls: differs from the tls of sites[0], which has the same upstream"
+    )
+    # Another port is another upstream.
+    other = differs.replace("10.0.0.7:8443\n    tls: {server", "10.0.0.7:9443\n    tls: {server")
+    assert parse_config(other, "f.yaml", {}).sites[1].tls.server_name == "b"
+    # A site without tls has the defaults: it must not end up on connections another site
+    # made with verify: false, whichever comes first.
+    unverified = "  - {host: a.test, upstream: 'https://10.0.0.7:8443', tls: {verify: false}}\n"
+    default = "  - {host: b.test, upstream: 'https://10.0.0.7:8443'}\n"
+    for sites in (unverified + default, default + unverified):
+        with pytest.raises(ConfigError) as info:
+            parse_config("sites:\n" + sites, "f.yaml", {})
+        assert str(info.value).startswith(
+            "f.yaml:3: sites[1].tls: differs from the tls of sites[0]"
+        )
+
+
+def test_verify_false_is_valid_but_a_warning_check_config_prints(tmp_path: Path) -> None:
+    text = _tls_site("\n      verify: false\n      server_name: legacy.internal")
+    config = parse_config(text, "f.yaml", {})
+    (warning,) = config.warnings
+    assert (warning.line, warning.path) == (5, "sites[0].tls.verify")
+    assert "https://10.0.0.7:8443 is not checked" in warning.message
+    assert "1 WARNING(S)" in config.summary()
+
+    path = tmp_path / "unverified.yaml"
+    path.write_text(text)
+    result = _cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"WARNING: {path}:5: sites[0].tls.verify: false: the ")
+    assert "1 WARNING(S)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("10.0.0.0/8", ["10.0.0.0/8"]),
+        ("10.0.0.0/8, 192.168.0.0/16,fd00::/8", ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"]),
+        ("", []),
+    ],
+)
+def test_trusted_proxies_from_one_environment_variable(value: str, expected: list[str]) -> None:
+    config = parse_config(
+        f"{MINIMAL}proxy: {{trusted_proxies: '${{TRUSTED}}'}}\n", "f.yaml", {"TRUSTED": value}
+    )
+    assert [str(n) for n in config.proxy.trusted_proxies] == expected
+
+
+def test_a_bad_entry_in_the_trusted_proxies_string_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            f"{MINIMAL}proxy: {{trusted_proxies: '${{TRUSTED}}'}}\n",
+            "f.yaml",
+            {"TRUSTED": "10.0.0.0/8,REPLACE_ME-ingress-pod-CIDR"},
+        )
+    assert str(info.value) == (
+        "f.yaml:2: proxy.trusted_proxies: 'REPLACE_ME-ingress-pod-CIDR' is not an IP address "
+        "or CIDR (e.g. 10.0.0.0/8)"
+    )
+
+
+def test_a_placeholder_redis_password_is_refused_and_not_repeated() -> None:
+    text = f"{MINIMAL}store: {{url: 'redis://:${{REDIS_PASSWORD}}@redis:6379/0'}}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", {"REDIS_PASSWORD": "REPLACE_ME-redis-password"})
+    assert str(info.value) == (
+        "f.yaml:2: store.url: the password contains the placeholder text 'replace' (give Redis "
+        "and the gateway a real one; generate one with: python -m gateway gen-key)"
+    )
+    # Only placeholder text: a managed Redis's password has whatever form its provider gives.
+    assert parse_config(text, "f.yaml", {"REDIS_PASSWORD": "short-but-real"}).store.url
+
+
+# --- events: the write key is required once they are enabled ------------------------------------
+
+
+def test_events_need_a_write_key_when_enabled() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{MINIMAL}events:\n  enabled: true\n", "f.yaml", {})
+    assert str(info.value) == (
+        "f.yaml:3: events.write_key: missing, but events.enabled is true (set it, e.g. "
+        "write_key: ${SEGMENT_WRITE_KEY})"
+    )
+    # An unset variable is reported once, as the variable.
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{MINIMAL}events: {{enabled: true, write_key: '${{NOPE}}'}}\n", "f", {})
+    assert [p.message for p in info.value.problems] == [
+        "environment variable NOPE is not set (set it, or write the value)"
+    ]
+    # Disabled, the key may be absent; given, it is read from the environment.
+    assert parse_config(f"{MINIMAL}events: {{enabled: false}}\n", "f", {}).events.write_key is None
+    config = parse_config(
+        f"{MINIMAL}events: {{enabled: true, write_key: '${{WK}}', endpoint: 'http://c:1/x/'}}\n",
+        "f",
+        {"WK": "wk_abc"},
+    )
+    assert (config.events.enabled, config.events.write_key) == (True, "wk_abc")
+    assert config.events.endpoint == "http://c:1/x"
+    assert "wk_abc" not in repr(config)

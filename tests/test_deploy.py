@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from gateway.keys import generate_key
 
@@ -33,6 +35,7 @@ K8S_DIR = DEPLOY / "kubernetes"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+LOCK = REPO / "requirements.lock"
 
 # Kubernetes version whose schemas the manifests must satisfy.
 K8S_VERSION = "1.31"
@@ -48,7 +51,11 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Secrets whose committed values are placeholders the gateway refuses: tests that load the
 # shipped configs supply freshly generated keys instead, as an operator would.
-GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN")
+GENERATED_SECRETS = ("GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN", "REDIS_PASSWORD")
+# The other value an operator must supply: the ingress controller's pod addresses (a typical
+# pod CIDR here), whose committed placeholder the gateway refuses too.
+TRUSTED_PROXIES_ENV = "GATEWAY_TRUSTED_PROXIES"
+POD_CIDR = "10.244.0.0/16"
 
 
 # --------------------------------------------------------------------------- helpers ---
@@ -168,6 +175,39 @@ def _seconds(duration: str | int) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+def _committed_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment with the values committed in the Secret and ConfigMaps."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        source = item.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[item["name"]] = _secret_data(_find(docs, "Secret", ref["name"]))[ref["key"]]
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            env[item["name"]] = _find(docs, "ConfigMap", ref["name"])["data"][ref["key"]]
+        elif "value" in item:
+            env[item["name"]] = item["value"]
+    return env
+
+
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The gateway's environment once an operator has replaced the placeholders."""
+    env = _committed_env(docs, _gateway_container(docs))
+    env.update({name: generate_key() for name in GENERATED_SECRETS})
+    env[TRUSTED_PROXIES_ENV] = POD_CIDR
+    return env
+
+
+def _hpa_targets(docs: list[dict[str, Any]]) -> set[str]:
+    return {
+        d["spec"]["scaleTargetRef"]["name"]
+        for d in docs
+        if d["kind"] == "HorizontalPodAutoscaler"
+        and d["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    }
+
+
 def _gateway_config_text(docs: list[dict[str, Any]]) -> str:
     container = _gateway_container(docs)
     pod = _gateway(docs)["spec"]["template"]["spec"]
@@ -231,7 +271,7 @@ def test_kustomization_lists_every_manifest_and_namespace_is_consistent(
 def test_gateway_deployment_replicas_and_selector(manifests: list[dict[str, Any]]) -> None:
     deployment = _gateway(manifests)
     assert deployment["apiVersion"] == "apps/v1"
-    assert deployment["spec"]["replicas"] >= 2
+    assert GATEWAY in _hpa_targets(manifests), "the HPA keeps at least two replicas"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert _selects(selector, _pod_labels(deployment))
     rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
@@ -273,6 +313,21 @@ def test_gateway_references_existing_configmap_and_secret(
     assert checked_secret_refs >= 1, "secrets should come from the Secret"
 
 
+def test_the_hpa_alone_owns_the_replica_count(manifests: list[dict[str, Any]]) -> None:
+    """Every ``kubectl apply`` re-applies a Deployment's ``replicas``: under an HPA that snaps a
+    scaled-out gateway back to the file's number until the HPA notices again."""
+    targets = _hpa_targets(manifests)
+    assert targets, "no HorizontalPodAutoscaler"
+    for deployment in (d for d in manifests if d["kind"] == "Deployment"):
+        if deployment["metadata"]["name"] in targets:
+            assert "replicas" not in deployment["spec"], deployment["metadata"]["name"]
+    # The one way to set a count by hand under kustomize would be a replicas: entry there.
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert not {r["name"] for r in kustomization.get("replicas", [])} & targets
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert "edit-last-applied" in readme, "say how to drop replicas from a live Deployment"
+
+
 def test_gateway_secrets_come_from_the_secret_not_literals(
     manifests: list[dict[str, Any]],
 ) -> None:
@@ -283,7 +338,7 @@ def test_gateway_secrets_come_from_the_secret_not_literals(
     for name in (
         "SEGMENT_WRITE_KEY",
         "GATEWAY_SIGNING_KEYS",
-        "GATEWAY_STORE_URL",
+        "REDIS_PASSWORD",
         "GATEWAY_ADMIN_TOKEN",
     ):
         assert name in from_secret, f"{name} should be read from the Secret"
@@ -296,28 +351,33 @@ def test_secret_placeholders_are_clearly_marked(manifests: list[dict[str, Any]])
     assert "PLACEHOLDER" in text.upper()
     for secret in secrets:
         data = secret.get("stringData", {})
-        for key in ("SEGMENT_WRITE_KEY", "GATEWAY_SIGNING_KEYS", "GATEWAY_ADMIN_TOKEN"):
+        for key in (
+            "SEGMENT_WRITE_KEY",
+            "GATEWAY_SIGNING_KEYS",
+            "GATEWAY_ADMIN_TOKEN",
+            "REDIS_PASSWORD",
+        ):
             assert "REPLACE_ME" in data.get(key, ""), f"{key} should be an obvious placeholder"
 
 
 def test_committed_placeholder_secrets_are_refused(
     manifests: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    """A forgotten replace fails start-up instead of signing with a publicly known key."""
+    """A forgotten replace fails start-up instead of signing with a publicly known key, using a
+    publicly known Redis password, or trusting no front proxy (or the wrong one)."""
     from gateway.config import ConfigError, load_config
 
-    env: dict[str, str] = {}
-    for item in _gateway_container(manifests).get("env", []):
-        ref = item.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            env[item["name"]] = _secret_data(_find(manifests, "Secret", ref["name"]))[ref["key"]]
+    env = _committed_env(manifests, _gateway_container(manifests))
     path = tmp_path / "domains.yaml"
     path.write_text(_gateway_config_text(manifests), encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path, env=env)
     refused = {p.path for p in info.value.problems}
-    assert refused == {"signing.keys", "admin.token"}, info.value
+    assert refused == {"signing.keys", "admin.token", "store.url", "proxy.trusted_proxies"}, (
+        info.value
+    )
     assert "placeholder" in str(info.value)
+    assert "REPLACE_ME-ingress-pod-CIDR" in str(info.value), "name the value to replace"
 
 
 def test_admin_port_on_the_pod_ip_needs_the_token(manifests: list[dict[str, Any]]) -> None:
@@ -392,11 +452,39 @@ def test_container_commands_parse_with_the_gateway_cli(manifests: list[dict[str,
     assert (args.command, args.config, args.admin_host) == ("serve", CONFIG_PATH, "0.0.0.0")
 
 
+def _quantity(value: str | int) -> float:
+    """A Kubernetes CPU or memory quantity as a number (cores, bytes)."""
+    text = str(value)
+    units = {"m": 1e-3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * units[suffix]
+    return float(text)
+
+
+def test_resources_do_not_throttle_and_bound_memory(manifests: list[dict[str, Any]]) -> None:
+    """A CPU limit below what a CPU-bound process uses stalls it for the rest of each CFS
+    period (latency spikes with idle cores on the node); memory is not compressible, so it is
+    bounded. Either no CPU limit, or one equal to the request."""
+    for deployment in (d for d in manifests if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            name = f"{deployment['metadata']['name']}/{container['name']}"
+            requests = container["resources"]["requests"]
+            limits = container["resources"]["limits"]
+            assert {"cpu", "memory"} <= set(requests), name
+            assert "memory" in limits, f"{name}: no memory limit"
+            assert _quantity(limits["memory"]) >= _quantity(requests["memory"]), name
+            if "cpu" in limits:
+                assert _quantity(limits["cpu"]) == _quantity(requests["cpu"]), name
+    # The HPA's utilization target is a share of the request, so the request must be there,
+    # and the choice is explained where it is made.
+    text = (K8S_DIR / "deployment.yaml").read_text(encoding="utf-8")
+    assert "No CPU limit, on purpose" in text
+
+
 def test_resources_and_security_context(manifests: list[dict[str, Any]]) -> None:
     pod = _gateway(manifests)["spec"]["template"]["spec"]
     container = _gateway_container(manifests)
-    for section in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(container["resources"][section]), section
     pod_sc = pod.get("securityContext", {})
     sc = container["securityContext"]
     assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
@@ -492,8 +580,9 @@ def test_pdb_targets_gateway(manifests: list[dict[str, Any]]) -> None:
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["minAvailable"] == 1
     assert _selects(pdb["spec"]["selector"]["matchLabels"], _pod_labels(deployment))
-    # minAvailable below the replica count, or node drains would block forever.
-    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    # minAvailable below the least replicas the HPA keeps, or node drains would block forever.
+    hpa = _find(manifests, "HorizontalPodAutoscaler", GATEWAY)
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
 
 def test_hpa_targets_gateway_on_cpu(manifests: list[dict[str, Any]]) -> None:
@@ -530,36 +619,79 @@ def test_redis_deployment_service_and_store_url(manifests: list[dict[str, Any]])
     assert _container_port(container, svc_port["targetPort"]) == 6379
 
     # The store URL the gateway gets points at this Service.
-    env = next(e for e in _gateway_container(manifests)["env"] if e["name"] == "GATEWAY_STORE_URL")
-    ref = env["valueFrom"]["secretKeyRef"]
-    url = urlsplit(_secret_data(_find(manifests, "Secret", ref["name"]))[ref["key"]])
+    store = yaml.safe_load(_gateway_config_text(manifests))["store"]["url"]
+    url = urlsplit(store)
     assert url.scheme == "redis"
     assert url.hostname is not None
     assert url.hostname.split(".")[0] == "redis"
     assert url.port == int(svc_port["port"])
 
 
+def test_redis_requires_the_password_the_gateway_sends(manifests: list[dict[str, Any]]) -> None:
+    """Redis starts with ``--requirepass`` from the Secret, and the gateway's store URL carries
+    the same Secret key through ``${ENV}``; the readiness probe authenticates too."""
+    redis = _find(manifests, "Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
+    refs = {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in redis["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    password = _arg_value(_container_argv(redis), "--requirepass")
+    assert password is not None, "Redis must require a password"
+    var = re.fullmatch(r"\$\((\w+)\)", password)
+    assert var, f"--requirepass should expand an env var, not hold a literal: {password!r}"
+    secret_ref = refs[var.group(1)]
+
+    store = yaml.safe_load(_gateway_config_text(manifests))["store"]["url"]
+    url = urlsplit(store)
+    assert url.username in ("", None)
+    (gateway_var,) = ENV_REF.findall(url.password or "")
+    assert url.password == f"${{{gateway_var}}}", "the password comes from the environment"
+    gateway_env = {e["name"]: e for e in _gateway_container(manifests)["env"]}
+    ref = gateway_env[gateway_var]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == secret_ref, "Redis and the gateway use the same Secret key"
+
+    # redis-cli answers an error reply with exit code 0: the probe must check for PONG.
+    assert refs.get("REDISCLI_AUTH") == secret_ref
+    probe = " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert "redis-cli ping" in probe and "PONG" in probe
+
+
+def test_trusted_proxies_come_from_a_value_the_operator_sets(
+    manifests: list[dict[str, Any]],
+) -> None:
+    """The gateway speaks plain HTTP behind the ingress, which ends TLS: only the ingress's
+    X-Forwarded-Proto tells it (and the upstream) that the visitor used https, and only its
+    X-Forwarded-For the visitor's address. The ConfigMap holds the ingress pods' CIDR."""
+    from gateway.config import parse_config
+
+    config = yaml.safe_load(_gateway_config_text(manifests))
+    assert config["proxy"]["trusted_proxies"] == f"${{{TRUSTED_PROXIES_ENV}}}"
+    env = {e["name"]: e for e in _gateway_container(manifests)["env"]}
+    ref = env[TRUSTED_PROXIES_ENV]["valueFrom"]["configMapKeyRef"]
+    committed = _find(manifests, "ConfigMap", ref["name"])["data"][ref["key"]]
+    assert "REPLACE_ME" in committed, "no one CIDR fits every cluster: the operator sets it"
+
+    operator = _operator_env(manifests)
+    operator[TRUSTED_PROXIES_ENV] = f"{POD_CIDR},fd00:10:244::/56"
+    loaded = parse_config(_gateway_config_text(manifests), "configmap", operator)
+    assert [str(n) for n in loaded.proxy.trusted_proxies] == [POD_CIDR, "fd00:10:244::/56"]
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for needed in (TRUSTED_PROXIES_ENV, "X-Forwarded-Proto", "X-Forwarded-For", "Secure"):
+        assert needed in readme, f"deploy/README.md should explain {needed}"
+
+
 def test_kubernetes_config_loads(manifests: list[dict[str, Any]], tmp_path: Path, monkeypatch):
     from gateway.config import load_config
 
-    secret_values: dict[str, str] = {}
-    for env in _gateway_container(manifests).get("env", []):
-        ref = env.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            secret_values[env["name"]] = _secret_data(_find(manifests, "Secret", ref["name"]))[
-                ref["key"]
-            ]
-        elif "value" in env:
-            secret_values[env["name"]] = env["value"]
-    for name, value in secret_values.items():
+    for name, value in _operator_env(manifests).items():
         monkeypatch.setenv(name, value)
-    for name in GENERATED_SECRETS:
-        monkeypatch.setenv(name, generate_key())
     path = tmp_path / "domains.yaml"
     path.write_text(_gateway_config_text(manifests), encoding="utf-8")
     # Loading is the check (ConfigError lists every problem); the result must be a real config.
     config = load_config(path)
     assert config.sites and config.cross_domains
+    assert config.warnings == (), "the shipped config should need no warning"
 
 
 # ---------------------------------------------------------- kubernetes: network policy ---
@@ -915,20 +1047,135 @@ def _copies() -> list[tuple[list[str], str]]:
     return copies
 
 
-def test_dockerfile_base_image_and_install() -> None:
-    instructions = _dockerfile_instructions()
-    args = {}
-    for keyword, rest in instructions:
+# The platform the image runs on, for the environment markers of the dependencies.
+IMAGE_MARKERS = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.16",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _base_images() -> list[str]:
+    """Each FROM's image, ARG defaults substituted; a FROM of an earlier stage is left out."""
+    args: dict[str, str] = {}
+    stages: set[str] = set()
+    bases = []
+    for keyword, rest in _dockerfile_instructions():
         if keyword == "ARG" and "=" in rest:
             key, value = rest.split("=", 1)
-            args[key] = value
-    bases = [
-        re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), rest.split()[0])
-        for keyword, rest in instructions
-        if keyword == "FROM"
-    ]
-    assert bases and all(b == "python:3.11-slim" for b in bases), bases
-    assert any(k == "RUN" and re.search(r"pip install (\S+ )*\.(\s|$)", r) for k, r in instructions)
+            args.setdefault(key, value)
+        elif keyword == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--platform")]
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0])
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages.add(words[2])
+            if image not in stages - {words[-1]}:
+                bases.append(image)
+    return bases
+
+
+def _lock() -> dict[str, tuple[Requirement, list[str]]]:
+    """requirements.lock (pip-compile's format) as {normalised name: (requirement, hashes)}."""
+    entries: dict[str, tuple[Requirement, list[str]]] = {}
+    logical = ""
+    for raw in LOCK.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("--hash") else raw
+        line = line.strip()
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical += line
+        if logical.strip():
+            spec, *hashes = re.split(r"\s+--hash=", logical.strip())
+            requirement = Requirement(spec)
+            entries[canonicalize_name(requirement.name)] = (requirement, hashes)
+        logical = ""
+    return entries
+
+
+def test_dockerfile_base_images_are_pinned_by_digest() -> None:
+    """A tag moves (python:3.11-slim moved from Debian bookworm to trixie); a digest does not.
+    deploy/README.md says how to refresh it."""
+    bases = _base_images()
+    assert bases, "no FROM"
+    for image in bases:
+        name, _, digest = image.partition("@")
+        assert SHA256.fullmatch(digest), f"{image} is not pinned by digest (name@sha256:<64 hex>)"
+        assert re.fullmatch(r"python:3\.11-slim(-bookworm)?", name), f"unexpected base {name}"
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert "imagetools inspect" in readme, "say how to find the digest to refresh the pin"
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """Every dependency pyproject.toml names for the image's platform is in requirements.lock at
+    one exact version, within the range pyproject.toml allows, with the hashes pip checks; so is
+    the build backend, which the Dockerfile takes from the lock too (no build isolation)."""
+    lock = _lock()
+    for name, (requirement, hashes) in lock.items():
+        assert len(requirement.specifier) == 1, f"{name}: not one exact version"
+        (pin,) = requirement.specifier
+        assert pin.operator == "==", f"{name}: {pin} is not an exact pin"
+        assert hashes and all(SHA256.fullmatch(h) for h in hashes), f"{name}: no sha256 hashes"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = [Requirement(d) for d in pyproject["project"]["dependencies"]]
+    wanted += [Requirement(d) for d in pyproject["build-system"]["requires"]]
+    checked = 0
+    for dependency in wanted:
+        if dependency.marker is not None and not dependency.marker.evaluate(IMAGE_MARKERS):
+            continue
+        name = canonicalize_name(dependency.name)
+        assert name in lock, f"{dependency.name} is not in requirements.lock: run make lock"
+        (pin,) = lock[name][0].specifier
+        assert dependency.specifier.contains(pin.version, prereleases=True), (
+            f"requirements.lock pins {name}=={pin.version}, outside {dependency.specifier}: "
+            "run make lock"
+        )
+        checked += 1
+    assert checked >= 10
+
+
+def test_dockerfile_installs_from_the_lock_with_hashes_only() -> None:
+    """Dependencies come only from the lock, hash-checked and unresolved; the package adds none
+    and is built with the locked setuptools. The lock is copied first, so the dependency layer
+    is rebuilt only when it changes."""
+    instructions = _dockerfile_instructions()
+    installs: list[tuple[int, list[str]]] = []  # (instruction index, pip install arguments)
+    for i, (keyword, rest) in enumerate(instructions):
+        if keyword != "RUN":
+            continue
+        for command in re.split(r"&&|;", rest):
+            words = shlex.split(command)
+            if words[:2] == ["pip", "install"] or words[1:3] == ["-m", "pip"]:
+                installs.append((i, words[words.index("install") + 1 :]))
+    steps = [arguments for _, arguments in installs]
+    assert steps, "no pip install"
+    from_lock = [s for s in steps if "-r" in s and s[s.index("-r") + 1] == LOCK.name]
+    assert len(from_lock) == 1, "one install from requirements.lock"
+    assert {"--require-hashes", "--no-deps"} <= set(from_lock[0])
+    package = [s for s in steps if "." in s]
+    assert len(package) == 1, "one install of the package itself"
+    assert {"--no-deps", "--no-build-isolation"} <= set(package[0])
+    for step in steps:
+        assert "--no-deps" in step, f"pip would resolve dependencies: pip install {step}"
+    lock_copy = next(
+        i
+        for i, (keyword, rest) in enumerate(instructions)
+        if keyword == "COPY" and LOCK.name in shlex.split(rest)[:-1]
+    )
+    first_install = installs[0][0]
+    assert lock_copy < first_install
+    source_copy = min(
+        i
+        for i, (keyword, rest) in enumerate(instructions)
+        if keyword == "COPY" and "gateway" in shlex.split(rest)[:-1]
+    )
+    assert first_install < source_copy, "install the locked dependencies before the source"
 
     # Everything `pip install .` needs is copied before it runs.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -958,7 +1205,9 @@ def test_dockerfile_compiles_the_html_scanner_in_the_build_stage_only() -> None:
     build = " ".join(rest for keyword, rest in stages["build"] if keyword == "RUN")
     runtime = " ".join(rest for keyword, rest in stages["runtime"] if keyword == "RUN")
     assert re.search(r"apt-get install [^&]*\bgcc\b", build)
-    assert "h.IMPLEMENTATION == 'compiled'" in build
+    # Importing the extension fails the build (and checks it loads in the runtime stage).
+    assert 'python -c "import gateway.html._speedups"' in build
+    assert 'python -c "import gateway.html._speedups"' in runtime
     assert "gcc" not in runtime
     assert _dockerignore_excludes("gateway/html/_speedups.cpython-311-x86_64-linux-gnu.so")
 

@@ -452,6 +452,30 @@ def test_no_server_or_content_type_header_is_added(rig: Rig) -> None:
     assert b"content-type" not in head or b"421" in head.split(b"\r\n", 1)[0]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /x HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 4\r\nContent-Length: 5"
+        b"\r\nX-Secret: sekrit-value\r\n\r\n",
+        b"G<T /sekrit-value HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: www.example.com\r\nBad Header: sekrit-value\r\n\r\n",
+    ],
+)
+def test_what_aiohttp_cannot_parse_is_answered_in_the_gateways_words(rig: Rig, raw: bytes) -> None:
+    """aiohttp's own error page names the software and quotes the request back: the gateway
+    answers a short 400 instead, and closes the connection."""
+    with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as s:
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", data
+    assert b"\r\nserver:" not in head.lower()
+    assert b"sekrit" not in data
+    assert body == b"400 Bad Request\n"
+
+
 # --- the property: any head from the attack matrix ------------------------------------------
 
 CL_VARIANTS: dict[str, tuple[bytes, bool]] = {

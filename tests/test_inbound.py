@@ -22,6 +22,7 @@ from gateway.inbound import (
     settle,
     split_target,
 )
+from gateway.strategies import SigningKeys, TokenRecord, sign_params
 
 OPEN = Site(host="www.shop.test", upstream="http://127.0.0.1:1")
 STRICT = Site(host="www.shop.test", upstream="http://127.0.0.1:1", accept=("signed", "token"))
@@ -173,3 +174,61 @@ def test_an_id_is_minted_only_where_the_cookies_surely_arrived(
         assert arrival.aid in (arrival.write_aid, cookie_aid)
     elif mint:
         assert arrival.aid is not None
+
+
+# --- Credentials minted for apps: the source says so ---------------------------------------------
+
+
+def test_an_app_credential_is_the_source_app() -> None:
+    keys = SigningKeys.parse("k3Y-a_0123456789abcdefghijklmnopqrstuvwxyzAB")
+    rules = IdRules()
+
+    def arrive(params: dict[str, str], record: TokenRecord | None = None) -> Arrival:
+        url = read_url_identity(
+            params,
+            site=OPEN,
+            rules=rules,
+            host=OPEN.host,
+            user_agent="UA",
+            now=1000,
+            keys=keys,
+            bind_user_agent=True,
+            max_lifetime=600,
+        )
+        if url.token is not None:
+            url = url.exchanged(record, rules, "unknown_or_expired")
+        return settle(
+            method="GET",
+            target="/x",
+            path="/x",
+            cleaned_query="",
+            had_params=True,
+            url=url,
+            cookie_headers=[],
+            site=OPEN,
+            rules=rules,
+            mint=True,
+            cookies_withheld=False,
+        )
+
+    def signed(origin: str) -> dict[str, str]:
+        return dict(
+            sign_params(
+                aid="app-id",
+                uid=None,
+                target_host=OPEN.host,
+                expires=1500,
+                keys=keys,
+                user_agent=None if origin == "app" else "UA",
+                origin=origin,  # type: ignore[arg-type]
+            )
+        )
+
+    assert (arrive(signed("app")).source, arrive(signed("app")).aid) == ("app", "app-id")
+    assert arrive(signed("page")).source == "url"
+    token = {"ajs_token": "A" * 32}
+    app = TokenRecord("app-id", None, 1000, "", (OPEN.host,), None, "app")
+    page = TokenRecord("page-id", None, 1000, "other.test", (OPEN.host,), None)
+    assert (arrive(token, app).source, arrive(token, app).aid) == ("app", "app-id")
+    assert arrive(token, page).source == "url"
+    assert arrive({"ajs_aid": "q-id"}).source == "url"

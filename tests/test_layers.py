@@ -19,6 +19,7 @@ CORE = {
     "gateway.codings",
     "gateway.config",
     "gateway.crossings",
+    "gateway.events",
     "gateway.hosts",
     "gateway.identity",
     "gateway.inbound",
@@ -30,6 +31,8 @@ CORE = {
     "gateway.headers",
     "gateway.status",
     "gateway.strategies",
+    # The standard library's ssl only: config.py checks CA files with the loader it uses.
+    "gateway.tls",
 }
 # The rewriter library and any other module whose name marks it as core.
 CORE_PREFIXES = ("gateway.html", "gateway.rewriter", "gateway._html", "gateway.charset")

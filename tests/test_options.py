@@ -38,8 +38,9 @@ def test_readme_reference_is_generated_from_the_declarations() -> None:
 
 
 # Keys the example shows commented out ("  # keys: ${GATEWAY_SIGNING_KEYS}"), at a key's
-# indentation; comments further right continue the text of the line above.
-_COMMENTED_KEY = re.compile(r"^( {0,4})# (?=[a-z_]+: )", re.MULTILINE)
+# indentation (up to a site's tls section's); comments further right continue the text of the
+# line above.
+_COMMENTED_KEY = re.compile(r"^( {0,6})# (?=[a-z_]+: )", re.MULTILINE)
 
 
 def _example() -> dict[str, Any]:
@@ -62,7 +63,11 @@ def _shown(example: dict[str, Any]) -> Iterator[tuple[str, Any]]:
             yield f"{k.key}[]", value
             for entry in value or []:
                 for key, item in entry.items() if isinstance(entry, dict) else ():
-                    yield f"{k.key}[].{key}", item
+                    if isinstance(item, dict):  # a section of the item (sites[].tls)
+                        for sub, sub_item in item.items():
+                            yield f"{k.key}[].{key}.{sub}", sub_item
+                    else:
+                        yield f"{k.key}[].{key}", item
 
 
 def test_the_example_shows_every_declared_key_and_no_other() -> None:

@@ -26,6 +26,7 @@ from gateway.strategies import (
     TokenRecord,
     new_token,
     sign_params,
+    signed_origin,
     token_refusal,
     valid_token_syntax,
     verify_signed,
@@ -749,3 +750,104 @@ def test_property_hostile_input_never_raises(
     )
     assert reason in ("missing", "malformed", "expired", "bad_signature")
     assert aid is None and uid is None
+
+
+# --- Credentials minted for apps, emails and partners --------------------------------------------
+
+
+def _app_record(targets: tuple[str, ...] = ("tok.partner.test",)) -> TokenRecord:
+    return TokenRecord.bound(
+        anonymous_id=AID,
+        user_id="alice",
+        issued_at=NOW,
+        source_host="",
+        targets=targets,
+        user_agent=None,
+        origin="app",
+    )
+
+
+def test_app_record_says_where_it_came_from_and_round_trips() -> None:
+    record = _app_record()
+    assert json.loads(record.to_bytes()) == {
+        "a": AID,
+        "u": "alice",
+        "t": NOW,
+        "h": "",
+        "d": ["tok.partner.test"],
+        "o": "app",
+    }
+    assert TokenRecord.from_bytes(record.to_bytes()) == record
+    # A page's record has no "o", as every record written before had none.
+    assert b'"o"' not in _minted().to_bytes()
+    assert TokenRecord.from_bytes(_minted().to_bytes()) == _minted()
+    assert _minted().origin == "page"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":"x","t":5,"h":"","d":["t.test"],"o":"page"}',
+        b'{"a":"x","t":5,"h":"","d":["t.test"],"o":""}',
+        b'{"a":"x","t":5,"h":"","d":["t.test"],"o":null}',
+        b'{"a":"x","t":5,"h":"","d":["t.test"],"o":["app"]}',
+        # An app's record is never bound to a browser.
+        b'{"a":"x","t":5,"h":"","d":["t.test"],"o":"app","b":"' + b"0" * 64 + b'"}',
+    ],
+)
+def test_odd_origins_are_not_ours(data: bytes) -> None:
+    assert TokenRecord.from_bytes(data) is None
+
+
+def test_an_app_record_is_bound_to_its_target_and_to_no_browser() -> None:
+    record = _app_record()
+    for bind in (False, True):
+        for ua in (None, UA, "Another/1"):
+            got = token_refusal(
+                record, host="tok.partner.test", user_agent=ua, bind_user_agent=bind
+            )
+            assert got is None
+        got = token_refusal(record, host="www.shop.test", user_agent=UA, bind_user_agent=bind)
+        assert got == "wrong_target"
+    # A page's unbound record is still refused where binding is required.
+    page = _minted()
+    assert token_refusal(page, host="tok.partner.test", user_agent=UA, bind_user_agent=True) == (
+        "wrong_browser"
+    )
+    with pytest.raises(ValueError, match="no browser"):
+        TokenRecord.bound(
+            anonymous_id=AID,
+            user_id=None,
+            issued_at=NOW,
+            source_host="",
+            targets=["t.test"],
+            user_agent=UA,
+            origin="app",
+        )
+
+
+def test_an_app_signature_verifies_in_any_browser_and_says_so() -> None:
+    app = sign(origin="app")
+    assert app[SIG_PARAM].startswith("v1app.")
+    for bind in (False, True):
+        for ua in (None, UA):
+            assert verify(app, user_agent=ua, bind_user_agent=bind) == (
+                AID,
+                "user@example.com",
+                "ok",
+            )
+    assert signed_origin(app) == "app"
+    assert signed_origin(sign()) == "page"
+    assert signed_origin(sign(user_agent=UA)) == "page"
+    assert signed_origin({}) == "page"
+    # The mode is inside the MAC: a page's link cannot be turned into an app's, or back.
+    mac = app[SIG_PARAM].partition(".")[2]
+    for mode in ("v1", "v1ua"):
+        assert verify({**app, SIG_PARAM: f"{mode}.{mac}"})[2] == "bad_signature"
+    page_mac = sign()[SIG_PARAM].partition(".")[2]
+    assert verify({**sign(), SIG_PARAM: f"v1app.{page_mac}"})[2] == "bad_signature"
+    # Still bound to its host and expiry.
+    assert verify(app, host="other.example.net")[2] == "bad_signature"
+    assert verify(app, now=EXP)[2] == "expired"
+    with pytest.raises(ValueError, match="no browser"):
+        sign(origin="app", user_agent=UA)

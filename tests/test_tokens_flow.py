@@ -1105,7 +1105,7 @@ async def launch_idn(
     cross_domains:
       - {{host: '{pay_host}', strategy: token}}
       - {{host: '*.wild.test', strategy: signed}}
-    store: {{url: '{redis_server.url}', key_prefix: '{PREFIX}'}}
+    store: {{url: '{redis_server.url}', key_prefix: '{PREFIX}', timeout_ms: {STORE_TIMEOUT_MS}}}
     signing: {{keys: '${{GATEWAY_SIGNING_KEYS}}'}}
     analytics: {{write_key: wk_test, cdn_url: 'http://127.0.0.1:9'}}
     """
