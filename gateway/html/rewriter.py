@@ -165,7 +165,7 @@ class HtmlRewriter:
         self.gave_up: GaveUpReason | None = None
         """None while the whole document is being rewritten; otherwise why the rest of it
         was passed through unexamined (one of GAVE_UP_REASONS). Set at most once."""
-        # Escaped text appended to plain links, by the text (see _decorate_href).
+        # Escaped text appended to plain links, by the text (see _decorate_plain).
         self._appended: dict[str, bytes] = {}
 
     # -- Public interface ---------------------------------------------------------
