@@ -29,6 +29,7 @@ from .config import Config, ConfigError, load_config
 from .delivery import EventSender
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
+from .options import Events
 from .proxy import ProxyHandler, make_session, make_upstreams
 from .responses import ProxyServer
 from .state import ProxyState
@@ -125,7 +126,7 @@ class Gateway:
                 timeout_ms=config.store.timeout_ms,
                 key_prefix=config.store.key_prefix,
             ),
-            events=EventSender(config.events, self.metrics, self.log_event),
+            events=EventSender(_events(config), self.metrics, self.log_event),
         )
         # Tasks that close what a reload replaced, kept so that they are not collected.
         self._closing: set[asyncio.Future[None]] = set()
@@ -254,10 +255,10 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
-        if new.events != old.events:
+        if _events(new) != _events(old):
             # Queued events go out with the settings they were queued under.
             old_events = self.state.events
-            self.state.events = EventSender(new.events, self.metrics, self.log_event)
+            self.state.events = EventSender(_events(new), self.metrics, self.log_event)
             self.state.events.start()
             closing = asyncio.ensure_future(
                 old_events.close(time.monotonic() + new.proxy.drain_timeout)
@@ -307,6 +308,7 @@ class Gateway:
         await self.state.events.close(time.monotonic())
         await self.state.session.close()
         await self.state.upstreams.close()
+        await self.state.close_relay()
         await self.state.store.close()
 
 
@@ -556,3 +558,11 @@ def _hold_free_port(host: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     return sock
+
+
+def _events(config: Config) -> Events:
+    """The event settings with their endpoint resolved: by default events go where
+    analytics.js's own do (``analytics.api_url``), so one key names Segment's tracking API."""
+    if config.events.endpoint is not None:
+        return config.events
+    return dataclasses.replace(config.events, endpoint=config.analytics.api_url)

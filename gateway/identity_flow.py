@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import responses
+from . import firstparty, responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site
@@ -316,6 +316,7 @@ class IdentityFlow:
                     own_host=own_host,
                     nonce=rewrite.nonce,
                     refresh=self.refresh_plan(),
+                    first_party=self.first_party(request, site),
                 )
             policy = None
             if rewrite.links:
@@ -342,6 +343,14 @@ class IdentityFlow:
         if personal:
             make_private(headers)
         return body
+
+    def first_party(self, request: web.BaseRequest, site: Site) -> str | None:
+        """The path the bootstrap loads analytics.js from on this page's own origin, or None
+        (first-party delivery off on this site, or not allowed for this visitor)."""
+        prefix = firstparty.prefix_for(self.state.config.analytics, site)
+        if prefix is None or not firstparty.delivery_allowed(request.headers, site):
+            return None
+        return prefix
 
     def rewrites(self, site: Site) -> bool:
         """Whether the site's HTML is rewritten at all: links to decorate or a bootstrap."""

@@ -36,7 +36,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from .keys import MIN_LENGTH
@@ -49,6 +49,7 @@ __all__ = [
     "Analytics",
     "CrossDomain",
     "Events",
+    "FirstParty",
     "IdConflict",
     "Identity",
     "Key",
@@ -160,6 +161,20 @@ _KEYS = f"comma-separated keys of {MIN_LENGTH}+ random characters"
 # -- the declarations -------------------------------------------------------------------------
 
 
+class FirstParty(NamedTuple):
+    """First-party delivery switched on (``true`` or ``{path: /…}`` in the file): analytics.js,
+    its settings and its tracking API served under ``path`` on each site's own origin
+    (``None``: the default path, see :func:`gateway.firstparty.default_path`).
+
+    Deliberately not a dataclass: the declarations treat a dataclass-typed key as a section of
+    keys, and this is one key with three forms (false, true, a mapping)."""
+
+    path: str | None = None
+
+
+_FIRST_PARTY_FORMS = "false, true, or {path: /a/path} (letters, digits, '.', '_', '~', '-')"
+
+
 @dataclass(frozen=True)
 class UpstreamTLS:
     """How the gateway checks an ``https://`` upstream (``sites[].tls``). The gateway is a TLS
@@ -245,6 +260,16 @@ class Site:
             bespoke=True,
         ),
     )
+    first_party: FirstParty | bool | None = field(
+        default=None,
+        metadata=option(
+            "this site's own first-party delivery: `false` off, `true` on (under "
+            "`analytics.first_party`'s path, else the default), `{path: /…}` on under that path",
+            expected=_FIRST_PARTY_FORMS,
+            default_text="as `analytics.first_party`",
+            bespoke=True,
+        ),
+    )
     tls: UpstreamTLS = field(default_factory=UpstreamTLS)
 
     @property
@@ -283,9 +308,30 @@ class Analytics:
     cdn_url: str = field(
         default="https://cdn.segment.com",
         metadata=option(
-            "where analytics.js is loaded from",
+            "where analytics.js is loaded from (by browsers; with first-party delivery, by the "
+            "gateway)",
             check=_http_url,
             expected="an http(s) URL, no query",
+        ),
+    )
+    api_url: str = field(
+        default="https://api.segment.io",
+        metadata=option(
+            "Segment's tracking API, where first-party delivery relays events "
+            "(`https://events.eu1.segmentapis.com` for an EU workspace)",
+            check=_http_url,
+            expected="an http(s) URL, no query",
+        ),
+    )
+    first_party: FirstParty | None = field(
+        default=None,
+        metadata=option(
+            "serve analytics.js, its settings and its tracking API under a path on each site's "
+            "own origin, so that blockers of Segment's hosts and of `/analytics.js/v1/` do not "
+            "lose the site's events (see First-party delivery below); needs `write_key`",
+            expected=_FIRST_PARTY_FORMS,
+            default_text="`false`",
+            bespoke=True,
         ),
     )
 
@@ -313,13 +359,14 @@ class Events:
             expected="letters, digits, '_' or '-'",
         ),
     )
-    endpoint: str = field(
-        default="https://api.segment.io",
+    endpoint: str | None = field(
+        default=None,
         metadata=option(
             "Segment's HTTP tracking API (or a regional endpoint, or a proxy of your own); "
             "batches are posted to `{endpoint}/v1/batch`",
             check=_http_url,
             expected="an http(s) URL, no query",
+            default_text="`analytics.api_url`",
         ),
     )
     batch_size: int = field(

@@ -40,6 +40,7 @@ from .inbound import Arrival
 from .links import FRESH_LINK_PATH
 from .logs import Timestamps, write_event
 from .metrics import HtmlSkip
+from .relay import FirstPartyRelay
 from .responses import fault, log_fault, plain_response
 from .state import Outcome, ProxyState
 from .upstream import (
@@ -81,6 +82,7 @@ class ProxyHandler:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
         self.identity = IdentityFlow(state)
+        self.relay = FirstPartyRelay(state)
         self._stamp = Timestamps()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -149,6 +151,11 @@ class ProxyHandler:
             response = await identity.fresh_link(request, site, target)
             outcome.status = response.status
             return response
+        # First-party delivery's paths (analytics.js, its settings, the tracking API) are the
+        # gateway's own, answered before identity is read: they carry none, and set none.
+        relayed = await self.relay.handle(request, site, routed, target, outcome)
+        if relayed is not None:
+            return relayed
         arrival = await identity.arrival(request, site, target)
         outcome.identity = _IDENTITY[arrival.source]
         outcome.refused_reason = arrival.refused

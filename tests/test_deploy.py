@@ -809,6 +809,27 @@ def test_gateway_egress_reaches_dns_redis_and_the_upstreams(
         assert (port, "TCP") in allowed, f"no egress to the upstream {site['upstream']}"
 
 
+def test_gateway_egress_to_segment_is_https_to_public_addresses_only(
+    manifests: list[dict[str, Any]],
+) -> None:
+    """First-party delivery and server-side events talk to Segment over HTTPS; the rule that
+    admits it must not open the cluster's private ranges (Redis, upstreams, metadata)."""
+    policy = _policy_for(manifests, _gateway(manifests))
+    blocks = [
+        (peer["ipBlock"], _rule_ports(rule))
+        for rule in policy["spec"]["egress"]
+        for peer in _peers(rule, "to")
+        if "ipBlock" in peer
+    ]
+    assert blocks, "no egress to Segment"
+    for block, ports in blocks:
+        assert ports == {(443, "TCP")}
+        assert block["cidr"] == "0.0.0.0/0"
+        assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+            block.get("except", ())
+        )
+
+
 def test_redis_admits_only_the_gateway_and_reaches_nothing(
     manifests: list[dict[str, Any]],
 ) -> None:

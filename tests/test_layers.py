@@ -20,6 +20,7 @@ CORE = {
     "gateway.config",
     "gateway.crossings",
     "gateway.events",
+    "gateway.firstparty",
     "gateway.hosts",
     "gateway.identity",
     "gateway.inbound",

@@ -35,6 +35,9 @@ class Event:
     path: str  # "t", "p", "i", "batch", ...
     body: dict[str, Any]
     origin: str | None
+    # The X-Forwarded-For it came with: the visitor's address, when a relay (the gateway's
+    # first-party delivery) sent it.
+    forwarded_for: str | None = None
 
     @property
     def anonymous_id(self) -> str | None:
@@ -188,9 +191,10 @@ async def _track(request: web.Request) -> web.StreamResponse:
         stand_in.misses.append(f"unparsable body on /v1/{path}: {raw[:80]!r}")
         return _cors(request, web.Response(status=400))
     origin = request.headers.get("Origin")
-    items = body.get("batch", []) if path == "batch" else [body]
+    forwarded_for = request.headers.get("X-Forwarded-For")
+    items = body.get("batch", []) if path in ("b", "batch") else [body]
     for item in items:
-        stand_in.events.append(Event(path, item, origin))
+        stand_in.events.append(Event(path, item, origin, forwarded_for))
     stand_in.changed.set()
     return _cors(request, web.json_response({"success": True}))
 
