@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.multiprocess import mark_process_dead
 
-from . import status
+from . import html, status
 from .admin import make_admin_app
 from .circuit import State
 from .config import Config, ConfigError, load_config
@@ -61,6 +61,20 @@ class Overrides:
             port=a.port if self.admin_port is None else self.admin_port,
         )
         return dataclasses.replace(config, server=server, admin=admin)
+
+
+def html_rewriter_fields() -> dict[str, str]:
+    """The "started" line's word on the HTML rewriter: ``html_rewriter`` is "compiled" or
+    "python", and on the pure-Python path ``html_rewriter_note`` says why and what it costs
+    (a missing extension is a build without a C compiler, and easy to miss)."""
+    fields: dict[str, str] = {"html_rewriter": html.IMPLEMENTATION}
+    if html.PURE_PYTHON_REASON is not None:
+        fields["html_rewriter_note"] = (
+            f"HTML is rewritten by the pure-Python scanner, several times slower than the "
+            f"compiled one: {html.PURE_PYTHON_REASON}. To build it, install a C compiler and "
+            f"the Python headers and reinstall the package (see the README)."
+        )
+    return fields
 
 
 def log_line(event: str, **fields: Any) -> None:
@@ -224,6 +238,7 @@ class Gateway:
             listen=f"{config.server.host}:{self.bound_port}",
             admin=f"{config.admin.host}:{self.bound_admin_port}",
             sites=[s.host for s in config.sites],
+            **html_rewriter_fields(),
         )
         _log_warnings(config)
 

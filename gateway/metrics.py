@@ -86,10 +86,10 @@ def gateway_version() -> str:
         return "unknown"
 
 
-def implementation() -> str:
-    """Which HTML rewriter runs: ``gateway.html.IMPLEMENTATION`` where the package sets it (a
-    compiled fast path does), else "python"."""
-    return str(getattr(html, "IMPLEMENTATION", "python"))
+def implementation() -> html.Implementation:
+    """Which HTML scanner the rewriter runs in this process: "compiled" (the C extension,
+    gateway/html/_speedups.c) or "python" (not built, or GATEWAY_NO_EXTENSIONS set)."""
+    return html.IMPLEMENTATION
 
 
 def method_label(method: str) -> str:
@@ -353,7 +353,8 @@ class Metrics:
             build_info=Gauge(
                 "gateway_build_info",
                 "Always 1: the gateway's version, the Python it runs on, and which HTML "
-                "rewriter implementation it uses.",
+                "rewriter implementation it uses (compiled: the C extension; python: the "
+                "pure-Python fallback).",
                 ("version", "python", "implementation"),
                 registry=registry,
                 multiprocess_mode="max",

@@ -1201,9 +1201,36 @@ def test_dockerfile_installs_from_the_lock_with_hashes_only() -> None:
     # Everything `pip install .` needs is copied before it runs.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     readme = pyproject["project"].get("readme")
-    needed = {"pyproject.toml", "gateway"} | ({readme} if isinstance(readme, str) else set())
+    needed = {"pyproject.toml", "setup.py", "gateway"} | (
+        {readme} if isinstance(readme, str) else set()
+    )
     copied = {Path(src).as_posix().rstrip("/") for sources, _ in _copies() for src in sources}
     assert needed <= copied, f"not copied into the build: {needed - copied}"
+
+
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage ("FROM image AS name")."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, rest in _dockerfile_instructions():
+        if keyword == "FROM":
+            current = stages.setdefault(rest.split()[-1], [])
+        current.append((keyword, rest))
+    return stages
+
+
+def test_dockerfile_compiles_the_html_scanner_in_the_build_stage_only() -> None:
+    """The image runs the compiled HTML scanner: gcc in the build stage, a build that fails
+    rather than ship the pure-Python fallback, and no compiler in the runtime image."""
+    stages = _stages()
+    build = " ".join(rest for keyword, rest in stages["build"] if keyword == "RUN")
+    runtime = " ".join(rest for keyword, rest in stages["runtime"] if keyword == "RUN")
+    assert re.search(r"apt-get install [^&]*\bgcc\b", build)
+    # Importing the extension fails the build (and checks it loads in the runtime stage).
+    assert 'python -c "import gateway.html._speedups"' in build
+    assert 'python -c "import gateway.html._speedups"' in runtime
+    assert "gcc" not in runtime
+    assert _dockerignore_excludes("gateway/html/_speedups.cpython-311-x86_64-linux-gnu.so")
 
 
 def test_dockerfile_copied_files_exist_and_are_not_dockerignored() -> None:
