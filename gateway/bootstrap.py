@@ -37,7 +37,12 @@ The script does the following, written from scratch for this gateway:
    is already initialized, the page is in charge and we do nothing more; otherwise we set
    ``invoked``, queue ``page()`` and insert the script. So ``page()`` is queued once either way,
    and the library is loaded once in either order. A snippet that only arrives after
-   DOMContentLoaded (a tag manager) finds ``invoked`` set and stands down.
+   DOMContentLoaded (a tag manager) finds ``invoked`` set and stands down. With first-party
+   delivery the library comes from ``<prefix>/lib.js`` on the page's own origin (absolute, so
+   a ``<base>`` element cannot send it elsewhere) and ``_cdn`` is set to ``<origin><prefix>``
+   when the script is inserted, not before: the library then takes its settings and chunks
+   from there too, while a page whose own snippet loads Segment's library keeps reading them
+   from where that library came from.
 4. It decorates cross-domain links and forms at the moment they are used (capturing listeners
    for click, auxclick and submit on ``document``), to cover what page JavaScript creates after
    the HTML rewriter has seen the page. Hosts match exactly as ``hosts.matches`` says (the
@@ -61,6 +66,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.firstparty import LIBRARY
 from gateway.hosts import normalize
 from gateway.params import (
     AID_PARAM,
@@ -98,7 +104,9 @@ _CLEAN = (
     'if(v!=h)w.history.replaceState(w.history.state,"",v)}catch(e){}'
 )
 _JS = (
-    "(function(w,d,c){" + _CLEAN + "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g;"
+    "(function(w,d,c){" + _CLEAN + "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g,"
+    # first-party delivery: the library, its settings and chunks from this page's own origin
+    'C=c.f?w.location.protocol+"//"+w.location.host+c.f:c.c;'
     # 1. the queue
     "if(!q){q=w.analytics=[];q.methods=c.m;"
     "q.factory=function(m){return function(){var a=[].slice.call(arguments);"
@@ -115,16 +123,18 @@ _JS = (
     'function hook(a){if(a.initialize){a.on&&a.on("reset",R)}'
     'else if(a.push){a.push(["on","reset",R])}}'
     "seed(q);hook(q);"
-    "if(!q.initialize){q._writeKey=q._writeKey||c.k;q._cdn=q._cdn||c.c}"
+    # (first-party: _cdn only once we load the library ourselves, so that a page's own
+    # snippet keeps reading its settings from where its library came from)
+    "if(!q.initialize){q._writeKey=q._writeKey||c.k;if(!c.f)q._cdn=q._cdn||c.c}"
     # 3. load, unless the page's own snippet or library took over by DOMContentLoaded
     "function go(){var a=w.analytics;if(!a||!a.push||a.initialize||a.invoked)return;"
-    "if(a!==q){seed(a);hook(a);a._writeKey=a._writeKey||c.k;a._cdn=a._cdn||c.c}"
+    "if(a!==q){seed(a);hook(a);a._writeKey=a._writeKey||c.k}a._cdn=c.f?C:a._cdn||c.c;"
     # the gateway reads identity in URLs itself; the library must not (see 0.)
     "a.invoked=!0;a._loadOptions=a._loadOptions||{};a._loadOptions.useQueryString=!1;"
     'a.push(["page"]);'
     'var s=d.createElement("script"),f=d.getElementsByTagName("script")[0];'
     "s.async=!0;if(c.n)s.nonce=c.n;"
-    's.src=c.c+"/analytics.js/v1/"+encodeURIComponent(c.k)+"/analytics.min.js";'
+    's.src=c.f?C+c.l:c.c+"/analytics.js/v1/"+encodeURIComponent(c.k)+"/analytics.min.js";'
     "if(f&&f.parentNode)f.parentNode.insertBefore(s,f);else(d.head||d.documentElement).appendChild(s)}"
     'if(d.readyState=="loading")d.addEventListener("DOMContentLoaded",go);else go();'
     # 4. click-time decoration
@@ -225,13 +235,17 @@ def render_bootstrap(
     nonce: str | None,
     refresh: RefreshPlan | None = None,
     consent: bool = True,
+    first_party: str | None = None,
 ) -> bytes:
     """One ``<script>`` element (ASCII bytes) to insert early in ``<head>``; see module docstring.
 
     ``cdn_url`` is used as given (also over plain HTTP) for both the library and ``_cdn``;
-    ``nonce``, when given, goes on the element and on the script it inserts. Without
-    ``consent`` the script only takes the ``ajs_`` parameters out of the address bar (step 0):
-    it neither sets an id, nor loads analytics.js, nor decorates links.
+    ``nonce``, when given, goes on the element and on the script it inserts. With
+    ``first_party`` (a path prefix, firstparty.py) the library comes from that path on the
+    page's own origin instead, and ``_cdn`` is set to it, so that its settings and chunks do
+    too; no URL of it carries an id. Without ``consent`` the script only takes the ``ajs_``
+    parameters out of the address bar (step 0): it neither sets an id, nor loads analytics.js,
+    nor decorates links.
     """
     attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
     # ASCII only, so the element means the same whatever charset the legacy page declares:
@@ -243,7 +257,7 @@ def render_bootstrap(
     # site under one config, so it is encoded once.
     visitor = _js_value({"a": anonymous_id, "u": user_id})[:-1]
     nonce_json = _js_value(nonce)
-    static = _static_config(write_key, cdn_url, tuple(targets), own_host, refresh)
+    static = _static_config(write_key, cdn_url, tuple(targets), own_host, refresh, first_party)
     tail = f',"n":{nonce_json}}})</script>'.encode("ascii")
     return b"%b%b%b,%b%b" % (open_tag, _JS_BYTES, visitor.encode("ascii"), static, tail)
 
@@ -255,11 +269,14 @@ def _static_config(
     targets: tuple[str, ...],
     own_host: str,
     refresh: RefreshPlan | None,
+    first_party: str | None,
 ) -> bytes:
     """The config members that do not depend on the visitor, as the middle of a JSON object."""
     config = {
         "k": write_key,
         "c": cdn_url.rstrip("/"),
+        "f": first_party,
+        "l": "/" + LIBRARY,
         "t": [normalize(t) for t in targets],
         "o": normalize(own_host),
         "p": [AID_PARAM, UID_PARAM],
