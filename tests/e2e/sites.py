@@ -6,11 +6,12 @@ analytics.js it loads.
 
 - ``www.shop-a.test`` (A): a shop with links to B, a checkout that hands over to the payment
   processor, a confirmation page that also takes the processor's POST-back, a sign-in link to
-  C, a page whose JavaScript adds a link after load, and forms.
+  C, a page whose JavaScript adds a link after load, a page that prefetches its links (as
+  quicklink does), a page that navigates to B from a script (no link at all), and forms.
 - ``checkout.pay-b.test`` (B): landing pages, a GET search form target and a POST form target
   that answers Post/Redirect/Get (303), as legacy sites do.
 - ``auth.id-c.test`` (C): a sign-in form whose POST is answered with ``302`` to the
-  cross-domain ``return_to`` URL.
+  cross-domain ``return_to`` URL, and ``/go?to=…``, a plain redirect service.
 - ``thirdparty.psp-d.test`` (PSP): NOT behind the gateway. Like payment processors that pass
   merchant parameters through, it sends the visitor back to the ``return`` URL with the
   ``ajs_aid`` it was given (the gateway decorated A's link to it). Like a 3-D Secure page or an
@@ -182,6 +183,39 @@ async def _a_promo(request: web.Request) -> web.Response:
     return page("Promo", f'<p><a id="tampered" href="{_attr(href)}">Offer</a></p>')
 
 
+async def _a_prefetching(request: web.Request) -> web.Response:
+    o = request.app[ORIGINS]
+    # Like quicklink and similar libraries: once the page has loaded, every link marked for it
+    # is prefetched with <link rel=prefetch>, with the href the page has (the gateway's).
+    script = (
+        "<script>\nwindow.addEventListener('load', function () {\n"
+        "  document.querySelectorAll('a[data-prefetch]').forEach(function (a) {\n"
+        "    var l = document.createElement('link');\n"
+        "    l.rel = 'prefetch';\n"
+        "    l.href = a.href;\n"
+        "    document.head.appendChild(l);\n"
+        "  });\n"
+        "});\n</script>"
+    )
+    href = o.b + "/welcome?from=prefetch"
+    return page(
+        "Prefetching",
+        f'<p><a id="to-b" data-prefetch href="{_attr(href)}">Visit pay-b</a></p>\n' + script,
+    )
+
+
+async def _a_js_nav(request: web.Request) -> web.Response:
+    o = request.app[ORIGINS]
+    # A navigation made by page JavaScript: no link, so nothing for the rewriter or the
+    # bootstrap's click handler to decorate.
+    script = (
+        "<script>\ndocument.getElementById('go').addEventListener('click', function () {\n"
+        f"  location.href = {json.dumps(o.b + '/from-js?via=location')};\n"
+        "});\n</script>"
+    )
+    return page("Script navigation", '<p><button id="go">Go to pay-b</button></p>\n' + script)
+
+
 def shop_a(origins: Origins, recorder: Recorder) -> web.Application:
     app = _app(origins, recorder)
     app.router.add_get("/", _a_home)
@@ -191,6 +225,8 @@ def shop_a(origins: Origins, recorder: Recorder) -> web.Application:
     app.router.add_get("/dynamic", _a_dynamic)
     app.router.add_get("/forms", _a_forms)
     app.router.add_get("/promo", _a_promo)
+    app.router.add_get("/prefetching", _a_prefetching)
+    app.router.add_get("/js-nav", _a_js_nav)
     return app
 
 
@@ -250,9 +286,15 @@ async def _c_login(request: web.Request) -> web.Response:
     raise web.HTTPFound(str(form.get("return_to", "/")))
 
 
+async def _c_go(request: web.Request) -> web.Response:
+    # A plain redirect service ("continue to …"), as single sign-on hubs have.
+    raise web.HTTPFound(request.query.get("to", "/"))
+
+
 def auth_c(origins: Origins, recorder: Recorder) -> web.Application:
     app = _app(origins, recorder)
     app.router.add_get("/login", _c_login_form)
+    app.router.add_get("/go", _c_go)
     app.router.add_post("/login", _c_login)
     return app
 
