@@ -67,6 +67,9 @@ HANDOFF = Handoff(
         ("POST", "url", "signed", "signed"),
         ("GET", "app", "token", "app"),
         ("GET", "app", "signed", "app"),
+        # Brought back from a sibling for an undecorated arrival (gateway/rescue.py).
+        ("GET", "rescue", "token", "rescue"),
+        ("GET", "rescue", "signed", "rescue"),
         # Not from the URL: nothing to report.
         ("GET", "cookie", None, None),
         ("GET", "minted", None, None),

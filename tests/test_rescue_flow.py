@@ -299,3 +299,20 @@ async def test_the_credential_is_the_one_the_returning_site_accepts(
     if accept == "[signed]":
         # Short-lived: a return replayed from history later brings nothing.
         assert int(query(back)["ajs_exp"]) - time.time() <= CREDENTIAL_TTL + 1
+
+
+async def test_an_observed_site_changes_nothing(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    # Observe mode counts what identity would do and changes nothing: no round trip, no
+    # refused prefetch, no endpoint (its path goes to the upstream like any other).
+    gw, origin = await start(
+        start_upstream, start_gateway, site_opts=", rescue: true, mode: observe"
+    )
+    assert (await arrive(gw)).status == 200
+    prefetch = await fetch(
+        gw, "/from-js?via=script&ajs_aid=x", headers=[NAVIGATION, ("Sec-Purpose", "prefetch")]
+    )
+    assert prefetch.status == 200
+    assert origin.seen == ["/from-js?via=script", "/from-js?via=script&ajs_aid=x"]
+    assert rescues(await metrics(gw), WWW) == {}
