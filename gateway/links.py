@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import CrossDomain, Strategy
-from .hosts import Pattern, compile_patterns, first_match, hostname, url_domain
+from .hosts import Patterns, compile_patterns, first_match, hostname, url_domain
 from .identity import C0_CONTROL_OR_SPACE, TAB_OR_NEWLINE, IdRules, decorate_url
 from .options import MAX_TOKEN_TTL, Signing, Tokens, declared_key
 from .params import AID_PARAM, IDENTITY_PARAMS, TOKEN_PARAM, UID_PARAM
@@ -96,7 +96,7 @@ _MEMO_LIMIT = 4096
 
 
 @functools.lru_cache(maxsize=1024)
-def _no_target(host: str, own: str | None, patterns: tuple[Pattern, ...]) -> bool:
+def _no_target(host: str, own: str | None, patterns: Patterns) -> bool:
     return host == own or first_match(host, patterns) is None
 
 
