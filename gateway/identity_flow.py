@@ -9,7 +9,6 @@ proxy.py.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs
@@ -267,7 +266,15 @@ class IdentityFlow:
         config = state.config
         index = state.index
         own_host = normalize_host(request.host)
-        page_url = functools.cache(lambda: self.page_url(request, arrival))
+        # Made only when a link or redirect needs it, and then once (a closure over a list
+        # rather than functools.cache, whose wrapper costs more than most requests need).
+        made: list[str] = []
+
+        def page_url() -> str:
+            if not made:
+                made.append(self.page_url(request, arrival))
+            return made[0]
+
         decided = outbound_plan(
             method=request.method,
             status=status,

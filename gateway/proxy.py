@@ -180,7 +180,7 @@ class ProxyHandler:
         except UpstreamError as exc:
             return self.fault(site, outcome, exc)
         waited = time.monotonic() - sent_at
-        state.metrics.upstream_latency.labels(site.host).observe(waited)
+        state.metrics.observe_upstream(site.host, waited)
         outcome.upstream_ms = waited * 1000
         outcome.upstream_status = upstream.status
         try:
