@@ -58,6 +58,7 @@ from .options import (
     declared,
     declared_key,
     option,
+    worker_count,
 )
 from .store_url import parse_store_url, redact_url
 from .tls import ca_file_problem
@@ -81,6 +82,7 @@ __all__ = [
     "Strategy",
     "Tokens",
     "UpstreamTLS",
+    "available_cpus",
     "load_config",
     "parse_config",
 ]
@@ -92,6 +94,18 @@ _BEARER_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 _HOST_EXPECTED = declared_key(Site, "host").expected
 _UPSTREAM_EXPECTED = declared_key(Site, "upstream").expected
 _KEYS_EXPECTED = declared_key(Signing, "keys").expected
+_WORKERS_EXPECTED = declared_key(Server, "workers").expected
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the platform has one (which
+    is what ``taskset`` or a container's cpuset leaves it), else every CPU of the machine.
+    What ``workers: auto`` starts one worker for each of, as nginx's ``worker_processes
+    auto`` does."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS has no affinity mask
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -339,6 +353,7 @@ class _Reader:
         rules: dict[str, dict[str, _Rule]] = {
             "signing": {"keys": self._signing_keys},
             "admin": {"token": self._admin_token},
+            "server": {"workers": self._workers},
             "proxy": {"trusted_proxies": self._trusted_proxies},
         }
         sections: dict[str, Any] = {}
@@ -677,6 +692,16 @@ class _Reader:
                 )
                 refused = True
         return None if refused else keys
+
+    def _workers(self, node: yaml.Node, path: str) -> int:
+        raw = self.scalar(node, path)
+        if raw is None and _is_null(node):
+            return Server.workers
+        count = worker_count(raw, available_cpus())
+        if count is None:
+            self.problem(node, path, f"{raw!r} is not valid ({_WORKERS_EXPECTED})")
+            return Server.workers
+        return count
 
     def _admin_token(self, node: yaml.Node, path: str) -> str | None:
         """Checked like a signing key, and never echoed: messages end up in logs."""
