@@ -4,21 +4,32 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint docs lock bench e2e clean
+.PHONY: test test-pure demo lint docs lock bench e2e clean
 
-$(STAMP): pyproject.toml
+# setup.py builds the compiled scanner: a changed C source reinstalls (and rebuilds) it.
+$(STAMP): pyproject.toml setup.py gateway/html/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench setup.py
+	$(BIN)/ruff format --check gateway tests bench setup.py
 	$(BIN)/mypy
+
+# The whole suite runs the rewriter's tests with both scanners (compiled and pure Python);
+# the second pass runs the rewriter-related files again as a machine without a compiler
+# would, with GATEWAY_NO_EXTENSIONS=1: the pure-Python scanner selected at import.
+PURE_PYTHON_TESTS := tests/test_rewriter.py tests/test_rewriter_corpus.py tests/test_body.py \
+	tests/test_speedups.py tests/test_extension.py
 
 test: lint
 	$(BIN)/pytest -q
+	GATEWAY_NO_EXTENSIONS=1 $(BIN)/pytest -q $(PURE_PYTHON_TESTS)
+
+test-pure: $(STAMP)
+	GATEWAY_NO_EXTENSIONS=1 $(BIN)/pytest -q $(PURE_PYTHON_TESTS)
 
 # The README's configuration reference, generated from the declarations in gateway/options.py.
 docs: $(STAMP)
@@ -45,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/tokens.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build gateway/html/_speedups*.so

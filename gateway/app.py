@@ -23,16 +23,18 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.multiprocess import mark_process_dead
 
-from . import status
+from . import html, status
 from .admin import make_admin_app
+from .circuit import State
 from .config import Config, ConfigError, load_config
 from .delivery import EventSender
 from .logs import write_event
 from .metrics import Metrics, gateway_version, implementation
+from .options import Events
 from .proxy import ProxyHandler, make_session, make_upstreams
 from .responses import ProxyServer
 from .state import ProxyState
-from .store import open_store
+from .store import CircuitBreakerStore, open_store
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,20 @@ class Overrides:
             port=a.port if self.admin_port is None else self.admin_port,
         )
         return dataclasses.replace(config, server=server, admin=admin)
+
+
+def html_rewriter_fields() -> dict[str, str]:
+    """The "started" line's word on the HTML rewriter: ``html_rewriter`` is "compiled" or
+    "python", and on the pure-Python path ``html_rewriter_note`` says why and what it costs
+    (a missing extension is a build without a C compiler, and easy to miss)."""
+    fields: dict[str, str] = {"html_rewriter": html.IMPLEMENTATION}
+    if html.PURE_PYTHON_REASON is not None:
+        fields["html_rewriter_note"] = (
+            f"HTML is rewritten by the pure-Python scanner, several times slower than the "
+            f"compiled one: {html.PURE_PYTHON_REASON}. To build it, install a C compiler and "
+            f"the Python headers and reinstall the package (see the README)."
+        )
+    return fields
 
 
 def log_line(event: str, **fields: Any) -> None:
@@ -106,12 +122,8 @@ class Gateway:
             session=make_session(config),
             upstreams=make_upstreams(config),
             metrics=self.metrics,
-            store=open_store(
-                config.store.url,
-                timeout_ms=config.store.timeout_ms,
-                key_prefix=config.store.key_prefix,
-            ),
-            events=EventSender(config.events, self.metrics, self.log_event),
+            store=self.make_store(config),
+            events=EventSender(_events(config), self.metrics, self.log_event),
         )
         self._handler = ProxyHandler(self.state)
         # Tasks that close what a reload replaced, kept so that they are not collected.
@@ -126,6 +138,34 @@ class Gateway:
         self.metrics.config_loaded(now)
         self.metrics.prepare(*_metric_labels(config))
         self.metrics.store_circuit(self.state.store.name, False)
+
+    def make_store(self, config: Config) -> CircuitBreakerStore:
+        """The configured token store behind its circuit breaker, whose changes are logged
+        (one ``store_circuit`` line each) and set ``gateway_store_circuit_open``."""
+        settings = config.store
+        store = CircuitBreakerStore(
+            open_store(
+                settings.url, timeout_ms=settings.timeout_ms, key_prefix=settings.key_prefix
+            ),
+            failures=settings.circuit_failures,
+            cooldown=settings.circuit_cooldown,
+            watch=lambda state, error: self._circuit_changed(store, state, error),
+        )
+        return store
+
+    def _circuit_changed(self, store: CircuitBreakerStore, state: State, error: str | None) -> None:
+        # A store replaced by a reload may still finish calls: its changes are logged, but the
+        # gauge speaks for the store in use.
+        if self.state.store is store:
+            self.metrics.store_circuit(store.name, state != "closed")
+        fields: dict[str, Any] = {"state": state, "store": store.name}
+        if state == "open":
+            breaker = store.breaker
+            fields.update(failures=breaker.threshold, cooldown=breaker.cooldown, error=error)
+        log = self.state.log
+        write_event(log, "store_circuit", "warning" if state == "open" else "info", **fields)
+        with contextlib.suppress(OSError, ValueError):
+            log.flush()
 
     def log_event(self, event: str, **fields: Any) -> None:
         """A log line from a part that runs beside the requests (the event sender)."""
@@ -143,6 +183,7 @@ class Gateway:
         snap = status.snapshot(
             self.metrics.registry.collect(),
             sites=[site.host for site in config.sites],
+            modes={site.host: site.mode for site in config.sites},
             config=self.config_version,
             store=await self.store_health(),
             build={
@@ -198,6 +239,7 @@ class Gateway:
             listen=f"{config.server.host}:{self.bound_port}",
             admin=f"{config.admin.host}:{self.bound_admin_port}",
             sites=[s.host for s in config.sites],
+            **html_rewriter_fields(),
         )
         _log_warnings(config)
 
@@ -219,9 +261,7 @@ class Gateway:
             new = dataclasses.replace(new, server=old.server, admin=admin)
         if new.store != old.store:
             old_store = self.state.store
-            self.state.store = open_store(
-                new.store.url, timeout_ms=new.store.timeout_ms, key_prefix=new.store.key_prefix
-            )
+            self.state.store = self.make_store(new)
             self.metrics.store_circuit(self.state.store.name, False)
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(old_store.close())
@@ -240,10 +280,10 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.proxy.drain_timeout + 1.0, lambda: asyncio.ensure_future(close_old())
             )
-        if new.events != old.events:
+        if _events(new) != _events(old):
             # Queued events go out with the settings they were queued under.
             old_events = self.state.events
-            self.state.events = EventSender(new.events, self.metrics, self.log_event)
+            self.state.events = EventSender(_events(new), self.metrics, self.log_event)
             self.state.events.start()
             closing = asyncio.ensure_future(
                 old_events.close(time.monotonic() + new.proxy.drain_timeout)
@@ -268,12 +308,18 @@ class Gateway:
     async def drain_and_close(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then close.
 
-        Hand-off events are sent at once from the start of the drain, and whatever is still
-        queued when the requests are done is flushed within the same deadline."""
+        Open WebSockets are closed at once with 1001 Going Away on both sides. Unlike a
+        request, a WebSocket does not finish by itself: waiting for it would only hold the
+        drain to its deadline and then cut it without a close frame, while a 1001 now tells
+        both peers to reconnect, to a gateway that is not stopping. Hand-off events are sent
+        at once from the start of the drain, and whatever is still queued when the requests
+        are done is flushed within the same deadline."""
         self.state.draining = True
         self.state.events.drain()
         for site in self._proxy_sites:
             await site.stop()
+        for relay in list(self.state.relays):
+            relay.going_away()
         deadline = time.monotonic() + self.state.config.proxy.drain_timeout
         while self.state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -294,6 +340,7 @@ class Gateway:
         await self.state.events.close(time.monotonic())
         await self.state.session.close()
         await self.state.upstreams.close()
+        await self.state.close_relay()
         await self.state.store.close()
 
 
@@ -337,9 +384,14 @@ def config_version(path: str, loaded_at: float) -> status.ConfigVersion:
     return status.ConfigVersion(path=path, sha256=digest, loaded_at=loaded_at)
 
 
-def _metric_labels(config: Config) -> tuple[list[str], list[str]]:
-    """The site hosts and the cross-domain patterns, for Metrics.prepare."""
-    return [s.host for s in config.sites], [c.host for c in config.cross_domains]
+def _metric_labels(config: Config) -> tuple[list[str], list[str], list[str]]:
+    """The site hosts, the cross-domain patterns and the observed sites, for
+    Metrics.prepare."""
+    return (
+        [s.host for s in config.sites],
+        [c.host for c in config.cross_domains],
+        [s.host for s in config.sites if s.mode == "observe"],
+    )
 
 
 def _listeners(config: Config) -> tuple[object, ...]:
@@ -543,3 +595,11 @@ def _hold_free_port(host: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     return sock
+
+
+def _events(config: Config) -> Events:
+    """The event settings with their endpoint resolved: by default events go where
+    analytics.js's own do (``analytics.api_url``), so one key names Segment's tracking API."""
+    if config.events.endpoint is not None:
+        return config.events
+    return dataclasses.replace(config.events, endpoint=config.analytics.api_url)

@@ -68,6 +68,12 @@ class HtmlBody:
         return self._policy.targets_hit
 
     @property
+    def injected(self) -> bool:
+        """Whether the snippet went into the page (False once the rewrite failed: the rest of
+        the page, the snippet's place perhaps among it, went out unchanged)."""
+        return self._rewriter is not None and self._rewriter.injected
+
+    @property
     def gave_up(self) -> GaveUpReason | None:
         """Why the rewriter passed the rest of the page through unexamined (None: it did not,
         or it failed, which ``failed`` says)."""

@@ -31,7 +31,12 @@ The script does the following, written from scratch for this gateway:
    is already initialized, the page is in charge and we do nothing more; otherwise we set
    ``invoked``, queue ``page()`` and insert the script. So ``page()`` is queued once either way,
    and the library is loaded once in either order. A snippet that only arrives after
-   DOMContentLoaded (a tag manager) finds ``invoked`` set and stands down.
+   DOMContentLoaded (a tag manager) finds ``invoked`` set and stands down. With first-party
+   delivery the library comes from ``<prefix>/lib.js`` on the page's own origin (absolute, so
+   a ``<base>`` element cannot send it elsewhere) and ``_cdn`` is set to ``<origin><prefix>``
+   when the script is inserted, not before: the library then takes its settings and chunks
+   from there too, while a page whose own snippet loads Segment's library keeps reading them
+   from where that library came from.
 4. It decorates cross-domain links and forms at the moment they are used (capturing listeners
    for click, auxclick and submit on ``document``), to cover what page JavaScript creates after
    the HTML rewriter has seen the page. Hosts match exactly as ``hosts.matches`` says (the
@@ -51,6 +56,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.firstparty import LIBRARY
 from gateway.hosts import normalize
 from gateway.params import (
     AID_PARAM,
@@ -84,7 +90,9 @@ _JS = (
     "return u+f}"
     "try{var h=w.location.href,v=own(h);"
     'if(v!=h)w.history.replaceState(w.history.state,"",v)}catch(e){}'
-    "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g;"
+    "var q=w.analytics,P=c.p,T=/^[\\x00-\\x20]+|[\\x00-\\x20]+$/g,"
+    # first-party delivery: the library, its settings and chunks from this page's own origin
+    'C=c.f?w.location.protocol+"//"+w.location.host+c.f:c.c;'
     # 1. the queue
     "if(!q){q=w.analytics=[];q.methods=c.m;"
     "q.factory=function(m){return function(){var a=[].slice.call(arguments);"
@@ -95,16 +103,18 @@ _JS = (
     "if(a.initialize){a.setAnonymousId&&a.setAnonymousId(c.a)}else if(a.unshift){"
     'a.unshift(["setAnonymousId",c.a])}}'
     "seed(q);"
-    "if(!q.initialize){q._writeKey=q._writeKey||c.k;q._cdn=q._cdn||c.c}"
+    # (first-party: _cdn only once we load the library ourselves, so that a page's own
+    # snippet keeps reading its settings from where its library came from)
+    "if(!q.initialize){q._writeKey=q._writeKey||c.k;if(!c.f)q._cdn=q._cdn||c.c}"
     # 3. load, unless the page's own snippet or library took over by DOMContentLoaded
     "function go(){var a=w.analytics;if(!a||!a.push||a.initialize||a.invoked)return;"
-    "if(a!==q){seed(a);a._writeKey=a._writeKey||c.k;a._cdn=a._cdn||c.c}"
+    "if(a!==q){seed(a);a._writeKey=a._writeKey||c.k}a._cdn=c.f?C:a._cdn||c.c;"
     # the gateway reads identity in URLs itself; the library must not (see 0.)
     "a.invoked=!0;a._loadOptions=a._loadOptions||{};a._loadOptions.useQueryString=!1;"
     'a.push(["page"]);'
     'var s=d.createElement("script"),f=d.getElementsByTagName("script")[0];'
     "s.async=!0;if(c.n)s.nonce=c.n;"
-    's.src=c.c+"/analytics.js/v1/"+encodeURIComponent(c.k)+"/analytics.min.js";'
+    's.src=c.f?C+c.l:c.c+"/analytics.js/v1/"+encodeURIComponent(c.k)+"/analytics.min.js";'
     "if(f&&f.parentNode)f.parentNode.insertBefore(s,f);else(d.head||d.documentElement).appendChild(s)}"
     'if(d.readyState=="loading")d.addEventListener("DOMContentLoaded",go);else go();'
     # 4. click-time decoration
@@ -201,17 +211,21 @@ def render_bootstrap(
     own_host: str,
     nonce: str | None,
     refresh: RefreshPlan | None = None,
+    first_party: str | None = None,
 ) -> bytes:
     """One ``<script>`` element (ASCII bytes) to insert early in ``<head>``; see module docstring.
 
     ``cdn_url`` is used as given (also over plain HTTP) for both the library and ``_cdn``;
-    ``nonce``, when given, goes on the element and on the script it inserts.
+    ``nonce``, when given, goes on the element and on the script it inserts. With
+    ``first_party`` (a path prefix, firstparty.py) the library comes from that path on the
+    page's own origin instead, and ``_cdn`` is set to it, so that its settings and chunks do
+    too; no URL of it carries an id.
     """
     # The per-visitor values are encoded per page; the rest is the same for every page of a
     # site under one config, so it is encoded once.
     visitor = _js_value({"a": anonymous_id, "u": user_id})[:-1]
     nonce_json = _js_value(nonce)
-    static = _static_config(write_key, cdn_url, tuple(targets), own_host, refresh)
+    static = _static_config(write_key, cdn_url, tuple(targets), own_host, refresh, first_party)
     attrs = "" if nonce is None else f' nonce="{html.escape(nonce, quote=True)}"'
     # ASCII only, so the element means the same whatever charset the legacy page declares:
     # the script is ASCII by construction, the attribute gets character references.
@@ -227,11 +241,14 @@ def _static_config(
     targets: tuple[str, ...],
     own_host: str,
     refresh: RefreshPlan | None,
+    first_party: str | None,
 ) -> bytes:
     """The config members that do not depend on the visitor, as the middle of a JSON object."""
     config = {
         "k": write_key,
         "c": cdn_url.rstrip("/"),
+        "f": first_party,
+        "l": "/" + LIBRARY,
         "t": [normalize(t) for t in targets],
         "o": normalize(own_host),
         "p": [AID_PARAM, UID_PARAM],

@@ -31,11 +31,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 
+from .firstparty import path_problem, prefix_for
 from .hosts import PATTERN, HostIndex, configured_host, hostname, is_public_suffix
 from .keys import GEN_KEY_ADVICE, MIN_LENGTH, parse_signing_keys, placeholder, weakness
 from .options import (
@@ -44,6 +45,7 @@ from .options import (
     Analytics,
     CrossDomain,
     Events,
+    FirstParty,
     IdConflict,
     Identity,
     Key,
@@ -71,6 +73,7 @@ __all__ = [
     "ConfigError",
     "CrossDomain",
     "Events",
+    "FirstParty",
     "IdConflict",
     "Identity",
     "Problem",
@@ -95,6 +98,7 @@ _HOST_EXPECTED = declared_key(Site, "host").expected
 _UPSTREAM_EXPECTED = declared_key(Site, "upstream").expected
 _KEYS_EXPECTED = declared_key(Signing, "keys").expected
 _WORKERS_EXPECTED = declared_key(Server, "workers").expected
+_FIRST_PARTY_EXPECTED = declared_key(Analytics, "first_party").expected
 
 
 def available_cpus() -> int:
@@ -176,12 +180,32 @@ class Config:
 
     def summary(self) -> str:
         strategies = sorted({c.strategy for c in self.cross_domains})
+        modes = [s.mode for s in self.sites]
+        # Sites not fully on are named in the summary: a reload that switches one says so.
+        unusual = "".join(
+            f" ({m}: {', '.join(s.host for s in self.sites if s.mode == m)})"
+            for m in ("observe", "off")
+            if m in modes
+        )
         warned = f", {len(self.warnings)} WARNING(S)" if self.warnings else ""
         return (
-            f"{self.path}: ok: {len(self.sites)} site(s), {len(self.cross_domains)} cross-domain "
+            f"{self.path}: ok: {len(self.sites)} site(s){unusual}, "
+            f"{len(self.cross_domains)} cross-domain "
             f"host(s) ({', '.join(strategies) or 'none'}), store {redact_url(self.store.url)}, "
-            f"bootstrap {'on' if self.analytics.write_key else 'off'}{warned}"
+            f"bootstrap {'on' if self.analytics.write_key else 'off'}, "
+            f"first-party {self._first_party_summary()}{warned}"
         )
+
+    def _first_party_summary(self) -> str:
+        """``off``, or each prefix in use and how many sites serve under it."""
+        prefixes: dict[str, int] = {}
+        for site in self.sites:
+            prefix = prefix_for(self.analytics, site)
+            if prefix is not None:
+                prefixes[prefix] = prefixes.get(prefix, 0) + 1
+        if not prefixes:
+            return "off"
+        return ", ".join(f"{p} ({n} site(s))" for p, n in prefixes.items())
 
 
 def load_config(
@@ -310,6 +334,14 @@ class _Reader:
         raw = self.scalar(node, path)
         if len(self.problems) > before or (raw is None and _is_null(node)):
             return key.default  # null means the default; other problems are reported
+        if (
+            not isinstance(raw, str)
+            and isinstance(node, yaml.ScalarNode)
+            and node.value in key.words
+        ):
+            # YAML 1.1 reads off, on, yes and no as booleans: a word the key allows is taken
+            # as written (``mode: off``), whatever YAML makes of it.
+            raw = node.value
         value = key.convert(raw)
         if value is None:
             self.problem(node, path, f"{raw!r} is not valid ({key.expected})")
@@ -351,6 +383,7 @@ class _Reader:
         sites = self.sites(top.get("sites"), root)
         cross = self.cross_domains(top.get("cross_domains"), sites)
         rules: dict[str, dict[str, _Rule]] = {
+            "analytics": {"first_party": self._global_first_party},
             "signing": {"keys": self._signing_keys},
             "admin": {"token": self._admin_token},
             "server": {"workers": self._workers},
@@ -372,7 +405,34 @@ class _Reader:
         self._check_token_store(config, top, root)
         self._check_store_password(config, top)
         self._check_events(config, top)
+        self._check_first_party(config, top)
         return config
+
+    def _check_first_party(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
+        """First-party delivery relays one project's events: without a write key there is
+        none to relay."""
+        if config.analytics.write_key is not None:
+            return
+        analytics = top.get("analytics")
+        where = _child(analytics, "first_party")
+        if config.analytics.first_party is not None:
+            self.problem(
+                where,
+                "analytics.first_party",
+                "is on, but analytics.write_key is missing (first-party delivery serves and "
+                "relays that write key's project only: set it, or turn first_party off)",
+            )
+            return
+        sites = top.get("sites")
+        items = sites.value if isinstance(sites, yaml.SequenceNode) else []
+        for i, site in enumerate(config.sites):
+            if isinstance(site.first_party, FirstParty):
+                item = items[i] if i < len(items) else None
+                self.problem(
+                    _child(item, "first_party") or item,
+                    f"sites[{i}].first_party",
+                    "is on, but analytics.write_key is missing (set it, or turn it off)",
+                )
 
     def _check_events(self, config: Config, top: Mapping[str, yaml.Node]) -> None:
         """Events without a write key would all be refused by Segment (or never be sent)."""
@@ -454,7 +514,9 @@ class _Reader:
         tls_of: dict[tuple[str, int], tuple[int, UpstreamTLS]] = {}
         for i, item in enumerate(items):
             path = f"sites[{i}]"
-            values, fields = self.section(Site, item, path, {"tls": self._tls})
+            values, fields = self.section(
+                Site, item, path, {"first_party": self._site_first_party, "tls": self._tls}
+            )
             if not isinstance(item, yaml.MappingNode):
                 continue
             host = self._host(fields, "host", path, item)
@@ -662,6 +724,37 @@ class _Reader:
                 continue
             out.append(CrossDomain(host, **values))
         return out
+
+    def _global_first_party(self, node: yaml.Node, path: str) -> FirstParty | None:
+        value = self._first_party(node, path)
+        return None if value is False else value
+
+    def _site_first_party(self, node: yaml.Node, path: str) -> FirstParty | bool | None:
+        return self._first_party(node, path)
+
+    def _first_party(self, node: yaml.Node, path: str) -> FirstParty | Literal[False] | None:
+        """``false`` (False), ``true`` (the default path) or ``{path: /…}``; null: unset."""
+        if isinstance(node, yaml.MappingNode):
+            fields = self.mapping(node, path, ("path",))
+            given = fields.get("path")
+            if given is None:
+                self.problem(node, f"{path}.path", "missing (e.g. {path: /_/shop}, or write true)")
+                return None
+            raw = self.scalar(given, f"{path}.path")
+            problem = path_problem(raw) if isinstance(raw, str) else "is not a path"
+            if problem is not None:
+                self.problem(given, f"{path}.path", f"{raw!r} {problem}")
+                return None
+            return FirstParty(raw)
+        if _is_null(node):
+            return None
+        raw = self.scalar(node, path)
+        if raw is True:
+            return FirstParty()
+        if raw is False:
+            return False
+        self.problem(node, path, f"{raw!r} is not valid ({_FIRST_PARTY_EXPECTED})")
+        return None
 
     def _signing_keys(self, node: yaml.Node, path: str) -> str | None:
         """The raw value (strategies.py parses it again when serving), or None if refused.

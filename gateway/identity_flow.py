@@ -5,10 +5,16 @@ the cookies, the clean-up redirect, and the freshness endpoint. On the way out: 
 redirects, identity cookies, cache safety and the HTML body pipeline (decoding, rewriting with
 the link policy and the bootstrap, re-encoding). Metrics are counted here; bytes are moved by
 proxy.py.
+
+A site in ``observe`` mode goes through the same steps, counted in the observed twins of the
+metrics (``Metrics.observed``), and nothing is done: no redirect, no cookie, no header edit, no
+token minted or spent, and its HTML runs through the rewriter on the side (``observe``), its
+output dropped. A site ``off`` never comes here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs
@@ -16,7 +22,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import responses
+from . import firstparty, responses
 from .body import HtmlBody
 from .bootstrap import RefreshPlan, render_bootstrap
 from .config import Config, Site
@@ -34,8 +40,9 @@ from .inbound import (
 )
 from .links import FRESH_LINK_PATH, LinkDecorator, TargetParams, decorate_location, protected_target
 from .logs import write_event
-from .metrics import HtmlSkip
+from .metrics import HtmlSkip, IdentityCounters
 from .outbound import (
+    OutboundPlan,
     content_coding,
     decodable_accept_encoding,
     make_private,
@@ -48,12 +55,22 @@ from .state import ProxyState
 from .store import StoreError
 from .strategies import TokenRecord, new_token, token_refusal
 
+# What an observed page's rewriter injects, and its links carry for a token target: stand-ins.
+# The output is dropped, so rendering the bootstrap or minting a token would be work for nothing.
+_STAND_IN_SCRIPT = b"<script></script>"
+_STAND_IN_TOKEN = "observed"
+
 
 class IdentityFlow:
     """Identity for the requests of one gateway process (its config may be reloaded)."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+
+    def counters(self, site: Site) -> IdentityCounters:
+        """The metrics the site's identity work is counted in: what was done, or (observe
+        mode) what would have been."""
+        return self.state.metrics.counters(site.mode)
 
     def count_arrival(
         self, request: web.BaseRequest, site: Site, arrival: Arrival, target: str
@@ -74,12 +91,16 @@ class IdentityFlow:
         if found is None:
             return False
         referrer, identity = found
-        self.state.metrics.cross_domain_arrivals.labels(site.host, referrer, identity).inc()
+        self.counters(site).cross_domain_arrivals.labels(site.host, referrer, identity).inc()
         return True
 
     async def arrival(self, request: web.BaseRequest, site: Site, target: str) -> Arrival:
-        """The request's identity: URL parameters checked (token exchanged), then cookies."""
+        """The request's identity: URL parameters checked (token exchanged), then cookies.
+
+        An observed site exchanges a token without spending it (``single_use`` or not): it
+        changes nothing, in the store either."""
         state = self.state
+        counters = self.counters(site)
         config = state.config
         index = state.index
         path, cleaned, params, had_params = split_target(target)
@@ -98,7 +119,9 @@ class IdentityFlow:
         )
         if url.token is not None:
             try:
-                record = await state.store.take(url.token, single_use=config.tokens.single_use)
+                record = await state.store.take(
+                    url.token, single_use=config.tokens.single_use and site.mode == "active"
+                )
             except StoreError:
                 state.metrics.store_errors.labels("take").inc()
                 url = url.exchanged(None, index.rules, "store_unavailable")
@@ -118,7 +141,7 @@ class IdentityFlow:
                 else:
                     url = url.exchanged(record, index.rules, "unknown_or_expired")
         if url.refused is not None and url.form is not None:
-            state.metrics.identity_refused.labels(url.form, url.refused).inc()
+            counters.identity_refused.labels(url.form, url.refused).inc()
         arrival = settle(
             method=request.method,
             target=target,
@@ -135,10 +158,11 @@ class IdentityFlow:
             ),
         )
         if arrival.source != "none":
-            state.metrics.id_source.labels(site.host, arrival.source).inc()
+            counters.id_source.labels(site.host, arrival.source).inc()
         # Server-side hand-off event (gateway/delivery.py): queued when the id came in the URL,
-        # never awaited.
-        state.events.handoff(request, arrival, url, config)
+        # never awaited. Not from an observed site: it would change the analytics data.
+        if site.mode == "active":
+            state.events.handoff(request, arrival, url, config)
         return arrival
 
     async def fresh_link(self, request: web.BaseRequest, site: Site, target: str) -> web.Response:
@@ -201,10 +225,15 @@ class IdentityFlow:
         """The link parameters for this response; ``token_for``: the token target patterns it
         may link (a token costs a store write, so one is minted, bound to them, only if there
         are any)."""
+        token = await self.mint_token(request, arrival, token_for) if token_for else None
+        return self._params(request, arrival, token)
+
+    def _params(
+        self, request: web.BaseRequest, arrival: Arrival, token: str | None
+    ) -> TargetParams:
         config = self.state.config
         index = self.state.index
         assert arrival.aid is not None
-        token = await self.mint_token(request, arrival, token_for) if token_for else None
         bind = config.signing.bind_user_agent
         return TargetParams(
             config.cross_domains,
@@ -226,12 +255,29 @@ class IdentityFlow:
         assert arrival.redirect is not None
         response = responses.redirect(arrival.redirect)
         headers = response.headers
-        for cookie in self.cookies(request, site, arrival.write_aid, arrival.write_uid):
+        cookies = self.cookies(request, site, arrival.write_aid, arrival.write_uid)
+        self._count_cleanup(site, cookies)
+        for cookie in cookies:
             headers.add("Set-Cookie", cookie)
         if counted:
             secure = _scheme(request, self.state.config) == "https"
             headers.add("Set-Cookie", marker_cookie(arrival.redirect, secure=secure))
         return response
+
+    def observe_cleanup(self, request: web.BaseRequest, site: Site, arrival: Arrival) -> Arrival:
+        """Count the clean-up redirect an observed site would have answered (the request goes
+        to the upstream as it came), and return the arrival to observe the upstream's answer
+        with: the redirect's second leg, whose cookie would carry the ids, so that the
+        cookies are counted once, with the redirect, as on an active site. (That leg's
+        arrival, from the cookie, is not there to be counted.)"""
+        self._count_cleanup(site, self.cookies(request, site, arrival.write_aid, arrival.write_uid))
+        return dataclasses.replace(arrival, redirect=None, write_aid=None, write_uid=None)
+
+    def _count_cleanup(self, site: Site, cookies: Sequence[str]) -> None:
+        actions = self.counters(site).actions
+        actions.labels(site.host, "cleanup_redirect").inc()
+        if cookies:
+            actions.labels(site.host, "set_cookie").inc()
 
     def cookies(
         self, request: web.BaseRequest, site: Site, aid: str | None, uid: str | None
@@ -252,20 +298,16 @@ class IdentityFlow:
         scheme = _scheme(request, self.state.config)
         return f"{scheme}://{request.host}{arrival.target}"
 
-    async def outbound(
+    def _plan(
         self,
         request: web.BaseRequest,
         site: Site,
         arrival: Arrival,
         status: int,
         headers: CIMultiDict[str],
-    ) -> HtmlBody | None:
-        """Edit the response headers for identity; return the body pipeline if the HTML body
-        is to be rewritten."""
-        state = self.state
-        config = state.config
-        index = state.index
-        own_host = normalize_host(request.host)
+    ) -> tuple[OutboundPlan, Callable[[], str]]:
+        """What identity does to this response (outbound.plan), and the page's URL."""
+        config = self.state.config
         # Made only when a link or redirect needs it, and then once (a closure over a list
         # rather than functools.cache, whose wrapper costs more than most requests need).
         made: list[str] = []
@@ -281,12 +323,30 @@ class IdentityFlow:
             headers=headers,
             accept_encoding=request.headers.get("Accept-Encoding"),
             arrival=arrival,
-            own_host=own_host,
+            own_host=normalize_host(request.host),
             page_url=page_url,
-            targets=index.targets,
+            targets=self.state.index.targets,
             mint=config.identity.mint,
             bootstrap=bool(config.analytics.write_key and site.bootstrap),
         )
+        return decided, page_url
+
+    async def outbound(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        arrival: Arrival,
+        status: int,
+        headers: CIMultiDict[str],
+    ) -> HtmlBody | None:
+        """Edit the response headers for identity; return the body pipeline if the HTML body
+        is to be rewritten."""
+        state = self.state
+        config = state.config
+        index = state.index
+        counters = self.counters(site)
+        own_host = normalize_host(request.host)
+        decided, page_url = self._plan(request, site, arrival, status, headers)
         personal = False
         hit = decided.redirect_target
         if hit is not None:
@@ -304,10 +364,13 @@ class IdentityFlow:
             if new is not None:
                 headers["Location"] = new
                 personal = True
-                state.metrics.links_decorated.labels(site.host, "redirect").inc()
-        for cookie in self.cookies(request, site, decided.cookie_aid, decided.cookie_uid):
+                counters.links_decorated.labels(site.host, "redirect").inc()
+        cookies = self.cookies(request, site, decided.cookie_aid, decided.cookie_uid)
+        for cookie in cookies:
             headers.add("Set-Cookie", cookie)
             personal = True
+        if cookies:
+            counters.actions.labels(site.host, "set_cookie").inc()
         body = None
         rewrite = decided.rewrite
         if rewrite is not None:
@@ -323,6 +386,7 @@ class IdentityFlow:
                     own_host=own_host,
                     nonce=rewrite.nonce,
                     refresh=self.refresh_plan(),
+                    first_party=self.first_party(request, site),
                 )
             policy = None
             if rewrite.links:
@@ -350,6 +414,84 @@ class IdentityFlow:
             make_private(headers)
         return body
 
+    def observe(
+        self,
+        request: web.BaseRequest,
+        site: Site,
+        arrival: Arrival,
+        status: int,
+        headers: CIMultiDict[str],
+    ) -> tuple[HtmlBody | None, bool]:
+        """What ``outbound`` would do to this response of an observed site, counted and not
+        done: the headers are left as they are and no token is minted. Returns the body
+        pipeline to run on a copy of the HTML, if it would be rewritten (its output is to be
+        dropped: it writes no bytes, only counts), and whether the redirect's Location would
+        have been decorated.
+
+        Token links are counted as a store that answers would have them decorated (no store
+        write is made to find out); the bootstrap is a stand-in of the same effect."""
+        config = self.state.config
+        index = self.state.index
+        counters = self.counters(site)
+        own_host = normalize_host(request.host)
+        decided, page_url = self._plan(request, site, arrival, status, headers)
+        located = False
+        if decided.redirect_target is not None:
+            located = (
+                decorate_location(
+                    headers["Location"],
+                    page_url(),
+                    own_host=own_host,
+                    targets=index.targets,
+                    params=self._observed_params(request, arrival),
+                    replace=IDENTITY_PARAMS,
+                )
+                is not None
+            )
+            if located:
+                counters.links_decorated.labels(site.host, "redirect").inc()
+        if self.cookies(request, site, decided.cookie_aid, decided.cookie_uid):
+            counters.actions.labels(site.host, "set_cookie").inc()
+        rewrite = decided.rewrite
+        if rewrite is None:
+            if decided.skipped is not None:
+                self.html_skipped(site, decided.skipped, content_coding(headers))
+            return None, located
+        if not rewrite.build_body:
+            return None, located
+        policy = None
+        if rewrite.links:
+            policy = LinkDecorator(
+                own_host,
+                page_url(),
+                index.targets,
+                self._observed_params(request, arrival),
+                replace=IDENTITY_PARAMS,
+            )
+        inject = _STAND_IN_SCRIPT if rewrite.bootstrap else None
+        body = HtmlBody(
+            HtmlRewriter(policy, inject=inject, charset=rewrite.charset),
+            rewrite.coding,
+            self.rewrite_failed(site),
+            policy,
+            # Decoded only: the output is dropped, so there is nothing to encode.
+            output_coding="",
+            max_decoded=config.proxy.max_decoded_html,
+        )
+        return body, located
+
+    def _observed_params(self, request: web.BaseRequest, arrival: Arrival) -> TargetParams:
+        token = _STAND_IN_TOKEN if self.state.index.token_targets else None
+        return self._params(request, arrival, token)
+
+    def first_party(self, request: web.BaseRequest, site: Site) -> str | None:
+        """The path the bootstrap loads analytics.js from on this page's own origin, or None
+        (first-party delivery off on this site, or not allowed for this visitor)."""
+        prefix = firstparty.prefix_for(self.state.config.analytics, site)
+        if prefix is None or not firstparty.delivery_allowed(request.headers, site):
+            return None
+        return prefix
+
     def rewrites(self, site: Site) -> bool:
         """Whether the site's HTML is rewritten at all: links to decorate or a bootstrap."""
         config = self.state.config
@@ -366,11 +508,17 @@ class IdentityFlow:
             headers["Accept-Encoding"] = decodable_accept_encoding(", ".join(values))
 
     def html_skipped(self, site: Site, reason: HtmlSkip, coding: str) -> None:
-        """Count and log an HTML page that goes out without the rewrite it should have had."""
-        self.state.metrics.html_skipped.labels(site.host, reason).inc()
+        """Count and log an HTML page that goes out without the rewrite it should have had
+        (on an observed site: would have gone out so; the line says ``mode``)."""
+        self.counters(site).html_skipped.labels(site.host, reason).inc()
         # The coding comes from the upstream's header: bounded, and never an id.
         write_event(
-            self.state.log, "html_skipped", site=site.host, reason=reason, coding=coding[:64]
+            self.state.log,
+            "html_skipped",
+            site=site.host,
+            reason=reason,
+            coding=coding[:64],
+            **_mode_field(site),
         )
 
     def refresh_plan(self) -> RefreshPlan | None:
@@ -392,26 +540,41 @@ class IdentityFlow:
 
     def rewrite_failed(self, site: Site) -> Callable[[BaseException], None]:
         def report(exc: BaseException) -> None:
-            self.state.metrics.rewrite_failures.labels(site.host).inc()
+            self.counters(site).rewrite_failures.labels(site.host).inc()
             # The type only: a message could quote page content, ids included.
-            write_event(self.state.log, "rewrite_failed", site=site.host, error=type(exc).__name__)
+            write_event(
+                self.state.log,
+                "rewrite_failed",
+                site=site.host,
+                error=type(exc).__name__,
+                **_mode_field(site),
+            )
 
         return report
 
     def rewrite_done(self, site: Site, body: HtmlBody) -> None:
-        metrics = self.state.metrics
+        """Count what became of a page's rewrite (on an observed site, of its rewrite on the
+        side)."""
+        counters = self.counters(site)
         if body.failed:
             # Logged once already, as rewrite_failed.
-            metrics.html_skipped.labels(site.host, "rewrite_failed").inc()
+            counters.html_skipped.labels(site.host, "rewrite_failed").inc()
         elif body.gave_up is not None:
             # The rewriter stopped part-way (lol-html's memory-limit and ambiguity bail-outs):
             # the rest of the page went out unexamined. Counted and logged once per response.
             self.html_skipped(site, body.gave_up, body.coding)
         else:
-            metrics.html_rewritten.labels(site.host).inc()
-        metrics.rewrite_seconds.observe(body.rewrite_seconds)
+            counters.html_rewritten.labels(site.host).inc()
+        if body.injected:
+            counters.actions.labels(site.host, "bootstrap").inc()
+        self.state.metrics.rewrite_seconds.observe(body.rewrite_seconds)
         for target, count in body.targets_hit.items():
-            metrics.links_decorated.labels(site.host, target).inc(count)
+            counters.links_decorated.labels(site.host, target).inc(count)
+
+
+def _mode_field(site: Site) -> dict[str, str]:
+    """For the log lines of a site not ``active``: what they tell did not happen."""
+    return {} if site.mode == "active" else {"mode": site.mode}
 
 
 def _scheme(request: web.BaseRequest, config: Config) -> str:

@@ -6,6 +6,16 @@ exposes the sum over all of them, so a scrape is right whichever worker answers 
 are not per worker are kept from being multiplied: gauges say how their values combine
 (``multiprocess_mode``), and a config reload, which every worker performs, is recorded by one
 worker only (``reports_reloads``; the supervisor's worker 0).
+
+The identity counters come in two groups of the same shape (:class:`IdentityCounters`):
+``active``, what the gateway did to its sites' traffic (``gateway_identity_source_total``,
+``gateway_links_decorated_total``, ...), and ``observed``, what it would have done on sites in
+``observe`` mode, where it changes nothing (``gateway_observed_identity_source_total``,
+``gateway_observed_links_decorated_total``, ...: the same name after ``gateway_observed_``,
+the same labels). Separate names rather than a ``mode`` label keep every existing series, and
+so the shipped alerts, the dashboard and the fragmentation measure, about what visitors
+actually got; comparing a site observed with the same site, or another, active is comparing
+two names with the same labels.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import html
 from .html import GAVE_UP_REASONS, GaveUpReason
+from .options import Mode
 
 DISTRIBUTION = "ajs-identity-gateway"
 
@@ -61,6 +72,10 @@ HTML_SKIP_REASONS: tuple[str, ...] = (*get_args(_BodySkip), *GAVE_UP_REASONS)
 # (rate() and increase() see nothing in a series that appears with its first count).
 _SOURCES = ("url", "app", "cookie", "minted", "rejected")
 _STORE_OPERATIONS = ("put", "take", "health")
+# What the gateway does to a response about identity, besides decorating links (counted in
+# links_decorated): the clean-up redirect, writing the identity cookies, injecting the bootstrap.
+Action = Literal["cleanup_redirect", "set_cookie", "bootstrap"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
 
 def gateway_version() -> str:
@@ -71,10 +86,10 @@ def gateway_version() -> str:
         return "unknown"
 
 
-def implementation() -> str:
-    """Which HTML rewriter runs: ``gateway.html.IMPLEMENTATION`` where the package sets it (a
-    compiled fast path does), else "python"."""
-    return str(getattr(html, "IMPLEMENTATION", "python"))
+def implementation() -> html.Implementation:
+    """Which HTML scanner the rewriter runs in this process: "compiled" (the C extension,
+    gateway/html/_speedups.c) or "python" (not built, or GATEWAY_NO_EXTENSIONS set)."""
+    return html.IMPLEMENTATION
 
 
 def method_label(method: str) -> str:
@@ -84,6 +99,102 @@ def method_label(method: str) -> str:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+@dataclass(frozen=True)
+class IdentityCounters:
+    """The identity counters of one mode: what the gateway did (``Metrics.active``) or, on sites
+    in observe mode, would have done (``Metrics.observed``)."""
+
+    id_source: Counter
+    links_decorated: Counter
+    html_rewritten: Counter
+    rewrite_failures: Counter
+    html_skipped: Counter
+    cross_domain_arrivals: Counter
+    identity_refused: Counter
+    actions: Counter
+
+    def prepare(self, sites: Sequence[str], referrers: Sequence[str]) -> None:
+        """Create the per-site series at 0 (see Metrics.prepare)."""
+        for site in sites:
+            self.html_rewritten.labels(site)
+            self.rewrite_failures.labels(site)
+            for reason in HTML_SKIP_REASONS:
+                self.html_skipped.labels(site, reason)
+            for source in _SOURCES:
+                self.id_source.labels(site, source)
+            for action in ACTIONS:
+                self.actions.labels(site, action)
+            for referrer in referrers:
+                if referrer != site:
+                    self.cross_domain_arrivals.labels(site, referrer, "carried")
+                    self.cross_domain_arrivals.labels(site, referrer, "missing")
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, *, observed: bool) -> IdentityCounters:
+        """The active counters, or with ``observed`` their ``gateway_observed_*`` twins."""
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            if observed:
+                name = "gateway_observed_" + name.removeprefix("gateway_")
+                doc = (
+                    f"Sites in observe mode, what the gateway would have done (it changed "
+                    f"nothing): as gateway_{name.removeprefix('gateway_observed_')}_total. {doc}"
+                )
+            return Counter(name, doc, labels, registry=registry)
+
+        return cls(
+            id_source=counter(
+                "gateway_identity_source",
+                "Where each request's anonymous id came from, by site (url: restored from a "
+                "hand-off; app: from a link minted for an app, an email or a partner; cookie; "
+                "minted: a new visitor; rejected: the URL's identity was refused).",
+                ("site", "source"),
+            ),
+            links_decorated=counter(
+                "gateway_links_decorated",
+                "Links and redirects decorated with identity, by site and target.",
+                ("site", "target"),
+            ),
+            html_rewritten=counter(
+                "gateway_html_rewritten", "HTML responses rewritten.", ("site",)
+            ),
+            rewrite_failures=counter(
+                "gateway_rewrite_failures",
+                "HTML responses whose rewrite failed (sent unchanged).",
+                ("site",),
+            ),
+            html_skipped=counter(
+                "gateway_html_skipped",
+                "HTML responses not rewritten, or not to their end, by site and reason "
+                "(unknown_coding, too_large, decode_error, rewrite_failed; and where the rewriter "
+                "gave up part-way: unsupported_charset, tag_too_long, parsing_ambiguity, "
+                "plaintext).",
+                ("site", "reason"),
+            ),
+            cross_domain_arrivals=counter(
+                "gateway_cross_domain_arrivals",
+                "Navigations referred by another configured cross-domain, by site, referring "
+                "pattern and whether the URL carried the visitor's identity (carried) or not "
+                "(missing: the visitor is split, whether or not it had a cookie here). The "
+                "second leg of a clean-up redirect is not counted again.",
+                ("site", "referrer", "identity"),
+            ),
+            identity_refused=counter(
+                "gateway_identity_refused",
+                "Incoming identity parameters refused, by form and reason.",
+                ("form", "reason"),
+            ),
+            actions=counter(
+                "gateway_identity_actions",
+                "Responses given identity, by site and action: cleanup_redirect (a 302 taking "
+                "identity out of the URL), set_cookie (the identity cookies written), bootstrap "
+                "(the analytics.js bootstrap injected). Decorated links are "
+                "gateway_links_decorated_total.",
+                ("site", "action"),
+            ),
+        )
 
 
 @dataclass
@@ -96,16 +207,12 @@ class Metrics:
     upstream_latency: Histogram
     in_flight: Gauge
     upstream_errors: Counter
-    id_source: Counter
-    links_decorated: Counter
-    html_rewritten: Counter
-    rewrite_failures: Counter
-    html_skipped: Counter
+    # What identity did, and on observed sites would have done (see the module docstring).
+    active: IdentityCounters
+    observed: IdentityCounters
     rewrite_seconds: Histogram
-    cross_domain_arrivals: Counter
     store_errors: Counter
     store_circuit_open: Gauge
-    identity_refused: Counter
     build_info: Gauge
     reloads: Counter
     events_sent: Counter
@@ -148,20 +255,18 @@ class Metrics:
             duration = self._duration_children[site] = self.request_duration.labels(site)
         duration.observe(seconds)
 
-    def prepare(self, sites: Sequence[str], referrers: Sequence[str]) -> None:
+    def counters(self, mode: Mode) -> IdentityCounters:
+        """Where a site in ``mode`` counts its identity work (``off`` counts none, so either)."""
+        return self.observed if mode == "observe" else self.active
+
+    def prepare(
+        self, sites: Sequence[str], referrers: Sequence[str], observed: Sequence[str] = ()
+    ) -> None:
         """Create the per-site series the shipped alerts and the status page read, at 0, for
-        these site hosts and the cross-domain patterns that may refer visitors to them."""
-        for site in sites:
-            self.html_rewritten.labels(site)
-            self.rewrite_failures.labels(site)
-            for reason in HTML_SKIP_REASONS:
-                self.html_skipped.labels(site, reason)
-            for source in _SOURCES:
-                self.id_source.labels(site, source)
-            for referrer in referrers:
-                if referrer != site:
-                    self.cross_domain_arrivals.labels(site, referrer, "carried")
-                    self.cross_domain_arrivals.labels(site, referrer, "missing")
+        these site hosts and the cross-domain patterns that may refer visitors to them; and
+        the observed twins for the sites in ``observed`` (those in observe mode)."""
+        self.active.prepare(sites, referrers)
+        self.observed.prepare(observed, referrers)
         for operation in _STORE_OPERATIONS:
             self.store_errors.labels(operation)
 
@@ -233,47 +338,14 @@ class Metrics:
                 "Upstream failures by kind (connect, timeout, reset, aborted_body).",
                 ("site", "kind"),
             ),
-            id_source=counter(
-                "gateway_identity_source",
-                "Where each request's anonymous id came from, by site (url: restored from a "
-                "hand-off; app: from a link minted for an app, an email or a partner; cookie; "
-                "minted: a new visitor; rejected: the URL's identity was refused).",
-                ("site", "source"),
-            ),
-            links_decorated=counter(
-                "gateway_links_decorated",
-                "Links and redirects decorated with identity, by site and target.",
-                ("site", "target"),
-            ),
-            html_rewritten=counter(
-                "gateway_html_rewritten", "HTML responses rewritten.", ("site",)
-            ),
-            rewrite_failures=counter(
-                "gateway_rewrite_failures",
-                "HTML responses whose rewrite failed (sent unchanged).",
-                ("site",),
-            ),
-            html_skipped=counter(
-                "gateway_html_skipped",
-                "HTML responses not rewritten, or not to their end, by site and reason "
-                "(unknown_coding, too_large, decode_error, rewrite_failed; and where the rewriter "
-                "gave up part-way: unsupported_charset, tag_too_long, parsing_ambiguity, "
-                "plaintext).",
-                ("site", "reason"),
-            ),
+            active=IdentityCounters.create(registry, observed=False),
+            observed=IdentityCounters.create(registry, observed=True),
             rewrite_seconds=Histogram(
                 "gateway_rewrite_seconds",
-                "CPU time spent rewriting one HTML response.",
+                "CPU time spent rewriting one HTML response (on observed sites too, where the "
+                "rewriter runs on a copy).",
                 buckets=_REWRITE_BUCKETS,
                 registry=registry,
-            ),
-            cross_domain_arrivals=counter(
-                "gateway_cross_domain_arrivals",
-                "Navigations referred by another configured cross-domain, by site, referring "
-                "pattern and whether the URL carried the visitor's identity (carried) or not "
-                "(missing: the visitor is split, whether or not it had a cookie here). The "
-                "second leg of a clean-up redirect is not counted again.",
-                ("site", "referrer", "identity"),
             ),
             store_errors=counter(
                 "gateway_store_errors",
@@ -288,15 +360,11 @@ class Metrics:
                 registry=registry,
                 multiprocess_mode="livemax",
             ),
-            identity_refused=counter(
-                "gateway_identity_refused",
-                "Incoming identity parameters refused, by form and reason.",
-                ("form", "reason"),
-            ),
             build_info=Gauge(
                 "gateway_build_info",
                 "Always 1: the gateway's version, the Python it runs on, and which HTML "
-                "rewriter implementation it uses.",
+                "rewriter implementation it uses (compiled: the C extension; python: the "
+                "pure-Python fallback).",
                 ("version", "python", "implementation"),
                 registry=registry,
                 multiprocess_mode="max",

@@ -36,7 +36,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from .keys import MIN_LENGTH
@@ -44,14 +44,17 @@ from .store_url import parse_store_url
 
 __all__ = [
     "MAX_TOKEN_TTL",
+    "MODES",
     "STRATEGIES",
     "Admin",
     "Analytics",
     "CrossDomain",
     "Events",
+    "FirstParty",
     "IdConflict",
     "Identity",
     "Key",
+    "Mode",
     "Option",
     "Proxy",
     "Server",
@@ -72,6 +75,10 @@ __all__ = [
 Strategy = Literal["query", "token", "signed"]
 STRATEGIES: tuple[Strategy, ...] = typing.get_args(Strategy)
 IdConflict = Literal["url", "cookie"]
+# What the gateway does about identity on a site (``sites[].mode``): everything, count what it
+# would do and change nothing, or nothing at all.
+Mode = Literal["active", "observe", "off"]
+MODES: tuple[Mode, ...] = typing.get_args(Mode)
 
 # A token is a bearer credential for the visitor's identity, so it lives 10 minutes at most;
 # the store refuses longer TTLs too.
@@ -161,6 +168,20 @@ _KEYS = f"comma-separated keys of {MIN_LENGTH}+ random characters"
 # -- the declarations -------------------------------------------------------------------------
 
 
+class FirstParty(NamedTuple):
+    """First-party delivery switched on (``true`` or ``{path: /…}`` in the file): analytics.js,
+    its settings and its tracking API served under ``path`` on each site's own origin
+    (``None``: the default path, see :func:`gateway.firstparty.default_path`).
+
+    Deliberately not a dataclass: the declarations treat a dataclass-typed key as a section of
+    keys, and this is one key with three forms (false, true, a mapping)."""
+
+    path: str | None = None
+
+
+_FIRST_PARTY_FORMS = "false, true, or {path: /a/path} (letters, digits, '.', '_', '~', '-')"
+
+
 @dataclass(frozen=True)
 class UpstreamTLS:
     """How the gateway checks an ``https://`` upstream (``sites[].tls``). The gateway is a TLS
@@ -246,6 +267,25 @@ class Site:
             bespoke=True,
         ),
     )
+    mode: Mode = field(
+        default="active",
+        metadata=option(
+            "`active`: identity on; `observe`: identity computed and counted "
+            "(`gateway_observed_*`, `/status`) but the visitor gets the upstream's answer "
+            "unchanged and the upstream the request as sent; `off`: a plain proxy. A reload "
+            "(`SIGHUP`) switches it; see Rolling out to a site"
+        ),
+    )
+    first_party: FirstParty | bool | None = field(
+        default=None,
+        metadata=option(
+            "this site's own first-party delivery: `false` off, `true` on (under "
+            "`analytics.first_party`'s path, else the default), `{path: /…}` on under that path",
+            expected=_FIRST_PARTY_FORMS,
+            default_text="as `analytics.first_party`",
+            bespoke=True,
+        ),
+    )
     tls: UpstreamTLS = field(default_factory=UpstreamTLS)
 
     @property
@@ -284,9 +324,30 @@ class Analytics:
     cdn_url: str = field(
         default="https://cdn.segment.com",
         metadata=option(
-            "where analytics.js is loaded from",
+            "where analytics.js is loaded from (by browsers; with first-party delivery, by the "
+            "gateway)",
             check=_http_url,
             expected="an http(s) URL, no query",
+        ),
+    )
+    api_url: str = field(
+        default="https://api.segment.io",
+        metadata=option(
+            "Segment's tracking API, where first-party delivery relays events "
+            "(`https://events.eu1.segmentapis.com` for an EU workspace)",
+            check=_http_url,
+            expected="an http(s) URL, no query",
+        ),
+    )
+    first_party: FirstParty | None = field(
+        default=None,
+        metadata=option(
+            "serve analytics.js, its settings and its tracking API under a path on each site's "
+            "own origin, so that blockers of Segment's hosts and of `/analytics.js/v1/` do not "
+            "lose the site's events (see First-party delivery below); needs `write_key`",
+            expected=_FIRST_PARTY_FORMS,
+            default_text="`false`",
+            bespoke=True,
         ),
     )
 
@@ -314,13 +375,14 @@ class Events:
             expected="letters, digits, '_' or '-'",
         ),
     )
-    endpoint: str = field(
-        default="https://api.segment.io",
+    endpoint: str | None = field(
+        default=None,
         metadata=option(
             "Segment's HTTP tracking API (or a regional endpoint, or a proxy of your own); "
             "batches are posted to `{endpoint}/v1/batch`",
             check=_http_url,
             expected="an http(s) URL, no query",
+            default_text="`analytics.api_url`",
         ),
     )
     batch_size: int = field(
@@ -420,6 +482,25 @@ class Store:
             "namespace of the gateway's Redis keys",
             check=_matching(r"[A-Za-z0-9:_.-]{1,64}"),
             expected="1-64 of letters, digits, ':', '_', '-', '.'",
+        ),
+    )
+    circuit_failures: int = field(
+        default=5,
+        metadata=option(
+            "store failures or timeouts in a row that open the circuit breaker: store calls "
+            "are then skipped (token links left undecorated, arriving tokens refused) until "
+            "`circuit_cooldown` has passed, then one call probes the store",
+            min=1,
+            max=1000,
+        ),
+    )
+    circuit_cooldown: float = field(
+        default=10.0,
+        metadata=option(
+            "how long the open circuit skips store calls before probing it again",
+            min=0.1,
+            max=3600,
+            unit="s",
         ),
     )
 
@@ -695,6 +776,13 @@ class Key:
         if typing.get_origin(self.base) is tuple and args and dataclasses.is_dataclass(args[0]):
             return typing.cast(type, args[0])
         return None
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The values a key of a ``Literal`` type allows (none for any other key)."""
+        if typing.get_origin(self.base) is Literal:
+            return typing.get_args(self.base)
+        return ()
 
     @property
     def file_default(self) -> Any:

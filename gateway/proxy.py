@@ -39,6 +39,7 @@ from .inbound import Arrival
 from .links import FRESH_LINK_PATH
 from .logs import LineBatch, Timestamps, write_event
 from .metrics import HtmlSkip
+from .relay import FirstPartyRelay
 from .responses import fault, log_fault, plain_response
 from .state import Outcome, ProxyState
 from .upstream import (
@@ -80,6 +81,7 @@ class ProxyHandler:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
         self.identity = IdentityFlow(state)
+        self.relay = FirstPartyRelay(state)
         self._stamp = Timestamps()
         self._access_log = LineBatch(lambda: self.state.log)
         self._request_ids = RequestIds()
@@ -135,6 +137,7 @@ class ProxyHandler:
             outcome.status = 421
             return plain_response(421, "421 Misdirected Request: this host is not served here")
         outcome.site = site.host
+        outcome.mode = site.mode
         return await self.forward(request, site, routed, config, outcome)
 
     async def forward(
@@ -150,17 +153,32 @@ class ProxyHandler:
         state = self.state
         target = upstream_target(request.raw_path)
         identity = self.identity
-        if target.partition("?")[0] == FRESH_LINK_PATH:
+        active = site.mode == "active"
+        arrival = None
+        if active and target.partition("?")[0] == FRESH_LINK_PATH:
             response = await identity.fresh_link(request, site, target)
             outcome.status = response.status
             return response
-        arrival = await identity.arrival(request, site, target)
-        outcome.identity = _IDENTITY[arrival.source]
-        outcome.refused_reason = arrival.refused
-        counted = identity.count_arrival(request, site, arrival, target)
-        if arrival.redirect is not None:
-            outcome.status = 302
-            return identity.cleanup_redirect(request, site, arrival, counted=counted)
+        if active:
+            # First-party delivery's paths (analytics.js, its settings, the tracking API) are
+            # the gateway's own, answered before identity is read: they carry none, and set
+            # none. An observed or off site forwards them, as any path, to its upstream.
+            relayed = await self.relay.handle(request, site, routed, target, outcome)
+            if relayed is not None:
+                return relayed
+        if site.mode != "off":
+            arrival = await identity.arrival(request, site, target)
+            outcome.identity = _IDENTITY[arrival.source]
+            outcome.refused_reason = arrival.refused
+            counted = identity.count_arrival(request, site, arrival, target)
+            if arrival.redirect is not None:
+                if active:
+                    outcome.status = 302
+                    return identity.cleanup_redirect(request, site, arrival, counted=counted)
+                arrival = identity.observe_cleanup(request, site, arrival)
+            if active:
+                # Identity parameters are the gateway's: the upstream gets the target without.
+                target = arrival.target
         headers = forwarded_headers(
             request.headers,
             peer=request.remote,
@@ -170,7 +188,8 @@ class ProxyHandler:
             routed=routed,
             request_id=outcome.request_id,
         )
-        identity.limit_codings(site, headers)
+        if active:
+            identity.limit_codings(site, headers)
         body = None
         length = None
         if request.body_exists:
@@ -180,7 +199,7 @@ class ProxyHandler:
         sent_at = time.monotonic()
         try:
             upstream = await state.upstreams.request(
-                site_origin(site), request.method, arrival.target, headers.items(), body, length
+                site_origin(site), request.method, target, headers.items(), body, length
             )
         except UpstreamError as exc:
             return self.fault(site, outcome, exc)
@@ -197,18 +216,26 @@ class ProxyHandler:
         self,
         request: web.BaseRequest,
         site: Site,
-        arrival: Arrival,
+        arrival: Arrival | None,
         upstream: UpstreamResponse,
         outcome: Outcome,
     ) -> web.StreamResponse:
+        """Answer with the upstream's response: its headers edited for identity and its HTML
+        rewritten on an active site; unchanged on a site observed (its HTML rewritten on the
+        side, the output dropped) or off (``arrival`` None)."""
         headers = end_to_end(upstream.headers)
         headers[REQUEST_ID] = outcome.request_id
         status = upstream.status
         outcome.status = status
-        location = headers.get("Location") if 300 <= status < 400 else None
-        body = await self.identity.outbound(request, site, arrival, status, headers)
-        if location is not None and headers.get("Location") != location:
-            outcome.decorated += 1
+        body = observer = None
+        if arrival is not None and site.mode == "observe":
+            observer, located = self.identity.observe(request, site, arrival, status, headers)
+            outcome.decorated += located
+        elif arrival is not None:
+            location = headers.get("Location") if 300 <= status < 400 else None
+            body = await self.identity.outbound(request, site, arrival, status, headers)
+            if location is not None and headers.get("Location") != location:
+                outcome.decorated += 1
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         length = upstream.content_length
         if no_body:
@@ -223,8 +250,12 @@ class ProxyHandler:
             await response.write_eof()
             return response
         if length is not None and length <= SMALL_BODY:
-            return await self._respond_whole(request, site, upstream, headers, body, outcome)
-        return await self._respond_streamed(request, site, upstream, headers, length, body, outcome)
+            return await self._respond_whole(
+                request, site, upstream, headers, body, outcome, observer
+            )
+        return await self._respond_streamed(
+            request, site, upstream, headers, length, body, outcome, observer
+        )
 
     async def _respond_whole(
         self,
@@ -234,6 +265,7 @@ class ProxyHandler:
         headers: CIMultiDict[str],
         body: HtmlBody | None,
         outcome: Outcome,
+        observer: HtmlBody | None = None,
     ) -> web.StreamResponse:
         try:
             data = await upstream.read()
@@ -250,6 +282,19 @@ class ProxyHandler:
         )
         response.body = data
         outcome.sent = len(data)
+        if observer is not None:
+            # Sent first, observed after: the visitor never waits for the observation.
+            await response.prepare(request)
+            try:
+                await self._send(response, b"", eof=True)
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                outcome.status = 499
+                return response
+            except TimeoutError:
+                self._send_timed_out(request, site, outcome)
+                return response
+            if await self._observe(site, observer, data, outcome):
+                self._observe_end(site, observer, outcome)
         return response
 
     async def _rewrite_whole(
@@ -336,6 +381,7 @@ class ProxyHandler:
         length: int | None,
         body: HtmlBody | None,
         outcome: Outcome,
+        observer: HtmlBody | None = None,
     ) -> web.StreamResponse:
         response = responses.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
@@ -356,6 +402,10 @@ class ProxyHandler:
                 if body is None:
                     await self._send(response, chunk)
                     outcome.sent += len(chunk)
+                    if observer is not None and not await self._observe(
+                        site, observer, chunk, outcome
+                    ):
+                        observer = None
                     continue
                 for piece in body.feed(chunk):
                     if piece:
@@ -372,6 +422,8 @@ class ProxyHandler:
                 if tail:
                     await self._send(response, tail)
                     outcome.sent += len(tail)
+            if observer is not None:
+                self._observe_end(site, observer, outcome)
         except DecodeError as exc:
             # Rewritten output has gone out: neither the upstream's bytes nor the rest of the
             # page can follow it, so the response is cut (beyond the ceiling too).
@@ -392,6 +444,38 @@ class ProxyHandler:
             return response
         await self._send(response, b"", eof=True)
         return response
+
+    async def _observe(
+        self, site: Site, observer: HtmlBody, chunk: bytes, outcome: Outcome
+    ) -> bool:
+        """Run a chunk an observed site's visitor has been sent through its rewrite on the
+        side, its output dropped (pacing as a rewrite does); False once that has stopped: a
+        body corrupt in its coding or decoding beyond the ceiling is counted as it would have
+        been skipped, and the rest of it is not looked at. The visitor's bytes are unaffected
+        either way."""
+        mark = observer.decoded
+        try:
+            for _ in observer.feed(chunk):
+                mark = await _pace(observer, mark)
+        except DecodeError as exc:
+            self._observer_stopped(site, observer, outcome, exc)
+            return False
+        return True
+
+    def _observe_end(self, site: Site, observer: HtmlBody, outcome: Outcome) -> None:
+        try:
+            observer.close()
+        except DecodeError as exc:
+            self._observer_stopped(site, observer, outcome, exc)
+            return
+        self._rewrite_done(site, observer, outcome)
+
+    def _observer_stopped(
+        self, site: Site, observer: HtmlBody, outcome: Outcome, exc: DecodeError
+    ) -> None:
+        reason: HtmlSkip = "too_large" if isinstance(exc, DecodedTooLarge) else "decode_error"
+        self.identity.html_skipped(site, reason, observer.coding)
+        outcome.skipped = reason
 
     def _rewrite_done(self, site: Site, body: HtmlBody, outcome: Outcome) -> None:
         self.identity.rewrite_done(site, body)
@@ -475,6 +559,9 @@ class ProxyHandler:
             extra += f',"refused_reason":{_json_str(outcome.refused_reason)}'
         if outcome.skipped is not None:
             extra += f',"skipped":{_json_str(outcome.skipped)}'
+        if outcome.mode != "active":
+            # Identity on this site was observed (what the line says was not done) or off.
+            extra += f',"mode":"{outcome.mode}"'
         # As Caddy does: a request the gateway or the upstream failed is an error.
         level = "error" if outcome.status >= 500 else "info"
         line = (

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import aiohttp
 
+from .asset_cache import AssetCache
 from .config import Config, Strategy
 from .delivery import EventSender
+from .firstparty import (
+    CACHE_BYTES,
+    CACHE_ENTRIES,
+    FAILURE_TTL,
+    RELAY_CONNECT_TIMEOUT,
+    RELAY_TIMEOUT,
+    Fetched,
+)
 from .identity import IdRules, cookie_domain
 from .inbound import identity_rules
 from .logs import Throttle
@@ -68,6 +77,13 @@ class ConfigIndex:
         return domain
 
 
+class OpenRelay(Protocol):
+    """An open WebSocket relay (websocket.py's ``Relay``), as a shutdown sees it."""
+
+    def going_away(self) -> None:
+        """Close both sides with 1001 Going Away."""
+
+
 @dataclass
 class Outcome:
     """What the access log and metrics record about one request."""
@@ -90,12 +106,15 @@ class Outcome:
     decorated: int = 0
     # Why an HTML page that should have been rewritten went out (in part) without it.
     skipped: str | None = None
+    # The site's mode (sites[].mode): on an observed site, identity and decorated and skipped
+    # say what would have been done.
+    mode: str = "active"
 
 
 class ProxyState:
     """The state every part of the proxy shares: config and its index, the upstream pool, the
-    WebSocket session, metrics, the token store, the hand-off event sender, the log; changed by
-    app.py (reload, drain)."""
+    WebSocket session, metrics, the token store, the hand-off event sender, the log, and
+    first-party delivery's pool and asset cache; changed by app.py (reload, drain)."""
 
     def __init__(
         self,
@@ -105,9 +124,19 @@ class ProxyState:
         store: TokenStore,
         upstreams: UpstreamPool,
         events: EventSender,
+        relay_upstreams: UpstreamPool | None = None,
     ) -> None:
         self.session = session
         self.upstreams = upstreams
+        # Segment's CDN and API (relay.py): a pool apart from the sites', made when first used
+        # unless given.
+        self._relay_upstreams = relay_upstreams
+        self.assets: AssetCache[Fetched] = AssetCache(
+            max_entries=CACHE_ENTRIES,
+            max_bytes=CACHE_BYTES,
+            failure_ttl=FAILURE_TTL,
+            size=lambda fetched: fetched.size,
+        )
         self.metrics = metrics
         self.store = store
         self.events = events
@@ -116,7 +145,26 @@ class ProxyState:
         self.faults: Throttle[tuple[str, str, str]] = Throttle(interval=1.0)
         self.in_flight = 0
         self.draining = False
+        # WebSocket relays open right now (each is also a request in flight).
+        self.relays: set[OpenRelay] = set()
         self.reconfigure(config)
+
+    @property
+    def relay_upstreams(self) -> UpstreamPool:
+        if self._relay_upstreams is None:
+            self._relay_upstreams = UpstreamPool(
+                connect_timeout=RELAY_CONNECT_TIMEOUT,
+                read_timeout=RELAY_TIMEOUT,
+                pool_size=self._config.proxy.pool_size,
+                keepalive_timeout=30.0,
+                per_origin=0,
+                pool_wait_timeout=RELAY_TIMEOUT,
+            )
+        return self._relay_upstreams
+
+    async def close_relay(self) -> None:
+        if self._relay_upstreams is not None:
+            await self._relay_upstreams.close()
 
     @property
     def config(self) -> Config:

@@ -7,6 +7,11 @@ comes from the config, the store or the metrics is HTML-escaped.
 
 Counts run from the gateway's start (counters are cumulative); rates and history belong to
 Prometheus and the shipped dashboard (``deploy/grafana/``).
+
+A site in ``observe`` mode gets a second row under its own, read from the
+``gateway_observed_*`` twins of the identity counters: what identity would have done there
+(nothing was changed). The row stays after the site goes active, for comparison, until the
+gateway restarts. Totals and the cards count what was done only.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, Protocol
 # The seed guide's alert threshold: more than 10 % of cross-domain arrivals without identity.
 FRAGMENTATION_ALERT = 0.10
 UNROUTED = "-"
+_OBSERVED = "gateway_observed_"
 
 
 class Sample(Protocol):
@@ -56,13 +62,30 @@ class SiteCounts:
     """One site's numbers since start."""
 
     host: str
+    # The site's mode (sites[].mode); "observe" also marks a row of observed counts.
+    mode: str = "active"
     requests: float = 0
     links_decorated: float = 0
     carried: float = 0
     missing: float = 0
     sources: dict[str, float] = field(default_factory=dict)
     rewritten: float = 0
+    bootstrap: float = 0
     skipped: dict[str, float] = field(default_factory=dict)
+    # What identity would have done on the site while it was observed (None: never was).
+    observed: SiteCounts | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether any identity count is non-zero."""
+        return bool(
+            self.links_decorated
+            or self.arrivals
+            or self.rewritten
+            or self.bootstrap
+            or any(self.sources.values())
+            or any(self.skipped.values())
+        )
 
     @property
     def arrivals(self) -> float:
@@ -100,6 +123,7 @@ class Snapshot:
             total.carried += site.carried
             total.missing += site.missing
             total.rewritten += site.rewritten
+            total.bootstrap += site.bootstrap
             for source, n in site.sources.items():
                 total.sources[source] = total.sources.get(source, 0) + n
             for reason, n in site.skipped.items():
@@ -117,13 +141,16 @@ def snapshot(
     pid: int,
     workers: int,
     now: float | None = None,
+    modes: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """Read the gateway's metric families into per-site counts.
 
     ``sites``: the configured site hosts (patterns), in config order; each gets a row even
     before its first request, and counts for a host no longer configured are left out.
+    ``modes``: each site's mode (default active).
     """
-    rows = {host: SiteCounts(host) for host in sites}
+    modes = modes or {}
+    rows = {host: SiteCounts(host, mode=modes.get(host, "active")) for host in sites}
     unrouted = 0.0
     reloads: dict[str, float] = defaultdict(float)
     circuit = False
@@ -132,7 +159,12 @@ def snapshot(
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, sample.value
             row = rows.get(labels.get("site", ""))
-            if name == "gateway_requests_total":
+            if name.startswith(_OBSERVED):
+                if row is not None:
+                    if row.observed is None:
+                        row.observed = SiteCounts(row.host, mode="observe")
+                    _count(row.observed, "gateway_" + name[len(_OBSERVED) :], labels, value)
+            elif name == "gateway_requests_total":
                 if labels.get("site") == UNROUTED:
                     unrouted += value
                 elif row is not None:
@@ -146,21 +178,12 @@ def snapshot(
                     success_time = value
                 elif name == "gateway_config_reloads_total":
                     reloads[labels.get("result", "")] += value
-            elif name == "gateway_links_decorated_total":
-                row.links_decorated += value
-            elif name == "gateway_cross_domain_arrivals_total":
-                if labels.get("identity") == "carried":
-                    row.carried += value
-                else:
-                    row.missing += value
-            elif name == "gateway_identity_source_total":
-                source = labels.get("source", "")
-                row.sources[source] = row.sources.get(source, 0) + value
-            elif name == "gateway_html_rewritten_total":
-                row.rewritten += value
-            elif name == "gateway_html_skipped_total":
-                reason = labels.get("reason", "")
-                row.skipped[reason] = row.skipped.get(reason, 0) + value
+            else:
+                _count(row, name, labels, value)
+    for row in rows.values():
+        # An observed row is shown while the site is observed, and after, if it counted.
+        if row.observed is not None and row.mode != "observe" and not row.observed.counted:
+            row.observed = None
     return Snapshot(
         sites=list(rows.values()),
         unrouted_requests=unrouted,
@@ -175,6 +198,27 @@ def snapshot(
         workers=workers,
         now=time.time() if now is None else now,
     )
+
+
+def _count(row: SiteCounts, name: str, labels: Mapping[str, str], value: float) -> None:
+    """Add one sample of a per-site identity counter to ``row``."""
+    if name == "gateway_links_decorated_total":
+        row.links_decorated += value
+    elif name == "gateway_cross_domain_arrivals_total":
+        if labels.get("identity") == "carried":
+            row.carried += value
+        else:
+            row.missing += value
+    elif name == "gateway_identity_source_total":
+        source = labels.get("source", "")
+        row.sources[source] = row.sources.get(source, 0) + value
+    elif name == "gateway_html_rewritten_total":
+        row.rewritten += value
+    elif name == "gateway_html_skipped_total":
+        reason = labels.get("reason", "")
+        row.skipped[reason] = row.skipped.get(reason, 0) + value
+    elif name == "gateway_identity_actions_total" and labels.get("action") == "bootstrap":
+        row.bootstrap += value
 
 
 # --- Rendering --------------------------------------------------------------------------------
@@ -230,13 +274,23 @@ def _restored(sources: dict[str, float]) -> float:
     return sources.get("url", 0) + sources.get("app", 0)
 
 
-def _row(site: SiteCounts, cls: str = "") -> str:
+def _row(site: SiteCounts, cls: str = "", *, observed: bool = False) -> str:
     s = site.sources
     attr = f' class="{cls}"' if cls else ""
+    if observed:
+        head = f"{escape(site.host)} (observed: would have)"
+        mode = '<td class="muted"></td>'
+        requests = '<td class="num muted">–</td>'
+    else:
+        head = escape(site.host)
+        mode = "<td></td>"
+        if cls != "total":
+            mode = f'<td class="mode {escape(site.mode)}">{escape(site.mode)}</td>'
+        requests = f'<td class="num">{_n(site.requests)}</td>'
     return (
         f"<tr{attr}>"
-        f'<th scope="row">{escape(site.host)}</th>'
-        f'<td class="num">{_n(site.requests)}</td>'
+        f'<th scope="row">{head}</th>'
+        f"{mode}{requests}"
         f'<td class="num">{_n(site.links_decorated)}</td>'
         f'<td class="num">{_n(site.carried)}</td>'
         f'<td class="num">{_n(site.missing)}</td>'
@@ -246,6 +300,7 @@ def _row(site: SiteCounts, cls: str = "") -> str:
         f'<td class="num">{_n(s.get("minted", 0))}</td>'
         f'<td class="num">{_n(s.get("rejected", 0))}</td>'
         f'<td class="num">{_n(site.rewritten)}</td>'
+        f'<td class="num">{_n(site.bootstrap)}</td>'
         f"{_skipped_cell(site.skipped)}"
         "</tr>"
     )
@@ -275,6 +330,7 @@ h2 { font-size: 16px; margin: 28px 0 10px; }
 .card .value { font-size: 26px; font-weight: 650; margin: 2px 0; }
 .card .note { color: var(--muted); font-size: 12px; }
 .card.good .value { color: var(--good); } .card.bad .value { color: var(--bad); }
+.card.warn .value { color: var(--warn); }
 table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid var(--line); padding: 7px 10px; text-align: left;
   vertical-align: top; }
@@ -283,6 +339,9 @@ thead tr.group th { text-align: center; border-bottom: 2px solid var(--line); }
 tbody th { font-weight: 600; font-family: ui-monospace, "DejaVu Sans Mono", monospace;
   font-size: 13px; white-space: nowrap; }
 tr.total th, tr.total td { border-top: 2px solid var(--ink); font-weight: 650; }
+tr.observed th, tr.observed td { font-style: italic; background: #fafbfc; }
+td.mode.observe { color: var(--warn); font-weight: 600; }
+td.mode.off { color: var(--muted); }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
 .muted { color: var(--muted); }
 .warn { color: var(--warn); }
@@ -307,6 +366,7 @@ def render(snap: Snapshot) -> str:
     store_ok = store_state == "up" and not snap.circuit_open
     store_value = "circuit open" if snap.circuit_open else store_state
     skipped = sum(total.skipped.values())
+    observing = [site.host for site in snap.sites if site.mode == "observe"]
     cards = "".join(
         [
             _card(
@@ -332,6 +392,19 @@ def render(snap: Snapshot) -> str:
                 f"of {_n(skipped + total.rewritten)} pages to rewrite",
                 "bad" if skipped else "good",
             ),
+            *(
+                [
+                    _card(
+                        "Observing",
+                        _n(len(observing)),
+                        f"{escape(', '.join(observing))}: their rows marked “would have” count "
+                        "what identity would have done; nothing was changed",
+                        "warn",
+                    )
+                ]
+                if observing
+                else []
+            ),
             _card(
                 "Token store",
                 escape(store_value),
@@ -340,7 +413,10 @@ def render(snap: Snapshot) -> str:
             ),
         ]
     )
-    rows = "".join(_row(site) for site in snap.sites)
+    rows = "".join(
+        _row(site) + (_row(site.observed, "observed", observed=True) if site.observed else "")
+        for site in snap.sites
+    )
     if len(snap.sites) > 1:
         rows += _row(total, "total")
     cfg = snap.config
@@ -381,17 +457,19 @@ def render(snap: Snapshot) -> str:
 <h2>Sites</h2>
 <table>
 <thead>
-<tr class="group"><th></th><th></th><th colspan="4">Hand-offs: links out, arrivals in</th>
-<th colspan="4">Where the visitor's id came from</th><th colspan="2">HTML pages</th></tr>
-<tr><th>Site</th><th class="num">Requests</th><th class="num">Decorated links</th>
+<tr class="group"><th></th><th></th><th></th><th colspan="4">Hand-offs: links out, arrivals in</th>
+<th colspan="4">Where the visitor's id came from</th><th colspan="3">HTML pages</th></tr>
+<tr><th>Site</th><th>Mode</th><th class="num">Requests</th><th class="num">Decorated links</th>
 <th class="num">Arrivals carried</th><th class="num">Arrivals missing</th>
 <th class="num">Fragmentation</th><th class="num">Restored (URL)</th>
 <th class="num">Cookie</th><th class="num">Minted</th><th class="num">Refused</th>
-<th class="num">Rewritten</th><th>Skipped, by reason</th></tr>
+<th class="num">Rewritten</th><th class="num">Bootstrap</th><th>Skipped, by reason</th></tr>
 </thead>
 <tbody>{rows}</tbody>
 </table>
 <p class="muted">Requests for no configured site (421): {_n(snap.unrouted_requests)}.
+Mode: <code>active</code> (identity on), <code>observe</code> (counted, nothing changed: the
+row under it says what identity would have done), <code>off</code> (a plain proxy).
 Fragmentation: arrivals from another configured domain without identity, whether or not the
 visitor had a cookie here, over all such arrivals (alert above
 {FRAGMENTATION_ALERT * 100:.0f} %).</p>

@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from gateway.circuit import CircuitBreaker, State
 from gateway.options import MAX_TOKEN_TTL, Store
 from gateway.store_url import StoreURL, parse_store_url, redact_url
 from gateway.strategies import TokenRecord
@@ -265,3 +266,87 @@ class RedisStore:
         await self._client.aclose()
         for closer in self._closers:
             await closer()
+
+
+# --- Circuit breaker -----------------------------------------------------------------------------
+
+# Told of each change of a breaker's state: the new state, and the error that opened it (None
+# for the other changes).
+CircuitWatcher = Callable[[State, str | None], None]
+
+
+class CircuitBreakerStore:
+    """A TokenStore that stops calling a failing store for a while (gateway/circuit.py).
+
+    After ``failures`` consecutive StoreErrors (failures and timeouts) of ``put`` and ``take``,
+    calls raise StoreError at once, without touching the store, for ``cooldown`` seconds; then
+    one call probes it, and its verdict closes the circuit or opens it again. So a hung Redis
+    costs each page its timeout only until the circuit opens, then nothing, and the probe finds
+    out when it is back. ``health`` always asks the store itself (probes and the status page
+    must see the truth) and adds the breaker's state; its answer never moves the breaker,
+    which follows the request path only. ``watch`` is told of each change of state.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        *,
+        failures: int,
+        cooldown: float,
+        watch: CircuitWatcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = store
+        self.name = store.name
+        self.breaker = CircuitBreaker(failures=failures, cooldown=cooldown)
+        self._watch = watch
+        self.clock = clock
+
+    @property
+    def state(self) -> State:
+        return self.breaker.state
+
+    async def _call(self, op: Callable[[], Awaitable[_T]]) -> _T:
+        breaker = self.breaker
+        before = breaker.state
+        now = self.clock()
+        ticket = breaker.allow(now)
+        self._changed(before, None)
+        if ticket is None:
+            raise StoreError(
+                f"{self.name} store circuit open: calls skipped for "
+                f"{breaker.retry_in(now):.1f} s more after {breaker.threshold} failures in a row"
+            )
+        try:
+            result = await op()
+        except StoreError as exc:
+            before = breaker.state
+            breaker.failed(ticket, self.clock())
+            self._changed(before, str(exc))
+            raise
+        except BaseException:
+            # Cancelled, or refused before it reached the store (a bad TTL): no verdict.
+            breaker.released(ticket)
+            raise
+        before = breaker.state
+        breaker.succeeded(ticket)
+        self._changed(before, None)
+        return result
+
+    def _changed(self, before: State, error: str | None) -> None:
+        after = self.breaker.state
+        if after != before and self._watch is not None:
+            self._watch(after, error if after == "open" else None)
+
+    async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
+        await self._call(lambda: self.inner.put(token, record, ttl))
+
+    async def take(self, token: str, *, single_use: bool) -> TokenRecord | None:
+        return await self._call(lambda: self.inner.take(token, single_use=single_use))
+
+    async def health(self) -> dict[str, object]:
+        """The store's own health report, with ``circuit``: the breaker's state."""
+        return {**await self.inner.health(), "circuit": self.breaker.state}
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,6 +1,11 @@
 """WebSocket upgrades: connect to the upstream first, then relay frames both ways until either
 side closes. Connecting first means an unreachable upstream gets an honest 502 instead of an
-accepted socket that closes at once."""
+accepted socket that closes at once.
+
+Each open relay is listed in ``ProxyState.relays`` so that a shutdown can end it properly:
+:meth:`Relay.going_away` closes both sides with ``1001 Going Away`` (RFC 6455 §7.4.1), a
+close frame each peer can act on (reconnect elsewhere), never a cut connection.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import ssl
 from typing import Any
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
 from . import responses
@@ -20,6 +25,8 @@ from .inbound import split_target
 from .responses import fault
 from .state import Outcome, ProxyState
 from .tls import server_hostname
+
+_GOING_AWAY = b"gateway shutting down"
 
 # The WebSocket handshake headers are generated per hop by each side's library.
 _HANDSHAKE = frozenset(
@@ -62,13 +69,13 @@ async def relay_websocket(
     base = URL(site.upstream)
     scheme = "wss" if base.scheme == "https" else "ws"
     # Identity parameters are the gateway's, never the upstream's: a WebSocket URL that carries
-    # them (it never should) has them removed, as any forwarded request does.
-    path, query, _, had_identity = split_target(upstream_target(request.raw_path))
-    target = (
-        (f"{path}?{query}" if query else path)
-        if had_identity
-        else upstream_target(request.raw_path)
-    )
+    # them (it never should) has them removed, as any request forwarded by an active site does
+    # (an observed or off site forwards requests as they came).
+    target = upstream_target(request.raw_path)
+    if site.mode == "active":
+        path, query, _, had_identity = split_target(target)
+        if had_identity:
+            target = f"{path}?{query}" if query else path
     url = URL(f"{scheme}://{base.raw_authority}{target}", encoded=True)
     # wss:// is checked as the site's tls says, with the context the HTTP pool uses for it.
     tls: dict[str, Any] = {}
@@ -105,27 +112,57 @@ async def relay_websocket(
     client.headers[REQUEST_ID] = outcome.request_id
     await client.prepare(request)
     outcome.status = 101
+    relay = Relay(client, upstream)
+    state.relays.add(relay)
+    if state.draining:
+        # Upgraded on a kept-alive connection after the drain began: it ends at once too.
+        relay.going_away()
     try:
-        await _pump_both(client, upstream)
+        await relay.run()
     finally:
+        state.relays.discard(relay)
         await upstream.close()
         await client.close()
     return client
 
 
-async def _pump_both(
-    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
-) -> None:
-    to_upstream = asyncio.ensure_future(_pump(client, upstream))
-    to_client = asyncio.ensure_future(_pump(upstream, client))
-    done, pending = await asyncio.wait(
-        {to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED
-    )
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        task.result()
+class Relay:
+    """One relayed WebSocket: frames pumped both ways until a side closes, or until
+    :meth:`going_away` ends it."""
+
+    def __init__(
+        self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self._away = asyncio.Event()
+
+    def going_away(self) -> None:
+        """End the relay with 1001 Going Away to both sides (the gateway is shutting down)."""
+        self._away.set()
+
+    async def run(self) -> None:
+        client, upstream = self.client, self.upstream
+        to_upstream = asyncio.ensure_future(_pump(client, upstream))
+        to_client = asyncio.ensure_future(_pump(upstream, client))
+        away = asyncio.ensure_future(self._away.wait())
+        done, pending = await asyncio.wait(
+            {to_upstream, to_client, away}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if away in done:
+            # Both close handshakes at once, so that a peer slow to answer its close frame
+            # does not hold back the other's.
+            await asyncio.gather(
+                client.close(code=WSCloseCode.GOING_AWAY, message=_GOING_AWAY),
+                upstream.close(code=WSCloseCode.GOING_AWAY, message=_GOING_AWAY),
+                return_exceptions=True,
+            )
+            return
+        for task in done:
+            task.result()
 
 
 async def _pump(

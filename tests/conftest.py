@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -26,6 +28,9 @@ from aiohttp import web
 
 from gateway.app import Gateway, Overrides
 from gateway.config import parse_config
+from gateway.html import _scan as html_scan
+from gateway.html import rewriter as html_rewriter
+from gateway.html._impl import NO_EXTENSIONS_ENV
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -37,6 +42,44 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("GATEWAY_CORPUS") or REPO / "tests" / "corpus" / "pages")
 
 StartUpstream = Callable[[web.Application], Awaitable[str]]
+
+
+# -- The rewriter's two scanners ---------------------------------------------------------
+
+
+def compiled_scanner() -> ModuleType:
+    """gateway.html._speedups, or skip the test (module) that needs it, saying why: it was not
+    built (no compiler at install time; under CI=true that fails instead, so that CI cannot
+    pass without testing it), or GATEWAY_NO_EXTENSIONS asks for the pure path."""
+    if os.environ.get(NO_EXTENSIONS_ENV):
+        pytest.skip(f"{NO_EXTENSIONS_ENV} is set", allow_module_level=True)
+    try:
+        return importlib.import_module("gateway.html._speedups")
+    except ImportError as error:
+        message = (
+            f"the compiled scanner is not built ({error}): install gcc and the Python headers "
+            "(Debian: gcc python3-dev) and reinstall (pip install -e .)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
+# With GATEWAY_NO_EXTENSIONS set (`make test`'s second pass) only the pure-Python scanner.
+@pytest.fixture(
+    scope="module",
+    params=["python"] if os.environ.get(NO_EXTENSIONS_ENV) else ["compiled", "python"],
+)
+def scanner_implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test module's tests once with each scanner (the compiled one is skipped, saying
+    why, when it is not built). Module-scoped, so hypothesis tests may use it."""
+    if request.param == "compiled":
+        factory = compiled_scanner().Scanner
+    else:
+        factory = html_scan.Scanner
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(html_rewriter, "Scanner", factory)
+        yield request.param
 
 
 # Each content coding's one-shot functions, from the libraries themselves.

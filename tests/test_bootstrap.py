@@ -494,3 +494,60 @@ def test_page_snippet_keeps_its_own_load_options() -> None:
         ]
     )
     assert out["results"][0]["loadOptions"] == {"integrations": {}}
+
+
+# --- first-party delivery -----------------------------------------------------------------------
+
+FIRST_PARTY = "/_/0123abcd4567"
+OWN_ORIGIN = "https://www.shop.test"
+
+
+@needs_node
+def test_first_party_loads_the_library_from_the_page_origin() -> None:
+    """The library, and through ``_cdn`` its settings and chunks, come from the page's own
+    origin under the prefix; ``_cdn`` is set only when the bootstrap loads the library."""
+    script = render(first_party=FIRST_PARTY, anonymous_id=AID)
+    out = run_js([{"do": "bootstrap"}, {"do": "state"}, {"do": "dcl"}, {"do": "state"}], script)
+    before, after = out["results"]
+    assert before["cdn"] is None, "no _cdn before the page's own snippet has had its turn"
+    assert after["cdn"] == OWN_ORIGIN + FIRST_PARTY
+    assert out["scripts"] == [
+        {"src": f"{OWN_ORIGIN}{FIRST_PARTY}/lib.js", "async": True, "nonce": None}
+    ]
+    assert after["queue"] == [SET_AID, ["page"]]
+    assert out["errors"] == []
+
+
+@needs_node
+def test_first_party_urls_carry_no_id_and_match_no_block_rule() -> None:
+    from gateway.firstparty import BLOCKED_PATTERNS
+
+    script = render(first_party=FIRST_PARTY, anonymous_id=AID, write_key="WK")
+    out = run_js([{"do": "bootstrap"}, {"do": "dcl"}, {"do": "state"}], script)
+    urls = [s["src"] for s in out["scripts"]] + [out["results"][0]["cdn"]]
+    for url in urls:
+        assert AID not in url and "WK" not in url, url
+        assert not [p for p in BLOCKED_PATTERNS if p in url.lower()], url
+
+
+@needs_node
+def test_first_party_port_is_kept_in_the_origin() -> None:
+    out = run_harness(
+        body(render(first_party=FIRST_PARTY)),
+        "http://www.shop.test:8080/page?x=1",
+        [{"do": "bootstrap"}, {"do": "dcl"}],
+    )
+    assert out["scripts"][0]["src"] == f"http://www.shop.test:8080{FIRST_PARTY}/lib.js"
+
+
+@needs_node
+def test_first_party_stands_down_for_a_page_snippet() -> None:
+    """A page whose own snippet loads Segment's library keeps its own CDN for settings."""
+    script = render(first_party=FIRST_PARTY)
+    out = run_js(
+        [{"do": "bootstrap"}, {"do": "snippet", "key": "PAGEKEY"}, {"do": "dcl"}, {"do": "state"}],
+        script,
+    )
+    assert [s["src"] for s in out["scripts"]] == [PAGE_SCRIPT]
+    (state,) = out["results"]
+    assert state["cdn"] is None

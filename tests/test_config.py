@@ -57,6 +57,32 @@ def test_valid_config_is_normalised() -> None:
     assert "s3cret" not in config.summary()
 
 
+@pytest.mark.parametrize(
+    ("written", "mode"),
+    [
+        ("", "active"),
+        ("off", "off"),
+        ("'off'", "off"),
+        ("observe", "observe"),
+        ("active", "active"),
+    ],
+)
+def test_site_modes_are_read_as_written(written: str, mode: str) -> None:
+    """YAML 1.1 reads a bare ``off`` as false: a word the key allows is taken as written."""
+    line = f", mode: {written}" if written else ""
+    text = f"sites:\n  - {{host: a.test, upstream: 'http://127.0.0.1:1'{line}}}\n"
+    assert parse_config(text, "m.yaml", {}).sites[0].mode == mode
+
+
+@pytest.mark.parametrize("written", ["false", "no", "on", "paused"])
+def test_other_site_modes_are_refused(written: str) -> None:
+    text = f"sites:\n  - {{host: a.test, upstream: 'http://127.0.0.1:1', mode: {written}}}\n"
+    with pytest.raises(
+        ConfigError, match=r"sites\[0\]\.mode: .* is not valid \(active or observe or off\)"
+    ):
+        parse_config(text, "m.yaml", {})
+
+
 def test_site_lookup() -> None:
     config = parse_config(GOOD, "good.yaml", {"KEY": "k", "PW": "p"})
     assert config.site_for("WWW.EXAMPLE.COM:8080") is config.sites[0]
@@ -202,6 +228,72 @@ def test_single_problems(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "bad.yaml", {})
     assert str(info.value).startswith(message), str(info.value)
+
+
+_SITE = "sites:\n  - {host: a.test, upstream: 'http://x:1'}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            _SITE + "analytics: {first_party: true}\n",
+            "bad.yaml:3: analytics.first_party: is on, but analytics.write_key is missing",
+        ),
+        (
+            "sites:\n  - {host: a.test, upstream: 'http://x:1', first_party: {path: /_/a}}\n",
+            "bad.yaml:2: sites[0].first_party: is on, but analytics.write_key is missing",
+        ),
+        (
+            _SITE + "analytics: {write_key: k, first_party: yes please}\n",
+            "bad.yaml:3: analytics.first_party: 'yes please' is not valid (false, true, or {path:",
+        ),
+        (
+            _SITE + "analytics: {write_key: k, first_party: {path: /analytics.js}}\n",
+            "bad.yaml:3: analytics.first_party.path: '/analytics.js' would serve "
+            "/analytics.js/v1/projects/KEY/settings, which block lists refuse",
+        ),
+        (
+            _SITE + "analytics: {write_key: k, first_party: {path: 'a/b'}}\n",
+            "bad.yaml:3: analytics.first_party.path: 'a/b' is not a plain path",
+        ),
+        (
+            _SITE + "analytics: {write_key: k, first_party: {}}\n",
+            "bad.yaml:3: analytics.first_party.path: missing",
+        ),
+        (
+            _SITE + "analytics: {write_key: k, first_party: {path: /a, paht: /b}}\n",
+            "bad.yaml:3: analytics.first_party.paht: unknown key (expected one of: path)",
+        ),
+        (
+            _SITE + "analytics: {write_key: k, api_url: 'ftp://x'}\n",
+            "bad.yaml:3: analytics.api_url: 'ftp://x' is not valid (an http(s) URL, no query)",
+        ),
+    ],
+)
+def test_first_party_problems(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "bad.yaml", {})
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_first_party_forms() -> None:
+    from gateway.config import FirstParty
+
+    text = (
+        "sites:\n"
+        "  - {host: a.test, upstream: 'http://x:1'}\n"
+        "  - {host: b.test, upstream: 'http://x:1', first_party: false}\n"
+        "  - {host: c.test, upstream: 'http://x:1', first_party: true}\n"
+        "  - {host: d.test, upstream: 'http://x:1', first_party: {path: /_/d}}\n"
+        "analytics: {write_key: k, first_party: {path: /_/all}, api_url: 'https://e.test/'}\n"
+    )
+    config = parse_config(text, "ok.yaml", {})
+    assert config.analytics.first_party == FirstParty("/_/all")
+    assert config.analytics.api_url == "https://e.test"
+    assert [s.first_party for s in config.sites] == [None, False, FirstParty(), FirstParty("/_/d")]
+    off = parse_config(_SITE + "analytics: {first_party: false}\n", "ok.yaml", {})
+    assert off.analytics.first_party is None
 
 
 def test_dollar_escape_and_unreadable_file(tmp_path: Path) -> None:
@@ -712,3 +804,15 @@ def test_events_need_a_write_key_when_enabled() -> None:
     assert (config.events.enabled, config.events.write_key) == (True, "wk_abc")
     assert config.events.endpoint == "http://c:1/x"
     assert "wk_abc" not in repr(config)
+
+
+def test_events_go_where_analytics_js_sends_by_default() -> None:
+    """One key names Segment's tracking API: events.endpoint defaults to analytics.api_url."""
+    from gateway.app import _events
+
+    text = f"{MINIMAL}analytics: {{api_url: 'https://events.eu1.segmentapis.com'}}\n"
+    assert _events(parse_config(text, "f.yaml", {})).endpoint == (
+        "https://events.eu1.segmentapis.com"
+    )
+    text += "events: {endpoint: 'http://collector:9'}\n"
+    assert _events(parse_config(text, "f.yaml", {})).endpoint == "http://collector:9"

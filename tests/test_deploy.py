@@ -809,6 +809,27 @@ def test_gateway_egress_reaches_dns_redis_and_the_upstreams(
         assert (port, "TCP") in allowed, f"no egress to the upstream {site['upstream']}"
 
 
+def test_gateway_egress_to_segment_is_https_to_public_addresses_only(
+    manifests: list[dict[str, Any]],
+) -> None:
+    """First-party delivery and server-side events talk to Segment over HTTPS; the rule that
+    admits it must not open the cluster's private ranges (Redis, upstreams, metadata)."""
+    policy = _policy_for(manifests, _gateway(manifests))
+    blocks = [
+        (peer["ipBlock"], _rule_ports(rule))
+        for rule in policy["spec"]["egress"]
+        for peer in _peers(rule, "to")
+        if "ipBlock" in peer
+    ]
+    assert blocks, "no egress to Segment"
+    for block, ports in blocks:
+        assert ports == {(443, "TCP")}
+        assert block["cidr"] == "0.0.0.0/0"
+        assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+            block.get("except", ())
+        )
+
+
 def test_redis_admits_only_the_gateway_and_reaches_nothing(
     manifests: list[dict[str, Any]],
 ) -> None:
@@ -1180,9 +1201,36 @@ def test_dockerfile_installs_from_the_lock_with_hashes_only() -> None:
     # Everything `pip install .` needs is copied before it runs.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     readme = pyproject["project"].get("readme")
-    needed = {"pyproject.toml", "gateway"} | ({readme} if isinstance(readme, str) else set())
+    needed = {"pyproject.toml", "setup.py", "gateway"} | (
+        {readme} if isinstance(readme, str) else set()
+    )
     copied = {Path(src).as_posix().rstrip("/") for sources, _ in _copies() for src in sources}
     assert needed <= copied, f"not copied into the build: {needed - copied}"
+
+
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage ("FROM image AS name")."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, rest in _dockerfile_instructions():
+        if keyword == "FROM":
+            current = stages.setdefault(rest.split()[-1], [])
+        current.append((keyword, rest))
+    return stages
+
+
+def test_dockerfile_compiles_the_html_scanner_in_the_build_stage_only() -> None:
+    """The image runs the compiled HTML scanner: gcc in the build stage, a build that fails
+    rather than ship the pure-Python fallback, and no compiler in the runtime image."""
+    stages = _stages()
+    build = " ".join(rest for keyword, rest in stages["build"] if keyword == "RUN")
+    runtime = " ".join(rest for keyword, rest in stages["runtime"] if keyword == "RUN")
+    assert re.search(r"apt-get install [^&]*\bgcc\b", build)
+    # Importing the extension fails the build (and checks it loads in the runtime stage).
+    assert 'python -c "import gateway.html._speedups"' in build
+    assert 'python -c "import gateway.html._speedups"' in runtime
+    assert "gcc" not in runtime
+    assert _dockerignore_excludes("gateway/html/_speedups.cpython-311-x86_64-linux-gnu.so")
 
 
 def test_dockerfile_copied_files_exist_and_are_not_dockerignored() -> None:

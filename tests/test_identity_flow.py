@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from gateway.bootstrap import render_bootstrap
-from gateway.html import HtmlRewriter
+from gateway.html import IMPLEMENTATION, HtmlRewriter
 
 from .conftest import RunningGateway, StartGateway, StartUpstream, zstd
 
@@ -1681,7 +1681,7 @@ async def test_metrics_after_a_visit(launch: Launch) -> None:
     assert build == {
         "version": importlib.metadata.version("ajs-identity-gateway"),
         "python": platform.python_version(),
-        "implementation": "python",
+        "implementation": IMPLEMENTATION,
     }
     assert sample(found, "gateway_build_info", **build) == 1
     assert sample(found, "gateway_store_circuit_open", store="memory") == 0

@@ -16,10 +16,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
 CORE = {
     "gateway.bootstrap",
     "gateway.body",
+    "gateway.circuit",
     "gateway.codings",
     "gateway.config",
     "gateway.crossings",
     "gateway.events",
+    "gateway.firstparty",
     "gateway.hosts",
     "gateway.identity",
     "gateway.inbound",

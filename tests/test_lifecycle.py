@@ -107,6 +107,42 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(
         raise AssertionError("the gateway still accepted a connection after draining")
 
 
+async def test_sigterm_closes_websockets_with_going_away_on_both_sides(
+    tmp_path: Path, start_upstream: StartUpstream, gateway_process: Callable[..., GatewayProcess]
+) -> None:
+    """Finding #12 of the newcomer's review: an open WebSocket held the drain for all of
+    drain_timeout and was then cut without a close frame. Now both the visitor and the
+    upstream get a 1001 Going Away when the drain starts, and the drain does not wait."""
+    upstream_closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+        upstream_closed.set_result(ws.close_code)
+        return ws
+
+    up = await start_upstream(_app({"/ws": echo}))
+    gp = await asyncio.to_thread(gateway_process, _write_config(tmp_path / "gw.yaml", up))
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(
+            f"http://127.0.0.1:{gp.port}/ws", headers={"Host": "www.example.com"}
+        ) as ws:
+            await ws.send_str("hi")
+            assert await ws.receive_str(timeout=5) == "echo:hi"
+            gp.signal(signal.SIGTERM)
+            closing = await ws.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE
+            assert (closing.data, closing.extra) == (1001, "gateway shutting down")
+    assert await asyncio.wait_for(upstream_closed, 10) == 1001
+    assert await asyncio.to_thread(gp.proc.wait, 15) == 0
+    # The relay ended in its close handshake, before the drain's deadline: nothing was cut.
+    (drained,) = await asyncio.to_thread(gp.wait_for, "drained")
+    assert drained["in_flight_left"] == 0
+
+
 async def test_workers_share_the_port_and_metrics(
     tmp_path: Path, start_upstream: StartUpstream
 ) -> None:

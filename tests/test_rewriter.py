@@ -21,8 +21,11 @@ from gateway.html import (
     HtmlRewriter,
     LinkPolicy,
 )
-from gateway.html._tokens import decode_value
+from gateway.html._tokens import decode_value, split_value
 from gateway.html.charset import prescan
+
+# Every test here runs with each scanner, compiled and pure Python.
+pytestmark = pytest.mark.usefixtures("scanner_implementation")
 
 INJECT = b"<script>/*BOOT*/</script>"
 
@@ -786,6 +789,19 @@ def test_aggressive_policy_never_raises(document: bytes, cuts: list[int]) -> Non
 )
 def test_attribute_value_decoding(raw: bytes, text: str) -> None:
     assert decode_value(raw, "cp1252") == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from([b"&amp;", b"&amp", b"&ampx", b"&amp;amp;", b"&&", b"a", b"=", b"?", b";"]),
+        max_size=8,
+    )
+)
+def test_attribute_value_decoding_shortcut_for_amp(pieces: list[bytes]) -> None:
+    """decode_value reads values whose references are all "&amp;" without split_value."""
+    raw = b"".join(pieces)
+    assert decode_value(raw, "utf-8") == "".join(p.text for p in split_value(raw, "utf-8"))
 
 
 def test_splice_falls_back_when_kept_bytes_would_change_meaning() -> None:

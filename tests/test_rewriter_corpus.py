@@ -101,9 +101,10 @@ class Rewritten:
 
 
 @functools.cache
-def rewritten(path: Path) -> Rewritten:
-    """The page through the rewriter in realistic network chunks (8 KiB reads); cached,
-    as every test of a page reads the same run."""
+def rewritten(path: Path, implementation: str) -> Rewritten:
+    """The page through the rewriter in realistic network chunks (8 KiB reads), with the
+    scanner ``implementation`` that conftest.scanner_implementation selected; cached, as
+    every test of a page reads the same run."""
     page = path.read_bytes()
     policy = RecordingPolicy(own_host(page))
     rewriter = HtmlRewriter(policy)
@@ -157,27 +158,27 @@ def disagreement(rewriter: Counter[str], parser: Counter[str]) -> Disagreement:
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[path.name for path in PAGES])
-def test_rewriter_is_reversible(path: Path) -> None:
+def test_rewriter_is_reversible(path: Path, scanner_implementation: str) -> None:
     page = path.read_bytes()
     assert MARKER.encode() not in page
-    run = rewritten(path)
+    run = rewritten(path, scanner_implementation)
     assert MARKER_IN_OUTPUT.sub(b"", run.output) == page
     assert run.counted == sum(run.decorated.values())
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[path.name for path in PAGES])
-def test_rewriter_matches_html5lib(path: Path) -> None:
+def test_rewriter_matches_html5lib(path: Path, scanner_implementation: str) -> None:
     page = path.read_bytes()
-    run = rewritten(path)
+    run = rewritten(path, scanner_implementation)
     found = html5lib_links(page, own_host(page))
     expected = HTML5LIB_DISAGREES.get(path.name, NO_DISAGREEMENT)
     assert disagreement(run.decorated, found) == expected, f"gave up: {run.gave_up}"
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[path.name for path in PAGES])
-def test_rewriter_matches_lxml(path: Path) -> None:
+def test_rewriter_matches_lxml(path: Path, scanner_implementation: str) -> None:
     page = path.read_bytes()
-    run = rewritten(path)
+    run = rewritten(path, scanner_implementation)
     found = lxml_links(page, own_host(page), PARSER_ENCODING.get(path.name))
     expected = LXML_DISAGREES.get(path.name, NO_DISAGREEMENT)
     assert disagreement(run.decorated, found) == expected, f"gave up: {run.gave_up}"

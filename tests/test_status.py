@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway, Overrides
 from gateway.config import load_config
+from gateway.html import IMPLEMENTATION
 from gateway.keys import generate_key
 from gateway.metrics import Metrics
 from gateway.status import ConfigVersion, render, snapshot
@@ -154,7 +155,7 @@ async def test_status_page_shows_what_the_gateway_counted(
     assert re.search(r"Fragmentation 66\.7 % 2 of 3 arrivals from sibling sites", text)
     assert "Token store up memory" in text
     assert "circuit breaker closed" in text
-    assert "rewriter python" in text
+    assert f"rewriter {IMPLEMENTATION}" in text
 
 
 async def test_status_page_follows_a_reload(tmp_path: Path) -> None:
@@ -180,10 +181,10 @@ async def test_status_page_follows_a_reload(tmp_path: Path) -> None:
 def test_render_escapes_and_flags() -> None:
     metrics = Metrics.create()
     hostile = '<script>alert("x")</script>'
-    metrics.cross_domain_arrivals.labels("a.test", "b.test", "missing").inc(2)
-    metrics.cross_domain_arrivals.labels("a.test", "b.test", "carried").inc(18)
-    metrics.cross_domain_arrivals.labels("a.test", "c.test", "carried").inc(10)
-    metrics.cross_domain_arrivals.labels("b.test", "a.test", "missing").inc(1)
+    metrics.active.cross_domain_arrivals.labels("a.test", "b.test", "missing").inc(2)
+    metrics.active.cross_domain_arrivals.labels("a.test", "b.test", "carried").inc(18)
+    metrics.active.cross_domain_arrivals.labels("a.test", "c.test", "carried").inc(10)
+    metrics.active.cross_domain_arrivals.labels("b.test", "a.test", "missing").inc(1)
     metrics.store_circuit("redis", True)
     snap = snapshot(
         metrics.registry.collect(),

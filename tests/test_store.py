@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.store import (
+    CircuitBreakerStore,
     MemoryStore,
     StoreError,
     TokenStore,
@@ -415,3 +416,145 @@ async def test_open_store_connects_lazily(url: str) -> None:
 def test_open_store_refuses_zero_timeout() -> None:
     with pytest.raises(ValueError, match="at least 1 ms"):
         open_store("memory://", timeout_ms=0)
+
+
+# --- The circuit breaker around a store --------------------------------------------------------
+
+
+class FlakyStore(MemoryStore):
+    """A memory store that fails (StoreError) while ``down``, and counts the calls it gets; a
+    bad TTL is still refused first (ValueError), as RedisStore does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.calls = 0
+
+    async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
+        self.calls += 1
+        if self.down and ttl >= 1:
+            raise StoreError("flaky: down")
+        await super().put(token, record, ttl)
+
+    async def take(self, token: str, *, single_use: bool) -> TokenRecord | None:
+        self.calls += 1
+        if self.down:
+            raise StoreError("flaky: down")
+        return await super().take(token, single_use=single_use)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guarded(
+    inner: TokenStore, clock: Clock, changes: list[tuple[str, str | None]]
+) -> CircuitBreakerStore:
+    return CircuitBreakerStore(
+        inner,
+        failures=3,
+        cooldown=10.0,
+        clock=clock,
+        watch=lambda state, error: changes.append((state, error)),
+    )
+
+
+async def test_circuit_skips_the_store_while_open_then_probes_it() -> None:
+    inner, clock, changes = FlakyStore(), Clock(), []
+    store = guarded(inner, clock, changes)
+    token = new_token()
+    await store.put(token, RECORD, 60)
+    inner.down = True
+    for _ in range(3):
+        with pytest.raises(StoreError, match="flaky: down"):
+            await store.take(token, single_use=False)
+    assert (store.state, inner.calls, changes) == ("open", 4, [("open", "flaky: down")])
+    # Open: every call fails at once, without reaching the store.
+    for op in (store.take(token, single_use=True), store.put(new_token(), RECORD, 60)):
+        with pytest.raises(StoreError, match=r"circuit open: calls skipped for 10\.0 s more"):
+            await op
+    assert inner.calls == 4
+    clock.now += 9.9
+    with pytest.raises(StoreError, match=r"circuit open: calls skipped for 0\.1 s more"):
+        await store.take(token, single_use=False)
+    # After the cool-down one call probes; it fails, and the circuit opens again.
+    clock.now += 0.1
+    with pytest.raises(StoreError, match="flaky: down"):
+        await store.take(token, single_use=False)
+    assert (store.state, inner.calls) == ("open", 5)
+    assert changes[1:] == [("half_open", None), ("open", "flaky: down")]
+    # The next probe succeeds and closes it; the token was kept all along.
+    inner.down = False
+    clock.now += 10
+    assert await store.take(token, single_use=False) == RECORD
+    assert store.state == "closed"
+    assert changes[3:] == [("half_open", None), ("closed", None)]
+
+
+async def test_circuit_errors_that_are_not_the_stores_do_not_count() -> None:
+    inner, clock, changes = FlakyStore(), Clock(), []
+    store = guarded(inner, clock, changes)
+    for _ in range(5):
+        with pytest.raises(ValueError):
+            await store.put(new_token(), RECORD, 0)
+    assert (store.state, changes) == ("closed", [])
+    inner.down = True
+    for _ in range(3):
+        with pytest.raises(StoreError):
+            await store.put(new_token(), RECORD, 60)
+    clock.now += 10
+    # A probe that ends without a verdict lets the next call probe.
+    with pytest.raises(ValueError):
+        await store.put(new_token(), RECORD, 0)
+    assert store.state == "half_open"
+    inner.down = False
+    await store.put(new_token(), RECORD, 60)
+    assert store.state == "closed"
+
+
+async def test_circuit_health_asks_the_store_and_adds_the_state() -> None:
+    inner, clock, changes = FlakyStore(), Clock(), []
+    store = guarded(inner, clock, changes)
+    assert await store.health() == {
+        "kind": "memory",
+        "url": "memory://",
+        "state": "up",
+        "error": "",
+        "circuit": "closed",
+    }
+    inner.down = True
+    for _ in range(3):
+        with pytest.raises(StoreError):
+            await store.take(new_token(), single_use=False)
+    # Health never moves the breaker: it reports, and the request path decides.
+    assert (await store.health())["circuit"] == "open"
+    assert store.state == "open"
+    assert store.name == "memory"
+
+
+async def test_circuit_opens_on_a_paused_redis_and_closes_after_it_resumes(
+    redis_server: RedisServer,
+) -> None:
+    clock, changes = Clock(), []
+    store = guarded(open_store(redis_server.url, timeout_ms=TIGHT_MS), clock, changes)
+    token = new_token()
+    await store.put(token, RECORD, 300)
+    redis_server.pause()
+    try:
+        for _ in range(3):
+            _, message = await timed_store_error(store.take(token, single_use=False))
+            assert "no answer within 100 ms" in message
+        assert store.state == "open"
+        assert changes == [("open", message)]
+        _, message = await timed_store_error(store.take(token, single_use=False))
+        assert "circuit open" in message
+    finally:
+        redis_server.resume()
+    clock.now += 10
+    assert await store.take(token, single_use=False) == RECORD
+    assert [state for state, _ in changes] == ["open", "half_open", "closed"]
+    await store.close()

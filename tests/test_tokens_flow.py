@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from yarl import URL
 
+from gateway.store import CircuitBreakerStore, TokenStore
 from gateway.strategies import SigningKeys, TokenRecord, new_token, sign_params
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server
@@ -80,6 +81,7 @@ def gateway_yaml(
     tokens: str = f"{{ttl_seconds: {TTL}}}",
     signing: str = "{keys: '${GATEWAY_SIGNING_KEYS}'}",
     timeout_ms: int = STORE_TIMEOUT_MS,
+    store: str = "",
 ) -> str:
     """Every site on the one upstream; ``accept`` maps a host to its ``accept`` list text."""
     accept = accept or {}
@@ -97,7 +99,7 @@ def gateway_yaml(
         )
     )
     lines += [
-        f"store: {{url: '{redis_url}', timeout_ms: {timeout_ms}, key_prefix: '{PREFIX}'}}",
+        f"store: {{url: '{redis_url}', timeout_ms: {timeout_ms}, key_prefix: '{PREFIX}'{store}}}",
         f"tokens: {tokens}",
         f"signing: {signing}",
         "analytics: {write_key: wk_test, cdn_url: 'http://127.0.0.1:9'}",
@@ -547,6 +549,94 @@ async def test_store_down_then_back_without_restarting_the_gateway(
     found = await metrics(gw)
     assert store_errors(found, "put") == 1
     assert refused(found, "token", "unknown_or_expired") == 1
+
+
+class CountingStore:
+    """Passes every call on to ``inner`` and counts them."""
+
+    def __init__(self, inner: TokenStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls = 0
+
+    async def put(self, token: str, record: TokenRecord, ttl: int) -> None:
+        self.calls += 1
+        await self.inner.put(token, record, ttl)
+
+    async def take(self, token: str, *, single_use: bool) -> TokenRecord | None:
+        self.calls += 1
+        return await self.inner.take(token, single_use=single_use)
+
+    async def health(self) -> dict[str, object]:
+        return await self.inner.health()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_circuit_breaker_skips_a_hung_store_then_closes_when_it_is_back(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    """Finding #9 of the newcomer's review: a hung Redis added its timeout to every page. After
+    three timeouts in a row the circuit opens and pages no longer call the store at all; after
+    the cool-down one page probes it, and once Redis is back tokens are minted again. The
+    breaker's clock is held still, so the cool-down passes only when the test says so."""
+    gw = await launch(timeout_ms=200, store=", circuit_failures: 3, circuit_cooldown: 30")
+    store = gw.gateway.state.store
+    assert isinstance(store, CircuitBreakerStore)
+    counted = CountingStore(store.inner)
+    store.inner = counted
+    now = [0.0]
+    store.clock = lambda: now[0]
+    minted = await page_a(gw)
+    assert "ajs_token" in query(minted.links["pay1"])
+    redis_server.pause()
+    try:
+        for _ in range(3):
+            page = await page_a(gw)
+            assert page.links["pay1"] == ORIGINAL["pay1"]
+        assert (store.state, counted.calls) == ("open", 4)
+        (opened,) = [line for line in gw.log if line["event"] == "store_circuit"]
+        assert opened["state"] == "open" and opened["store"] == "redis"
+        assert (opened["failures"], opened["cooldown"]) == (3, 30)
+        assert "no answer within 200 ms" in opened["error"]
+        found = await metrics(gw)
+        assert sample(found, "gateway_store_circuit_open", store="redis") == 1
+        assert store_errors(found, "put") == 3
+
+        # Open: pages with token targets are served without the store being called (so
+        # without its timeout), token links left as written, the other strategies unharmed.
+        for _ in range(5):
+            page = await page_a(gw)
+            assert page.links["pay1"] == ORIGINAL["pay1"]
+            assert page.links["shop"] == f"{ORIGINAL['shop']}?ajs_aid={AID}&ajs_uid={UID}"
+            assert "ajs_sig" in query(page.links["sso"])
+        # An arriving token is refused as with a store that is down, also without a call.
+        assert_refused(await follow(gw, minted.links["pay1"]), "/checkout?cart=1")
+        assert (store.state, counted.calls) == ("open", 4)
+        found = await metrics(gw)
+        assert refused(found, "token", "store_unavailable") == 1
+        # /readyz asks Redis itself (still paused: down) and shows the breaker's state.
+        status, health = await readyz_store(gw)
+        assert (status, health["state"], health["circuit"]) == (200, "down", "open")
+    finally:
+        redis_server.resume()
+    # Redis answers again, but the circuit stays open until the cool-down has passed...
+    now[0] += 29.9
+    page = await page_a(gw)
+    assert page.links["pay1"] == ORIGINAL["pay1"]
+    assert (store.state, counted.calls) == ("open", 4)
+    # ...then the next page probes the store, which answers: closed, and a token is minted.
+    now[0] += 0.1
+    page = await page_a(gw)
+    assert (store.state, counted.calls) == ("closed", 5)
+    assert_handed_over(await follow(gw, page.links["pay1"]), "/checkout?cart=1")
+    states = [line["state"] for line in gw.log if line["event"] == "store_circuit"]
+    assert states == ["open", "half_open", "closed"]
+    found = await metrics(gw)
+    assert sample(found, "gateway_store_circuit_open", store="redis") == 0
+    status, health = await readyz_store(gw)
+    assert (health["state"], health["circuit"]) == ("up", "closed")
 
 
 async def test_get_form_to_token_target_gets_the_token_as_hidden_input(launch: Launch) -> None:

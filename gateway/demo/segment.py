@@ -97,39 +97,44 @@ class StandIn:
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=_MAX_EVENTS))
 
     def settings(self, host: str, write_key: str) -> dict[str, Any]:
-        """Project settings in the shape Segment's CDN serves them (only what analytics.js
-        reads): the Segment.io destination pointed back here over plain HTTP, no other
-        destinations, no remote metrics."""
-        return {
-            "integrations": {
-                "Segment.io": {
-                    "apiKey": write_key,
-                    "apiHost": f"{host}/v1",
-                    "protocol": "http",
-                    "unbundledIntegrations": [],
-                    "addBundledMetadata": True,
-                    "maybeBundledConfigIds": {},
-                }
-            },
-            "plan": {
-                "track": {"__default": {"enabled": True, "integrations": {}}},
-                "identify": {"__default": {"enabled": True}},
-                "group": {"__default": {"enabled": True}},
-            },
-            "edgeFunction": {},
-            "analyticsNextEnabled": True,
-            "middlewareSettings": {},
-            "enabledMiddleware": {},
-            "metrics": {"sampleRate": 0},
-            "legacyVideoPluginsEnabled": False,
-            "remotePlugins": [],
-        }
+        return project_settings(write_key, f"{host}/v1")
 
 
 STAND_IN = web.AppKey("stand_in", StandIn)
 
 
-def _cors(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+def project_settings(write_key: str, api_host: str) -> dict[str, Any]:
+    """Project settings in the shape Segment's CDN serves them (only what analytics.js reads):
+    the Segment.io destination pointed at ``api_host`` (``host:port/v1``) over plain HTTP, no
+    other destinations, no remote metrics. Shared with the browser tests' stand-in."""
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": api_host,
+                "protocol": "http",
+                "unbundledIntegrations": [],
+                "addBundledMetadata": True,
+                "maybeBundledConfigIds": {},
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "identify": {"__default": {"enabled": True}},
+            "group": {"__default": {"enabled": True}},
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+
+
+def cors(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Let the page's origin read the answer, with credentials (analytics.js's requests)."""
     origin = request.headers.get("Origin")
     if origin:
         response.headers["Access-Control-Allow-Origin"] = origin
@@ -170,7 +175,7 @@ async def _chunk(request: web.Request) -> web.StreamResponse:
 
 async def _settings(request: web.Request) -> web.StreamResponse:
     settings = request.app[STAND_IN].settings(request.host, request.match_info["key"])
-    return _cors(request, web.json_response(settings))
+    return cors(request, web.json_response(settings))
 
 
 async def _preflight(request: web.Request) -> web.StreamResponse:
@@ -178,7 +183,7 @@ async def _preflight(request: web.Request) -> web.StreamResponse:
     response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
     response.headers["Access-Control-Allow-Headers"] = _CORS_ALLOW_HEADERS
     response.headers["Access-Control-Max-Age"] = "600"
-    return _cors(request, response)
+    return cors(request, response)
 
 
 async def _track(request: web.Request) -> web.StreamResponse:
@@ -187,16 +192,16 @@ async def _track(request: web.Request) -> web.StreamResponse:
     try:
         body = json.loads(await request.read())
     except ValueError:
-        return _cors(request, web.Response(status=400))
+        return cors(request, web.Response(status=400))
     if not isinstance(body, dict):
-        return _cors(request, web.Response(status=400))
+        return cors(request, web.Response(status=400))
     items = body.get("batch", []) if request.match_info["path"] == "batch" else [body]
     now = time.time()
     origin = request.headers.get("Origin")
     for item in items:
         if isinstance(item, dict):
             stand_in.events.append(Event.from_payload(item, origin, now))
-    return _cors(request, web.json_response({"success": True}))
+    return cors(request, web.json_response({"success": True}))
 
 
 async def _start(request: web.Request) -> web.StreamResponse:

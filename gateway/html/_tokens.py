@@ -428,6 +428,11 @@ def decode_value(raw: bytes, encoding: str) -> str:
     """The attribute value as the tree builder would store it."""
     if PLAIN_ASCII.fullmatch(raw):
         return raw.decode("ascii")  # the common case, and every encoding we accept agrees
+    if PLAIN_ASCII.fullmatch(raw.replace(b"&amp;", b"")):
+        # The next most common: a query string whose every "&" starts an "&amp;", which
+        # always means "&" (the named reference "amp;" ends at its ";"). A twentieth of a
+        # page's links, and split_value costs several times the rest of their rewriting.
+        return raw.decode("ascii").replace("&amp;", "&")
     return "".join(piece.text for piece in split_value(raw, encoding))
 
 

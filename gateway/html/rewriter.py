@@ -2,16 +2,20 @@
 
 ``HtmlRewriter.feed(bytes) -> bytes`` and ``close() -> bytes``; no I/O, no DOM.
 
-How it works (the lol-html idea, in Python): a cheap scanner (one compiled regex,
-``_tokens.SKIP_HTML``) skips text, comments and every tag we do not care about in a
-single C-level call, and stops only at ``<`` followed by a tag name we must act on:
+How it works (the lol-html idea): a cheap scanner skips text, comments and every tag
+we do not care about, and stops only at ``<`` followed by a tag name we must act on:
 the links we edit (a, area, form, base), <head> for the injection, and the elements
 whose start tag switches the WHATWG tokenizer into another text state (script,
 style, textarea, title, ...). Those tags are tokenized fully; the text states are
 then simulated by searching for their end condition, so nothing inside a script or
 a comment is ever mistaken for markup. A tiny stack of svg/math elements and their
 integration points stands in for the tree builder's "foreign content" decisions
-(CDATA sections, no text states).
+(CDATA sections, no text states). The scanner (``_scan.Scanner``) reports what the
+rewriter must act on as events (a link's href, a form, a <base>, where the snippet
+goes); this module asks the policy and makes the edits. The scanner comes in two
+implementations that give the same events: pure Python over the regexes of
+``_tokens`` (one regex call skips the uninteresting tags in C), and a C extension
+(``_speedups.c``) used when it is built (see ``gateway.html.IMPLEMENTATION``).
 
 Guarantees:
 
@@ -55,11 +59,12 @@ plus GET forms given hidden inputs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Final, Literal, Protocol, get_args
 
-from . import _tokens, charset
+from . import _scan, _tokens, charset
+from ._impl import Scanner, ScannerAPI
+from ._scan import FORM, HREF, INJECT, QUOTE_PLAIN, Event
 
 __all__ = [
     "GAVE_UP_AMBIGUITY",
@@ -107,24 +112,13 @@ class LinkPolicy(Protocol):
         ...
 
 
-# Tokenizer states the rewriter simulates between calls to feed().
-_DATA: Final = 0
-_COMMENT: Final = 1  # comment state, waiting for "-->" / "--!>"
-_BOGUS: Final = 2  # bogus comment / DOCTYPE, waiting for ">"
-_CDATA: Final = 3  # CDATA section state (foreign content), waiting for "]]>"
-_RAW: Final = 4  # RCDATA / RAWTEXT, waiting for the appropriate end tag
-_SCRIPT: Final = 5  # script data
-_SCRIPT_ESCAPED: Final = 6  # script data escaped ("<!--" seen)
-_SCRIPT_DOUBLE: Final = 7  # script data double escaped ("<!--" then "<script")
-_PASSTHROUGH: Final = 8  # copy the rest; entered only through _give_up()
-
-_FOREIGN_ROOTS: Final = (b"svg", b"math")
-_TEXT_ELEMENTS: Final = _tokens.RCDATA_ELEMENTS | _tokens.RAWTEXT_ELEMENTS
-_FONT_BREAKOUT_ATTRIBUTES: Final = (b"color", b"face", b"size")
-_HTML_ANNOTATION_ENCODINGS: Final = ("text/html", "application/xhtml+xml")
-_HOLD_CDATA: Final = 2
-_HOLD_COMMENT: Final = 3
 _APPENDED_MEMO_LIMIT: Final = 64
+# The rewriter's reason for each of the scanner's.
+_SCANNER_GAVE_UP: Final[dict[int, GaveUpReason]] = {
+    _scan.GAVE_UP_AMBIGUITY: GAVE_UP_AMBIGUITY,
+    _scan.GAVE_UP_PLAINTEXT: GAVE_UP_PLAINTEXT,
+}
+_QUOTES: Final[tuple[bytes | None, ...]] = (b'"', b'"', b"'", b"", None)  # by _scan.QUOTE_*
 
 
 class _Attribute:
@@ -154,18 +148,13 @@ class HtmlRewriter:
     ) -> None:
         self._policy = policy
         self._inject = inject or b""
+        self._injecting = inject is not None
         self._header_encoding = None if charset is None else _lookup_header(charset)
         self._max_buffer = max_buffer
         self._encoding: str | None = None
+        self._scanner: ScannerAPI | None = None  # once the encoding is known
         self._buf = b""
         self._out: list[bytes] = []
-        self._mode: int = _DATA
-        self._end_tag = b""  # the element whose end tag ends RCDATA / RAWTEXT
-        # svg/math roots and the integration points opened inside them.
-        self._foreign: list[bytes] = []
-        # True while the current node is certainly the integration point on top of
-        # self._foreign (no start tag seen inside it yet).
-        self._integration_point_fresh = False
         self._base: str | None = None
         self._base_seen = False
         self._closed = False
@@ -176,8 +165,7 @@ class HtmlRewriter:
         self.gave_up: GaveUpReason | None = None
         """None while the whole document is being rewritten; otherwise why the rest of it
         was passed through unexamined (one of GAVE_UP_REASONS). Set at most once."""
-        self._awaiting_injection = inject is not None
-        # Escaped text appended to plain links, by the text (see _decorate_href).
+        # Escaped text appended to plain links, by the text (see _decorate_plain).
         self._appended: dict[str, bytes] = {}
 
     # -- Public interface ---------------------------------------------------------
@@ -235,337 +223,83 @@ class HtmlRewriter:
         else:
             self._encoding = charset.prescan(head) or charset.DEFAULT_ENCODING
         if self._encoding == charset.PASSTHROUGH:
-            self._give_up(GAVE_UP_CHARSET)
+            self.gave_up = GAVE_UP_CHARSET
+        else:
+            self._scanner = Scanner(self._encoding, self._injecting, self._policy is not None)
         return True
-
-    def _give_up(self, reason: GaveUpReason) -> None:
-        """Stop rewriting: from here on, every byte is copied through unchanged."""
-        self._mode = _PASSTHROUGH
-        self.gave_up = reason
 
     def _run(self, *, final: bool) -> None:
         """Process as much of the buffer as can be decided; keep the rest."""
         buf = self._buf
         size = len(buf)
-        pos, self._start = self._start, 0
-        emitted = 0
+        scanner = self._scanner
+        if self.gave_up is not None or scanner is None:
+            pos = size  # everything passes through
+            events: list[Event] = []
+        else:
+            events, pos = scanner.scan(buf, self._start, final)
+            if scanner.gave_up:
+                self.gave_up = _SCANNER_GAVE_UP[scanner.gave_up]
+        self._start = 0
         out = self._out
-        # The scanner depends on state only _start_tag() and _markup() change.
-        scanner = self._scanner()
-        while pos < size:
-            mode = self._mode
-            if mode == _DATA:
-                skipped = scanner.match(buf, pos)
-                assert skipped is not None  # the scanner also matches the empty string
-                pos = skipped.end()
-                if skipped.lastgroup == "tag":
-                    # SKIP_HTML stopped at, and matched, an interesting start tag.
-                    if skipped.start("link") >= 0:
-                        # The hot path: a link in HTML content, its href captured.
-                        if skipped.start("href") < 0 or self._policy is None:
-                            continue
-                        edit = self._decorate_href(buf, skipped)
-                        if edit is not None:
-                            out.append(buf[emitted : edit[0]])
-                            out.append(edit[2])
-                            emitted = edit[1]
+        emitted = 0
+        decorate = None if self._policy is None else self._policy.decorate
+        for kind, start, end, quote in events:
+            if kind == HREF:
+                assert decorate is not None
+                if quote == QUOTE_PLAIN:
+                    # The hot path, inline: most links need no decoding and no edit.
+                    plain = buf[start:end].decode("ascii")
+                    new = decorate(plain, self._base)
+                    if new is None or new == plain:
                         continue
-                    edits = self._start_tag(buf, skipped)
+                    edit = self._decorate_plain(buf, start, end, plain, new)
                 else:
-                    if pos >= size:
-                        break
-                    step = self._markup(buf, pos, final)
-                    if step is None:
-                        break
-                    pos, edits = step
-                scanner = self._scanner()
-                for start, end, replacement in edits:
-                    out.append(buf[emitted:start])
-                    out.append(replacement)
-                    emitted = end
-            elif mode == _PASSTHROUGH:
-                pos = size
-            else:
-                held = pos
-                pos = self._text_state(buf, pos, final)
-                if pos == held and self._mode == mode:
-                    break
-        if final:
-            if self._awaiting_injection and self._mode == _DATA:
-                # The document ended before anything opened <head>/<body>, or inside
-                # an unfinished tag (which the tokenizer drops at EOF).
-                self._out.append(buf[emitted:pos])
-                self._out.append(self._inject)
+                    edit = self._decorate_href(buf, start, end, quote)
+                if edit is None:
+                    continue
+            elif kind == INJECT:
+                edit = start, start, self._inject
                 self.injected = True
-                self._awaiting_injection = False
-                emitted = pos
-            pos = size
-        self._out.append(buf[emitted:pos])
+            elif kind == FORM:
+                edit = self._form(buf, start, end)
+                if edit is None:
+                    continue
+            else:
+                self._note_base(buf, start, end)
+                continue
+            out.append(buf[emitted : edit[0]])
+            out.append(edit[2])
+            emitted = edit[1]
+        out.append(buf[emitted:pos])
         self._buf = buf[pos:]
         if len(self._buf) > self._max_buffer:
             # A single construct larger than we are willing to hold: give up on
             # this document rather than buffer without bound or guess.
-            self._out.append(self._buf)
+            out.append(self._buf)
             self._buf = b""
-            self._give_up(GAVE_UP_TAG_TOO_LONG)
-
-    def _scanner(self) -> re.Pattern[bytes]:
-        if self._awaiting_injection:
-            return _tokens.SKIP_BEFORE_HEAD
-        if not self._foreign:
-            return _tokens.SKIP_HTML
-        return _tokens.SKIP_FOREIGN
-
-    # -- Text states --------------------------------------------------------------
-
-    def _text_state(self, buf: bytes, pos: int, final: bool) -> int:
-        """Advance through a text state; returns the new position (unchanged, with
-        the mode unchanged, when more data is needed)."""
-        size = len(buf)
-        mode = self._mode
-        hold = _tokens.TEXT_STATE_HOLDBACK
-        if mode == _COMMENT:
-            found = _tokens.COMMENT_END.search(buf, pos)
-            if found is not None:
-                self._mode = _DATA
-                return found.end()
-            hold = _HOLD_COMMENT
-        elif mode == _BOGUS:
-            close = buf.find(b">", pos)
-            if close >= 0:
-                self._mode = _DATA
-                return close + 1
-            hold = 0
-        elif mode == _CDATA:
-            found = _tokens.CDATA_END.search(buf, pos)
-            if found is not None:
-                self._mode = _DATA
-                return found.end()
-            hold = _HOLD_CDATA
-        elif mode == _RAW:
-            found_at = _tokens.find_end_tag(buf, pos, self._end_tag)
-            if found_at >= 0:
-                self._mode = _DATA
-                return found_at
-        elif mode == _SCRIPT:
-            found_at = _tokens.find_script_data_end(buf, pos)
-            if found_at >= 0:
-                if buf[found_at + 1] == 0x21:  # "<!--"
-                    self._mode = _SCRIPT_ESCAPED
-                    # The dashes of "<!--" count towards "-->": "<!-->" ends it.
-                    return found_at + 2
-                self._mode = _DATA
-                return found_at
-        elif mode == _SCRIPT_ESCAPED:
-            found = _tokens.SCRIPT_ESCAPED.search(buf, pos)
-            if found is not None:
-                if found.group("slash") is None:
-                    self._mode = _SCRIPT
-                    return found.end()
-                if found.group("slash"):
-                    self._mode = _DATA
-                    return found.start()
-                self._mode = _SCRIPT_DOUBLE
-                return found.end()
-        else:  # _SCRIPT_DOUBLE
-            found = _tokens.SCRIPT_DOUBLE_ESCAPED.search(buf, pos)
-            if found is not None:
-                self._mode = _SCRIPT if found.group(0) == b"-->" else _SCRIPT_ESCAPED
-                return found.end()
-        if final:
-            return size
-        return max(pos, size - hold)
-
-    # -- Markup in the data state -------------------------------------------------
-
-    def _markup(
-        self, buf: bytes, pos: int, final: bool
-    ) -> tuple[int, list[tuple[int, int, bytes]]] | None:
-        """Handle what the scanner stopped at. Returns the position after it and
-        the edits to make before it, or None if more data is needed."""
-        size = len(buf)
-        edits: list[tuple[int, int, bytes]] = []
-        if buf[pos] != 0x3C:  # "<"
-            # Non-whitespace text before <head>: it opens <head>/<body> implicitly.
-            self._add_injection(edits, pos)
-            return pos, edits
-        if pos + 1 >= size:
-            return None
-        second = buf[pos + 1]
-        if second == 0x21:  # "!": markup declaration open state
-            return self._declaration(buf, pos, final)
-        if second == 0x3F:  # "?": bogus comment
-            self._mode = _BOGUS
-            return pos + 2, edits
-        if second == 0x2F:  # "/": end tag open state
-            if pos + 2 >= size:
-                return None
-            if not _is_alpha(buf[pos + 2]):
-                self._mode = _BOGUS
-                return pos + 2, edits
-            tag = _tokens.END_TAG.match(buf, pos)
-            if tag is None:
-                return None
-            self._end_tag_token(tag.group("name").lower())
-            return tag.end(), edits
-        if not _is_alpha(second):
-            # "<" that is text (only reached before <head>, the scanner skips it after).
-            self._add_injection(edits, pos)
-            return pos + 1, edits
-        tag = _tokens.START_TAG.match(buf, pos)
-        if tag is None:
-            return None
-        return tag.end(), self._start_tag(buf, tag)
-
-    def _declaration(
-        self, buf: bytes, pos: int, final: bool
-    ) -> tuple[int, list[tuple[int, int, bytes]]] | None:
-        """ "<!": an unfinished comment, CDATA section, DOCTYPE or bogus comment (the
-        scanner already skipped complete comments and bogus comments)."""
-        rest = buf[pos : pos + 9]
-        if buf.startswith(b"<!--", pos):
-            if len(rest) < 6 and not final:
-                return None  # "<!-->" and "<!--->" are complete comments
-            self._mode = _COMMENT
-            return pos + 4, []
-        # "<![CDATA[" opens a CDATA section when the current node is not an HTML
-        # element. Inside an integration point that holds only right after its start
-        # tag: once HTML elements may be open there, we cannot tell without a DOM,
-        # so we stop rewriting this document rather than guess.
-        foreign = bool(self._foreign)
-        if foreign and rest == b"<![CDATA[":
-            if self._foreign[-1] in _FOREIGN_ROOTS or self._integration_point_fresh:
-                self._mode = _CDATA
-            else:
-                self._give_up(GAVE_UP_AMBIGUITY)
-            return pos + 9, []
-        if not final and (
-            (len(rest) < 4 and b"<!--".startswith(rest))
-            or (foreign and len(rest) < 9 and b"<![CDATA[".startswith(rest))
-        ):
-            return None
-        self._mode = _BOGUS
-        return pos + 2, []
-
-    def _add_injection(self, edits: list[tuple[int, int, bytes]], pos: int) -> None:
-        if self._awaiting_injection:
-            edits.append((pos, pos, self._inject))
-            self.injected = True
-            self._awaiting_injection = False
-
-    # -- Tags ---------------------------------------------------------------------
-
-    def _start_tag(self, buf: bytes, tag: re.Match[bytes]) -> list[tuple[int, int, bytes]]:
-        name = tag.group("name").lower()
-        edits: list[tuple[int, int, bytes]] = []
-        if self._awaiting_injection:
-            if name == b"head":
-                edits.append((tag.end(), tag.end(), self._inject))
-                self.injected = True
-                self._awaiting_injection = False
-                return edits
-            self._add_injection(edits, tag.start("tag"))
-        self._integration_point_fresh = False
-        if self._foreign and self._foreign[-1] in _FOREIGN_ROOTS:
-            if not self._breaks_out(buf, tag, name):
-                self._foreign_start_tag(buf, tag, name, edits)
-                return edits
-            while self._foreign and self._foreign[-1] in _FOREIGN_ROOTS:
-                self._foreign.pop()
-        if name in _FOREIGN_ROOTS:
-            if not _self_closing(buf, tag):
-                self._foreign.append(name)
-        elif name in _tokens.LINK_TAGS:
-            self._decorate_first_href(buf, tag, edits)
-        elif name == b"form":
-            self._form(buf, tag, edits)
-        elif name == b"base":
-            self._note_base(buf, tag)
-        elif name == b"script":
-            self._mode = _SCRIPT
-        elif name == b"plaintext":
-            self._give_up(GAVE_UP_PLAINTEXT)
-        elif name in _TEXT_ELEMENTS:
-            self._mode = _RAW
-            self._end_tag = name
-        return edits
-
-    def _breaks_out(self, buf: bytes, tag: re.Match[bytes], name: bytes) -> bool:
-        """ "In foreign content": these start tags pop back to HTML content."""
-        if name in _tokens.BREAKOUT_TAGS:
-            return True
-        if name == b"font":
-            attributes = _attributes(buf, tag)
-            return any(key in attributes for key in _FONT_BREAKOUT_ATTRIBUTES)
-        return False
-
-    def _foreign_start_tag(
-        self, buf: bytes, tag: re.Match[bytes], name: bytes, edits: list[tuple[int, int, bytes]]
-    ) -> None:
-        """A start tag in svg/math: no text states here; track integration points,
-        and decorate SVG <a href> (an SVG 2 hyperlink like the HTML one)."""
-        root = self._foreign[-1]
-        if root == b"svg" and name == b"a":
-            self._decorate_first_href(buf, tag, edits)
-        if _self_closing(buf, tag):
-            return
-        if name in _FOREIGN_ROOTS:
-            self._foreign.append(name)
-            return
-        if root == b"svg":
-            integration_point = name in _tokens.SVG_INTEGRATION_POINTS
-        elif name == b"annotation-xml":
-            encoding = self._value(buf, _attributes(buf, tag).get(b"encoding"))
-            integration_point = (encoding or "").lower() in _HTML_ANNOTATION_ENCODINGS
-        else:
-            integration_point = name in _tokens.MATHML_INTEGRATION_POINTS
-        if integration_point:
-            self._foreign.append(name)
-            self._integration_point_fresh = True
-
-    def _end_tag_token(self, name: bytes) -> None:
-        """End tags only matter for the foreign-content stack."""
-        stack = self._foreign
-        if not stack:
-            return
-        if stack[-1] in _FOREIGN_ROOTS and name in (b"br", b"p"):
-            # "In foreign content": </br> and </p> break out like start tags.
-            while stack and stack[-1] in _FOREIGN_ROOTS:
-                stack.pop()
-        elif name in stack:
-            while stack.pop() != name:
-                pass
+            self.gave_up = GAVE_UP_TAG_TOO_LONG
 
     # -- Edits --------------------------------------------------------------------
 
-    def _decorate_first_href(
-        self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]
-    ) -> None:
-        if self._policy is None:
-            return
-        found = _tokens.FIRST_HREF.match(buf, tag.start("attrs"), tag.end())
-        if found is not None:
-            edit = self._decorate_href(buf, found)
-            if edit is not None:
-                edits.append(edit)
-
-    def _decorate_href(self, buf: bytes, found: re.Match[bytes]) -> tuple[int, int, bytes] | None:
-        """The edit for the href captured in ``found`` (the href_* groups of
-        FIRST_HREF), if the policy changes it."""
+    def _decorate_href(
+        self, buf: bytes, start: int, end: int, quote: int
+    ) -> tuple[int, int, bytes] | None:
+        """The edit for an href whose value is ``buf[start:end]`` (an HREF event, not
+        QUOTE_PLAIN: see _run), if the policy changes it."""
         assert self._policy is not None
-        # The common case first: a double-quoted value that needs no decoding.
-        raw = found.group("href_plain")
-        if raw is None:
-            attribute = _href_attribute(found)
-            url = self._value(buf, attribute)
-            if url is None:
-                return None
-            new = self._policy.decorate(url, self._base)
-            return None if new is None else self._edit(buf, attribute, url, new)
-        plain = raw.decode("ascii")
-        new = self._policy.decorate(plain, self._base)
-        if new is None or new == plain:
+        attribute = _Attribute(start, end, _QUOTES[quote])
+        url = self._value(buf, attribute)
+        if url is None:
             return None
+        new = self._policy.decorate(url, self._base)
+        return None if new is None else self._edit(buf, attribute, url, new)
+
+    def _decorate_plain(
+        self, buf: bytes, start: int, end: int, plain: str, new: str
+    ) -> tuple[int, int, bytes] | None:
+        """The edit that makes ``new`` of a double-quoted href of PLAIN_ASCII bytes
+        ``buf[start:end]``, which is ``plain``."""
         if new.startswith(plain):
             # Appending to a plain value (no "&", so no character reference to extend):
             # insert the escaped addition before the closing quote, as _rewrite_value
@@ -581,38 +315,33 @@ class HtmlRewriter:
                     return None
                 if len(self._appended) < _APPENDED_MEMO_LIMIT:
                     self._appended[addition] = appended
-            end = found.end("href_plain")
             self.decorated += 1
             return end, end, appended
-        return self._edit(buf, _href_attribute(found), plain, new)
+        return self._edit(buf, _Attribute(start, end, b'"'), plain, new)
 
-    def _form(self, buf: bytes, tag: re.Match[bytes], edits: list[tuple[int, int, bytes]]) -> None:
+    def _form(self, buf: bytes, start: int, end: int) -> tuple[int, int, bytes] | None:
         """<form method=post>: decorate the action. GET (the missing and invalid value
         default): the query of the action is replaced on submit, so the policy's
-        fields go in as hidden inputs instead. method=dialog does not navigate."""
-        if self._policy is None:
-            return
-        attributes = _attributes(buf, tag)
+        fields go in as hidden inputs instead (after the tag, which ends at ``end``;
+        its attributes start at ``start``). method=dialog does not navigate."""
+        assert self._policy is not None
+        attributes = _attributes(buf, start, end)
         method = self._value(buf, attributes.get(b"method"))
         # An enumerated attribute: ASCII case-insensitive, no whitespace trimming.
         method = "get" if method is None else method.lower()
         action_attribute = attributes.get(b"action")
         action = self._value(buf, action_attribute) if action_attribute is not None else ""
         if action is None or method == "dialog":
-            return
+            return None
         if method == "post":
             if action_attribute is None:
                 # No attribute to edit; adding one is beyond "edit values only".
-                return
+                return None
             new = self._policy.decorate(action, self._base)
-            if new is not None:
-                edit = self._edit(buf, action_attribute, action, new)
-                if edit is not None:
-                    edits.append(edit)
-            return
+            return None if new is None else self._edit(buf, action_attribute, action, new)
         fields = self._policy.form_fields(action, self._base)
         if not fields:
-            return
+            return None
         assert self._encoding is not None
         try:
             inputs = b"".join(
@@ -624,15 +353,15 @@ class HtmlRewriter:
                 for name, value in fields
             )
         except UnicodeEncodeError:
-            return
-        edits.append((tag.end(), tag.end(), inputs))
+            return None
         self.decorated += 1
+        return end, end, inputs
 
-    def _note_base(self, buf: bytes, tag: re.Match[bytes]) -> None:
+    def _note_base(self, buf: bytes, start: int, end: int) -> None:
         """Only the first <base> with an href sets the document base URL."""
         if self._base_seen:
             return
-        attribute = _attributes(buf, tag).get(b"href")
+        attribute = _attributes(buf, start, end).get(b"href")
         if attribute is not None:
             self._base_seen = True
             self._base = self._value(buf, attribute)
@@ -688,58 +417,12 @@ def _lookup_header(label: str) -> str | None:
     return charset.lookup_label(label)
 
 
-def _is_alpha(byte: int) -> bool:
-    return 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
-
-
-def _attributes(buf: bytes, tag: re.Match[bytes]) -> dict[bytes, _Attribute]:
-    """Attributes by lower-cased name; the first of duplicates wins (WHATWG drops
-    later ones, "duplicate-attribute")."""
-    found: dict[bytes, _Attribute] = {}
-    for part in _tokens.ATTRIBUTE_PARTS.finditer(buf, tag.start("attrs"), tag.end()):
-        name = part.group("name").lower()
-        if name not in found:
-            found[name] = _attribute(part)
-    return found
-
-
-_QUOTE_OF_GROUP: Final = {"dq": b'"', "sq": b"'", "uq": b""}
-
-
-def _attribute(part: re.Match[bytes]) -> _Attribute:
-    """Where the value is, from the last group the attribute pattern matched: a value
-    group, "eq" ("=" then ">": empty value), or "name" (no "=" at all)."""
-    kind = part.lastgroup
-    if kind == "eq":
-        return _Attribute(part.end(), part.end(), b"")
-    if kind == "name":
-        return _Attribute(part.end(), part.end(), None)
-    assert kind is not None
-    return _Attribute(part.start(kind), part.end(kind), _QUOTE_OF_GROUP[kind])
-
-
-def _href_attribute(found: re.Match[bytes]) -> _Attribute:
-    """Where the value of an href captured by FIRST_HREF is (see _attribute)."""
-    for group, quote in _HREF_VALUE_GROUPS:
-        start = found.start(group)
-        if start >= 0:
-            return _Attribute(start, found.end(group), quote)
-    end = found.end("href_value")
-    return _Attribute(end, end, b"" if found.start("href_eq") >= 0 else None)
-
-
-_HREF_VALUE_GROUPS: Final = (
-    ("href_plain", b'"'),
-    ("href_dq", b'"'),
-    ("href_sq", b"'"),
-    ("href_uq", b""),
-)
-
-
-def _self_closing(buf: bytes, tag: re.Match[bytes]) -> bool:
-    """Self-closing start tag state: "/" directly before ">", in the gap after the
-    last attribute (START_TAG and SKIP_HTML capture that gap as "last_gap")."""
-    return buf[tag.end() - 2] == 0x2F and tag.start("last_gap") < tag.end() - 1
+def _attributes(buf: bytes, start: int, end: int) -> dict[bytes, _Attribute]:
+    """The attributes of a complete tag (see _scan.attribute_parts) by lower-cased name."""
+    return {
+        name: _Attribute(*_scan.attribute_value(part))
+        for name, part in _scan.attribute_parts(buf, start, end).items()
+    }
 
 
 def _rewrite_value(

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from gateway.demo.segment import cors, project_settings
+
 # The name of a webpack chunk in dist/umd: nothing that could climb out of the directory.
 _CHUNK_NAME = re.compile(r"[A-Za-z0-9_.-]+\.js")
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization, X-Retry-Count"
@@ -35,6 +37,9 @@ class Event:
     path: str  # "t", "p", "i", "batch", ...
     body: dict[str, Any]
     origin: str | None
+    # The X-Forwarded-For it came with: the visitor's address, when a relay (the gateway's
+    # first-party delivery) sent it.
+    forwarded_for: str | None = None
 
     @property
     def anonymous_id(self) -> str | None:
@@ -92,46 +97,10 @@ class StandIn:
             ) from None
 
     def settings(self) -> dict[str, Any]:
-        """Project settings in the shape Segment's CDN serves them (only what the library
-        reads): the Segment.io destination pointed at us over plain HTTP, no other
-        destinations, no remote metrics."""
-        api_host = urlsplit(self.origin).netloc + "/v1"
-        return {
-            "integrations": {
-                "Segment.io": {
-                    "apiKey": self.write_key,
-                    "apiHost": api_host,
-                    "protocol": "http",
-                    "unbundledIntegrations": [],
-                    "addBundledMetadata": True,
-                    "maybeBundledConfigIds": {},
-                }
-            },
-            "plan": {
-                "track": {"__default": {"enabled": True, "integrations": {}}},
-                "identify": {"__default": {"enabled": True}},
-                "group": {"__default": {"enabled": True}},
-            },
-            "edgeFunction": {},
-            "analyticsNextEnabled": True,
-            "middlewareSettings": {},
-            "enabledMiddleware": {},
-            "metrics": {"sampleRate": 0},
-            "legacyVideoPluginsEnabled": False,
-            "remotePlugins": [],
-        }
+        return project_settings(self.write_key, urlsplit(self.origin).netloc + "/v1")
 
 
 STAND_IN = web.AppKey("stand_in", StandIn)
-
-
-def _cors(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-    origin = request.headers.get("Origin")
-    if origin:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Vary"] = "Origin"
-    return response
 
 
 async def _library(request: web.Request) -> web.StreamResponse:
@@ -166,7 +135,7 @@ async def _settings(request: web.Request) -> web.StreamResponse:
     if request.match_info["key"] != stand_in.write_key:
         stand_in.misses.append(f"settings for unknown write key {request.match_info['key']!r}")
         raise web.HTTPNotFound()
-    return _cors(request, web.json_response(stand_in.settings()))
+    return cors(request, web.json_response(stand_in.settings()))
 
 
 async def _preflight(request: web.Request) -> web.StreamResponse:
@@ -174,7 +143,7 @@ async def _preflight(request: web.Request) -> web.StreamResponse:
     response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
     response.headers["Access-Control-Allow-Headers"] = _CORS_ALLOW_HEADERS
     response.headers["Access-Control-Max-Age"] = "600"
-    return _cors(request, response)
+    return cors(request, response)
 
 
 async def _track(request: web.Request) -> web.StreamResponse:
@@ -186,18 +155,19 @@ async def _track(request: web.Request) -> web.StreamResponse:
         body = json.loads(raw)
     except ValueError:
         stand_in.misses.append(f"unparsable body on /v1/{path}: {raw[:80]!r}")
-        return _cors(request, web.Response(status=400))
+        return cors(request, web.Response(status=400))
     origin = request.headers.get("Origin")
-    items = body.get("batch", []) if path == "batch" else [body]
+    forwarded_for = request.headers.get("X-Forwarded-For")
+    items = body.get("batch", []) if path in ("b", "batch") else [body]
     for item in items:
-        stand_in.events.append(Event(path, item, origin))
+        stand_in.events.append(Event(path, item, origin, forwarded_for))
     stand_in.changed.set()
-    return _cors(request, web.json_response({"success": True}))
+    return cors(request, web.json_response({"success": True}))
 
 
 async def _miss(request: web.Request) -> web.StreamResponse:
     request.app[STAND_IN].misses.append(f"{request.method} {request.path_qs}")
-    return _cors(request, web.Response(status=404))
+    return cors(request, web.Response(status=404))
 
 
 def stand_in_app(stand_in: StandIn) -> web.Application:

@@ -108,7 +108,16 @@ function run(spec) {
     for (const fn of listeners[type] || []) fn({ type, target });
   };
 
-  const location = { href: new URL(spec.pageUrl).href };
+  // href as the page's address; protocol and host read from it, as a browser's Location does.
+  const location = {
+    href: new URL(spec.pageUrl).href,
+    get protocol() {
+      return new URL(this.href).protocol;
+    },
+    get host() {
+      return new URL(this.href).host;
+    },
+  };
   const history = {
     state: spec.historyState === undefined ? null : spec.historyState,
     replaceState(state, title, url) {
