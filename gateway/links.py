@@ -149,16 +149,22 @@ class LinkDecorator:
         if page_host is None:
             page = self._page
             page_host = hostname(page[1]) if page is not None else None
+        self._page_host = page_host
         self._relative_is_safe = page_host is not None and _no_target(
             page_host, self._own, self._patterns
         )
+        # The host each <base href> of the page resolves to (a page has one, and it applies
+        # to every link after it), None where it resolves to no http(s) origin, _UNKNOWN
+        # where it cannot be parsed.
+        self._base_hosts: dict[str, str | object | None] = {}
         if callable(params):
             self._params_for: ParamsFor = params
         else:
             fixed = tuple(params)
             self._params_for = lambda pattern, host: fixed
         self.targets_hit: collections.Counter[str] = collections.Counter()
-        self._memo: dict[tuple[str, str | None], tuple[str | None, str | None]] = {}
+        # By the URL alone where there is no <base> (no tuple to build and hash per link).
+        self._memo: dict[str | tuple[str, str], tuple[str | None, str | None]] = {}
         self._last_pattern: str | None = None
 
     @property
@@ -174,7 +180,7 @@ class LinkDecorator:
     def decorate(self, url: str, base: str | None) -> str | None:
         """The original ``url`` text with the params added, or None to leave it as it is."""
         # Pages repeat their links (navigation, footers): decide each distinct one once.
-        key = (url, base)
+        key = url if base is None else (url, base)
         memo = self._memo.get(key)
         if memo is not None:
             result, pattern = memo
@@ -204,7 +210,17 @@ class LinkDecorator:
 
     def _target(self, url: str, base: str | None) -> tuple[str, str] | None:
         """(the target pattern, the host) of a link that leaves for a target, else None."""
-        host = _quick_host(self, url) if base is None else _UNKNOWN
+        host = _quick_host(url)
+        if base is not None and not isinstance(self._base_host(base), str):
+            host = _UNKNOWN  # a <base> of no http(s) origin: the full parse decides
+        elif host is _RELATIVE:
+            # The page's host, or its <base>'s.
+            if base is None:
+                if self._relative_is_safe:
+                    return None
+                host = self._page_host
+            else:
+                host = self._base_host(base)
         if host is _UNKNOWN:
             try:
                 page = self._page
@@ -217,6 +233,20 @@ class LinkDecorator:
             return None
         pattern = first_match(host, self._patterns)
         return None if pattern is None else (pattern, host)
+
+    def _base_host(self, base: str) -> str | object | None:
+        """The host ``<base href=base>`` makes relative links lead to (see _base_hosts)."""
+        host = self._base_hosts.get(base, _UNKNOWN)
+        if host is _UNKNOWN:
+            try:
+                page = self._page
+                origin = _web_target(base, page) or page
+                host = None if origin is None else hostname(origin[1])
+            except (UnicodeError, ValueError):
+                host = _UNKNOWN
+            if len(self._base_hosts) < _MEMO_LIMIT:
+                self._base_hosts[base] = host
+        return host
 
     def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
         target = self._target(url, base)
@@ -232,6 +262,8 @@ class LinkDecorator:
 
 
 _UNKNOWN = object()
+# A relative reference: it leads to the page's host, or its <base>'s.
+_RELATIVE = object()
 _QUICK_ABSOLUTE = re.compile(r"(?i)(?:https?:)?//([^/?#]*)")
 _QUICK_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 # Authorities the quick path reads exactly as the WHATWG URL parser does: optional userinfo of
@@ -244,11 +276,11 @@ _QUICK_AUTHORITY = re.compile(
 )
 
 
-def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
-    """The host ``url`` (with no <base>) leads to, None when it is no target's for sure, or
-    _UNKNOWN when only the full parse can tell. Most links on a page are relative, other
-    schemes, or plain absolute URLs, and the full URL parse costs several times the rewriting
-    of the tag."""
+def _quick_host(url: str) -> str | object | None:
+    """The host ``url`` leads to, _RELATIVE for a relative reference (the host of the page or
+    its <base>), None when it is no target's for sure, or _UNKNOWN when only the full parse
+    can tell. Most links on a page are relative, other schemes, or plain absolute URLs, and
+    the full URL parse costs several times the rewriting of the tag."""
     u = url.strip(C0_CONTROL_OR_SPACE)
     if "\\" in u or "\t" in u or "\n" in u or "\r" in u:
         return _UNKNOWN
@@ -256,8 +288,7 @@ def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
     if m is None:
         scheme = _QUICK_SCHEME.match(u)
         if u.startswith("/") or scheme is None:
-            # Relative: the page's own host.
-            return None if decorator._relative_is_safe else _UNKNOWN
+            return _RELATIVE
         # Other schemes are never decorated; "http:x" forms depend on the page's scheme.
         return None if scheme.group(1).lower() not in ("http", "https") else _UNKNOWN
     authority = _QUICK_AUTHORITY.fullmatch(m.group(1))
