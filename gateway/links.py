@@ -165,7 +165,6 @@ class LinkDecorator:
         self.targets_hit: collections.Counter[str] = collections.Counter()
         # By the URL alone where there is no <base> (no tuple to build and hash per link).
         self._memo: dict[str | tuple[str, str], tuple[str | None, str | None]] = {}
-        self._last_pattern: str | None = None
 
     @property
     def _page(self) -> _Origin | None:
@@ -187,11 +186,16 @@ class LinkDecorator:
             if pattern is not None:
                 self.targets_hit[pattern] += 1
             return result
-        self._last_pattern = None
-        params = self._params(url, base) if url.strip(C0_CONTROL_OR_SPACE) else None
-        result = None if params is None else decorate_url(url, params, self._replace)
+        result = pattern = None
+        target = self._target(url, base) if url.strip(C0_CONTROL_OR_SPACE) else None
+        if target is not None:
+            params = self._params_for(*target)
+            if params:
+                pattern = target[0]
+                self.targets_hit[pattern] += 1
+                result = decorate_url(url, params, self._replace)
         if len(self._memo) < _MEMO_LIMIT:
-            self._memo[key] = (result, self._last_pattern if result is not None else None)
+            self._memo[key] = (result, pattern)
         return result
 
     def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
@@ -257,7 +261,6 @@ class LinkDecorator:
         if not params:
             return None
         self.targets_hit[pattern] += 1
-        self._last_pattern = pattern
         return params
 
 
