@@ -279,11 +279,13 @@ _QUICK_AUTHORITY = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=_MEMO_LIMIT)
 def _quick_host(url: str) -> str | object | None:
     """The host ``url`` leads to, _RELATIVE for a relative reference (the host of the page or
     its <base>), None when it is no target's for sure, or _UNKNOWN when only the full parse
     can tell. Most links on a page are relative, other schemes, or plain absolute URLs, and
-    the full URL parse costs several times the rewriting of the tag."""
+    the full URL parse costs several times the rewriting of the tag. Memoised across pages
+    (it does not depend on the page): a site's pages repeat their navigation and footers."""
     u = url.strip(C0_CONTROL_OR_SPACE)
     if "\\" in u or "\t" in u or "\n" in u or "\r" in u:
         return _UNKNOWN
