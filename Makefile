@@ -52,6 +52,7 @@ e2e: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/proxy.py --identity
 	$(BIN)/python bench/rewrite.py
+	$(BIN)/python bench/matching.py
 	$(BIN)/python bench/tokens.py
 
 clean:

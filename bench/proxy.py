@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import itertools
 import os
 import random
 import re
@@ -53,8 +54,10 @@ IDENTITY_COOKIE = f"ajs_anonymous_id={ANON_ID}"
 LOOPBACK = "127.0.0.1"
 
 TARGET_SMALL_VS_NGINX = 0.5
+TARGET_SMALL_VS_AIOHTTP = 0.35
 TARGET_STREAM_VS_DIRECT = 0.8
-TARGET_IDENTITY_ADDED_MS = 1.0
+TARGET_IDENTITY_ADDED_MS = 0.5
+TARGET_REWRITE_VS_SUB_FILTER = 0.5
 
 
 class SetupError(Exception):
@@ -305,12 +308,174 @@ _NGINX_PROXY = """\
 """
 
 
+# nginx rewriting the page as the gateway does: the proxy above plus ``sub_filter`` lines that
+# make the same insertions (see sub_filters). ``$`` cannot be escaped in nginx strings, so it
+# is written as the variable ``$dollar``; a replacement longer than nginx takes in one
+# parameter (the bootstrap script) is held in ``geo`` variables, whose values are plain text.
+_NGINX_SUB_FILTER = """\
+    geo $dollar {{ default "$"; }}
+{variables}
+    upstream origin {{
+        server {host}:{upstream_port};
+        keepalive 64;
+    }}
+    server {{
+        listen {host}:{port} default_server;
+        server_name _;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header Accept-Encoding "";
+            sub_filter_once off;
+{filters}
+        }}
+    }}
+"""
+
+# nginx compares a sub_filter string ignoring case, and takes one of at most 255 bytes.
+_SUB_FILTER_MAX = 255
+# nginx reads a config parameter of up to 4 KiB; longer text is split into variables.
+_PARAMETER_MAX = 2048
+
+
+def insertions(original: bytes, rewritten: bytes) -> list[tuple[int, bytes]]:
+    """``rewritten`` as ``original`` with bytes added: ``(offset in original, bytes added
+    there)``, in order. Raises SetupError when it is not (something was changed or removed)."""
+    out: list[tuple[int, bytes]] = []
+    i = j = 0
+    while True:
+        i, j = _common_run(original, i, rewritten, j)
+        if i >= len(original):
+            break
+        # The added bytes end where the original's next bytes resume.
+        resume = rewritten.find(original[i : i + 32], j)
+        if resume <= j:
+            raise SetupError(f"the rewritten page differs from the original at byte {i}")
+        out.append((i, rewritten[j:resume]))
+        j = resume
+    if j < len(rewritten):
+        out.append((len(original), rewritten[j:]))
+    if apply_insertions(original, out) != rewritten:
+        raise SetupError("the rewritten page is not the original with bytes added")
+    return out
+
+
+def _common_run(a: bytes, i: int, b: bytes, j: int) -> tuple[int, int]:
+    """Advance ``i`` and ``j`` over the bytes ``a`` and ``b`` have in common from there."""
+    step = 1 << 16
+    while step:
+        part = a[i : i + step]
+        if len(part) == step and part == b[j : j + step]:
+            i += step
+            j += step
+        else:
+            step //= 2
+    return i, j
+
+
+def apply_insertions(original: bytes, added: Sequence[tuple[int, bytes]]) -> bytes:
+    out, last = [], 0
+    for at, text in added:
+        out += [original[last:at], text]
+        last = at
+    out.append(original[last:])
+    return b"".join(out)
+
+
+def sub_filters(original: bytes, rewritten: bytes) -> list[tuple[bytes, bytes]]:
+    """``(string, replacement)`` pairs with which nginx's ``sub_filter`` (every occurrence,
+    case ignored, leftmost first) turns ``original`` into ``rewritten``.
+
+    Each insertion is anchored on what precedes it, from the start of its attribute value or
+    tag, and the byte that follows it (``"https://other.test/x"`` ->
+    ``"https://other.test/x?ajs_aid=..."``), so that no string is the start of another (nginx
+    would take the shorter); an anchor that also occurs where nothing is inserted (a
+    ``<link href>`` to the same URL) is lengthened back to the start of its tag. Raises
+    SetupError when no such list is found.
+    """
+    added = insertions(original, rewritten)
+    starts = {at: _anchor_start(original, at, b"\"' <") for at, _ in added}
+
+    def anchor(at: int) -> bytes:
+        return original[max(starts[at], at - _SUB_FILTER_MAX + 1) : at]
+
+    wanted = dict(added)
+    for _ in range(4):
+        pairs: dict[bytes, bytes] = {}
+        # Where in its string each inserts, and what.
+        inserts: dict[bytes, tuple[int, bytes]] = {}
+        for at, text in added:
+            before, after = anchor(at), original[at : at + 1]
+            key = (before + after).lower()
+            pairs.setdefault(key, before + text + after)
+            inserts.setdefault(key, (len(before), text))
+        strings = sorted(pairs)
+        if any(b.startswith(a) for a, b in itertools.pairwise(strings)):
+            raise SetupError("a sub_filter string would be the start of another")
+        if _apply_sub_filters(original, pairs) == rewritten:
+            return list(pairs.items())
+        # The strings that insert somewhere the gateway did not, or something else there.
+        wrong = set()
+        for m in _sub_filter_regex(pairs).finditer(original):
+            key = m.group(0).lower()
+            offset, text = inserts[key]
+            if wanted.get(m.start() + offset) != text:
+                wrong.add(key)
+        for at, _ in added:
+            if (anchor(at) + original[at : at + 1]).lower() in wrong:
+                starts[at] = _anchor_start(original, starts[at] - 1, b"<")
+    raise SetupError("could not express the gateway's rewrite as sub_filter strings")
+
+
+def _anchor_start(page: bytes, at: int, delimiters: bytes) -> int:
+    return max(page.rfind(bytes([d]), 0, at) for d in delimiters) + 1
+
+
+def _sub_filter_regex(pairs: dict[bytes, bytes]) -> re.Pattern[bytes]:
+    alternatives = sorted(pairs, key=len, reverse=True)
+    return re.compile(b"|".join(re.escape(a) for a in alternatives), re.I)
+
+
+def _apply_sub_filters(page: bytes, pairs: dict[bytes, bytes]) -> bytes:
+    return _sub_filter_regex(pairs).sub(lambda m: pairs[m.group(0).lower()], page)
+
+
+def _nginx_string(value: bytes, variables: bool = True) -> str:
+    """``value`` as a single-quoted nginx string (bytes kept as Latin-1 characters); where
+    ``variables`` are read, each ``$`` as ``${dollar}``."""
+    text = value.decode("latin-1")
+    for old, new in (("\\", "\\\\"), ("'", "\\'"), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+        text = text.replace(old, new)
+    return "'" + (text.replace("$", "${dollar}") if variables else text) + "'"
+
+
+def sub_filter_config(pairs: Sequence[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """The ``geo`` variables (http level) and ``sub_filter`` lines (location) for ``pairs``."""
+    variables: list[str] = []
+    lines: list[str] = []
+    for string, replacement in pairs:
+        if len(replacement) <= _PARAMETER_MAX:
+            value = _nginx_string(replacement)
+        else:
+            names = []
+            for at in range(0, len(replacement), _PARAMETER_MAX):
+                name = f"sub_part_{len(variables)}"
+                part = _nginx_string(replacement[at : at + _PARAMETER_MAX], variables=False)
+                variables.append(f"    geo ${name} {{ default {part}; }}")
+                names.append(f"${{{name}}}")
+            value = "'" + "".join(names) + "'"
+        lines.append(f"            sub_filter {_nginx_string(string)} {value};")
+    return "\n".join(variables), "\n".join(lines)
+
+
 def start_nginx(
     procs: Processes, nginx: str, tmp: Path, name: str, body: str
 ) -> subprocess.Popen[bytes]:
     tmp.mkdir()
     conf = tmp / "nginx.conf"
-    conf.write_text(_NGINX_COMMON.format(tmp=tmp, body=body))
+    conf.write_bytes(_NGINX_COMMON.format(tmp=tmp, body=body).encode("latin-1"))
     log = tmp / "stderr.log"
     check = subprocess.run(
         [nginx, "-t", "-q", "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
@@ -344,6 +509,21 @@ def gateway_config(upstream_port: int, identity: bool) -> str:
     return text
 
 
+def _python() -> Path:
+    python = REPO / ".venv" / "bin" / "python"
+    return python if python.exists() else Path(sys.executable)
+
+
+def start_bare_server(procs: Processes, tmp: Path, body: Path) -> int:
+    """Start bench/bare_server.py answering every request with ``body``; return its port."""
+    port = free_port()
+    log = tmp / "bare-server.log"
+    argv = [str(_python()), str(REPO / "bench" / "bare_server.py"), LOOPBACK, str(port), str(body)]
+    proc = procs.start("aiohttp bare server", argv, log)
+    wait_http(f"http://{LOOPBACK}:{port}/", proc, "aiohttp bare server", log)
+    return port
+
+
 def start_gateway(
     procs: Processes, tmp: Path, name: str, upstream_port: int, identity: bool, source: Path
 ) -> tuple[int, subprocess.Popen[bytes], Path]:
@@ -352,9 +532,7 @@ def start_gateway(
     tmp.mkdir()
     config = tmp / "config.yaml"
     config.write_text(gateway_config(upstream_port, identity))
-    python = REPO / ".venv" / "bin" / "python"
-    if not python.exists():
-        python = Path(sys.executable)
+    python = _python()
     port, admin = free_port(), free_port()
     argv = [
         str(python),
@@ -442,6 +620,18 @@ class Row:
     direct: Result
     gateway: Result
     nginx: Result
+    aiohttp: Result | None = None  # aiohttp's bare server serving the same body (2 KB only)
+
+
+@dataclass
+class Rewritten:
+    """The 100 KB identity page under load: the gateway rewriting it vs nginx's sub_filter
+    making the same insertions (``same``: nginx's bytes were the gateway's)."""
+
+    payload: Payload
+    gateway: Result
+    sub_filter: Result
+    same: bool
 
 
 def print_cell(label: str, r: Result) -> None:
@@ -453,20 +643,27 @@ def print_cell(label: str, r: Result) -> None:
     )
 
 
-def markdown(rows: list[Row], ident: tuple[Payload, Result, Result] | None) -> str:
+def markdown(
+    rows: list[Row],
+    ident: tuple[Payload, Result, Result] | None,
+    rewritten: Rewritten | None = None,
+) -> str:
     out = [
         "| payload | conc | direct rps | direct p50/p99 ms | gateway rps | gateway p50/p99 ms "
-        "| nginx rps | nginx p50/p99 ms | gw/direct | gw/nginx | +p50 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| nginx rps | nginx p50/p99 ms | aiohttp rps | gw/direct | gw/nginx | gw/aiohttp "
+        "| +p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        bare = "—" if r.aiohttp is None else f"{r.aiohttp.rps:.0f}"
+        vs_bare = "—" if r.aiohttp is None else f"{ratio(r.gateway.rps, r.aiohttp.rps):.2f}"
         out.append(
             f"| {r.payload.key} | {r.payload.concurrency} "
             f"| {r.direct.rps:.0f} | {ms(r.direct.p50_ms)} / {ms(r.direct.p99_ms)} "
             f"| {r.gateway.rps:.0f} | {ms(r.gateway.p50_ms)} / {ms(r.gateway.p99_ms)} "
-            f"| {r.nginx.rps:.0f} | {ms(r.nginx.p50_ms)} / {ms(r.nginx.p99_ms)} "
+            f"| {r.nginx.rps:.0f} | {ms(r.nginx.p50_ms)} / {ms(r.nginx.p99_ms)} | {bare} "
             f"| {ratio(r.gateway.rps, r.direct.rps):.2f} "
-            f"| {ratio(r.gateway.rps, r.nginx.rps):.2f} "
+            f"| {ratio(r.gateway.rps, r.nginx.rps):.2f} | {vs_bare} "
             f"| {r.gateway.p50_ms - r.direct.p50_ms:+.2f} |"
         )
     if ident is not None:
@@ -480,6 +677,18 @@ def markdown(rows: list[Row], ident: tuple[Payload, Result, Result] | None) -> s
             f"| {ms(plain.p50_ms)} / {ms(plain.p99_ms)} | {idr.rps:.0f} "
             f"| {ms(idr.p50_ms)} / {ms(idr.p99_ms)} | {ratio(idr.rps, plain.rps):.2f} "
             f"| {idr.p50_ms - plain.p50_ms:+.2f} |",
+        ]
+    if rewritten is not None:
+        rw = rewritten
+        out += [
+            "",
+            "| payload | conc | gateway rewriting rps | p50/p99 ms | nginx sub_filter rps "
+            "| p50/p99 ms | gateway/sub_filter | same bytes |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+            f"| {rw.payload.key} | {rw.payload.concurrency} | {rw.gateway.rps:.0f} "
+            f"| {ms(rw.gateway.p50_ms)} / {ms(rw.gateway.p99_ms)} | {rw.sub_filter.rps:.0f} "
+            f"| {ms(rw.sub_filter.p50_ms)} / {ms(rw.sub_filter.p99_ms)} "
+            f"| {ratio(rw.gateway.rps, rw.sub_filter.rps):.2f} | {'yes' if rw.same else 'no'} |",
         ]
     return "\n".join(out)
 
@@ -631,15 +840,49 @@ def run(args: argparse.Namespace) -> int:
                 if state != "unchanged":
                     print(f"note: {name} {state} {p.filename}")
         ident_state = ""
+        sf_port = None
+        sf_same = False
         if args.identity and id_port is not None:
             expected = (www / ident_payload.filename).read_bytes()
+            ident_url = f"http://{LOOPBACK}:{id_port}/{ident_payload.filename}"
+            ident_headers = {**base_headers, "Cookie": IDENTITY_COOKIE}
             ident_state = check_same_body(
-                "gateway (identity)",
-                f"http://{LOOPBACK}:{id_port}/{ident_payload.filename}",
-                {**base_headers, "Cookie": IDENTITY_COOKIE},
-                expected,
-                id_log,
+                "gateway (identity)", ident_url, ident_headers, expected, id_log
             )
+            if ident_state != "unchanged":
+                # nginx's sub_filter, told to make the insertions the gateway made.
+                _, rewritten_page = fetch(ident_url, ident_headers)
+                pairs = sub_filters(expected, rewritten_page)
+                variables, filters = sub_filter_config(pairs)
+                sf_port = free_port()
+                sf = start_nginx(
+                    procs,
+                    nginx,
+                    tmp / "nginx-sub-filter",
+                    "nginx sub_filter",
+                    _NGINX_SUB_FILTER.format(
+                        host=LOOPBACK,
+                        port=sf_port,
+                        upstream_port=up_port,
+                        variables=variables,
+                        filters=filters,
+                    ),
+                )
+                sf_url = f"http://{LOOPBACK}:{sf_port}/{ident_payload.filename}"
+                wait_http(sf_url, sf, "nginx sub_filter", tmp / "nginx-sub-filter" / "error.log")
+                _, sf_page = fetch(sf_url, ident_headers)
+                sf_same = sf_page == rewritten_page
+                print(
+                    f"  nginx sub_filter: {len(pairs)} strings; its page is "
+                    + ("the gateway's, byte for byte" if sf_same else "NOT the gateway's")
+                )
+        bare_port = start_bare_server(procs, tmp, www / "small.html")
+        check_same_body(
+            "aiohttp bare server",
+            f"http://{LOOPBACK}:{bare_port}/small.html",
+            base_headers,
+            (www / "small.html").read_bytes(),
+        )
 
         print(
             f"gateway benchmark: wrk -t1, {args.duration}s per cell, loopback only, "
@@ -679,6 +922,15 @@ def run(args: argparse.Namespace) -> int:
                 cells[name] = r
                 print_cell(name, r)
             row = Row(p, cells["direct"], cells["gateway"], cells["nginx"])
+            if p.filename == "small.html":
+                row.aiohttp = run_wrk(
+                    wrk, f"http://{LOOPBACK}:{bare_port}/small.html", conc, args.duration, {}
+                )
+                print_cell("aiohttp", row.aiohttp)
+                print(
+                    f"    gateway/aiohttp bare {ratio(row.gateway.rps, row.aiohttp.rps):.2f}",
+                    flush=True,
+                )
             rows.append(row)
             print(
                 f"    gateway/direct {ratio(row.gateway.rps, row.direct.rps):.2f}   "
@@ -713,9 +965,34 @@ def run(args: argparse.Namespace) -> int:
             print_cell("identity", idr)
             ident = (ip, plain, idr)
 
+        rewritten: Rewritten | None = None
+        if id_port is not None and sf_port is not None:
+            conc = args.concurrency or 32
+            rp = Payload(
+                "100 KB html rewritten", ident_payload.filename, conc, "", ident_payload.size
+            )
+            print(f"  {rp.key} (c={conc})", flush=True)
+            headers = {**base_headers, "Cookie": IDENTITY_COOKIE}
+            gwr = run_wrk(
+                wrk, f"http://{LOOPBACK}:{id_port}/{rp.filename}", conc, args.duration, headers
+            )
+            print_cell("gateway", gwr)
+            sfr = run_wrk(
+                wrk, f"http://{LOOPBACK}:{sf_port}/{rp.filename}", conc, args.duration, headers
+            )
+            print_cell("sub_filt", sfr)
+            rewritten = Rewritten(rp, gwr, sfr, sf_same)
+
         print("\nverdicts:")
         by_file = {r.payload.filename: r for r in rows}
         small, blob = by_file["small.html"], by_file["blob.bin"]
+        if small.aiohttp is not None:
+            x = ratio(small.gateway.rps, small.aiohttp.rps)
+            ok = "PASS" if x >= TARGET_SMALL_VS_AIOHTTP else "MISS"
+            print(
+                f"  [{ok}] 2 KB pass-through: gateway reaches {x:.2f} of aiohttp's bare server's "
+                f"requests/s (target ≥ {TARGET_SMALL_VS_AIOHTTP})"
+            )
         x = ratio(small.gateway.rps, small.nginx.rps)
         ok = "PASS" if x >= TARGET_SMALL_VS_NGINX else "MISS"
         print(
@@ -736,11 +1013,20 @@ def run(args: argparse.Namespace) -> int:
                 f"  [{ok}] 100 KB identity: decoration + injection adds {added:+.2f} ms p50 over "
                 f"pass-through through the gateway (target ≤ {TARGET_IDENTITY_ADDED_MS:g} ms)"
             )
+        if rewritten is not None:
+            x = ratio(rewritten.gateway.rps, rewritten.sub_filter.rps)
+            ok = "PASS" if x >= TARGET_REWRITE_VS_SUB_FILTER else "MISS"
+            same = "" if rewritten.same else " (nginx's bytes differ from the gateway's)"
+            print(
+                f"  [{ok}] 100 KB rewritten: gateway reaches {x:.2f} of nginx sub_filter's "
+                f"requests/s doing the same insertions (target ≥ {TARGET_REWRITE_VS_SUB_FILTER})"
+                f"{same}"
+            )
         errs = [(r.payload.key, n, c.errors) for r in rows for n, c in vars_cells(r) if c.errors]
         for key, name, e in errs:
             print(f"  warning: {key} via {name}: {e}")
         print("\nmarkdown (paste into the README):\n")
-        print(markdown(rows, ident))
+        print(markdown(rows, ident, rewritten))
         for name, proc in procs.procs:
             if proc.poll() is not None:
                 print(f"warning: {name} exited during the run ({proc.returncode})")

@@ -11,11 +11,11 @@ from typing import NoReturn
 
 from .app import Overrides, config_failed, run_process, start_failed, supervise
 from .applinks import mint, plan
-from .config import ConfigError, load_config
+from .config import ConfigError, available_cpus, load_config
 from .keys import generate_key
 from .links import LinkRefused
 from .logs import install
-from .options import Admin, Server, declared_key
+from .options import Admin, Server, declared_key, worker_count
 from .state import ConfigIndex
 from .store import StoreError, open_store
 from .store_url import parse_store_url, redact_url
@@ -52,7 +52,7 @@ def _port(value: str) -> int:
 
 def _workers(value: str) -> int:
     try:
-        n: int | None = _WORKERS.convert(int(value))
+        n = worker_count(value if value == "auto" else int(value), available_cpus())
     except ValueError:
         n = None
     if n is None:
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help=f"proxy port {_default('server.port')}")
     serve.add_argument("--admin-host", help=f"admin listen address {_default('admin.host')}")
     serve.add_argument("--admin-port", type=_port, help=f"admin port {_default('admin.port')}")
-    workers = f"worker processes {_default('server.workers')}"
+    workers = f"worker processes, or auto: one per CPU {_default('server.workers')}"
     serve.add_argument("--workers", type=_workers, help=workers)
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--workers",
         type=_workers,
-        help="check as 'serve --workers N' would run it (default: server.workers)",
+        help="check as 'serve --workers N' (or auto) would run it (default: server.workers)",
     )
     sub.add_parser(
         "gen-key",

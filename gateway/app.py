@@ -125,6 +125,7 @@ class Gateway:
             store=self.make_store(config),
             events=EventSender(_events(config), self.metrics, self.log_event),
         )
+        self._handler = ProxyHandler(self.state)
         # Tasks that close what a reload replaced, kept so that they are not collected.
         self._closing: set[asyncio.Future[None]] = set()
         self._runners: list[web.BaseRunner] = []
@@ -198,7 +199,7 @@ class Gateway:
     async def start(self, reuse_port: bool = False) -> None:
         config = self.state.config
         server = ProxyServer(
-            ProxyHandler(self.state),
+            self._handler,
             access_log=None,
             max_field_size=config.proxy.max_header_size,
             # aiohttp closes a connection whose next request has not fully arrived by then:
@@ -333,6 +334,7 @@ class Gateway:
         """Close the listeners and every client (also after a failed start)."""
         for runner in self._runners:
             await runner.cleanup()
+        self._handler.flush_log()
         # After a drain the event sender is closed already; after a failed start, nothing
         # was served, so nothing waits to be sent.
         await self.state.events.close(time.monotonic())

@@ -64,6 +64,7 @@ from .options import (
     declared,
     declared_key,
     option,
+    worker_count,
 )
 from .store_url import parse_store_url, redact_url
 from .tls import ca_file_problem
@@ -91,6 +92,7 @@ __all__ = [
     "Strategy",
     "Tokens",
     "UpstreamTLS",
+    "available_cpus",
     "load_config",
     "parse_config",
 ]
@@ -102,7 +104,19 @@ _BEARER_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 _HOST_EXPECTED = declared_key(Site, "host").expected
 _UPSTREAM_EXPECTED = declared_key(Site, "upstream").expected
 _KEYS_EXPECTED = declared_key(Signing, "keys").expected
+_WORKERS_EXPECTED = declared_key(Server, "workers").expected
 _FIRST_PARTY_EXPECTED = declared_key(Analytics, "first_party").expected
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the platform has one (which
+    is what ``taskset`` or a container's cpuset leaves it), else every CPU of the machine.
+    What ``workers: auto`` starts one worker for each of, as nginx's ``worker_processes
+    auto`` does."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS has no affinity mask
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -382,6 +396,7 @@ class _Reader:
             "analytics": {"first_party": self._global_first_party},
             "signing": {"keys": self._signing_keys},
             "admin": {"token": self._admin_token},
+            "server": {"workers": self._workers},
             "proxy": {"trusted_proxies": self._trusted_proxies},
             "consent": {"cookie": self._consent_cookie},
         }
@@ -850,6 +865,16 @@ class _Reader:
                 )
                 refused = True
         return None if refused else keys
+
+    def _workers(self, node: yaml.Node, path: str) -> int:
+        raw = self.scalar(node, path)
+        if raw is None and _is_null(node):
+            return Server.workers
+        count = worker_count(raw, available_cpus())
+        if count is None:
+            self.problem(node, path, f"{raw!r} is not valid ({_WORKERS_EXPECTED})")
+            return Server.workers
+        return count
 
     def _admin_token(self, node: yaml.Node, path: str) -> str | None:
         """Checked like a signing key, and never echoed: messages end up in logs."""

@@ -21,7 +21,7 @@ import functools
 import json
 import re
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import quote, unquote
@@ -291,11 +291,15 @@ def same_origin_location(raw_path: str, raw_query: str) -> str:
 @functools.lru_cache(maxsize=256)
 def _encoded(
     params: tuple[tuple[str, str], ...], replace: frozenset[str]
-) -> tuple[frozenset[str], str]:
-    """The names to remove and the query text of a set of params (the same ones decorate every
-    link of a page, so they are encoded once)."""
+) -> tuple[frozenset[str], str, Callable[[str], object]]:
+    """The names to remove, the query text of a set of params and a search for any of the
+    names (the same ones decorate every link of a page, so they are encoded once)."""
     names = frozenset(name for name, _value in params) | replace
-    return names, "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in params)
+    added = "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in params)
+    # One regex search, where a generator testing each name costs more than the rest of a
+    # decoration (no names: a pattern that never matches).
+    mentions = re.compile("|".join(map(re.escape, sorted(names))) or r"(?!)").search
+    return names, added, mentions
 
 
 def decorate_url(url: str, params: Sequence[tuple[str, str]], replace: Collection[str] = ()) -> str:
@@ -314,10 +318,10 @@ def decorate_url(url: str, params: Sequence[tuple[str, str]], replace: Collectio
     lead, tail = url[:start], url[start + len(body) :]
     before_fragment, hash_, fragment = body.partition("#")
     path, _, query = before_fragment.partition("?")
-    names, added = _encoded(tuple(params), frozenset(replace))
+    names, added, mentions = _encoded(tuple(params), frozenset(replace))
     # An existing parameter of the same name can only hide in a query that spells part of one
     # of them, or encodes characters.
-    if "%" in query or any(name in query for name in names):
+    if query and ("%" in query or mentions(query)):
         query, _ = split_identity_params(query, names)
     if not query.strip("&"):
         # Only empty segments ("?&"): nothing to keep, and keeping them would make a second

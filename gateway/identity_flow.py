@@ -15,7 +15,6 @@ output dropped. A site ``off`` never comes here.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -489,7 +488,15 @@ class IdentityFlow:
     ) -> tuple[OutboundPlan, Callable[[], str]]:
         """What identity does to this response (outbound.plan), and the page's URL."""
         config = self.state.config
-        page_url = functools.cache(lambda: self.page_url(request, arrival))
+        # Made only when a link or redirect needs it, and then once (a closure over a list
+        # rather than functools.cache, whose wrapper costs more than most requests need).
+        made: list[str] = []
+
+        def page_url() -> str:
+            if not made:
+                made.append(self.page_url(request, arrival))
+            return made[0]
+
         decided = outbound_plan(
             method=request.method,
             status=status,

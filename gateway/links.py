@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import CrossDomain, Strategy
-from .hosts import Pattern, compile_patterns, first_match, hostname, url_domain
+from .hosts import Patterns, compile_patterns, first_match, hostname, url_domain
 from .identity import C0_CONTROL_OR_SPACE, TAB_OR_NEWLINE, IdRules, decorate_url
 from .options import MAX_TOKEN_TTL, Signing, Tokens, declared_key
 from .params import AID_PARAM, IDENTITY_PARAMS, TOKEN_PARAM, UID_PARAM
@@ -96,7 +96,7 @@ _MEMO_LIMIT = 4096
 
 
 @functools.lru_cache(maxsize=1024)
-def _no_target(host: str, own: str | None, patterns: tuple[Pattern, ...]) -> bool:
+def _no_target(host: str, own: str | None, patterns: Patterns) -> bool:
     return host == own or first_match(host, patterns) is None
 
 
@@ -149,17 +149,22 @@ class LinkDecorator:
         if page_host is None:
             page = self._page
             page_host = hostname(page[1]) if page is not None else None
+        self._page_host = page_host
         self._relative_is_safe = page_host is not None and _no_target(
             page_host, self._own, self._patterns
         )
+        # The host each <base href> of the page resolves to (a page has one, and it applies
+        # to every link after it), None where it resolves to no http(s) origin, _UNKNOWN
+        # where it cannot be parsed.
+        self._base_hosts: dict[str, str | object | None] = {}
         if callable(params):
             self._params_for: ParamsFor = params
         else:
             fixed = tuple(params)
             self._params_for = lambda pattern, host: fixed
         self.targets_hit: collections.Counter[str] = collections.Counter()
-        self._memo: dict[tuple[str, str | None], tuple[str | None, str | None]] = {}
-        self._last_pattern: str | None = None
+        # By the URL alone where there is no <base> (no tuple to build and hash per link).
+        self._memo: dict[str | tuple[str, str], tuple[str | None, str | None]] = {}
 
     @property
     def _page(self) -> _Origin | None:
@@ -174,18 +179,23 @@ class LinkDecorator:
     def decorate(self, url: str, base: str | None) -> str | None:
         """The original ``url`` text with the params added, or None to leave it as it is."""
         # Pages repeat their links (navigation, footers): decide each distinct one once.
-        key = (url, base)
+        key = url if base is None else (url, base)
         memo = self._memo.get(key)
         if memo is not None:
             result, pattern = memo
             if pattern is not None:
                 self.targets_hit[pattern] += 1
             return result
-        self._last_pattern = None
-        params = self._params(url, base) if url.strip(C0_CONTROL_OR_SPACE) else None
-        result = None if params is None else decorate_url(url, params, self._replace)
+        result = pattern = None
+        target = self._target(url, base) if url.strip(C0_CONTROL_OR_SPACE) else None
+        if target is not None:
+            params = self._params_for(*target)
+            if params:
+                pattern = target[0]
+                self.targets_hit[pattern] += 1
+                result = decorate_url(url, params, self._replace)
         if len(self._memo) < _MEMO_LIMIT:
-            self._memo[key] = (result, self._last_pattern if result is not None else None)
+            self._memo[key] = (result, pattern)
         return result
 
     def form_fields(self, action: str, base: str | None) -> Sequence[tuple[str, str]] | None:
@@ -204,7 +214,17 @@ class LinkDecorator:
 
     def _target(self, url: str, base: str | None) -> tuple[str, str] | None:
         """(the target pattern, the host) of a link that leaves for a target, else None."""
-        host = _quick_host(self, url) if base is None else _UNKNOWN
+        host = _quick_host(url)
+        if base is not None and not isinstance(self._base_host(base), str):
+            host = _UNKNOWN  # a <base> of no http(s) origin: the full parse decides
+        elif host is _RELATIVE:
+            # The page's host, or its <base>'s.
+            if base is None:
+                if self._relative_is_safe:
+                    return None
+                host = self._page_host
+            else:
+                host = self._base_host(base)
         if host is _UNKNOWN:
             try:
                 page = self._page
@@ -218,6 +238,20 @@ class LinkDecorator:
         pattern = first_match(host, self._patterns)
         return None if pattern is None else (pattern, host)
 
+    def _base_host(self, base: str) -> str | object | None:
+        """The host ``<base href=base>`` makes relative links lead to (see _base_hosts)."""
+        host = self._base_hosts.get(base, _UNKNOWN)
+        if host is _UNKNOWN:
+            try:
+                page = self._page
+                origin = _web_target(base, page) or page
+                host = None if origin is None else hostname(origin[1])
+            except (UnicodeError, ValueError):
+                host = _UNKNOWN
+            if len(self._base_hosts) < _MEMO_LIMIT:
+                self._base_hosts[base] = host
+        return host
+
     def _params(self, url: str, base: str | None) -> Sequence[tuple[str, str]] | None:
         target = self._target(url, base)
         if target is None:
@@ -227,11 +261,12 @@ class LinkDecorator:
         if not params:
             return None
         self.targets_hit[pattern] += 1
-        self._last_pattern = pattern
         return params
 
 
 _UNKNOWN = object()
+# A relative reference: it leads to the page's host, or its <base>'s.
+_RELATIVE = object()
 _QUICK_ABSOLUTE = re.compile(r"(?i)(?:https?:)?//([^/?#]*)")
 _QUICK_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 # Authorities the quick path reads exactly as the WHATWG URL parser does: optional userinfo of
@@ -244,11 +279,13 @@ _QUICK_AUTHORITY = re.compile(
 )
 
 
-def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
-    """The host ``url`` (with no <base>) leads to, None when it is no target's for sure, or
-    _UNKNOWN when only the full parse can tell. Most links on a page are relative, other
-    schemes, or plain absolute URLs, and the full URL parse costs several times the rewriting
-    of the tag."""
+@functools.lru_cache(maxsize=_MEMO_LIMIT)
+def _quick_host(url: str) -> str | object | None:
+    """The host ``url`` leads to, _RELATIVE for a relative reference (the host of the page or
+    its <base>), None when it is no target's for sure, or _UNKNOWN when only the full parse
+    can tell. Most links on a page are relative, other schemes, or plain absolute URLs, and
+    the full URL parse costs several times the rewriting of the tag. Memoised across pages
+    (it does not depend on the page): a site's pages repeat their navigation and footers."""
     u = url.strip(C0_CONTROL_OR_SPACE)
     if "\\" in u or "\t" in u or "\n" in u or "\r" in u:
         return _UNKNOWN
@@ -256,8 +293,7 @@ def _quick_host(decorator: LinkDecorator, url: str) -> str | object | None:
     if m is None:
         scheme = _QUICK_SCHEME.match(u)
         if u.startswith("/") or scheme is None:
-            # Relative: the page's own host.
-            return None if decorator._relative_is_safe else _UNKNOWN
+            return _RELATIVE
         # Other schemes are never decorated; "http:x" forms depend on the page's scheme.
         return None if scheme.group(1).lower() not in ("http", "https") else _UNKNOWN
     authority = _QUICK_AUTHORITY.fullmatch(m.group(1))

@@ -19,6 +19,7 @@ glue that writes its lines is in responses.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -27,7 +28,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, NamedTuple, TextIO, TypeVar
@@ -84,6 +85,60 @@ class Timestamps:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
         return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+
+# What a pipe takes in one write without splitting it or splicing it with another process's
+# (POSIX PIPE_BUF; 4096 on Linux).
+_ATOMIC_WRITE = 4096
+
+
+class LineBatch:
+    """Log lines written together once the event loop's current iteration has run: under load
+    one system call carries the lines of many requests (the access log), not one each.
+
+    Each write holds whole lines and at most PIPE_BUF bytes (a longer line goes alone, as it
+    did before), so that on a pipe shared by several workers no write is split or spliced with
+    another's. The lines are ASCII (the access log escapes everything else), so characters
+    are bytes. ``stream`` is asked for the stream at each flush: a reload or a test may swap
+    it. Lines added after the loop stopped are written by :meth:`flush`, which the owner calls
+    when it closes.
+    """
+
+    __slots__ = ("_lines", "_stream")
+
+    def __init__(self, stream: Callable[[], TextIO]) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        """Queue ``line`` (ending in a newline) for the end of this loop iteration."""
+        self._lines.append(line)
+        if len(self._lines) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop running: write it now
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the queued lines now."""
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        stream = self._stream()
+        batch: list[str] = []
+        size = 0
+        for line in lines:
+            if batch and size + len(line) > _ATOMIC_WRITE:
+                _write(stream, "".join(batch))
+                batch, size = [], 0
+            batch.append(line)
+            size += len(line)
+        _write(stream, "".join(batch))
+
+
+def _write(stream: TextIO, text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(text)
 
 
 def write_event(

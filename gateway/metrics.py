@@ -228,10 +228,20 @@ class Metrics:
     # Only in the process that reports reloads (see the module docstring).
     reload_success: Gauge | None
     reload_success_time: Gauge | None
-    # Label children of `requests` and `request_duration`, looked up once: labels() takes a
-    # lock and builds a key on every call, which shows on the per-request path.
+    # Label children of `requests`, `request_duration` and `upstream_latency`, looked up once:
+    # labels() takes a lock and builds a key on every call, which shows on the per-request path.
     _request_children: dict[tuple[str, str, int], Any] = field(default_factory=dict)
     _duration_children: dict[str, Any] = field(default_factory=dict)
+    _upstream_children: dict[str, Any] = field(default_factory=dict)
+
+    def observe_upstream(self, site: str, seconds: float) -> None:
+        """The wait for one upstream response head, by site."""
+        child = self._upstream_children.get(site)
+        if child is None:
+            if len(self._upstream_children) > 1_000:
+                self._upstream_children.clear()
+            child = self._upstream_children[site] = self.upstream_latency.labels(site)
+        child.observe(seconds)
 
     def count_request(self, site: str, method: str, status: int, seconds: float) -> None:
         """One answered request: counted by status class, its duration observed by site."""

@@ -72,6 +72,7 @@ __all__ = [
     "option",
     "reference_table",
     "walk",
+    "worker_count",
 ]
 
 Strategy = Literal["query", "token", "signed"]
@@ -673,11 +674,27 @@ class Server:
     workers: int = field(
         default=1,
         metadata=option(
-            "processes sharing the port (`SO_REUSEPORT`; `serve --workers` overrides it)",
+            "processes sharing the port (`SO_REUSEPORT`; `serve --workers` overrides it); "
+            "`auto`: one per CPU the gateway may run on, like nginx's `worker_processes auto`",
             min=1,
             max=256,
+            expected="a whole number from 1 to 256, or auto",
+            bespoke=True,
         ),
     )
+
+
+def worker_count(raw: object, cpus: int) -> int | None:
+    """``server.workers`` or ``--workers`` as a number of processes: a whole number from 1 to
+    256, or ``auto`` for ``cpus`` (the CPUs the gateway may run on; at most 256); None if
+    ``raw`` is neither."""
+    key = declared_key(Server, "workers").option
+    assert key.min is not None and key.max is not None
+    if raw == "auto":
+        return max(int(key.min), min(cpus, int(key.max)))
+    if isinstance(raw, bool) or not isinstance(raw, int) or not key.min <= raw <= key.max:
+        return None
+    return raw
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,31 @@ class _InFlight:
     """The response side of one request on a connection: httptools callbacks in, a head
     future and a body queue out."""
 
+    # One is made per request: slots make that, and every attribute access after, cheaper.
+    __slots__ = (
+        "buffered",
+        "chunks",
+        "complete",
+        "conn",
+        "error",
+        "framing",
+        "head",
+        "head_bytes",
+        "head_only",
+        "head_size",
+        "keep_alive",
+        "parser",
+        "paused",
+        "raw_headers",
+        "reason",
+        "received_any",
+        "sender",
+        "status",
+        "timer",
+        "until_eof",
+        "waiter",
+    )
+
     def __init__(self, conn: _Connection, head_only: bool) -> None:
         self.conn = conn
         self.head_only = head_only
@@ -180,6 +205,9 @@ class _InFlight:
         self.status = 0
         self.reason = ""
         self.raw_headers: list[tuple[str, str]] = []
+        # The Content-Length and Transfer-Encoding values of the head, in order, noted as
+        # the headers arrive (names lower-cased).
+        self.framing: list[tuple[str, str]] = []
         self.head_size = 0
         self.head_bytes = 0
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -222,7 +250,12 @@ class _InFlight:
         if self.head.done():
             return  # a trailer, or a header of an unsolicited response
         self.head_size += len(name) + len(value)
-        self.raw_headers.append((name.decode("latin-1"), _header_text(value)))
+        text = name.decode("latin-1")
+        header = (text, _header_text(value))
+        self.raw_headers.append(header)
+        # Only two names matter to framing; their lengths spare the others a lower().
+        if len(text) in (14, 17) and (lower := text.lower()) in _FRAMING_HEADERS:
+            self.framing.append((lower, header[1]))
 
     def on_headers_complete(self) -> None:
         if self.head.done():
@@ -240,6 +273,7 @@ class _InFlight:
         if 100 <= status < 200:
             # An interim response (100 Continue, 103 Early Hints): the real one follows.
             self.raw_headers = []
+            self.framing = []
             return
         self.status = status
         # Asked now: once the message is complete the parser has moved on and says no.
@@ -247,11 +281,9 @@ class _InFlight:
         # A body with neither length nor chunked coding ends with the connection (RFC 9112
         # §6.3 rule 8). httptools cannot be told the connection ended (it has no
         # llhttp_finish), so we note the framing here and end the message ourselves.
-        codings = [v for n, v in self.raw_headers if n.lower() == "transfer-encoding"]
+        codings = [v for n, v in self.framing if n == "transfer-encoding"]
         chunked = bool(codings) and codings[-1].rsplit(",", 1)[-1].strip().lower() == "chunked"
-        self.until_eof = not chunked and not any(
-            n.lower() == "content-length" for n, _ in self.raw_headers
-        )
+        self.until_eof = not chunked and not any(n == "content-length" for n, _ in self.framing)
         if not self.head.done():
             self.head.set_result(None)
         if self.head_only:
@@ -777,9 +809,12 @@ def _request_head(
     method: str, target: str, headers: Iterable[tuple[str, str]], framing: str | None
 ) -> bytes:
     lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(
-        f"{name}: {value}" for name, value in headers if name.lower() not in _FRAMING_HEADERS
-    )
+    # Only two names are left out; their lengths spare the others a lower().
+    lines += [
+        f"{name}: {value}"
+        for name, value in headers
+        if len(name) not in (14, 17) or name.lower() not in _FRAMING_HEADERS
+    ]
     if framing is not None:
         lines.append(framing)
     lines.append("\r\n")

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
-from gateway.config import Config, ConfigError, CrossDomain, Proxy, Site, load_config, parse_config
+from gateway.config import (
+    Config,
+    ConfigError,
+    CrossDomain,
+    Proxy,
+    Site,
+    available_cpus,
+    load_config,
+    parse_config,
+)
 from gateway.consent import effective
 from gateway.keys import generate_key
-from gateway.options import Consent, ConsentCookie, Key, UpstreamTLS, declared, option, walk
+from gateway.options import (
+    Consent,
+    ConsentCookie,
+    Key,
+    UpstreamTLS,
+    declared,
+    option,
+    walk,
+    worker_count,
+)
 
 from .conftest import REPO
 
@@ -468,6 +488,23 @@ def test_memory_store_is_fine_in_one_process_or_without_token_targets(
     text: str, workers: int | None
 ) -> None:
     parse_config(text, "f.yaml", {}, workers=workers)
+
+
+def test_workers_auto_is_one_per_cpu_this_process_may_use() -> None:
+    text = "sites:\n  - {host: a.test, upstream: 'http://x:1'}\nserver: {workers: %s}\n"
+    assert parse_config(text % "auto", "f.yaml", {}).server.workers == available_cpus()
+    assert available_cpus() == len(os.sched_getaffinity(0))
+    assert parse_config(text % "3", "f.yaml", {}).server.workers == 3
+    assert parse_config(text % "null", "f.yaml", {}).server.workers == 1
+    for bad in ("0", "257", "many", "'4'", "true", "1.5"):
+        with pytest.raises(ConfigError) as info:
+            parse_config(text % bad, "f.yaml", {})
+        assert str(info.value).endswith(
+            "server.workers: " + repr(yaml.safe_load(bad)) + " is not valid (a whole number "
+            "from 1 to 256, or auto)"
+        ), str(info.value)
+    assert worker_count("auto", 512) == 256
+    assert worker_count("auto", 0) == 1
 
 
 def test_a_bad_store_url_is_reported_once_not_again_as_memory() -> None:

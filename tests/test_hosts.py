@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from gateway.hosts import (
     PATTERN,
     HostIndex,
+    Patterns,
     compile_patterns,
     configured_host,
     first_match,
@@ -377,13 +378,69 @@ def test_first_match_is_the_first_pattern_that_matches(host: str, patterns: list
     assert got == expected
 
 
-@given(HOSTS, st.lists(PATTERNS, max_size=6, unique=True))
-def test_host_index_picks_the_most_specific(host: str, patterns: list[str]) -> None:
+def linear_first_match(name: str, patterns: Patterns) -> str | None:
+    """The scan first_match was before it became dict look-ups, kept as its reference: every
+    pattern in order, the first whose host is ``name`` or whose suffix ends it."""
+    for text, exact, suffix in patterns.patterns:
+        if name == exact or (suffix is not None and name.endswith(suffix)):
+            return text
+    return None
+
+
+@st.composite
+def host_and_patterns(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A host, and patterns of which many are the host or one of its parent domains (as exact
+    hosts and as ``*.`` patterns, in any order, some twice or in another case), among others."""
+    label = st.sampled_from(["a", "b", "ab", "x-y", "B", "1"])
+    labels = draw(st.lists(label, min_size=1, max_size=5))
+
+    def parent(star: str, k: int, upper: bool) -> str:
+        text = star + ".".join(labels[k:])
+        return text.upper() if upper else text
+
+    related = st.builds(
+        parent,
+        st.sampled_from(["", "*.", "*.", " *."]),
+        st.integers(0, len(labels) - 1),
+        st.booleans(),
+    )
+    patterns = draw(st.lists(st.one_of(related, PATTERNS), max_size=10))
+    return ".".join(labels), patterns
+
+
+@given(st.one_of(host_and_patterns(), st.tuples(HOSTS, st.lists(PATTERNS, max_size=6))))
+def test_first_match_agrees_with_the_linear_scan(case: tuple[str, list[str]]) -> None:
+    host, patterns = case
+    compiled = Patterns(patterns)
+    assert [p.text for p in compiled.patterns] == patterns
+    name = hostname(host)
+    if name is not None:
+        assert first_match(name, compiled) == linear_first_match(name, compiled)
+
+
+def test_first_match_takes_the_first_listed_of_several_hits() -> None:
+    patterns = Patterns(["*.com", "shop.example.com", "*.example.com", "*.shop.example.com"])
+    assert first_match("shop.example.com", patterns) == "*.com"
+    assert first_match("a.shop.example.com", patterns) == "*.com"
+    later = Patterns(["*.example.com", "www.example.com", "*.www.example.com"])
+    assert first_match("www.example.com", later) == "*.example.com"
+    assert first_match("x.www.example.com", later) == "*.example.com"
+    exact_first = Patterns(["www.example.com", "*.example.com"])
+    assert first_match("www.example.com", exact_first) == "www.example.com"
+    assert first_match("example.com", exact_first) is None
+    assert first_match("wwwexample.com", exact_first) is None
+    assert first_match("evilexample.com", Patterns(["*.example.com"])) is None
+    assert first_match("a.b", Patterns([])) is None
+
+
+@given(st.one_of(host_and_patterns(), st.tuples(HOSTS, st.lists(PATTERNS, max_size=6))))
+def test_host_index_picks_the_most_specific(case: tuple[str, list[str]]) -> None:
+    host, patterns = case
     index = HostIndex((p, p) for p in patterns)
-    exact = [p for p in patterns if not p.startswith("*.") and naive_matches(host, p)]
-    wild = [p for p in patterns if p.startswith("*.") and naive_matches(host, p)]
+    exact = [p for p in patterns if not p.strip().startswith("*.") and naive_matches(host, p)]
+    wild = [p for p in patterns if p.strip().startswith("*.") and naive_matches(host, p)]
     # Longest suffix first; among equals (spelt alike but for case) the first listed.
-    wild.sort(key=lambda p: -len(hostname(p[2:]) or ""))
+    wild.sort(key=lambda p: -len(hostname(p.strip()[2:]) or ""))
     expected = exact[0] if exact else (wild[0] if wild else None)
     name = hostname(host)
     assert (None if name is None else index.get(name)) == expected

@@ -180,6 +180,33 @@ async def test_workers_share_the_port_and_metrics(
     assert code == 0
 
 
+async def test_workers_auto_starts_one_worker_per_cpu_on_one_port(
+    tmp_path: Path, start_upstream: StartUpstream
+) -> None:
+    """``--workers auto``: as many workers as CPUs the process may run on (2 on the project's
+    2-core machines), all listening on the one port."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    up = await start_upstream(_app({"/": ok}))
+    config = _write_config(tmp_path / "gw.yaml", up)
+    cpus = len(os.sched_getaffinity(0))
+    gp = await asyncio.to_thread(spawn_gateway, config, "--workers", "auto")
+    try:
+        started = await asyncio.to_thread(gp.wait_for, "started", 20, cpus)
+        assert len({line["pid"] for line in started}) == cpus
+        assert {line["listen"] for line in started} == {f"127.0.0.1:{gp.port}"}
+        # The supervisor's children are those workers, and no more.
+        children = Path(f"/proc/{gp.proc.pid}/task/{gp.proc.pid}/children").read_text()
+        assert sorted(map(int, children.split())) == sorted(line["pid"] for line in started)
+        for _ in range(10):
+            assert await _get(gp.port) == (200, b"ok")
+    finally:
+        code = await asyncio.to_thread(gp.stop)
+    assert code == 0
+
+
 async def _scrape(admin_port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{admin_port}/metrics") as resp:

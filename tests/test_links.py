@@ -17,13 +17,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import CrossDomain
-from gateway.identity import IdRules
+from gateway.hosts import hostname, matches
+from gateway.identity import C0_CONTROL_OR_SPACE, IdRules
 from gateway.links import (
     FRESH_LINK_PATH,
     AppLinkPlan,
     LinkDecorator,
     LinkRefused,
     TargetParams,
+    _web_target,
     app_link_url,
     configured_target,
     plan_app_link,
@@ -244,6 +246,42 @@ def test_target_of_agrees_with_decorate(url: str, base: str | None) -> None:
     decorated = decorator.decorate(url, base)
     assert (decorated is not None) is (target is not None)
     assert dict(decorator.targets_hit) == ({} if target is None else {target: 1})
+
+
+def full_parse_target(url: str, base: str | None, page_url: str) -> str | None:
+    """The target of a link by the full URL parse alone: what LinkDecorator's quick paths
+    (plain absolute URLs, relative ones against the page or its <base>) must agree with."""
+    if not url.strip(C0_CONTROL_OR_SPACE):
+        return None
+    try:
+        page = _web_target(page_url, None)
+        origin = page if base is None else (_web_target(base, page) or page)
+        target = _web_target(url, origin)
+    except (UnicodeError, ValueError):
+        return None
+    host = None if target is None else hostname(target[1])
+    if host is None or host == OWN:
+        return None
+    return next((p for p in PATTERNS if matches(host, p)), None)
+
+
+MORE_BASES = st.one_of(
+    BASES,
+    st.sampled_from(["//sso.test/", "https://pay.test/", "http://[", "https://sso.test\\x", ""]),
+)
+# A proxied page's URL is always http(s) (configured_target's about:blank page only ever meets
+# absolute http(s) URLs).
+PAGES = st.sampled_from(
+    [f"https://{OWN}/dir/page", "https://checkout.test/page", "http://x.pay.test"]
+)
+
+
+@given(URLS, MORE_BASES, PAGES)
+def test_target_of_agrees_with_the_full_parse(url: str, base: str | None, page: str) -> None:
+    decorator = LinkDecorator(OWN, page, PATTERNS)
+    # Twice: the second answer comes from the decorator's memory of the <base>.
+    assert decorator.target_of(url, base) == full_parse_target(url, base, page)
+    assert decorator.target_of(url, base) == full_parse_target(url, base, page)
 
 
 # --- The freshness endpoint -----------------------------------------------------------------------

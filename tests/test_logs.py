@@ -4,6 +4,7 @@ throttle with a fake clock."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -24,6 +25,7 @@ from aiohttp.http_exceptions import (
 
 from gateway.logs import (
     JsonLogHandler,
+    LineBatch,
     Throttle,
     Timestamps,
     Verdict,
@@ -70,6 +72,50 @@ def test_write_event_has_time_level_and_event_first() -> None:
     assert (first["level"], first["pid"]) == ("info", 1)
     assert fault["level"] == "warning"
     assert custom["level"] == "error"
+
+
+class _Writes(io.StringIO):
+    """A stream that records each write it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_a_line_batch_writes_at_the_end_of_the_loop_iteration() -> None:
+    stream = _Writes()
+    batch = LineBatch(lambda: stream)
+    batch.add("one\n")
+    batch.add("two\n")
+    assert stream.writes == []
+    await asyncio.sleep(0)
+    assert stream.writes == ["one\ntwo\n"]
+    batch.add("three\n")
+    batch.flush()
+    assert stream.writes == ["one\ntwo\n", "three\n"]
+    await asyncio.sleep(0)
+    assert stream.writes == ["one\ntwo\n", "three\n"]
+
+
+async def test_a_line_batch_writes_whole_lines_of_at_most_pipe_buf_bytes() -> None:
+    stream = _Writes()
+    batch = LineBatch(lambda: stream)
+    lines = [f"{i:04d}{'x' * 995}\n" for i in range(9)] + ["y" * 5000 + "\n", "z\n"]
+    for line in lines:
+        batch.add(line)
+    await asyncio.sleep(0)
+    assert "".join(stream.writes) == "".join(lines)
+    assert [len(w) for w in stream.writes] == [4000, 4000, 1000, 5001, 2]
+
+
+def test_a_line_batch_without_a_loop_writes_at_once() -> None:
+    stream = _Writes()
+    LineBatch(lambda: stream).add("one\n")
+    assert stream.writes == ["one\n"]
 
 
 def test_a_broken_stream_is_not_an_error() -> None:

@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.proxy import RequestIds
+
 from .conftest import RunningGateway, StartGateway, StartUpstream, bomb, refused_port
 
 
@@ -751,6 +753,13 @@ async def test_the_request_id_is_made_or_kept_sent_upstream_returned_and_logged(
     for gw in (plain, behind):
         logged = [line["request_id"] for line in gw.log if line["event"] == "request"]
         assert logged == returned_by[id(gw)]
+
+
+def test_made_request_ids_are_random_hex_and_new_across_refills() -> None:
+    ids = RequestIds()
+    made = [ids.new() for _ in range(1000)]  # about four reads of the OS's random source
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in made)
+    assert len(set(made)) == len(made)
 
 
 async def test_a_websocket_upgrade_carries_the_request_id_both_ways(
