@@ -357,6 +357,9 @@ class _InFlight:
         self.conn.close()
         if not self.head.done():
             self.head.set_exception(exc)
+            # Whoever awaits the head still gets the error; when nobody does any more (the
+            # request was abandoned), asyncio must not log it as never retrieved.
+            self.head.exception()
         self._wake()
 
     def _wake(self) -> None:
