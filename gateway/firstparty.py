@@ -222,6 +222,7 @@ class Fetched:
         return len(self.body) + len(self.gzipped or b"")
 
 
+@functools.lru_cache(maxsize=64)
 def default_path(write_key: str) -> str:
     """The default prefix for a write key: ``/_/`` and 12 hex digits of a SHA-256 of it (the
     write key is public, in every page; the digest only keeps the path from being the same on

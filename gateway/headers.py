@@ -4,6 +4,7 @@ multidicts and strings; the aiohttp request is read by the caller."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -93,6 +94,9 @@ def end_to_end(headers: Headers) -> CIMultiDict[str]:
     return CIMultiDict(kept)
 
 
+# Asked several times per request (forwarding headers, the log's client address, the visitor's
+# scheme) about the same few peers: memoised, bounded.
+@functools.lru_cache(maxsize=1024)
 def is_trusted(peer: str | None, trusted: Networks) -> bool:
     if not peer or not trusted:
         return False

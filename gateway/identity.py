@@ -196,6 +196,9 @@ def _attributes(domain: str | None, max_age: int, now: float, secure: bool) -> s
     return attrs
 
 
+# Public Suffix List look-ups are slow next to a dict hit, and a wildcard site can bring any
+# number of hosts: memoised, bounded.
+@functools.lru_cache(maxsize=4096)
 def cookie_domain(host: str, configured: str | None) -> str | None:
     """The ``Domain`` attribute for the identity cookies on ``host``, or None for host-only.
 

@@ -33,7 +33,7 @@ from .headers import visitor_scheme
 from .hosts import hostname
 from .hosts import normalize as normalize_host
 from .html import HtmlRewriter
-from .identity import decorate_url, expired_cookie, identity_cookies, read_cookie
+from .identity import cookie_domain, decorate_url, expired_cookie, identity_cookies, read_cookie
 from .inbound import (
     Arrival,
     cookies_may_be_withheld,
@@ -458,7 +458,7 @@ class IdentityFlow:
         return identity_cookies(
             aid,
             uid,
-            domain=self.state.index.cookie_domain(normalize_host(request.host), site.cookie_domain),
+            domain=cookie_domain(normalize_host(request.host), site.cookie_domain),
             max_age=config.identity.cookie_max_age,
             secure=_scheme(request, config) == "https",
             now=time.time(),
@@ -470,7 +470,7 @@ class IdentityFlow:
         config = self.state.config
         return expired_cookie(
             config.identity.shadow_cookie,
-            domain=self.state.index.cookie_domain(normalize_host(request.host), site.cookie_domain),
+            domain=cookie_domain(normalize_host(request.host), site.cookie_domain),
             secure=_scheme(request, config) == "https",
         )
 

@@ -7,7 +7,7 @@ reach it.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 import aiohttp
@@ -23,7 +23,7 @@ from .firstparty import (
     RELAY_TIMEOUT,
     Fetched,
 )
-from .identity import IdRules, cookie_domain
+from .identity import IdRules
 from .inbound import identity_rules
 from .logs import Throttle
 from .metrics import Metrics
@@ -48,9 +48,6 @@ class ConfigIndex:
     token_targets: tuple[str, ...]
     strategies: dict[str, Strategy]
     signing_keys: SigningKeys | None
-    # Public Suffix List lookups are slow next to a dict hit; a wildcard site can bring any
-    # number of hosts, so the memo is bounded.
-    _cookie_domains: dict[tuple[str, str | None], str | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, config: Config) -> ConfigIndex:
@@ -64,17 +61,6 @@ class ConfigIndex:
             strategies={c.host: c.strategy for c in cross},
             signing_keys=SigningKeys.parse(config.signing.keys) if config.signing.keys else None,
         )
-
-    def cookie_domain(self, host: str, configured: str | None) -> str | None:
-        key = (host, configured)
-        try:
-            return self._cookie_domains[key]
-        except KeyError:
-            pass
-        if len(self._cookie_domains) >= 4096:
-            self._cookie_domains.clear()
-        domain = self._cookie_domains[key] = cookie_domain(host, configured)
-        return domain
 
 
 class OpenRelay(Protocol):
