@@ -38,7 +38,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .config import Config, Strategy
-from .hosts import hostname, matches
+from .hosts import matches, referer_host
 
 EVENT_NAME = "Cross Domain Navigation"
 # Segment's HTTP tracking API: "32KB per call", "500KB per batch request"
@@ -80,15 +80,10 @@ def handoff_source(method: str, source: str, form: Strategy | None) -> HandoffSo
 
 def from_domain(referer: str | None, config: Config) -> str | None:
     """The Referer's host if the configuration knows it (a site or a cross-domain), else None."""
-    if not referer:
+    came_from = referer_host(referer)
+    if came_from is None:
         return None
-    try:
-        host = urlsplit(referer.strip()).hostname
-    except ValueError:
-        return None
-    name = hostname(host) if host else None
-    if name is None:
-        return None
+    name = came_from.host
     if config.site_for(name) is not None or any(
         matches(name, c.host) for c in config.cross_domains
     ):

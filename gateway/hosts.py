@@ -40,7 +40,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import idna
 from publicsuffixlist import PublicSuffixList
@@ -211,6 +211,29 @@ def hostname(host: str) -> str | None:
     if name.startswith("["):
         return name if name.endswith("]") and _is_ipv6(name[1:-1]) else None
     return name if _NAME.fullmatch(name) else None
+
+
+class RefererHost(NamedTuple):
+    scheme: str
+    host: str  # normal form (:func:`hostname`)
+    port: int | None
+
+
+def referer_host(referer: str | None) -> RefererHost | None:
+    """Scheme, host and port of the page a request came from (its ``Referer``), or None when
+    there is none or it is not an http(s) URL with a host. The one reading of a Referer: the
+    fragmentation measure, the rescue and the hand-off events all ask it."""
+    if not referer:
+        return None
+    try:
+        parts = urlsplit(referer.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    host = hostname(parts.hostname) if parts.hostname else None
+    if parts.scheme not in ("http", "https") or host is None:
+        return None
+    return RefererHost(parts.scheme, host, port)
 
 
 # --- Hosts as browsers read them ------------------------------------------------------------------

@@ -25,11 +25,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
-from urllib.parse import urlsplit
 
 from .config import Config, Identity, Site, Strategy
 from .consent import ConsentRefusal
-from .hosts import matches
+from .hosts import hostname, matches, referer_host
 from .identity import (
     ANON_COOKIE,
     DEFAULT_ID_PATTERN,
@@ -387,15 +386,10 @@ def _cleaned(
 
 def referring_cross_domain(referer: str | None, own_host: str, config: Config) -> str | None:
     """The configured cross-domain pattern a Referer comes from, if it is not this host."""
-    if not referer:
-        return None
-    try:
-        host = urlsplit(referer).hostname
-    except ValueError:
-        return None
-    if not host or host == own_host:
+    came_from = referer_host(referer)
+    if came_from is None or came_from.host == hostname(own_host):
         return None
     for cross in config.cross_domains:
-        if matches(host, cross.host):
+        if matches(came_from.host, cross.host):
             return cross.host
     return None

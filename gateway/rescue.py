@@ -52,7 +52,7 @@ from typing import Final
 from urllib.parse import quote, urlsplit
 
 from .config import Config, Site, Strategy
-from .hosts import hostname
+from .hosts import hostname, referer_host
 from .links import FRESH_LINK_PATH
 
 # The sibling's endpoint, next to the freshness endpoint under the gateway's own path prefix.
@@ -97,20 +97,15 @@ def is_top_level_navigation(sec_fetch_dest: str | None, accept: str | None) -> b
 def sibling_origin(referer: str | None, own_host: str, config: Config) -> str | None:
     """``scheme://host[:port]`` of the ``Referer`` when it is another site of this gateway's
     configuration (the page the visitor navigated from), else None."""
-    if not referer:
+    came_from = referer_host(referer)
+    if came_from is None or came_from.host == hostname(own_host):
         return None
-    try:
-        parts = urlsplit(referer.strip())
-        port = parts.port
-    except ValueError:
+    if config.site_for(came_from.host) is None:
         return None
-    host = hostname(parts.hostname) if parts.hostname else None
-    if parts.scheme not in ("http", "https") or host is None or host == hostname(own_host):
-        return None
-    if config.site_for(host) is None:
-        return None
+    host = came_from.host
     name = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{name}" + (f":{port}" if port is not None else "")
+    port = came_from.port
+    return f"{came_from.scheme}://{name}" + (f":{port}" if port is not None else "")
 
 
 def eligible(

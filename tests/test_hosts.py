@@ -29,6 +29,7 @@ from gateway.hosts import (
     matches,
     normalize,
     parse_authority,
+    referer_host,
     registrable_domain,
     split_port,
 )
@@ -499,3 +500,41 @@ def test_one_public_suffix_list() -> None:
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "PublicSuffixList":
                 makers.append(path.name)
     assert makers == ["hosts.py"]
+
+
+@pytest.mark.parametrize(
+    ("referer", "expected"),
+    [
+        ("https://WWW.Shop.test./cart?x=1", ("https", "www.shop.test", None)),
+        (" http://shop.test:8080/ ", ("http", "shop.test", 8080)),
+        ("http://[::1]:81/", ("http", "[::1]", 81)),
+        ("ftp://shop.test/", None),
+        ("http://shop.test:99999/", None),
+        ("http:///nohost", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_referer_host(referer: str | None, expected: tuple[str, str, int | None] | None) -> None:
+    assert referer_host(referer) == expected
+
+
+def test_the_three_readers_of_a_referer_agree_on_its_own_host() -> None:
+    """Arrivals, rescue and events read the Referer the same way: the page's own host, in any
+    spelling, is never another site."""
+    from gateway.config import parse_config
+    from gateway.events import from_domain
+    from gateway.inbound import referring_cross_domain
+    from gateway.rescue import sibling_origin
+
+    config = parse_config(
+        "sites:\n  - {host: a.test, upstream: 'http://x:1'}\n  - {host: b.test, upstream: 'http://x:2'}\n",
+        "f.yaml",
+        {},
+    )
+    for referer in ("http://A.test./p", "http://a.test:8080/"):
+        assert referring_cross_domain(referer, "a.test", config) is None
+        assert sibling_origin(referer, "a.test", config) is None
+        assert from_domain(referer, config) == "a.test"
+    assert referring_cross_domain("http://B.test./p", "a.test", config) == "b.test"
+    assert sibling_origin("http://B.test./p", "a.test", config) == "http://b.test"
