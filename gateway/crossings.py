@@ -53,8 +53,13 @@ MARKER_MAX_AGE = 60
 _NAVIGATION_DESTS = frozenset({"document", "iframe", "frame"})
 
 
-def is_navigation(sec_fetch_dest: str | None, accept: str | None) -> bool:
-    """Whether a request loads a page or a frame rather than a subresource.
+def is_navigation(
+    sec_fetch_dest: str | None,
+    accept: str | None,
+    dests: frozenset[str] = _NAVIGATION_DESTS,
+) -> bool:
+    """Whether a request loads a page or a frame (``dests``: the ``Sec-Fetch-Dest`` values
+    that count) rather than a subresource.
 
     ``Sec-Fetch-Dest`` says so where the browser sends it (Chromium and Firefox, to secure
     origins and localhost); otherwise a navigation is recognised by ``Accept``, which every
@@ -62,7 +67,7 @@ def is_navigation(sec_fetch_dest: str | None, accept: str | None) -> bool:
     images, scripts, styles and ``fetch`` (``*/*``).
     """
     if sec_fetch_dest:
-        return sec_fetch_dest.strip().lower() in _NAVIGATION_DESTS
+        return sec_fetch_dest.strip().lower() in dests
     return "text/html" in (accept or "").lower()
 
 

@@ -52,6 +52,7 @@ from typing import Final
 from urllib.parse import quote, urlsplit
 
 from .config import Config, Site, Strategy
+from .crossings import is_navigation
 from .hosts import hostname, referer_host
 from .links import FRESH_LINK_PATH
 
@@ -67,7 +68,7 @@ GUARD_MAX_AGE: Final = 60
 CREDENTIAL_TTL: Final = 30
 # Fetch Metadata's destination of a top-level navigation. A frame is not rescued: the sibling's
 # cookies are third-party there.
-_TOP_LEVEL = "document"
+_TOP_LEVEL = frozenset({"document"})
 
 __all__ = [
     "CREDENTIAL_TTL",
@@ -89,9 +90,7 @@ def is_top_level_navigation(sec_fetch_dest: str | None, accept: str | None) -> b
     (secure origins), else an ``Accept`` that asks for HTML first, as every browser's
     navigations do (frames cannot be told apart then; their sibling cookies are third-party and
     the rescue simply comes back without an id)."""
-    if sec_fetch_dest:
-        return sec_fetch_dest.strip().lower() == _TOP_LEVEL
-    return "text/html" in (accept or "").lower()
+    return is_navigation(sec_fetch_dest, accept, _TOP_LEVEL)
 
 
 def sibling_origin(referer: str | None, own_host: str, config: Config) -> str | None:
